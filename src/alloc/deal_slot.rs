@@ -1,0 +1,127 @@
+//! One deal in the concurrent allocator: its fixed spec and its one-word counters.
+//!
+//! Memory orderings. The counts need no ordering of their own: every change is a read-modify-
+//! write of one word, and RMWs of one location are totally ordered whatever the ordering
+//! argument. What needs ordering is the `shut` bit, which publishes the `lifecycle` byte: a
+//! pause or end stores the lifecycle, then sets `shut` with `Release`; a reserve loads the word
+//! with `Acquire`, so a reserve that sees `shut` also sees why (paused or ended). RMWs use
+//! `AcqRel` for the same pairing in both directions; on x86-64 every locked RMW is a full
+//! barrier anyway, so this costs nothing there.
+
+use crate::core::counters::{Counters, Shortage};
+use crate::core::deal::{DealSpec, DealView, Lifecycle};
+use crate::core::error::ReserveError;
+use crate::core::hold::Settlement;
+use crate::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
+
+pub struct DealSlot {
+    pub spec: DealSpec,
+    counters: AtomicU64,
+    lifecycle: AtomicU8,
+    /// Serializes admin changes (pause, resume, end, stock) of this deal, so that each one's
+    /// event is ordered with the change it describes. Never taken on the reserve path.
+    admin: Mutex<()>,
+}
+
+impl DealSlot {
+    pub fn new(spec: DealSpec, counters: Counters, lifecycle: Lifecycle) -> Self {
+        let counters = counters.with_shut(lifecycle != Lifecycle::Open);
+        DealSlot {
+            spec,
+            counters: AtomicU64::new(counters.raw()),
+            lifecycle: AtomicU8::new(lifecycle as u8),
+            admin: Mutex::new(()),
+        }
+    }
+
+    /// One consistent view of all counters: a single load.
+    pub fn counters(&self) -> Counters {
+        Counters::from_raw(self.counters.load(Ordering::Acquire))
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle::from_u8(self.lifecycle.load(Ordering::Acquire))
+    }
+
+    pub fn view(&self, now_ms: u64) -> DealView {
+        DealView {
+            spec: self.spec.clone(),
+            state: self.spec.state(self.lifecycle(), now_ms),
+            counters: self.counters(),
+        }
+    }
+
+    pub fn lock_admin(&self) -> MutexGuard<'_, ()> {
+        self.admin.lock()
+    }
+
+    /// The reserve rules and the stock change as one atomic step. On the sold-out path this is
+    /// one load and no write: the rules reject before any compare-and-swap is tried.
+    pub fn try_take(&self, qty: u32, now_ms: u64) -> Result<Counters, ReserveError> {
+        let mut current = self.counters.load(Ordering::Acquire);
+        loop {
+            let counters = Counters::from_raw(current);
+            self.spec.check_open(counters.shut(), || self.lifecycle(), now_ms)?;
+            let next = self.spec.take(counters, qty)?;
+            match self.counters.compare_exchange_weak(
+                current,
+                next.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(next),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Applies a pure transition to the word; `f` returning `Err` leaves the word unchanged.
+    fn update<E>(&self, f: impl Fn(Counters) -> Result<Counters, E>) -> Result<Counters, E> {
+        let mut current = self.counters.load(Ordering::Acquire);
+        loop {
+            let next = f(Counters::from_raw(current))?;
+            match self.counters.compare_exchange_weak(
+                current,
+                next.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(next),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// A hold resolved: `sold` units move held -> sold, `returned` held -> available.
+    pub fn settle(&self, settlement: Settlement) -> Counters {
+        let result: Result<Counters, std::convert::Infallible> = self.update(|c| {
+            Ok(c.sell(u64::from(settlement.sold)).put_back(u64::from(settlement.returned)))
+        });
+        match result {
+            Ok(counters) => counters,
+        }
+    }
+
+    /// Takes units without asking the rules: replay of a reserve that was already decided.
+    pub fn force_take(&self, qty: u32) -> Result<Counters, Shortage> {
+        self.update(|c| c.take(u64::from(qty)))
+    }
+
+    pub fn add_stock(&self, units: u64) -> Option<Counters> {
+        self.update(|c| c.add_stock(units).ok_or(())).ok()
+    }
+
+    pub fn remove_stock(&self, units: u64) -> Result<Counters, Shortage> {
+        self.update(|c| c.remove_stock(units))
+    }
+
+    /// Stores the lifecycle, then sets or clears `shut` to match; the flag is the
+    /// linearization point for reserves (see the module comment for the ordering).
+    pub fn set_lifecycle(&self, lifecycle: Lifecycle) {
+        self.lifecycle.store(lifecycle as u8, Ordering::Release);
+        let shut = lifecycle != Lifecycle::Open;
+        let result: Result<Counters, std::convert::Infallible> =
+            self.update(|c| Ok(c.with_shut(shut)));
+        let _ = result;
+    }
+}

@@ -1,0 +1,169 @@
+//! The hold table: holds by sequence number in sharded maps, each shard with its own timer
+//! index of expiries and of forgetting resolved holds.
+//!
+//! Why shards keyed by the hold's sequence number: consecutive reserves get consecutive numbers
+//! and so land on different shards; two cores reserving at once almost never meet on a lock.
+//! Why a timer index per shard (`BTreeMap` by instant): the reaper pops exactly the holds that
+//! are due, never scanning live ones; an extension adds a later entry and the stale one is
+//! skipped when it comes up (the hold's own `expires_at` is the truth).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crossbeam::utils::CachePadded;
+
+use crate::alloc::deal_slot::DealSlot;
+use crate::core::hold::{Hold, HoldState, Settlement};
+use crate::core::ids::HoldSeq;
+use crate::limits::SHARDS;
+use crate::sync::{Arc, Mutex, MutexGuard};
+
+pub struct Entry {
+    pub hold: Hold,
+    /// The hold's deal, so that resolving a hold never looks the deal up again.
+    pub deal: Arc<DealSlot>,
+}
+
+#[derive(Default)]
+pub struct HoldShard {
+    holds: HashMap<u64, Entry>,
+    /// expires_at_ms -> holds that were due then (some since extended or resolved).
+    expiries: BTreeMap<u64, Vec<u64>>,
+    /// forget_at_ms -> resolved holds to drop from memory then.
+    forgets: BTreeMap<u64, Vec<u64>>,
+}
+
+/// A hold that has just been resolved: what its deal and user get back once the event is
+/// ordered.
+pub struct Resolved {
+    pub deal: Arc<DealSlot>,
+    pub user_id: crate::core::ids::UserId,
+    pub settlement: Settlement,
+}
+
+impl HoldShard {
+    pub fn get(&self, seq: HoldSeq) -> Option<&Entry> {
+        self.holds.get(&seq.0)
+    }
+
+    pub fn contains(&self, seq: HoldSeq) -> bool {
+        self.holds.contains_key(&seq.0)
+    }
+
+    /// Adds a new hold and its expiry timer. Panics on a duplicate number: numbers are unique
+    /// by construction (replay checks before it calls this).
+    pub fn insert(&mut self, entry: Entry) {
+        let seq = entry.hold.seq.0;
+        self.schedule_expiry(seq, entry.hold.expires_at_ms);
+        let previous = self.holds.insert(seq, entry);
+        assert!(previous.is_none(), "hold {seq} inserted twice");
+    }
+
+    fn schedule_expiry(&mut self, seq: u64, at_ms: u64) {
+        self.expiries.entry(at_ms).or_default().push(seq);
+    }
+
+    pub fn extend(&mut self, seq: HoldSeq, expires_at_ms: u64) -> Option<&Hold> {
+        let entry = self.holds.get_mut(&seq.0)?;
+        assert_eq!(entry.hold.state, HoldState::Held, "extend of a resolved hold");
+        entry.hold.expires_at_ms = expires_at_ms;
+        self.schedule_expiry(seq.0, expires_at_ms);
+        self.holds.get(&seq.0).map(|e| &e.hold)
+    }
+
+    /// Records a resolution and schedules the hold to be forgotten `retention_ms` later.
+    pub fn resolve(
+        &mut self,
+        seq: HoldSeq,
+        state: HoldState,
+        settlement: Settlement,
+        at_ms: u64,
+        retention_ms: u64,
+    ) -> Option<Resolved> {
+        let entry = self.holds.get_mut(&seq.0)?;
+        entry.hold.resolve(state, settlement, at_ms);
+        let resolved = Resolved {
+            deal: entry.deal.clone(),
+            user_id: entry.hold.user_id.clone(),
+            settlement,
+        };
+        self.forgets.entry(at_ms.saturating_add(retention_ms)).or_default().push(seq.0);
+        Some(resolved)
+    }
+
+    /// Pops the holds whose expiry instant has come and that are still held at `now`.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<HoldSeq> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.expiries.first_entry() {
+            if *entry.key() > now_ms {
+                break;
+            }
+            for seq in entry.remove() {
+                if self.holds.get(&seq).is_some_and(|e| e.hold.is_due(now_ms)) {
+                    due.push(HoldSeq(seq));
+                }
+            }
+        }
+        due
+    }
+
+    /// Drops resolved holds whose retention has passed; returns how many.
+    pub fn forget_due(&mut self, now_ms: u64) -> usize {
+        let mut forgotten = 0;
+        while let Some(entry) = self.forgets.first_entry() {
+            if *entry.key() > now_ms {
+                break;
+            }
+            for seq in entry.remove() {
+                let resolved = self.holds.get(&seq).is_some_and(|e| e.hold.state != HoldState::Held);
+                if resolved {
+                    self.holds.remove(&seq);
+                    forgotten += 1;
+                }
+            }
+        }
+        forgotten
+    }
+
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first_key_value().map(|(at, _)| *at)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.holds.values()
+    }
+
+    /// Every open hold has a timer entry at its current expiry (checked by the invariants).
+    pub fn has_timer(&self, seq: HoldSeq, at_ms: u64) -> bool {
+        self.expiries.get(&at_ms).is_some_and(|seqs| seqs.contains(&seq.0))
+    }
+}
+
+pub struct HoldTable {
+    shards: Box<[CachePadded<Mutex<HoldShard>>]>,
+}
+
+impl Default for HoldTable {
+    fn default() -> Self {
+        HoldTable {
+            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(HoldShard::default()))).collect(),
+        }
+    }
+}
+
+impl HoldTable {
+    pub fn shard_of(seq: HoldSeq) -> usize {
+        (seq.0 as usize) & (SHARDS - 1)
+    }
+
+    pub fn lock(&self, seq: HoldSeq) -> MutexGuard<'_, HoldShard> {
+        self.shards[Self::shard_of(seq)].lock()
+    }
+
+    pub fn lock_index(&self, index: usize) -> MutexGuard<'_, HoldShard> {
+        self.shards[index].lock()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}

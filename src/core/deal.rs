@@ -1,0 +1,278 @@
+//! Deals: their configuration, their lifecycle, and the rules that say whether a deal takes a
+//! reservation right now.
+
+use crate::core::counters::Counters;
+use crate::core::error::{Invalid, ReserveError};
+use crate::core::ids::{DealId, StreamId};
+use crate::limits::{
+    DEAL_STOCK_UNITS_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX,
+    TIMESTAMP_MS_MIN,
+};
+
+/// A deal as the caller asks for it; `DealSpec::new` validates and fills the defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeal {
+    pub id: DealId,
+    pub stream_id: Option<StreamId>,
+    pub stock: u64,
+    pub starts_at_ms: Option<u64>,
+    pub ends_at_ms: Option<u64>,
+    pub per_user_limit: Option<u32>,
+    pub hold_ttl_ms: Option<u64>,
+    pub hold_ttl_ms_max: Option<u64>,
+}
+
+/// A deal's fixed configuration. Immutable once created: the hot path reads it without locks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DealSpec {
+    pub id: DealId,
+    pub stream_id: Option<StreamId>,
+    pub starts_at_ms: Option<u64>,
+    pub ends_at_ms: Option<u64>,
+    /// Units one user may hold plus have bought in this deal.
+    pub per_user_limit: Option<u32>,
+    /// TTL of a hold whose request names none.
+    pub hold_ttl_ms: u64,
+    /// The longest a hold may live from its creation, extensions included.
+    pub hold_ttl_ms_max: u64,
+    pub created_at_ms: u64,
+}
+
+fn check_timestamp(field: &str, ms: u64) -> Result<(), Invalid> {
+    if !(TIMESTAMP_MS_MIN..=TIMESTAMP_MS_MAX).contains(&ms) {
+        return Err(Invalid(format!("{field}: must be between the years 2000 and 9999")));
+    }
+    Ok(())
+}
+
+impl DealSpec {
+    /// Validates a new deal and fills its defaults.
+    pub fn new(new: &NewDeal, now_ms: u64) -> Result<Self, Invalid> {
+        if new.stock > DEAL_STOCK_UNITS_MAX {
+            return Err(Invalid(format!("stock: at most {DEAL_STOCK_UNITS_MAX} units per deal")));
+        }
+        if let Some(starts) = new.starts_at_ms {
+            check_timestamp("starts_at", starts)?;
+        }
+        if let Some(ends) = new.ends_at_ms {
+            check_timestamp("ends_at", ends)?;
+            if new.starts_at_ms.is_some_and(|starts| ends <= starts) {
+                return Err(Invalid("ends_at: must be after starts_at".into()));
+            }
+        }
+        if new.per_user_limit == Some(0) {
+            return Err(Invalid("per_user_limit: must be at least 1".into()));
+        }
+        let ttl_max = new.hold_ttl_ms_max.unwrap_or(HOLD_TTL_MS_MAX);
+        if !(HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX).contains(&ttl_max) {
+            return Err(Invalid(format!(
+                "hold_ttl_ms_max: must be between {HOLD_TTL_MS_MIN} and {HOLD_TTL_MS_MAX}"
+            )));
+        }
+        let ttl = new.hold_ttl_ms.unwrap_or(HOLD_TTL_MS_DEFAULT.min(ttl_max));
+        if !(HOLD_TTL_MS_MIN..=ttl_max).contains(&ttl) {
+            return Err(Invalid(format!(
+                "hold_ttl_ms: must be between {HOLD_TTL_MS_MIN} and hold_ttl_ms_max ({ttl_max})"
+            )));
+        }
+        Ok(DealSpec {
+            id: new.id.clone(),
+            stream_id: new.stream_id.clone(),
+            starts_at_ms: new.starts_at_ms,
+            ends_at_ms: new.ends_at_ms,
+            per_user_limit: new.per_user_limit,
+            hold_ttl_ms: ttl,
+            hold_ttl_ms_max: ttl_max,
+            created_at_ms: now_ms,
+        })
+    }
+
+    /// The TTL of a new hold: the request's, or the deal's default.
+    pub fn hold_ttl(&self, requested_ms: Option<u64>) -> Result<u64, Invalid> {
+        let ttl = requested_ms.unwrap_or(self.hold_ttl_ms);
+        if !(HOLD_TTL_MS_MIN..=self.hold_ttl_ms_max).contains(&ttl) {
+            return Err(Invalid(format!(
+                "ttl_ms: must be between {HOLD_TTL_MS_MIN} and {} for deal {}",
+                self.hold_ttl_ms_max, self.id
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// Whether the deal takes reservations at `now`: the window and the lifecycle. `shut` is the
+    /// counters' flag; `lifecycle` is read only when it is set (off the sold-out fast path).
+    pub fn check_open(
+        &self,
+        shut: bool,
+        lifecycle: impl FnOnce() -> Lifecycle,
+        now_ms: u64,
+    ) -> Result<(), ReserveError> {
+        if shut {
+            match lifecycle() {
+                Lifecycle::Ended => return Err(ReserveError::Ended(self.id.to_string())),
+                Lifecycle::Paused => return Err(ReserveError::Paused(self.id.to_string())),
+                // A resume clears the lifecycle before the flag: a reader may briefly see the
+                // flag over an open lifecycle, and then the flag (the linearization point) wins.
+                Lifecycle::Open => return Err(ReserveError::Paused(self.id.to_string())),
+            }
+        }
+        if self.ends_at_ms.is_some_and(|ends| now_ms >= ends) {
+            return Err(ReserveError::Ended(self.id.to_string()));
+        }
+        if let Some(starts_at_ms) = self.starts_at_ms.filter(|starts| now_ms < *starts) {
+            return Err(ReserveError::NotStarted { deal_id: self.id.to_string(), starts_at_ms });
+        }
+        Ok(())
+    }
+
+    /// The per-user rule: what the user has taken (held plus bought) plus `qty` within the limit.
+    pub fn check_user_limit(&self, taken: u32, qty: u32) -> Result<(), ReserveError> {
+        match self.per_user_limit {
+            Some(limit) if u64::from(taken) + u64::from(qty) > u64::from(limit) => {
+                Err(ReserveError::PerUserLimit { deal_id: self.id.to_string(), limit, taken })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What the stock rule says about taking `qty` units from `counters`.
+    pub fn take(&self, counters: Counters, qty: u32) -> Result<Counters, ReserveError> {
+        use crate::core::counters::Shortage;
+        counters.take(u64::from(qty)).map_err(|shortage| match shortage {
+            Shortage::SoldOut => ReserveError::SoldOut(self.id.to_string()),
+            Shortage::Insufficient { available } => {
+                ReserveError::InsufficientStock { deal_id: self.id.to_string(), available }
+            }
+        })
+    }
+
+    pub fn state(&self, lifecycle: Lifecycle, now_ms: u64) -> DealState {
+        match lifecycle {
+            Lifecycle::Ended => DealState::Ended,
+            _ if self.ends_at_ms.is_some_and(|ends| now_ms >= ends) => DealState::Ended,
+            Lifecycle::Paused => DealState::Paused,
+            _ if self.starts_at_ms.is_some_and(|starts| now_ms < starts) => DealState::Scheduled,
+            Lifecycle::Open => DealState::Live,
+        }
+    }
+}
+
+/// What admins did to a deal. The sale window adds `scheduled` and time-based `ended` on top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Lifecycle {
+    Open = 0,
+    Paused = 1,
+    Ended = 2,
+}
+
+impl Lifecycle {
+    pub fn from_u8(raw: u8) -> Self {
+        match raw {
+            0 => Lifecycle::Open,
+            1 => Lifecycle::Paused,
+            2 => Lifecycle::Ended,
+            _ => panic!("lifecycle byte {raw}"),
+        }
+    }
+}
+
+/// The state a caller sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DealState {
+    Scheduled,
+    Live,
+    Paused,
+    Ended,
+}
+
+impl DealState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DealState::Scheduled => "scheduled",
+            DealState::Live => "live",
+            DealState::Paused => "paused",
+            DealState::Ended => "ended",
+        }
+    }
+}
+
+/// A deal as read at one instant: its spec, its state, and one consistent load of its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DealView {
+    pub spec: DealSpec,
+    pub state: DealState,
+    pub counters: Counters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn new_deal() -> NewDeal {
+        NewDeal {
+            id: DealId::parse("d1").unwrap(),
+            stream_id: None,
+            stock: 10,
+            starts_at_ms: Some(T0 + 1_000),
+            ends_at_ms: Some(T0 + 2_000),
+            per_user_limit: Some(2),
+            hold_ttl_ms: None,
+            hold_ttl_ms_max: Some(60_000),
+        }
+    }
+
+    #[test]
+    fn the_window_decides_the_state() {
+        let spec = DealSpec::new(&new_deal(), T0).unwrap();
+        assert_eq!(spec.hold_ttl_ms, 60_000);
+        assert_eq!(spec.state(Lifecycle::Open, T0), DealState::Scheduled);
+        assert_eq!(spec.state(Lifecycle::Open, T0 + 1_000), DealState::Live);
+        assert_eq!(spec.state(Lifecycle::Paused, T0 + 1_000), DealState::Paused);
+        assert_eq!(spec.state(Lifecycle::Open, T0 + 2_000), DealState::Ended);
+        assert!(matches!(
+            spec.check_open(false, || Lifecycle::Open, T0),
+            Err(ReserveError::NotStarted { .. })
+        ));
+        assert!(spec.check_open(false, || Lifecycle::Open, T0 + 1_999).is_ok());
+        assert!(matches!(
+            spec.check_open(false, || Lifecycle::Open, T0 + 2_000),
+            Err(ReserveError::Ended(_))
+        ));
+        assert!(matches!(
+            spec.check_open(true, || Lifecycle::Paused, T0 + 1_500),
+            Err(ReserveError::Paused(_))
+        ));
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let mut bad = new_deal();
+        bad.ends_at_ms = Some(T0 + 1_000);
+        assert!(DealSpec::new(&bad, T0).is_err());
+        let mut bad = new_deal();
+        bad.per_user_limit = Some(0);
+        assert!(DealSpec::new(&bad, T0).is_err());
+        let mut bad = new_deal();
+        bad.hold_ttl_ms = Some(61_000);
+        assert!(DealSpec::new(&bad, T0).is_err());
+        let mut bad = new_deal();
+        bad.stock = DEAL_STOCK_UNITS_MAX + 1;
+        assert!(DealSpec::new(&bad, T0).is_err());
+        let mut bad = new_deal();
+        bad.starts_at_ms = Some(5);
+        assert!(DealSpec::new(&bad, T0).is_err());
+    }
+
+    #[test]
+    fn the_user_limit_counts_what_is_taken() {
+        let spec = DealSpec::new(&new_deal(), T0).unwrap();
+        assert!(spec.check_user_limit(1, 1).is_ok());
+        assert!(matches!(
+            spec.check_user_limit(1, 2),
+            Err(ReserveError::PerUserLimit { limit: 2, taken: 1, .. })
+        ));
+    }
+}

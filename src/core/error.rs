@@ -1,0 +1,192 @@
+//! What can go wrong with a command, as values. Bugs are panics, not errors.
+//!
+//! Each operation has its own error enum (so a caller matching on a reserve's error does not see
+//! variants a reserve can never produce); every variant maps to one stable machine code in
+//! [`ErrorCode`], and the HTTP layer maps codes to statuses in one place.
+
+use crate::core::ids::InvalidId;
+
+/// The stable, machine-readable codes of the API. Their strings are a contract: never rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    InvalidRequest,
+    UnknownDeal,
+    UnknownHold,
+    UnknownStream,
+    UnknownRoute,
+    MethodNotAllowed,
+    BodyTooLarge,
+    DealExists,
+    TooManyDeals,
+    DealNotStarted,
+    DealEnded,
+    DealPaused,
+    SoldOut,
+    InsufficientStock,
+    PerUserLimit,
+    HoldExpired,
+    HoldReleased,
+    HoldConfirmed,
+    HoldTtlExceeded,
+    IdempotencyKeyReused,
+    IdempotencyKeyInUse,
+    IdempotencyCapacity,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownDeal => "unknown_deal",
+            ErrorCode::UnknownHold => "unknown_hold",
+            ErrorCode::UnknownStream => "unknown_stream",
+            ErrorCode::UnknownRoute => "unknown_route",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::DealExists => "deal_exists",
+            ErrorCode::TooManyDeals => "too_many_deals",
+            ErrorCode::DealNotStarted => "deal_not_started",
+            ErrorCode::DealEnded => "deal_ended",
+            ErrorCode::DealPaused => "deal_paused",
+            ErrorCode::SoldOut => "sold_out",
+            ErrorCode::InsufficientStock => "insufficient_stock",
+            ErrorCode::PerUserLimit => "per_user_limit",
+            ErrorCode::HoldExpired => "hold_expired",
+            ErrorCode::HoldReleased => "hold_released",
+            ErrorCode::HoldConfirmed => "hold_confirmed",
+            ErrorCode::HoldTtlExceeded => "hold_ttl_exceeded",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ErrorCode::IdempotencyCapacity => "idempotency_capacity",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A request that is malformed whatever the state: the message says which field and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<InvalidId> for Invalid {
+    fn from(e: InvalidId) -> Self {
+        Invalid(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateDealError {
+    #[error("a deal with id {0:?} exists")]
+    Exists(String),
+    #[error("too many deals (at most {0})")]
+    TooMany(usize),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DealAdminError {
+    #[error("no deal with id {0:?}")]
+    UnknownDeal(String),
+    #[error("no deal belongs to stream {0:?}")]
+    UnknownStream(String),
+    #[error("the deal has ended")]
+    Ended,
+    #[error("only {available} units are available to remove")]
+    InsufficientStock { available: u64 },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReserveError {
+    #[error("no deal with id {0:?}")]
+    UnknownDeal(String),
+    #[error("the deal {deal_id:?} starts at {starts_at_ms} (ms since epoch)")]
+    NotStarted { deal_id: String, starts_at_ms: u64 },
+    #[error("the deal {0:?} has ended")]
+    Ended(String),
+    #[error("the deal {0:?} is paused")]
+    Paused(String),
+    #[error("the deal {0:?} is sold out")]
+    SoldOut(String),
+    #[error("the deal {deal_id:?} has {available} units left, fewer than asked")]
+    InsufficientStock { deal_id: String, available: u64 },
+    #[error("user may hold or buy at most {limit} units of deal {deal_id:?}; has {taken}")]
+    PerUserLimit { deal_id: String, limit: u32, taken: u32 },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HoldError {
+    #[error("no hold with id {0:?}")]
+    UnknownHold(String),
+    #[error("the hold expired")]
+    Expired,
+    #[error("the hold was released")]
+    Released,
+    #[error("the hold was confirmed")]
+    Confirmed,
+    #[error("a hold may live at most {max_ms} ms from its creation")]
+    TtlExceeded { max_ms: u64 },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// Any command's error: what the allocator's single entry point returns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error(transparent)]
+    CreateDeal(#[from] CreateDealError),
+    #[error(transparent)]
+    DealAdmin(#[from] DealAdminError),
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    #[error(transparent)]
+    Hold(#[from] HoldError),
+}
+
+impl CommandError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CommandError::CreateDeal(e) => match e {
+                CreateDealError::Exists(_) => ErrorCode::DealExists,
+                CreateDealError::TooMany(_) => ErrorCode::TooManyDeals,
+                CreateDealError::Invalid(_) => ErrorCode::InvalidRequest,
+            },
+            CommandError::DealAdmin(e) => match e {
+                DealAdminError::UnknownDeal(_) => ErrorCode::UnknownDeal,
+                DealAdminError::UnknownStream(_) => ErrorCode::UnknownStream,
+                DealAdminError::Ended => ErrorCode::DealEnded,
+                DealAdminError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
+                DealAdminError::Invalid(_) => ErrorCode::InvalidRequest,
+            },
+            CommandError::Reserve(e) => match e {
+                ReserveError::UnknownDeal(_) => ErrorCode::UnknownDeal,
+                ReserveError::NotStarted { .. } => ErrorCode::DealNotStarted,
+                ReserveError::Ended(_) => ErrorCode::DealEnded,
+                ReserveError::Paused(_) => ErrorCode::DealPaused,
+                ReserveError::SoldOut(_) => ErrorCode::SoldOut,
+                ReserveError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
+                ReserveError::PerUserLimit { .. } => ErrorCode::PerUserLimit,
+                ReserveError::Invalid(_) => ErrorCode::InvalidRequest,
+            },
+            CommandError::Hold(e) => match e {
+                HoldError::UnknownHold(_) => ErrorCode::UnknownHold,
+                HoldError::Expired => ErrorCode::HoldExpired,
+                HoldError::Released => ErrorCode::HoldReleased,
+                HoldError::Confirmed => ErrorCode::HoldConfirmed,
+                HoldError::TtlExceeded { .. } => ErrorCode::HoldTtlExceeded,
+                HoldError::Invalid(_) => ErrorCode::InvalidRequest,
+            },
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! livestock: a flash-sale inventory kernel.
+//!
+//! A commerce backend reserves units of a deal for a user (a hold that expires), then confirms
+//! the sale or releases the units. livestock never sells a unit twice.
+//!
+//! # Layout
+//! | file | concept |
+//! |---|---|
+//! | `limits.rs` | every bound of the system, related by `const` asserts |
+//! | `clock.rs` | time, injected; the only reader of the OS clock |
+//! | `sync.rs` | the one import point of atomics and locks (std or loom) |
+//! | `core/` | pure: ids, deals, holds, counters, commands, events, errors |
+//! | `alloc/` | the concurrent allocator: the hot path; no I/O, no clock |
+//! | `idempotency.rs` | remembered answers to keyed requests |
+//! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
+//! | `http/` | routes, wire types, errors as status + JSON, the hyper server |
+//!
+//! See `docs/ARCHITECTURE.md` for the invariants and the life of a reserve request.
+
+pub mod alloc;
+pub mod clock;
+pub mod core;
+pub mod limits;
+pub mod sync;

@@ -1,0 +1,67 @@
+//! Every bound of the system, in one place.
+//!
+//! A number that limits livestock lives here and nowhere else, so an SRE can read the whole
+//! envelope in one screen and a reviewer can see how the bounds relate (the `const` asserts at
+//! the bottom fail the build if an edit breaks a relation).
+
+/// Deal ids, stream ids: 1..=64 chars of `[A-Za-z0-9._-]`.
+pub const DEAL_ID_LEN_MAX: usize = 64;
+/// Stream ids share the deal id alphabet and length.
+pub const STREAM_ID_LEN_MAX: usize = 64;
+/// User ids are opaque to us, but bounded: they are keys in per-user maps.
+pub const USER_ID_LEN_MAX: usize = 128;
+/// Idempotency keys: opaque, printable ASCII, bounded (they are stored for a window).
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+
+/// Counters are packed into one 64-bit word, 21 bits each (see `core::counters`), so one deal
+/// can hold at most 2^21 - 1 units. Larger inventories are split across several deals.
+pub const COUNTER_BITS: u32 = 21;
+pub const DEAL_STOCK_UNITS_MAX: u64 = (1 << COUNTER_BITS) - 1;
+/// Units one hold (or one cart line) may take.
+pub const HOLD_QTY_MAX: u32 = 1_000;
+/// Lines in one cart reserve.
+pub const CART_LINES_MAX: usize = 32;
+/// Deals alive in memory at once (ended deals count until removed).
+pub const DEALS_MAX: usize = 100_000;
+
+/// Hold time-to-live bounds. A hold shorter than a second cannot survive a payment round trip;
+/// one longer than a day is not a flash sale.
+pub const HOLD_TTL_MS_MIN: u64 = 1_000;
+pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// Default TTL of a hold when neither the request nor the deal names one.
+pub const HOLD_TTL_MS_DEFAULT: u64 = 10 * 60 * 1_000;
+
+/// Resolved (confirmed, released, expired) holds stay readable, and their confirm/release stays
+/// retry-safe, for this long after they resolve; then they are forgotten.
+pub const RESOLVED_HOLD_RETENTION_MS_DEFAULT: u64 = 60 * 60 * 1_000;
+
+/// Expiry runs on a timer with this granularity: a hold's units return to `available` at most
+/// one tick (plus reaper scheduling delay) after its `expires_at`.
+pub const EXPIRY_TICK_MS: u64 = 10;
+
+/// Idempotency keys are remembered for a window and bounded in number; past the bound a new key
+/// is refused (503) rather than silently evicting a key whose window has not closed.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 60 * 60 * 1_000;
+pub const IDEMPOTENCY_KEYS_MAX_DEFAULT: usize = 1_000_000;
+/// How long a retry waits for the first request with the same key to finish.
+pub const IDEMPOTENCY_WAIT_MS_MAX: u64 = 5_000;
+
+/// Request bodies larger than this are refused with 413 before they are read.
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Shards of the concurrent maps (holds, per-user counts, idempotency keys). A power of two so
+/// that a shard is picked with a mask; 64 keeps two cores' collisions rare at little memory.
+pub const SHARDS: usize = 64;
+
+/// Unix-epoch milliseconds we accept for timestamps: year 2000 to year 9999.
+pub const TIMESTAMP_MS_MIN: u64 = 946_684_800_000;
+pub const TIMESTAMP_MS_MAX: u64 = 253_402_300_799_999;
+
+const _: () = assert!(SHARDS.is_power_of_two());
+const _: () = assert!(HOLD_TTL_MS_MIN <= HOLD_TTL_MS_DEFAULT && HOLD_TTL_MS_DEFAULT <= HOLD_TTL_MS_MAX);
+const _: () = assert!((HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
+// Three counters plus the closed flag must fit one u64.
+const _: () = assert!(3 * COUNTER_BITS < 64);
+// A cart can never take more than one deal could hold, so summing its lines cannot overflow.
+const _: () = assert!((CART_LINES_MAX as u64) * (HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
+const _: () = assert!(EXPIRY_TICK_MS < HOLD_TTL_MS_MIN);
