@@ -20,5 +20,8 @@
 pub mod alloc;
 pub mod clock;
 pub mod core;
+pub mod http;
+pub mod idempotency;
 pub mod limits;
+pub mod node;
 pub mod sync;

@@ -58,7 +58,8 @@ pub const TIMESTAMP_MS_MIN: u64 = 946_684_800_000;
 pub const TIMESTAMP_MS_MAX: u64 = 253_402_300_799_999;
 
 const _: () = assert!(SHARDS.is_power_of_two());
-const _: () = assert!(HOLD_TTL_MS_MIN <= HOLD_TTL_MS_DEFAULT && HOLD_TTL_MS_DEFAULT <= HOLD_TTL_MS_MAX);
+const _: () =
+    assert!(HOLD_TTL_MS_MIN <= HOLD_TTL_MS_DEFAULT && HOLD_TTL_MS_DEFAULT <= HOLD_TTL_MS_MAX);
 const _: () = assert!((HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
 // Three counters plus the closed flag must fit one u64.
 const _: () = assert!(3 * COUNTER_BITS < 64);

@@ -64,7 +64,11 @@ impl HoldShard {
 
     pub fn extend(&mut self, seq: HoldSeq, expires_at_ms: u64) -> Option<&Hold> {
         let entry = self.holds.get_mut(&seq.0)?;
-        assert_eq!(entry.hold.state, HoldState::Held, "extend of a resolved hold");
+        assert_eq!(
+            entry.hold.state,
+            HoldState::Held,
+            "extend of a resolved hold"
+        );
         entry.hold.expires_at_ms = expires_at_ms;
         self.schedule_expiry(seq.0, expires_at_ms);
         self.holds.get(&seq.0).map(|e| &e.hold)
@@ -86,7 +90,10 @@ impl HoldShard {
             user_id: entry.hold.user_id.clone(),
             settlement,
         };
-        self.forgets.entry(at_ms.saturating_add(retention_ms)).or_default().push(seq.0);
+        self.forgets
+            .entry(at_ms.saturating_add(retention_ms))
+            .or_default()
+            .push(seq.0);
         Some(resolved)
     }
 
@@ -114,7 +121,10 @@ impl HoldShard {
                 break;
             }
             for seq in entry.remove() {
-                let resolved = self.holds.get(&seq).is_some_and(|e| e.hold.state != HoldState::Held);
+                let resolved = self
+                    .holds
+                    .get(&seq)
+                    .is_some_and(|e| e.hold.state != HoldState::Held);
                 if resolved {
                     self.holds.remove(&seq);
                     forgotten += 1;
@@ -134,7 +144,9 @@ impl HoldShard {
 
     /// Every open hold has a timer entry at its current expiry (checked by the invariants).
     pub fn has_timer(&self, seq: HoldSeq, at_ms: u64) -> bool {
-        self.expiries.get(&at_ms).is_some_and(|seqs| seqs.contains(&seq.0))
+        self.expiries
+            .get(&at_ms)
+            .is_some_and(|seqs| seqs.contains(&seq.0))
     }
 }
 
@@ -145,7 +157,9 @@ pub struct HoldTable {
 impl Default for HoldTable {
     fn default() -> Self {
         HoldTable {
-            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(HoldShard::default()))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(HoldShard::default())))
+                .collect(),
         }
     }
 }

@@ -17,7 +17,10 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { map: ArcCell::from_pointee(Map::new()), write: Mutex::new(()) }
+        Registry {
+            map: ArcCell::from_pointee(Map::new()),
+            write: Mutex::new(()),
+        }
     }
 }
 
@@ -32,7 +35,10 @@ impl Registry {
         self.with(id, Arc::clone)
     }
 
-    #[expect(clippy::len_without_is_empty, reason = "a registry is not a collection API")]
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a registry is not a collection API"
+    )]
     pub fn len(&self) -> usize {
         self.map.load().len()
     }

@@ -16,16 +16,27 @@ pub enum Command {
     /// End a deal now: no more reservations, open holds released.
     EndDeal(DealId),
     /// Add units (`delta > 0`) or remove them from `available` (`delta < 0`).
-    AdjustStock { deal_id: DealId, delta: i64 },
+    AdjustStock {
+        deal_id: DealId,
+        delta: i64,
+    },
     /// End every deal of a livestream, releasing their open holds.
     EndStream(StreamId),
     /// One deal, one line.
     Reserve(Reserve),
     /// Several deals, all or nothing; lines naming the same deal are summed.
     Cart(Reserve),
-    Confirm { hold: HoldSeq, qty: Option<u32> },
-    Release { hold: HoldSeq },
-    Extend { hold: HoldSeq, ttl_ms: u64 },
+    Confirm {
+        hold: HoldSeq,
+        qty: Option<u32>,
+    },
+    Release {
+        hold: HoldSeq,
+    },
+    Extend {
+        hold: HoldSeq,
+        ttl_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +69,11 @@ impl HoldView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Deal(DealView),
-    StreamEnded { stream_id: StreamId, deals: Vec<DealView>, holds_released: usize },
+    StreamEnded {
+        stream_id: StreamId,
+        deals: Vec<DealView>,
+        holds_released: usize,
+    },
     /// The holds a reserve or cart made, one per deal, in the order of first mention.
     Holds(Vec<HoldView>),
     Hold(HoldView),

@@ -10,18 +10,50 @@ use crate::core::ids::{DealId, HoldSeq};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    DealCreated { spec: DealSpec, stock: u64 },
-    DealPaused { deal_id: DealId, at_ms: u64 },
-    DealResumed { deal_id: DealId, at_ms: u64 },
+    DealCreated {
+        spec: DealSpec,
+        stock: u64,
+    },
+    DealPaused {
+        deal_id: DealId,
+        at_ms: u64,
+    },
+    DealResumed {
+        deal_id: DealId,
+        at_ms: u64,
+    },
     /// One deal (end) or all of a stream's (stream end), with the holds each released.
-    DealsEnded { at_ms: u64, deals: Vec<(DealId, Vec<HoldSeq>)> },
-    StockAdjusted { deal_id: DealId, delta: i64, at_ms: u64 },
+    DealsEnded {
+        at_ms: u64,
+        deals: Vec<(DealId, Vec<HoldSeq>)>,
+    },
+    StockAdjusted {
+        deal_id: DealId,
+        delta: i64,
+        at_ms: u64,
+    },
     /// New holds, in state `held`: one for a reserve, one per deal for a cart.
-    Reserved { holds: Vec<Hold> },
-    Confirmed { seq: HoldSeq, qty: u32, at_ms: u64 },
-    Released { seq: HoldSeq, at_ms: u64 },
-    Extended { seq: HoldSeq, expires_at_ms: u64, at_ms: u64 },
-    Expired { seq: HoldSeq, at_ms: u64 },
+    Reserved {
+        holds: Vec<Hold>,
+    },
+    Confirmed {
+        seq: HoldSeq,
+        qty: u32,
+        at_ms: u64,
+    },
+    Released {
+        seq: HoldSeq,
+        at_ms: u64,
+    },
+    Extended {
+        seq: HoldSeq,
+        expires_at_ms: u64,
+        at_ms: u64,
+    },
+    Expired {
+        seq: HoldSeq,
+        at_ms: u64,
+    },
 }
 
 /// Where the allocator puts the events it decides. The allocator calls `append` at the moment

@@ -1,0 +1,292 @@
+//! The JSON wire format: request bodies into validated commands, outcomes into answers.
+//!
+//! Timestamps are RFC 3339 UTC strings with milliseconds; durations are integers with their unit
+//! in the name. Unknown fields are refused: a misspelt `quantity` must not silently mean 1.
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core::command::{Command, HoldView, Line, Outcome, Reserve};
+use crate::core::deal::{DealView, NewDeal};
+use crate::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use crate::http::error::ApiError;
+use crate::idempotency::StoredReply;
+
+pub fn timestamp(ms: u64) -> String {
+    match i64::try_from(ms)
+        .ok()
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+    {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => panic!("timestamp {ms} out of range (validated on the way in)"),
+    }
+}
+
+fn parse_timestamp(field: &str, raw: &str) -> Result<u64, ApiError> {
+    let parsed = DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| ApiError::invalid(format!("{field}: not an RFC 3339 timestamp ({e})")))?;
+    u64::try_from(parsed.timestamp_millis())
+        .map_err(|_| ApiError::invalid(format!("{field}: before 1970")))
+}
+
+/// Parses a JSON body into `T`. An empty body reads as `{}` (for bodies whose fields are all
+/// optional: pause, release, confirm).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDealBody {
+    id: String,
+    stock: u64,
+    #[serde(default)]
+    stream_id: Option<String>,
+    #[serde(default)]
+    starts_at: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
+    #[serde(default)]
+    per_user_limit: Option<u32>,
+    #[serde(default)]
+    hold_ttl_ms: Option<u64>,
+    #[serde(default)]
+    hold_ttl_ms_max: Option<u64>,
+}
+
+impl CreateDealBody {
+    pub fn command(self) -> Result<Command, ApiError> {
+        let id = DealId::parse(&self.id).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let stream_id = self
+            .stream_id
+            .map(|s| StreamId::parse(&s))
+            .transpose()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok(Command::CreateDeal(NewDeal {
+            id,
+            stream_id,
+            stock: self.stock,
+            starts_at_ms: self
+                .starts_at
+                .map(|t| parse_timestamp("starts_at", &t))
+                .transpose()?,
+            ends_at_ms: self
+                .ends_at
+                .map(|t| parse_timestamp("ends_at", &t))
+                .transpose()?,
+            per_user_limit: self.per_user_limit,
+            hold_ttl_ms: self.hold_ttl_ms,
+            hold_ttl_ms_max: self.hold_ttl_ms_max,
+        }))
+    }
+}
+
+/// Bodies of pause, resume, end, release: nothing, or an empty object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockBody {
+    pub delta: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    user_id: String,
+    qty: u32,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+impl ReserveBody {
+    pub fn command(self, deal_id: DealId) -> Result<Command, ApiError> {
+        Ok(Command::Reserve(Reserve {
+            user_id: user_id(&self.user_id)?,
+            lines: vec![Line {
+                deal_id,
+                qty: self.qty,
+            }],
+            ttl_ms: self.ttl_ms,
+        }))
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartLineBody {
+    deal_id: String,
+    qty: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CartBody {
+    user_id: String,
+    lines: Vec<CartLineBody>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+impl CartBody {
+    pub fn command(self) -> Result<Command, ApiError> {
+        let lines = self
+            .lines
+            .into_iter()
+            .map(|l| {
+                Ok(Line {
+                    deal_id: deal_id(&l.deal_id)?,
+                    qty: l.qty,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(Command::Cart(Reserve {
+            user_id: user_id(&self.user_id)?,
+            lines,
+            ttl_ms: self.ttl_ms,
+        }))
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    #[serde(default)]
+    pub qty: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    pub ttl_ms: u64,
+}
+
+pub fn deal_id(raw: &str) -> Result<DealId, ApiError> {
+    DealId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+pub fn stream_id(raw: &str) -> Result<StreamId, ApiError> {
+    StreamId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+pub fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+pub fn hold_seq(raw: &str, key: HoldIdKey) -> Result<HoldSeq, ApiError> {
+    HoldSeq::from_id(raw, key).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+// ------------------------------------------------------------------ answers
+
+pub fn deal_json(view: &DealView) -> Value {
+    let spec = &view.spec;
+    let c = view.counters;
+    json!({
+        "id": spec.id.as_str(),
+        "stream_id": spec.stream_id.as_ref().map(|s| s.as_str()),
+        "state": view.state.as_str(),
+        "stock": c.stock(),
+        "available": c.available(),
+        "held": c.held(),
+        "sold": c.sold(),
+        "starts_at": spec.starts_at_ms.map(timestamp),
+        "ends_at": spec.ends_at_ms.map(timestamp),
+        "per_user_limit": spec.per_user_limit,
+        "hold_ttl_ms": spec.hold_ttl_ms,
+        "hold_ttl_ms_max": spec.hold_ttl_ms_max,
+        "created_at": timestamp(spec.created_at_ms),
+    })
+}
+
+pub fn hold_json(view: &HoldView, key: HoldIdKey) -> Value {
+    let hold = &view.hold;
+    json!({
+        "hold_id": hold.seq.to_id(key),
+        "deal_id": hold.deal_id.as_str(),
+        "user_id": hold.user_id.as_str(),
+        "qty": hold.qty,
+        "state": view.state.as_str(),
+        "confirmed_qty": hold.confirmed_qty,
+        "created_at": timestamp(hold.created_at_ms),
+        "expires_at": timestamp(hold.expires_at_ms),
+        "resolved_at": hold.resolved_at_ms.map(timestamp),
+    })
+}
+
+pub fn reply(status: u16, body: &Value) -> StoredReply {
+    StoredReply {
+        status,
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+/// The answer to a command's outcome. `created` is the status of a fresh creation (201).
+pub fn outcome_reply(outcome: &Outcome, key: HoldIdKey) -> StoredReply {
+    match outcome {
+        Outcome::Deal(view) => reply(200, &deal_json(view)),
+        Outcome::StreamEnded {
+            stream_id,
+            deals,
+            holds_released,
+        } => reply(
+            200,
+            &json!({
+                "stream_id": stream_id.as_str(),
+                "deals_ended": deals.iter().map(deal_json).collect::<Vec<_>>(),
+                "holds_released": holds_released,
+            }),
+        ),
+        Outcome::Holds(holds) => reply(
+            201,
+            &json!({ "holds": holds.iter().map(|h| hold_json(h, key)).collect::<Vec<_>>() }),
+        ),
+        Outcome::Hold(view) => reply(200, &hold_json(view, key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_in_utc_with_milliseconds() {
+        let ms = 1_800_000_000_123;
+        let text = timestamp(ms);
+        assert_eq!(text, "2027-01-15T08:00:00.123Z");
+        assert_eq!(parse_timestamp("t", &text), Ok(ms));
+        assert_eq!(
+            parse_timestamp("t", "2027-01-15T09:00:00.123+01:00"),
+            Ok(ms)
+        );
+        assert!(parse_timestamp("t", "yesterday").is_err());
+    }
+
+    #[test]
+    fn bodies_are_strict() {
+        assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","qty":1}"#).is_ok());
+        assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","qty":-1}"#).is_err());
+        assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","qty":"1"}"#).is_err());
+        assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","quantity":1}"#).is_err());
+        assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","qty":1"#).is_err());
+        assert!(parse_body::<EmptyBody>(b"").is_ok());
+        assert!(parse_body::<ConfirmBody>(b"  ").is_ok());
+    }
+}

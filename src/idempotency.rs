@@ -1,0 +1,314 @@
+//! Remembered answers to requests that carry an `Idempotency-Key`.
+//!
+//! Same key and same request: the first answer again, byte for byte. Same key and a different
+//! request: refused (`idempotency_key_reused`). Two requests with one key at once: the first
+//! executes, the second waits for its answer (`InFlight` here; the HTTP layer waits). Keys are
+//! scoped (per user, per hold, or admin) so two callers cannot collide, kept for a window, and
+//! bounded in number: past the bound a new key is refused rather than evicting a live one,
+//! because a silently forgotten key is a double reservation waiting for a retry.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+
+use bytes::Bytes;
+use crossbeam::utils::CachePadded;
+
+use crate::limits::SHARDS;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
+
+/// An answer as it went out: status and body bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+enum Slot {
+    InFlight {
+        fingerprint: u64,
+    },
+    Done {
+        fingerprint: u64,
+        reply: StoredReply,
+    },
+}
+
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<Box<str>, Slot>,
+    /// Keys in the order they were first seen, with that instant: the window's queue.
+    order: VecDeque<(u64, Box<str>)>,
+}
+
+pub struct IdempotencyTable {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Keys held across all shards (in flight or done).
+    count: AtomicUsize,
+    window_ms: u64,
+    capacity: usize,
+}
+
+/// What to do with a keyed request.
+pub enum Begin<'a> {
+    /// First time: execute, then `finish` the guard with the answer.
+    Execute(InFlightGuard<'a>),
+    /// Seen before with the same request: send this.
+    Replay(StoredReply),
+    /// Seen before with a different request.
+    Mismatch,
+    /// The first request with this key is still executing.
+    InFlight,
+    /// The table is at its bound.
+    Full,
+}
+
+/// Marks a key in flight; dropping it without `finish` (an error that should not be
+/// remembered, or a panic) forgets the key so a retry executes.
+pub struct InFlightGuard<'a> {
+    table: &'a IdempotencyTable,
+    key: Option<Box<str>>,
+}
+
+impl InFlightGuard<'_> {
+    /// Stores the answer for later retries.
+    pub fn finish(mut self, reply: StoredReply) {
+        if let Some(key) = self.key.take() {
+            let mut shard = self.table.shard(&key).lock();
+            match shard.slots.get_mut(&key) {
+                Some(slot @ Slot::InFlight { .. }) => {
+                    let Slot::InFlight { fingerprint } = *slot else {
+                        unreachable!()
+                    };
+                    *slot = Slot::Done { fingerprint, reply };
+                }
+                _ => panic!("idempotency key finished but not in flight"),
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut shard = self.table.shard(&key).lock();
+            if shard.slots.remove(&key).is_some() {
+                self.table.count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The full key: scope and caller's key, joined by a byte neither may contain.
+fn full_key(scope: &str, key: &str) -> Box<str> {
+    let mut full = String::with_capacity(scope.len() + 1 + key.len());
+    full.push_str(scope);
+    full.push('\n');
+    full.push_str(key);
+    full.into_boxed_str()
+}
+
+/// A stable 64-bit fingerprint of a request (FNV-1a): stable across processes, so that a
+/// fingerprint written to the log still matches after a restart.
+pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().copied().chain(std::iter::once(0xff)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+impl IdempotencyTable {
+    pub fn new(window_ms: u64, capacity: usize) -> Self {
+        assert!(
+            window_ms > 0,
+            "an idempotency window of 0 ms remembers nothing"
+        );
+        IdempotencyTable {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
+            hasher: Default::default(),
+            count: AtomicUsize::new(0),
+            window_ms,
+            capacity,
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(key.as_bytes());
+        &self.shards[(hasher.finish() as usize) & (SHARDS - 1)]
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops this shard's keys older than the window.
+    fn expire(&self, shard: &mut Shard, now_ms: u64) {
+        while let Some((seen_ms, _)) = shard.order.front() {
+            if seen_ms.saturating_add(self.window_ms) > now_ms {
+                break;
+            }
+            let Some((_, key)) = shard.order.pop_front() else {
+                break;
+            };
+            match shard.slots.get(&key) {
+                Some(Slot::Done { .. }) => {
+                    shard.slots.remove(&key);
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                }
+                // A key still in flight stays (its request has not answered yet) and gets a new
+                // window from now; the loop stops at it, as its instant is now.
+                Some(Slot::InFlight { .. }) => shard.order.push_back((now_ms, key)),
+                None => {}
+            }
+        }
+    }
+
+    pub fn begin(&self, scope: &str, key: &str, fingerprint: u64, now_ms: u64) -> Begin<'_> {
+        let key = full_key(scope, key);
+        let mut shard = self.shard(&key).lock();
+        self.expire(&mut shard, now_ms);
+        match shard.slots.get(&key) {
+            Some(Slot::Done {
+                fingerprint: seen,
+                reply,
+            }) => {
+                if *seen == fingerprint {
+                    Begin::Replay(reply.clone())
+                } else {
+                    Begin::Mismatch
+                }
+            }
+            Some(Slot::InFlight { fingerprint: seen }) => {
+                if *seen == fingerprint {
+                    Begin::InFlight
+                } else {
+                    Begin::Mismatch
+                }
+            }
+            None => {
+                // Count first, so two shards racing for the last place cannot both pass.
+                if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                    return Begin::Full;
+                }
+                shard
+                    .slots
+                    .insert(key.clone(), Slot::InFlight { fingerprint });
+                shard.order.push_back((now_ms, key.clone()));
+                Begin::Execute(InFlightGuard {
+                    table: self,
+                    key: Some(key),
+                })
+            }
+        }
+    }
+
+    /// Puts back a remembered answer (recovery from the log). Older than the window: ignored.
+    pub fn restore(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: u64,
+        reply: StoredReply,
+        seen_ms: u64,
+        now_ms: u64,
+    ) {
+        if seen_ms.saturating_add(self.window_ms) <= now_ms {
+            return;
+        }
+        let key = full_key(scope, key);
+        let mut shard = self.shard(&key).lock();
+        if shard
+            .slots
+            .insert(key.clone(), Slot::Done { fingerprint, reply })
+            .is_none()
+        {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            shard.order.push_back((seen_ms, key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(body: &'static str) -> StoredReply {
+        StoredReply {
+            status: 201,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn same_key_same_request_replays_and_different_request_is_refused() {
+        let table = IdempotencyTable::new(1_000, 10);
+        let Begin::Execute(guard) = table.begin("user:a", "k1", 7, 0) else {
+            panic!()
+        };
+        assert!(matches!(table.begin("user:a", "k1", 7, 1), Begin::InFlight));
+        assert!(matches!(table.begin("user:a", "k1", 8, 1), Begin::Mismatch));
+        guard.finish(reply("first"));
+        assert!(
+            matches!(table.begin("user:a", "k1", 7, 2), Begin::Replay(r) if r == reply("first"))
+        );
+        assert!(matches!(table.begin("user:a", "k1", 8, 2), Begin::Mismatch));
+        // Another scope with the same key is another key.
+        assert!(matches!(
+            table.begin("user:b", "k1", 8, 2),
+            Begin::Execute(_)
+        ));
+    }
+
+    #[test]
+    fn keys_expire_after_the_window_and_the_table_is_bounded() {
+        let table = IdempotencyTable::new(1_000, 2);
+        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else {
+            panic!()
+        };
+        g.finish(reply("a"));
+        let Begin::Execute(g) = table.begin("s", "b", 1, 10) else {
+            panic!()
+        };
+        g.finish(reply("b"));
+        assert!(matches!(table.begin("s", "c", 1, 20), Begin::Full));
+        assert_eq!(table.len(), 2);
+        // Past the window, "a" is gone: its slot is free and the key executes again.
+        let Begin::Execute(g) = table.begin("s", "a", 1, 1_000) else {
+            panic!()
+        };
+        drop(g);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_guard_forgets_the_key() {
+        let table = IdempotencyTable::new(1_000, 10);
+        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else {
+            panic!()
+        };
+        drop(g);
+        assert!(table.is_empty());
+        assert!(matches!(table.begin("s", "a", 2, 0), Begin::Execute(_)));
+    }
+
+    #[test]
+    fn fingerprints_separate_their_parts() {
+        assert_ne!(fingerprint(&[b"ab", b"c"]), fingerprint(&[b"a", b"bc"]));
+        assert_eq!(
+            fingerprint(&[b"POST", b"/v1/x"]),
+            fingerprint(&[b"POST", b"/v1/x"])
+        );
+    }
+}
