@@ -35,9 +35,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: u64) -> Self {
-        ManualClock {
-            now_ms: AtomicU64::new(start_ms),
-        }
+        ManualClock { now_ms: AtomicU64::new(start_ms) }
     }
 
     pub fn advance_ms(&self, ms: u64) {

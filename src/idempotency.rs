@@ -24,13 +24,8 @@ pub struct StoredReply {
 }
 
 enum Slot {
-    InFlight {
-        fingerprint: u64,
-    },
-    Done {
-        fingerprint: u64,
-        reply: StoredReply,
-    },
+    InFlight { fingerprint: u64 },
+    Done { fingerprint: u64, reply: StoredReply },
 }
 
 #[derive(Default)]
@@ -77,9 +72,7 @@ impl InFlightGuard<'_> {
             let mut shard = self.table.shard(&key).lock();
             match shard.slots.get_mut(&key) {
                 Some(slot @ Slot::InFlight { .. }) => {
-                    let Slot::InFlight { fingerprint } = *slot else {
-                        unreachable!()
-                    };
+                    let Slot::InFlight { fingerprint } = *slot else { unreachable!() };
                     *slot = Slot::Done { fingerprint, reply };
                 }
                 _ => panic!("idempotency key finished but not in flight"),
@@ -123,14 +116,9 @@ pub fn fingerprint(parts: &[&[u8]]) -> u64 {
 
 impl IdempotencyTable {
     pub fn new(window_ms: u64, capacity: usize) -> Self {
-        assert!(
-            window_ms > 0,
-            "an idempotency window of 0 ms remembers nothing"
-        );
+        assert!(window_ms > 0, "an idempotency window of 0 ms remembers nothing");
         IdempotencyTable {
-            shards: (0..SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
-                .collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(Shard::default()))).collect(),
             hasher: Default::default(),
             count: AtomicUsize::new(0),
             window_ms,
@@ -179,10 +167,7 @@ impl IdempotencyTable {
         let mut shard = self.shard(&key).lock();
         self.expire(&mut shard, now_ms);
         match shard.slots.get(&key) {
-            Some(Slot::Done {
-                fingerprint: seen,
-                reply,
-            }) => {
+            Some(Slot::Done { fingerprint: seen, reply }) => {
                 if *seen == fingerprint {
                     Begin::Replay(reply.clone())
                 } else {
@@ -202,14 +187,9 @@ impl IdempotencyTable {
                     self.count.fetch_sub(1, Ordering::Relaxed);
                     return Begin::Full;
                 }
-                shard
-                    .slots
-                    .insert(key.clone(), Slot::InFlight { fingerprint });
+                shard.slots.insert(key.clone(), Slot::InFlight { fingerprint });
                 shard.order.push_back((now_ms, key.clone()));
-                Begin::Execute(InFlightGuard {
-                    table: self,
-                    key: Some(key),
-                })
+                Begin::Execute(InFlightGuard { table: self, key: Some(key) })
             }
         }
     }
@@ -229,11 +209,7 @@ impl IdempotencyTable {
         }
         let key = full_key(scope, key);
         let mut shard = self.shard(&key).lock();
-        if shard
-            .slots
-            .insert(key.clone(), Slot::Done { fingerprint, reply })
-            .is_none()
-        {
+        if shard.slots.insert(key.clone(), Slot::Done { fingerprint, reply }).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
             shard.order.push_back((seen_ms, key));
         }
@@ -245,18 +221,13 @@ mod tests {
     use super::*;
 
     fn reply(body: &'static str) -> StoredReply {
-        StoredReply {
-            status: 201,
-            body: Bytes::from_static(body.as_bytes()),
-        }
+        StoredReply { status: 201, body: Bytes::from_static(body.as_bytes()) }
     }
 
     #[test]
     fn same_key_same_request_replays_and_different_request_is_refused() {
         let table = IdempotencyTable::new(1_000, 10);
-        let Begin::Execute(guard) = table.begin("user:a", "k1", 7, 0) else {
-            panic!()
-        };
+        let Begin::Execute(guard) = table.begin("user:a", "k1", 7, 0) else { panic!() };
         assert!(matches!(table.begin("user:a", "k1", 7, 1), Begin::InFlight));
         assert!(matches!(table.begin("user:a", "k1", 8, 1), Begin::Mismatch));
         guard.finish(reply("first"));
@@ -265,29 +236,20 @@ mod tests {
         );
         assert!(matches!(table.begin("user:a", "k1", 8, 2), Begin::Mismatch));
         // Another scope with the same key is another key.
-        assert!(matches!(
-            table.begin("user:b", "k1", 8, 2),
-            Begin::Execute(_)
-        ));
+        assert!(matches!(table.begin("user:b", "k1", 8, 2), Begin::Execute(_)));
     }
 
     #[test]
     fn keys_expire_after_the_window_and_the_table_is_bounded() {
         let table = IdempotencyTable::new(1_000, 2);
-        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else {
-            panic!()
-        };
+        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else { panic!() };
         g.finish(reply("a"));
-        let Begin::Execute(g) = table.begin("s", "b", 1, 10) else {
-            panic!()
-        };
+        let Begin::Execute(g) = table.begin("s", "b", 1, 10) else { panic!() };
         g.finish(reply("b"));
         assert!(matches!(table.begin("s", "c", 1, 20), Begin::Full));
         assert_eq!(table.len(), 2);
         // Past the window, "a" is gone: its slot is free and the key executes again.
-        let Begin::Execute(g) = table.begin("s", "a", 1, 1_000) else {
-            panic!()
-        };
+        let Begin::Execute(g) = table.begin("s", "a", 1, 1_000) else { panic!() };
         drop(g);
         assert_eq!(table.len(), 1);
     }
@@ -295,9 +257,7 @@ mod tests {
     #[test]
     fn a_dropped_guard_forgets_the_key() {
         let table = IdempotencyTable::new(1_000, 10);
-        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else {
-            panic!()
-        };
+        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else { panic!() };
         drop(g);
         assert!(table.is_empty());
         assert!(matches!(table.begin("s", "a", 2, 0), Begin::Execute(_)));
@@ -306,9 +266,6 @@ mod tests {
     #[test]
     fn fingerprints_separate_their_parts() {
         assert_ne!(fingerprint(&[b"ab", b"c"]), fingerprint(&[b"a", b"bc"]));
-        assert_eq!(
-            fingerprint(&[b"POST", b"/v1/x"]),
-            fingerprint(&[b"POST", b"/v1/x"])
-        );
+        assert_eq!(fingerprint(&[b"POST", b"/v1/x"]), fingerprint(&[b"POST", b"/v1/x"]));
     }
 }

@@ -97,10 +97,7 @@ impl Node {
         remember: impl Fn(&StoredReply) -> bool,
     ) -> KeyedResult<StoredReply> {
         let now_ms = self.now_ms();
-        match self
-            .idempotency
-            .begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms)
-        {
+        match self.idempotency.begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms) {
             Begin::Replay(reply) => KeyedResult::Replayed(reply),
             Begin::Mismatch => KeyedResult::Mismatch,
             Begin::InFlight => KeyedResult::InFlight,

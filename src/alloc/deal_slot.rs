@@ -61,8 +61,7 @@ impl DealSlot {
         let mut current = self.counters.load(Ordering::Acquire);
         loop {
             let counters = Counters::from_raw(current);
-            self.spec
-                .check_open(counters.shut(), || self.lifecycle(), now_ms)?;
+            self.spec.check_open(counters.shut(), || self.lifecycle(), now_ms)?;
             let next = self.spec.take(counters, qty)?;
             match self.counters.compare_exchange_weak(
                 current,
@@ -96,8 +95,7 @@ impl DealSlot {
     /// A hold resolved: `sold` units move held -> sold, `returned` held -> available.
     pub fn settle(&self, settlement: Settlement) -> Counters {
         let result: Result<Counters, std::convert::Infallible> = self.update(|c| {
-            Ok(c.sell(u64::from(settlement.sold))
-                .put_back(u64::from(settlement.returned)))
+            Ok(c.sell(u64::from(settlement.sold)).put_back(u64::from(settlement.returned)))
         });
         match result {
             Ok(counters) => counters,

@@ -64,11 +64,7 @@ impl HoldShard {
 
     pub fn extend(&mut self, seq: HoldSeq, expires_at_ms: u64) -> Option<&Hold> {
         let entry = self.holds.get_mut(&seq.0)?;
-        assert_eq!(
-            entry.hold.state,
-            HoldState::Held,
-            "extend of a resolved hold"
-        );
+        assert_eq!(entry.hold.state, HoldState::Held, "extend of a resolved hold");
         entry.hold.expires_at_ms = expires_at_ms;
         self.schedule_expiry(seq.0, expires_at_ms);
         self.holds.get(&seq.0).map(|e| &e.hold)
@@ -85,15 +81,9 @@ impl HoldShard {
     ) -> Option<Resolved> {
         let entry = self.holds.get_mut(&seq.0)?;
         entry.hold.resolve(state, settlement, at_ms);
-        let resolved = Resolved {
-            deal: entry.deal.clone(),
-            user_id: entry.hold.user_id.clone(),
-            settlement,
-        };
-        self.forgets
-            .entry(at_ms.saturating_add(retention_ms))
-            .or_default()
-            .push(seq.0);
+        let resolved =
+            Resolved { deal: entry.deal.clone(), user_id: entry.hold.user_id.clone(), settlement };
+        self.forgets.entry(at_ms.saturating_add(retention_ms)).or_default().push(seq.0);
         Some(resolved)
     }
 
@@ -121,10 +111,8 @@ impl HoldShard {
                 break;
             }
             for seq in entry.remove() {
-                let resolved = self
-                    .holds
-                    .get(&seq)
-                    .is_some_and(|e| e.hold.state != HoldState::Held);
+                let resolved =
+                    self.holds.get(&seq).is_some_and(|e| e.hold.state != HoldState::Held);
                 if resolved {
                     self.holds.remove(&seq);
                     forgotten += 1;
@@ -144,9 +132,7 @@ impl HoldShard {
 
     /// Every open hold has a timer entry at its current expiry (checked by the invariants).
     pub fn has_timer(&self, seq: HoldSeq, at_ms: u64) -> bool {
-        self.expiries
-            .get(&at_ms)
-            .is_some_and(|seqs| seqs.contains(&seq.0))
+        self.expiries.get(&at_ms).is_some_and(|seqs| seqs.contains(&seq.0))
     }
 }
 

@@ -116,11 +116,7 @@ impl Allocator {
     }
 
     pub fn deals(&self, now_ms: u64) -> Vec<DealView> {
-        self.deals
-            .all()
-            .iter()
-            .map(|slot| slot.view(now_ms))
-            .collect()
+        self.deals.all().iter().map(|slot| slot.view(now_ms)).collect()
     }
 
     pub fn deal_count(&self) -> usize {
@@ -129,16 +125,12 @@ impl Allocator {
 
     pub fn hold(&self, seq: HoldSeq, now_ms: u64) -> Option<HoldView> {
         let shard = self.holds.lock(seq);
-        shard
-            .get(seq)
-            .map(|entry| HoldView::at(entry.hold.clone(), now_ms))
+        shard.get(seq).map(|entry| HoldView::at(entry.hold.clone(), now_ms))
     }
 
     /// The earliest instant at which a hold may be due (a hint for the reaper's sleep).
     pub fn next_expiry(&self) -> Option<u64> {
-        (0..self.holds.shard_count())
-            .filter_map(|i| self.holds.lock_index(i).next_expiry())
-            .min()
+        (0..self.holds.shard_count()).filter_map(|i| self.holds.lock_index(i).next_expiry()).min()
     }
 
     // ---------------------------------------------------------------- commands
@@ -182,21 +174,12 @@ impl Allocator {
             || CreateDealError::Exists(new.id.to_string()),
             || CreateDealError::TooMany(DEALS_MAX),
             || {
-                let slot = Arc::new(DealSlot::new(
-                    spec.clone(),
-                    Counters::new(stock),
-                    Lifecycle::Open,
-                ));
+                let slot =
+                    Arc::new(DealSlot::new(spec.clone(), Counters::new(stock), Lifecycle::Open));
                 // Logged before the deal is visible (this runs under the registry's write lock,
                 // before the insert is published): a reserve of it is always logged after it.
                 let view = Outcome::Deal(slot.view(now_ms));
-                sink.append(
-                    Event::DealCreated {
-                        spec: spec.clone(),
-                        stock,
-                    },
-                    &view,
-                );
+                sink.append(Event::DealCreated { spec: spec.clone(), stock }, &view);
                 outcome = Some(view);
                 Ok(slot)
             },
@@ -208,9 +191,7 @@ impl Allocator {
     }
 
     fn slot(&self, id: &DealId) -> Result<Arc<DealSlot>, DealAdminError> {
-        self.deals
-            .get(id.as_str())
-            .ok_or_else(|| DealAdminError::UnknownDeal(id.to_string()))
+        self.deals.get(id.as_str()).ok_or_else(|| DealAdminError::UnknownDeal(id.to_string()))
     }
 
     fn pause(
@@ -228,13 +209,7 @@ impl Allocator {
         }
         slot.set_lifecycle(Lifecycle::Paused);
         let outcome = Outcome::Deal(slot.view(now_ms));
-        sink.append(
-            Event::DealPaused {
-                deal_id: id.clone(),
-                at_ms: now_ms,
-            },
-            &outcome,
-        );
+        sink.append(Event::DealPaused { deal_id: id.clone(), at_ms: now_ms }, &outcome);
         Ok(outcome)
     }
 
@@ -256,10 +231,7 @@ impl Allocator {
         view.state = view.spec.state(Lifecycle::Open, now_ms);
         view.counters = view.counters.with_shut(false);
         sink.append(
-            Event::DealResumed {
-                deal_id: id.clone(),
-                at_ms: now_ms,
-            },
+            Event::DealResumed { deal_id: id.clone(), at_ms: now_ms },
             &Outcome::Deal(view),
         );
         slot.set_lifecycle(Lifecycle::Open);
@@ -281,20 +253,14 @@ impl Allocator {
         if slot.lifecycle() == Lifecycle::Ended {
             return Err(DealAdminError::Ended);
         }
-        let event = Event::StockAdjusted {
-            deal_id: id.clone(),
-            delta,
-            at_ms: now_ms,
-        };
+        let event = Event::StockAdjusted { deal_id: id.clone(), delta, at_ms: now_ms };
         let units = delta.unsigned_abs();
         if delta > 0 {
             // Added units are freed units: log first, then make them available. Check the
             // limit on a copy first so that a refusal logs nothing.
             let mut view = slot.view(now_ms);
             view.counters = view.counters.add_stock(units).ok_or_else(|| {
-                Invalid(format!(
-                    "delta: a deal holds at most {DEAL_STOCK_UNITS_MAX} units"
-                ))
+                Invalid(format!("delta: a deal holds at most {DEAL_STOCK_UNITS_MAX} units"))
             })?;
             sink.append(event, &Outcome::Deal(view));
             // Only admin changes add stock, and we hold the admin lock: the check above holds.
@@ -302,15 +268,14 @@ impl Allocator {
                 panic!("stock limit passed under the admin lock");
             }
         } else {
-            slot.remove_stock(units)
-                .map_err(|shortage| match shortage {
-                    crate::core::counters::Shortage::SoldOut => {
-                        DealAdminError::InsufficientStock { available: 0 }
-                    }
-                    crate::core::counters::Shortage::Insufficient { available } => {
-                        DealAdminError::InsufficientStock { available }
-                    }
-                })?;
+            slot.remove_stock(units).map_err(|shortage| match shortage {
+                crate::core::counters::Shortage::SoldOut => {
+                    DealAdminError::InsufficientStock { available: 0 }
+                }
+                crate::core::counters::Shortage::Insufficient { available } => {
+                    DealAdminError::InsufficientStock { available }
+                }
+            })?;
             sink.append(event, &Outcome::Deal(slot.view(now_ms)));
         }
         Ok(Outcome::Deal(slot.view(now_ms)))
@@ -323,9 +288,8 @@ impl Allocator {
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, DealAdminError> {
         let slot = self.slot(id)?;
-        let (mut views, _released) = self.end_deals(vec![slot], now_ms, sink, |views, _| {
-            Outcome::Deal(views[0].clone())
-        });
+        let (mut views, _released) =
+            self.end_deals(vec![slot], now_ms, sink, |views, _| Outcome::Deal(views[0].clone()));
         Ok(Outcome::Deal(views.remove(0)))
     }
 
@@ -363,10 +327,8 @@ impl Allocator {
         outcome: impl Fn(&[DealView], usize) -> Outcome,
     ) -> (Vec<DealView>, usize) {
         let guards: Vec<_> = slots.iter().map(|slot| slot.lock_admin()).collect();
-        let ending: Vec<&Arc<DealSlot>> = slots
-            .iter()
-            .filter(|slot| slot.lifecycle() != Lifecycle::Ended)
-            .collect();
+        let ending: Vec<&Arc<DealSlot>> =
+            slots.iter().filter(|slot| slot.lifecycle() != Lifecycle::Ended).collect();
         if ending.is_empty() {
             drop(guards);
             return (slots.iter().map(|s| s.view(now_ms)).collect(), 0);
@@ -427,13 +389,7 @@ impl Allocator {
                 view
             })
             .collect();
-        sink.append(
-            Event::DealsEnded {
-                at_ms: now_ms,
-                deals,
-            },
-            &outcome(&views, released.len()),
-        );
+        sink.append(Event::DealsEnded { at_ms: now_ms, deals }, &outcome(&views, released.len()));
         let count = released.len();
         for (_, resolved) in released {
             self.settle(&resolved);
@@ -454,9 +410,7 @@ impl Allocator {
         let mut summed: Vec<Line> = Vec::with_capacity(lines.len());
         for line in lines {
             if line.qty == 0 || line.qty > HOLD_QTY_MAX {
-                return Err(Invalid(format!(
-                    "qty: must be between 1 and {HOLD_QTY_MAX}"
-                )));
+                return Err(Invalid(format!("qty: must be between 1 and {HOLD_QTY_MAX}")));
             }
             match summed.iter_mut().find(|l| l.deal_id == line.deal_id) {
                 Some(l) => l.qty += line.qty,
@@ -489,15 +443,10 @@ impl Allocator {
         for line in &lines {
             let taken = self.deals.with(line.deal_id.as_str(), |slot| {
                 let counters = slot.counters();
-                slot.spec
-                    .check_open(counters.shut(), || slot.lifecycle(), now_ms)?;
+                slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms)?;
                 slot.spec.take(counters, line.qty)?;
                 let ttl_ms = slot.spec.hold_ttl(request.ttl_ms)?;
-                Ok::<_, ReserveError>(Take {
-                    deal: slot.clone(),
-                    qty: line.qty,
-                    ttl_ms,
-                })
+                Ok::<_, ReserveError>(Take { deal: slot.clone(), qty: line.qty, ttl_ms })
             });
             match taken {
                 None => return Err(ReserveError::UnknownDeal(line.deal_id.to_string())),
@@ -507,24 +456,15 @@ impl Allocator {
         self.take_units(&takes, &request.user_id, now_ms)?;
 
         // Number the holds and lock their shards (in index order: no lock-order cycles).
-        let first = self
-            .next_hold_seq
-            .fetch_add(takes.len() as u64, Ordering::Relaxed);
-        let seqs: Vec<HoldSeq> = (0..takes.len() as u64)
-            .map(|i| HoldSeq(first + i))
-            .collect();
+        let first = self.next_hold_seq.fetch_add(takes.len() as u64, Ordering::Relaxed);
+        let seqs: Vec<HoldSeq> = (0..takes.len() as u64).map(|i| HoldSeq(first + i)).collect();
         let shard_indices: BTreeSet<usize> = seqs.iter().map(|s| HoldTable::shard_of(*s)).collect();
-        let mut shards: Vec<_> = shard_indices
-            .iter()
-            .map(|i| (*i, self.holds.lock_index(*i)))
-            .collect();
+        let mut shards: Vec<_> =
+            shard_indices.iter().map(|i| (*i, self.holds.lock_index(*i))).collect();
         // An end of one of these deals may have begun after our units were taken; it scans the
         // hold shards after shutting the deal, so checking here under the shard lock means it
         // either sees our hold or we see its end (and give the units back).
-        if let Some(ended) = takes
-            .iter()
-            .find(|t| t.deal.lifecycle() == Lifecycle::Ended)
-        {
+        if let Some(ended) = takes.iter().find(|t| t.deal.lifecycle() == Lifecycle::Ended) {
             let deal_id = ended.deal.spec.id.to_string();
             drop(shards);
             self.untake_units(&takes, &request.user_id);
@@ -545,27 +485,15 @@ impl Allocator {
                 resolved_at_ms: None,
             })
             .collect();
-        let outcome = Outcome::Holds(
-            holds
-                .iter()
-                .map(|h| HoldView::at(h.clone(), now_ms))
-                .collect(),
-        );
-        sink.append(
-            Event::Reserved {
-                holds: holds.clone(),
-            },
-            &outcome,
-        );
+        let outcome =
+            Outcome::Holds(holds.iter().map(|h| HoldView::at(h.clone(), now_ms)).collect());
+        sink.append(Event::Reserved { holds: holds.clone() }, &outcome);
         for (hold, take) in holds.into_iter().zip(&takes) {
             let index = HoldTable::shard_of(hold.seq);
             let Some((_, shard)) = shards.iter_mut().find(|(i, _)| *i == index) else {
                 panic!("hold shard {index} not locked");
             };
-            shard.insert(Entry {
-                hold,
-                deal: take.deal.clone(),
-            });
+            shard.insert(Entry { hold, deal: take.deal.clone() });
         }
         Ok(outcome)
     }
@@ -583,10 +511,7 @@ impl Allocator {
             let index = self.users.shard_of(&take.deal.spec.id, user);
             shards.iter().position(|(i, _)| *i == index)
         };
-        for take in takes
-            .iter()
-            .filter(|t| t.deal.spec.per_user_limit.is_some())
-        {
+        for take in takes.iter().filter(|t| t.deal.spec.per_user_limit.is_some()) {
             let Some(pos) = shard_for(&mut user_shards, take) else {
                 panic!("user shard not locked");
             };
@@ -598,18 +523,12 @@ impl Allocator {
                 // Give back what this cart took so far. No event was logged for those units,
                 // and giving back is safe: they were never visible as held by anyone.
                 for earlier in &takes[..done] {
-                    earlier.deal.settle(Settlement {
-                        sold: 0,
-                        returned: earlier.qty,
-                    });
+                    earlier.deal.settle(Settlement { sold: 0, returned: earlier.qty });
                 }
                 return Err(e);
             }
         }
-        for take in takes
-            .iter()
-            .filter(|t| t.deal.spec.per_user_limit.is_some())
-        {
+        for take in takes.iter().filter(|t| t.deal.spec.per_user_limit.is_some()) {
             let Some(pos) = shard_for(&mut user_shards, take) else {
                 panic!("user shard not locked");
             };
@@ -621,10 +540,7 @@ impl Allocator {
     /// Undoes `take_units` for a reserve that lost a race with an end (nothing was logged).
     fn untake_units(&self, takes: &[Take], user: &UserId) {
         for take in takes {
-            take.deal.settle(Settlement {
-                sold: 0,
-                returned: take.qty,
-            });
+            take.deal.settle(Settlement { sold: 0, returned: take.qty });
             if take.deal.spec.per_user_limit.is_some() {
                 self.users.with(&take.deal.spec.id, user, |shard| {
                     users::sub(shard, &take.deal.spec.id, user, take.qty)
@@ -639,12 +555,7 @@ impl Allocator {
         if resolved.deal.spec.per_user_limit.is_some() && resolved.settlement.returned > 0 {
             let deal_id = &resolved.deal.spec.id;
             self.users.with(deal_id, &resolved.user_id, |shard| {
-                users::sub(
-                    shard,
-                    deal_id,
-                    &resolved.user_id,
-                    resolved.settlement.returned,
-                )
+                users::sub(shard, deal_id, &resolved.user_id, resolved.settlement.returned)
             });
         }
     }
@@ -699,16 +610,12 @@ impl Allocator {
             let Some(resolved) = shard.resolve(seq, state, settlement, now_ms, retention_ms) else {
                 panic!("hold vanished under its lock");
             };
-            let Some(entry) = shard.get(seq) else {
-                panic!("hold vanished under its lock")
-            };
+            let Some(entry) = shard.get(seq) else { panic!("hold vanished under its lock") };
             let outcome = Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms));
             let event = match state {
-                HoldState::Confirmed => Event::Confirmed {
-                    seq,
-                    qty: settlement.sold,
-                    at_ms: now_ms,
-                },
+                HoldState::Confirmed => {
+                    Event::Confirmed { seq, qty: settlement.sold, at_ms: now_ms }
+                }
                 HoldState::Released => Event::Released { seq, at_ms: now_ms },
                 HoldState::Expired | HoldState::Held => panic!("resolve to {state:?}"),
             };
@@ -740,14 +647,7 @@ impl Allocator {
         };
         let outcome = Outcome::Hold(HoldView::at(hold.clone(), now_ms));
         // Logged under the shard lock: no resolution of this hold can be ordered before it.
-        sink.append(
-            Event::Extended {
-                seq,
-                expires_at_ms,
-                at_ms: now_ms,
-            },
-            &outcome,
-        );
+        sink.append(Event::Extended { seq, expires_at_ms, at_ms: now_ms }, &outcome);
         Ok(outcome)
     }
 
@@ -767,9 +667,7 @@ impl Allocator {
                     if let Some(r) =
                         shard.resolve(seq, HoldState::Expired, settlement, now_ms, retention_ms)
                     {
-                        let Some(entry) = shard.get(seq) else {
-                            panic!("hold vanished")
-                        };
+                        let Some(entry) = shard.get(seq) else { panic!("hold vanished") };
                         let outcome = Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms));
                         sink.append(Event::Expired { seq, at_ms: now_ms }, &outcome);
                         resolved.push(r);
@@ -856,9 +754,7 @@ impl Allocator {
             Event::Expired { seq, at_ms } => {
                 self.replay_resolve(*seq, HoldState::Expired, None, *at_ms)
             }
-            Event::Extended {
-                seq, expires_at_ms, ..
-            } => {
+            Event::Extended { seq, expires_at_ms, .. } => {
                 let mut shard = self.holds.lock(*seq);
                 match shard.get(*seq) {
                     Some(e) if e.hold.state == HoldState::Held => {}
@@ -871,40 +767,28 @@ impl Allocator {
     }
 
     fn replay_slot(&self, id: &DealId) -> Result<Arc<DealSlot>, ReplayError> {
-        self.deals
-            .get(id.as_str())
-            .ok_or_else(|| ReplayError(format!("unknown deal {id}")))
+        self.deals.get(id.as_str()).ok_or_else(|| ReplayError(format!("unknown deal {id}")))
     }
 
     fn replay_reserve(&self, hold: &Hold) -> Result<(), ReplayError> {
         let slot = self.replay_slot(&hold.deal_id)?;
         if hold.state != HoldState::Held || hold.qty == 0 {
-            return Err(ReplayError(format!(
-                "hold {} is not a fresh hold",
-                hold.seq.0
-            )));
+            return Err(ReplayError(format!("hold {} is not a fresh hold", hold.seq.0)));
         }
         let mut shard = self.holds.lock(hold.seq);
         if shard.contains(hold.seq) {
             return Err(ReplayError(format!("hold {} reserved twice", hold.seq.0)));
         }
         slot.force_take(hold.qty).map_err(|shortage| {
-            ReplayError(format!(
-                "hold {} takes {} units: {shortage:?}",
-                hold.seq.0, hold.qty
-            ))
+            ReplayError(format!("hold {} takes {} units: {shortage:?}", hold.seq.0, hold.qty))
         })?;
         if slot.spec.per_user_limit.is_some() {
             self.users.with(&hold.deal_id, &hold.user_id, |users| {
                 users::add(users, &hold.deal_id, &hold.user_id, hold.qty)
             });
         }
-        shard.insert(Entry {
-            hold: hold.clone(),
-            deal: slot,
-        });
-        self.next_hold_seq
-            .fetch_max(hold.seq.0 + 1, Ordering::Relaxed);
+        shard.insert(Entry { hold: hold.clone(), deal: slot });
+        self.next_hold_seq.fetch_max(hold.seq.0 + 1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -926,15 +810,9 @@ impl Allocator {
             let qty = entry.hold.qty;
             let sold = sold.unwrap_or(0);
             if sold > qty || (state == HoldState::Confirmed && sold == 0) {
-                return Err(ReplayError(format!(
-                    "hold {} confirms {sold} of {qty}",
-                    seq.0
-                )));
+                return Err(ReplayError(format!("hold {} confirms {sold} of {qty}", seq.0)));
             }
-            let settlement = Settlement {
-                sold,
-                returned: qty - sold,
-            };
+            let settlement = Settlement { sold, returned: qty - sold };
             let retention_ms = self.config.resolved_hold_retention_ms;
             shard.resolve(seq, state, settlement, at_ms, retention_ms)
         };
@@ -972,9 +850,7 @@ impl Allocator {
                 shard
                     .iter()
                     .flat_map(|(deal, users)| {
-                        users
-                            .iter()
-                            .map(|(user, n)| (deal.clone(), user.clone(), *n))
+                        users.iter().map(|(user, n)| (deal.clone(), user.clone(), *n))
                     })
                     .collect::<Vec<_>>()
             })
@@ -998,11 +874,7 @@ impl Allocator {
         let mut sold: HashMap<&str, u64> = HashMap::new();
         let mut per_user: HashMap<(&str, &str), u32> = HashMap::new();
         for hold in &snapshot.holds {
-            assert!(
-                hold.seq.0 < snapshot.next_hold_seq,
-                "hold {:?} above the sequence",
-                hold.seq
-            );
+            assert!(hold.seq.0 < snapshot.next_hold_seq, "hold {:?} above the sequence", hold.seq);
             let deal = hold.deal_id.as_str();
             match hold.state {
                 HoldState::Held => {
@@ -1029,21 +901,10 @@ impl Allocator {
         for deal in &snapshot.deals {
             let id = deal.spec.id.as_str();
             let c = deal.counters;
-            assert_eq!(
-                c.shut(),
-                deal.lifecycle != Lifecycle::Open,
-                "deal {id} shut flag"
-            );
-            assert_eq!(
-                c.held(),
-                held.get(id).copied().unwrap_or(0),
-                "deal {id} held vs holds"
-            );
+            assert_eq!(c.shut(), deal.lifecycle != Lifecycle::Open, "deal {id} shut flag");
+            assert_eq!(c.held(), held.get(id).copied().unwrap_or(0), "deal {id} held vs holds");
             // Forgotten confirmed holds leave their units in `sold`: at least what we see.
-            assert!(
-                c.sold() >= sold.get(id).copied().unwrap_or(0),
-                "deal {id} sold vs holds"
-            );
+            assert!(c.sold() >= sold.get(id).copied().unwrap_or(0), "deal {id} sold vs holds");
             assert!(c.held() + c.sold() <= c.stock(), "deal {id} oversold");
             let Some(limit) = deal.spec.per_user_limit else {
                 continue;
@@ -1055,10 +916,7 @@ impl Allocator {
                     assert!(*count <= limit, "user {user} over the limit in deal {id}");
                     let from_holds = per_user.get(&(id, user.as_str())).copied().unwrap_or(0);
                     // Forgotten confirmed holds still count against the user.
-                    assert!(
-                        *count >= from_holds,
-                        "user {user} count below its holds in {id}"
-                    );
+                    assert!(*count >= from_holds, "user {user} count below its holds in {id}");
                 }
             }
             for ((deal_id, user), qty) in &per_user {

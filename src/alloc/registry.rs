@@ -17,10 +17,7 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            map: ArcCell::from_pointee(Map::new()),
-            write: Mutex::new(()),
-        }
+        Registry { map: ArcCell::from_pointee(Map::new()), write: Mutex::new(()) }
     }
 }
 
@@ -35,10 +32,6 @@ impl Registry {
         self.with(id, Arc::clone)
     }
 
-    #[expect(
-        clippy::len_without_is_empty,
-        reason = "a registry is not a collection API"
-    )]
     pub fn len(&self) -> usize {
         self.map.load().len()
     }

@@ -24,28 +24,18 @@ pub struct UserCounts {
 impl Default for UserCounts {
     fn default() -> Self {
         UserCounts {
-            shards: (0..SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(UserShard::new())))
-                .collect(),
+            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(UserShard::new()))).collect(),
             hasher: Default::default(),
         }
     }
 }
 
 pub fn taken(shard: &UserShard, deal: &DealId, user: &UserId) -> u32 {
-    shard
-        .get(deal)
-        .and_then(|users| users.get(user))
-        .copied()
-        .unwrap_or(0)
+    shard.get(deal).and_then(|users| users.get(user)).copied().unwrap_or(0)
 }
 
 pub fn add(shard: &mut UserShard, deal: &DealId, user: &UserId, qty: u32) {
-    let count = shard
-        .entry(deal.clone())
-        .or_default()
-        .entry(user.clone())
-        .or_insert(0);
+    let count = shard.entry(deal.clone()).or_default().entry(user.clone()).or_insert(0);
     *count += qty;
 }
 
@@ -58,9 +48,7 @@ pub fn sub(shard: &mut UserShard, deal: &DealId, user: &UserId, qty: u32) {
     let Some(count) = users.get_mut(user) else {
         panic!("no count for user {user} in deal {deal}");
     };
-    *count = count
-        .checked_sub(qty)
-        .unwrap_or_else(|| panic!("user count below zero"));
+    *count = count.checked_sub(qty).unwrap_or_else(|| panic!("user count below zero"));
     if *count == 0 {
         users.remove(user);
         if users.is_empty() {

@@ -53,10 +53,7 @@ impl std::fmt::Debug for Counters {
 impl Counters {
     /// Counters of a fresh deal. Panics on a stock over the limit: callers validate first.
     pub fn new(stock: u64) -> Self {
-        assert!(
-            stock <= DEAL_STOCK_UNITS_MAX,
-            "stock {stock} over the limit"
-        );
+        assert!(stock <= DEAL_STOCK_UNITS_MAX, "stock {stock} over the limit");
         Counters(stock)
     }
 
@@ -68,9 +65,7 @@ impl Counters {
             return None;
         }
         let shut = if shut { SHUT_BIT } else { 0 };
-        Some(Counters(
-            available | held << HELD_SHIFT | sold << SOLD_SHIFT | shut,
-        ))
+        Some(Counters(available | held << HELD_SHIFT | sold << SOLD_SHIFT | shut))
     }
 
     pub const fn from_raw(raw: u64) -> Self {
@@ -171,15 +166,9 @@ mod tests {
         assert_eq!(c.held(), 0);
         assert!(c.shut());
         let c = c.take(DEAL_STOCK_UNITS_MAX).unwrap();
-        assert_eq!(
-            (c.available(), c.held(), c.sold()),
-            (0, DEAL_STOCK_UNITS_MAX, 0)
-        );
+        assert_eq!((c.available(), c.held(), c.sold()), (0, DEAL_STOCK_UNITS_MAX, 0));
         let c = c.sell(DEAL_STOCK_UNITS_MAX);
-        assert_eq!(
-            (c.available(), c.held(), c.sold()),
-            (0, 0, DEAL_STOCK_UNITS_MAX)
-        );
+        assert_eq!((c.available(), c.held(), c.sold()), (0, 0, DEAL_STOCK_UNITS_MAX));
         assert!(c.shut());
     }
 
@@ -195,10 +184,7 @@ mod tests {
     #[test]
     fn stock_changes_respect_the_limit_and_the_buyers() {
         let c = Counters::new(10).take(4).unwrap();
-        assert_eq!(
-            c.remove_stock(7),
-            Err(Shortage::Insufficient { available: 6 })
-        );
+        assert_eq!(c.remove_stock(7), Err(Shortage::Insufficient { available: 6 }));
         assert_eq!(c.remove_stock(6).unwrap().stock(), 4);
         assert!(c.add_stock(DEAL_STOCK_UNITS_MAX).is_none());
         assert_eq!(c.add_stock(5).unwrap().available(), 11);

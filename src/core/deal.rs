@@ -40,9 +40,7 @@ pub struct DealSpec {
 
 fn check_timestamp(field: &str, ms: u64) -> Result<(), Invalid> {
     if !(TIMESTAMP_MS_MIN..=TIMESTAMP_MS_MAX).contains(&ms) {
-        return Err(Invalid(format!(
-            "{field}: must be between the years 2000 and 9999"
-        )));
+        return Err(Invalid(format!("{field}: must be between the years 2000 and 9999")));
     }
     Ok(())
 }
@@ -51,9 +49,7 @@ impl DealSpec {
     /// Validates a new deal and fills its defaults.
     pub fn new(new: &NewDeal, now_ms: u64) -> Result<Self, Invalid> {
         if new.stock > DEAL_STOCK_UNITS_MAX {
-            return Err(Invalid(format!(
-                "stock: at most {DEAL_STOCK_UNITS_MAX} units per deal"
-            )));
+            return Err(Invalid(format!("stock: at most {DEAL_STOCK_UNITS_MAX} units per deal")));
         }
         if let Some(starts) = new.starts_at_ms {
             check_timestamp("starts_at", starts)?;
@@ -124,10 +120,7 @@ impl DealSpec {
             return Err(ReserveError::Ended(self.id.to_string()));
         }
         if let Some(starts_at_ms) = self.starts_at_ms.filter(|starts| now_ms < *starts) {
-            return Err(ReserveError::NotStarted {
-                deal_id: self.id.to_string(),
-                starts_at_ms,
-            });
+            return Err(ReserveError::NotStarted { deal_id: self.id.to_string(), starts_at_ms });
         }
         Ok(())
     }
@@ -136,11 +129,7 @@ impl DealSpec {
     pub fn check_user_limit(&self, taken: u32, qty: u32) -> Result<(), ReserveError> {
         match self.per_user_limit {
             Some(limit) if u64::from(taken) + u64::from(qty) > u64::from(limit) => {
-                Err(ReserveError::PerUserLimit {
-                    deal_id: self.id.to_string(),
-                    limit,
-                    taken,
-                })
+                Err(ReserveError::PerUserLimit { deal_id: self.id.to_string(), limit, taken })
             }
             _ => Ok(()),
         }
@@ -149,15 +138,12 @@ impl DealSpec {
     /// What the stock rule says about taking `qty` units from `counters`.
     pub fn take(&self, counters: Counters, qty: u32) -> Result<Counters, ReserveError> {
         use crate::core::counters::Shortage;
-        counters
-            .take(u64::from(qty))
-            .map_err(|shortage| match shortage {
-                Shortage::SoldOut => ReserveError::SoldOut(self.id.to_string()),
-                Shortage::Insufficient { available } => ReserveError::InsufficientStock {
-                    deal_id: self.id.to_string(),
-                    available,
-                },
-            })
+        counters.take(u64::from(qty)).map_err(|shortage| match shortage {
+            Shortage::SoldOut => ReserveError::SoldOut(self.id.to_string()),
+            Shortage::Insufficient { available } => {
+                ReserveError::InsufficientStock { deal_id: self.id.to_string(), available }
+            }
+        })
     }
 
     pub fn state(&self, lifecycle: Lifecycle, now_ms: u64) -> DealState {
@@ -250,9 +236,7 @@ mod tests {
             spec.check_open(false, || Lifecycle::Open, T0),
             Err(ReserveError::NotStarted { .. })
         ));
-        assert!(spec
-            .check_open(false, || Lifecycle::Open, T0 + 1_999)
-            .is_ok());
+        assert!(spec.check_open(false, || Lifecycle::Open, T0 + 1_999).is_ok());
         assert!(matches!(
             spec.check_open(false, || Lifecycle::Open, T0 + 2_000),
             Err(ReserveError::Ended(_))
@@ -288,11 +272,7 @@ mod tests {
         assert!(spec.check_user_limit(1, 1).is_ok());
         assert!(matches!(
             spec.check_user_limit(1, 2),
-            Err(ReserveError::PerUserLimit {
-                limit: 2,
-                taken: 1,
-                ..
-            })
+            Err(ReserveError::PerUserLimit { limit: 2, taken: 1, .. })
         ));
     }
 }

@@ -118,11 +118,7 @@ pub enum ReserveError {
     #[error("the deal {deal_id:?} has {available} units left, fewer than asked")]
     InsufficientStock { deal_id: String, available: u64 },
     #[error("user may hold or buy at most {limit} units of deal {deal_id:?}; has {taken}")]
-    PerUserLimit {
-        deal_id: String,
-        limit: u32,
-        taken: u32,
-    },
+    PerUserLimit { deal_id: String, limit: u32, taken: u32 },
     #[error(transparent)]
     Invalid(#[from] Invalid),
 }

@@ -101,16 +101,11 @@ impl Hold {
         self.live_or_err(now_ms)?;
         let sold = qty.unwrap_or(self.qty);
         if sold == 0 || sold > self.qty {
-            return Err(Invalid(format!(
-                "qty: must be between 1 and the hold's {}",
-                self.qty
-            ))
-            .into());
+            return Err(
+                Invalid(format!("qty: must be between 1 and the hold's {}", self.qty)).into()
+            );
         }
-        Ok(Decision::Apply(Settlement {
-            sold,
-            returned: self.qty - sold,
-        }))
+        Ok(Decision::Apply(Settlement { sold, returned: self.qty - sold }))
     }
 
     pub fn decide_release(&self, now_ms: u64) -> Result<Decision<Settlement>, HoldError> {
@@ -118,10 +113,7 @@ impl Hold {
             return Ok(Decision::AlreadyDone);
         }
         self.live_or_err(now_ms)?;
-        Ok(Decision::Apply(Settlement {
-            sold: 0,
-            returned: self.qty,
-        }))
+        Ok(Decision::Apply(Settlement { sold: 0, returned: self.qty }))
     }
 
     /// Push the expiry to `now + ttl_ms`, never past `created_at + max_ms`. An extension that
@@ -154,12 +146,7 @@ impl Hold {
     /// Record a resolution. Panics if the hold was already resolved: exactly-once is the
     /// caller's lock's job, and a second resolution is a bug.
     pub fn resolve(&mut self, state: HoldState, settlement: Settlement, at_ms: u64) {
-        assert_eq!(
-            self.state,
-            HoldState::Held,
-            "hold {:?} resolved twice",
-            self.seq
-        );
+        assert_eq!(self.state, HoldState::Held, "hold {:?} resolved twice", self.seq);
         assert_ne!(state, HoldState::Held);
         assert_eq!(settlement.sold + settlement.returned, self.qty);
         self.state = state;
@@ -169,10 +156,7 @@ impl Hold {
 
     /// What releasing or expiring this hold gives back.
     pub fn full_return(&self) -> Settlement {
-        Settlement {
-            sold: 0,
-            returned: self.qty,
-        }
+        Settlement { sold: 0, returned: self.qty }
     }
 }
 
@@ -207,29 +191,15 @@ mod tests {
     #[test]
     fn partial_confirm_returns_the_rest_and_retries_are_answers() {
         let mut h = hold();
-        let Ok(Decision::Apply(s)) = h.decide_confirm(Some(2), 5_000) else {
-            panic!()
-        };
-        assert_eq!(
-            s,
-            Settlement {
-                sold: 2,
-                returned: 1
-            }
-        );
+        let Ok(Decision::Apply(s)) = h.decide_confirm(Some(2), 5_000) else { panic!() };
+        assert_eq!(s, Settlement { sold: 2, returned: 1 });
         h.resolve(HoldState::Confirmed, s, 5_000);
         assert_eq!(h.decide_confirm(Some(2), 6_000), Ok(Decision::AlreadyDone));
         assert_eq!(h.decide_confirm(None, 60_000), Ok(Decision::AlreadyDone));
         assert_eq!(h.decide_confirm(Some(3), 6_000), Err(HoldError::Confirmed));
         assert_eq!(h.decide_release(6_000), Err(HoldError::Confirmed));
-        assert!(matches!(
-            hold().decide_confirm(Some(4), 5_000),
-            Err(HoldError::Invalid(_))
-        ));
-        assert!(matches!(
-            hold().decide_confirm(Some(0), 5_000),
-            Err(HoldError::Invalid(_))
-        ));
+        assert!(matches!(hold().decide_confirm(Some(4), 5_000), Err(HoldError::Invalid(_))));
+        assert!(matches!(hold().decide_confirm(Some(0), 5_000), Err(HoldError::Invalid(_))));
     }
 
     #[test]
@@ -238,31 +208,19 @@ mod tests {
         h.resolve(HoldState::Released, h.full_return(), 2_000);
         assert_eq!(h.decide_release(3_000), Ok(Decision::AlreadyDone));
         assert_eq!(h.decide_confirm(None, 3_000), Err(HoldError::Released));
-        assert_eq!(
-            h.decide_extend(5_000, 60_000, 3_000),
-            Err(HoldError::Released)
-        );
+        assert_eq!(h.decide_extend(5_000, 60_000, 3_000), Err(HoldError::Released));
     }
 
     #[test]
     fn extend_stays_within_the_maximum() {
         let h = hold();
-        assert_eq!(
-            h.decide_extend(20_000, 60_000, 5_000),
-            Ok(Decision::Apply(25_000))
-        );
-        assert_eq!(
-            h.decide_extend(5_000, 60_000, 5_000),
-            Ok(Decision::AlreadyDone)
-        );
+        assert_eq!(h.decide_extend(20_000, 60_000, 5_000), Ok(Decision::Apply(25_000)));
+        assert_eq!(h.decide_extend(5_000, 60_000, 5_000), Ok(Decision::AlreadyDone));
         assert_eq!(
             h.decide_extend(57_000, 60_000, 5_000),
             Err(HoldError::TtlExceeded { max_ms: 60_000 })
         );
-        assert!(matches!(
-            h.decide_extend(10, 60_000, 5_000),
-            Err(HoldError::Invalid(_))
-        ));
+        assert!(matches!(h.decide_extend(10, 60_000, 5_000), Err(HoldError::Invalid(_))));
     }
 
     #[test]

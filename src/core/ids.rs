@@ -19,16 +19,10 @@ fn is_slug_char(c: u8) -> bool {
 
 fn check_slug(field: &'static str, raw: &str, len_max: usize) -> Result<(), InvalidId> {
     if raw.is_empty() {
-        return Err(InvalidId {
-            field,
-            reason: "must not be empty",
-        });
+        return Err(InvalidId { field, reason: "must not be empty" });
     }
     if raw.len() > len_max {
-        return Err(InvalidId {
-            field,
-            reason: "too long (at most 64 characters)",
-        });
+        return Err(InvalidId { field, reason: "too long (at most 64 characters)" });
     }
     if !raw.bytes().all(is_slug_char) {
         return Err(InvalidId {
@@ -104,23 +98,14 @@ impl StreamId {
 
 fn check_opaque(field: &'static str, raw: &str, len_max: usize) -> Result<(), InvalidId> {
     if raw.is_empty() {
-        return Err(InvalidId {
-            field,
-            reason: "must not be empty",
-        });
+        return Err(InvalidId { field, reason: "must not be empty" });
     }
     if raw.len() > len_max {
-        return Err(InvalidId {
-            field,
-            reason: "too long (at most 128 characters)",
-        });
+        return Err(InvalidId { field, reason: "too long (at most 128 characters)" });
     }
     // Printable ASCII only: these strings land in logs and headers.
     if !raw.bytes().all(|c| c.is_ascii_graphic()) {
-        return Err(InvalidId {
-            field,
-            reason: "only printable ASCII without spaces is allowed",
-        });
+        return Err(InvalidId { field, reason: "only printable ASCII without spaces is allowed" });
     }
     Ok(())
 }
@@ -168,19 +153,13 @@ impl HoldSeq {
             left = right;
             right = next;
         }
-        format!(
-            "{HOLD_ID_PREFIX}{:016x}",
-            u64::from(left) << 32 | u64::from(right)
-        )
+        format!("{HOLD_ID_PREFIX}{:016x}", u64::from(left) << 32 | u64::from(right))
     }
 
     /// Maps a caller's id back; `Err` if it is not of our shape (any 16 hex digits map to some
     /// sequence number, which then may or may not be a hold).
     pub fn from_id(id: &str, key: HoldIdKey) -> Result<Self, InvalidId> {
-        let invalid = InvalidId {
-            field: "hold_id",
-            reason: "not a hold id (h + 16 hex digits)",
-        };
+        let invalid = InvalidId { field: "hold_id", reason: "not a hold id (h + 16 hex digits)" };
         let hex = id.strip_prefix(HOLD_ID_PREFIX).ok_or(invalid.clone())?;
         if id.len() != HOLD_ID_LEN || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(invalid);

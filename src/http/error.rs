@@ -45,10 +45,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
+        ApiError { code, message: message.into() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -64,10 +61,7 @@ impl ApiError {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
-        StoredReply {
-            status: self.status().as_u16(),
-            body: Bytes::from(body.to_string()),
-        }
+        StoredReply { status: self.status().as_u16(), body: Bytes::from(body.to_string()) }
     }
 }
 

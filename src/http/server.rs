@@ -48,11 +48,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(run(listener, node, stop));
-        Ok(Server {
-            local_addr,
-            shutdown,
-            task,
-        })
+        Ok(Server { local_addr, shutdown, task })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -114,10 +110,9 @@ fn respond(reply: StoredReply) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(reply.body));
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -131,20 +126,12 @@ pub async fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>
     let route = match routes::route(&parts.method, &path) {
         Ok(route) => route,
         Err(NoRoute::Unknown) => {
-            return error(ApiError::new(
-                ErrorCode::UnknownRoute,
-                format!("no route {path}"),
-            ));
+            return error(ApiError::new(ErrorCode::UnknownRoute, format!("no route {path}")));
         }
         Err(NoRoute::Method(allow)) => {
-            let message = format!(
-                "{} is not allowed on {path}; allowed: {allow}",
-                parts.method
-            );
+            let message = format!("{} is not allowed on {path}; allowed: {allow}", parts.method);
             let mut response = error(ApiError::new(ErrorCode::MethodNotAllowed, message));
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return response;
         }
     };
@@ -207,22 +194,15 @@ async fn dispatch(
         Route::Healthz => return Ok(respond(wire::reply(200, &json!({ "status": "ok" })))),
         Route::ListDeals => {
             let now_ms = node.now_ms();
-            let deals: Vec<_> = node
-                .allocator()
-                .deals(now_ms)
-                .iter()
-                .map(wire::deal_json)
-                .collect();
+            let deals: Vec<_> =
+                node.allocator().deals(now_ms).iter().map(wire::deal_json).collect();
             return Ok(respond(wire::reply(200, &json!({ "deals": deals }))));
         }
         Route::GetDeal(id) => {
             let id = wire::deal_id(id)?;
-            let view = node
-                .allocator()
-                .deal(id.as_str(), node.now_ms())
-                .ok_or_else(|| {
-                    ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
-                })?;
+            let view = node.allocator().deal(id.as_str(), node.now_ms()).ok_or_else(|| {
+                ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
+            })?;
             return Ok(respond(wire::reply(200, &wire::deal_json(&view))));
         }
         Route::GetHold(id) => {
@@ -249,21 +229,14 @@ async fn dispatch(
         Route::AdjustStock(id) => {
             let delta = parse_body::<wire::StockBody>(body)?.delta;
             (
-                Command::AdjustStock {
-                    deal_id: wire::deal_id(id)?,
-                    delta,
-                },
+                Command::AdjustStock { deal_id: wire::deal_id(id)?, delta },
                 "admin".to_owned(),
                 Answer::Plain,
             )
         }
         Route::EndStream(id) => {
             parse_body::<wire::EmptyBody>(body)?;
-            (
-                Command::EndStream(wire::stream_id(id)?),
-                "admin".to_owned(),
-                Answer::Plain,
-            )
+            (Command::EndStream(wire::stream_id(id)?), "admin".to_owned(), Answer::Plain)
         }
         Route::Reserve(id) => {
             let deal_id = wire::deal_id(id)?;
@@ -279,18 +252,14 @@ async fn dispatch(
         Route::Confirm(id) | Route::Release(id) | Route::Extend(id) => {
             let hold = wire::hold_seq(id, hold_key)?;
             let command = match route {
-                Route::Confirm(_) => Command::Confirm {
-                    hold,
-                    qty: parse_body::<wire::ConfirmBody>(body)?.qty,
-                },
+                Route::Confirm(_) => {
+                    Command::Confirm { hold, qty: parse_body::<wire::ConfirmBody>(body)?.qty }
+                }
                 Route::Release(_) => {
                     parse_body::<wire::EmptyBody>(body)?;
                     Command::Release { hold }
                 }
-                _ => Command::Extend {
-                    hold,
-                    ttl_ms: parse_body::<wire::ExtendBody>(body)?.ttl_ms,
-                },
+                _ => Command::Extend { hold, ttl_ms: parse_body::<wire::ExtendBody>(body)?.ttl_ms },
             };
             (command, format!("hold:{id}"), Answer::Plain)
         }
@@ -365,11 +334,7 @@ fn remembered(reply: &StoredReply) -> bool {
 }
 
 fn canonical_json(body: &[u8]) -> Vec<u8> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(value) => value.to_string().into_bytes(),
         // Not JSON: the request fails validation before this point; fall back to the bytes.

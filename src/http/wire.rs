@@ -15,10 +15,7 @@ use crate::http::error::ApiError;
 use crate::idempotency::StoredReply;
 
 pub fn timestamp(ms: u64) -> String {
-    match i64::try_from(ms)
-        .ok()
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-    {
+    match i64::try_from(ms).ok().and_then(DateTime::<Utc>::from_timestamp_millis) {
         Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
         None => panic!("timestamp {ms} out of range (validated on the way in)"),
     }
@@ -34,11 +31,7 @@ fn parse_timestamp(field: &str, raw: &str) -> Result<u64, ApiError> {
 /// Parses a JSON body into `T`. An empty body reads as `{}` (for bodies whose fields are all
 /// optional: pause, release, confirm).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("body: {e}")))
 }
 
@@ -73,14 +66,8 @@ impl CreateDealBody {
             id,
             stream_id,
             stock: self.stock,
-            starts_at_ms: self
-                .starts_at
-                .map(|t| parse_timestamp("starts_at", &t))
-                .transpose()?,
-            ends_at_ms: self
-                .ends_at
-                .map(|t| parse_timestamp("ends_at", &t))
-                .transpose()?,
+            starts_at_ms: self.starts_at.map(|t| parse_timestamp("starts_at", &t)).transpose()?,
+            ends_at_ms: self.ends_at.map(|t| parse_timestamp("ends_at", &t)).transpose()?,
             per_user_limit: self.per_user_limit,
             hold_ttl_ms: self.hold_ttl_ms,
             hold_ttl_ms_max: self.hold_ttl_ms_max,
@@ -112,10 +99,7 @@ impl ReserveBody {
     pub fn command(self, deal_id: DealId) -> Result<Command, ApiError> {
         Ok(Command::Reserve(Reserve {
             user_id: user_id(&self.user_id)?,
-            lines: vec![Line {
-                deal_id,
-                qty: self.qty,
-            }],
+            lines: vec![Line { deal_id, qty: self.qty }],
             ttl_ms: self.ttl_ms,
         }))
     }
@@ -146,18 +130,9 @@ impl CartBody {
         let lines = self
             .lines
             .into_iter()
-            .map(|l| {
-                Ok(Line {
-                    deal_id: deal_id(&l.deal_id)?,
-                    qty: l.qty,
-                })
-            })
+            .map(|l| Ok(Line { deal_id: deal_id(&l.deal_id)?, qty: l.qty }))
             .collect::<Result<Vec<_>, ApiError>>()?;
-        Ok(Command::Cart(Reserve {
-            user_id: user_id(&self.user_id)?,
-            lines,
-            ttl_ms: self.ttl_ms,
-        }))
+        Ok(Command::Cart(Reserve { user_id: user_id(&self.user_id)?, lines, ttl_ms: self.ttl_ms }))
     }
 
     pub fn user_id(&self) -> &str {
@@ -232,21 +207,14 @@ pub fn hold_json(view: &HoldView, key: HoldIdKey) -> Value {
 }
 
 pub fn reply(status: u16, body: &Value) -> StoredReply {
-    StoredReply {
-        status,
-        body: Bytes::from(body.to_string()),
-    }
+    StoredReply { status, body: Bytes::from(body.to_string()) }
 }
 
 /// The answer to a command's outcome. `created` is the status of a fresh creation (201).
 pub fn outcome_reply(outcome: &Outcome, key: HoldIdKey) -> StoredReply {
     match outcome {
         Outcome::Deal(view) => reply(200, &deal_json(view)),
-        Outcome::StreamEnded {
-            stream_id,
-            deals,
-            holds_released,
-        } => reply(
+        Outcome::StreamEnded { stream_id, deals, holds_released } => reply(
             200,
             &json!({
                 "stream_id": stream_id.as_str(),
@@ -272,10 +240,7 @@ mod tests {
         let text = timestamp(ms);
         assert_eq!(text, "2027-01-15T08:00:00.123Z");
         assert_eq!(parse_timestamp("t", &text), Ok(ms));
-        assert_eq!(
-            parse_timestamp("t", "2027-01-15T09:00:00.123+01:00"),
-            Ok(ms)
-        );
+        assert_eq!(parse_timestamp("t", "2027-01-15T09:00:00.123+01:00"), Ok(ms));
         assert!(parse_timestamp("t", "yesterday").is_err());
     }
 
