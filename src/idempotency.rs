@@ -24,8 +24,16 @@ pub struct StoredReply {
 }
 
 enum Slot {
-    InFlight { fingerprint: u64 },
-    Done { fingerprint: u64, reply: StoredReply },
+    InFlight {
+        fingerprint: u64,
+    },
+    /// `lsn`: the log record that carries the answer; a replay waits until it is durable, so a
+    /// retry is never acknowledged before the original could be.
+    Done {
+        fingerprint: u64,
+        reply: StoredReply,
+        lsn: Option<u64>,
+    },
 }
 
 #[derive(Default)]
@@ -48,8 +56,8 @@ pub struct IdempotencyTable {
 pub enum Begin<'a> {
     /// First time: execute, then `finish` the guard with the answer.
     Execute(InFlightGuard<'a>),
-    /// Seen before with the same request: send this.
-    Replay(StoredReply),
+    /// Seen before with the same request: send this, once `lsn` is durable.
+    Replay(StoredReply, Option<u64>),
     /// Seen before with a different request.
     Mismatch,
     /// The first request with this key is still executing.
@@ -66,14 +74,14 @@ pub struct InFlightGuard<'a> {
 }
 
 impl InFlightGuard<'_> {
-    /// Stores the answer for later retries.
-    pub fn finish(mut self, reply: StoredReply) {
+    /// Stores the answer for later retries (`lsn`: the log record that carries it).
+    pub fn finish(mut self, reply: StoredReply, lsn: Option<u64>) {
         if let Some(key) = self.key.take() {
             let mut shard = self.table.shard(&key).lock();
             match shard.slots.get_mut(&key) {
                 Some(slot @ Slot::InFlight { .. }) => {
                     let Slot::InFlight { fingerprint } = *slot else { unreachable!() };
-                    *slot = Slot::Done { fingerprint, reply };
+                    *slot = Slot::Done { fingerprint, reply, lsn };
                 }
                 _ => panic!("idempotency key finished but not in flight"),
             }
@@ -167,9 +175,9 @@ impl IdempotencyTable {
         let mut shard = self.shard(&key).lock();
         self.expire(&mut shard, now_ms);
         match shard.slots.get(&key) {
-            Some(Slot::Done { fingerprint: seen, reply }) => {
+            Some(Slot::Done { fingerprint: seen, reply, lsn }) => {
                 if *seen == fingerprint {
-                    Begin::Replay(reply.clone())
+                    Begin::Replay(reply.clone(), *lsn)
                 } else {
                     Begin::Mismatch
                 }
@@ -209,7 +217,8 @@ impl IdempotencyTable {
         }
         let key = full_key(scope, key);
         let mut shard = self.shard(&key).lock();
-        if shard.slots.insert(key.clone(), Slot::Done { fingerprint, reply }).is_none() {
+        let slot = Slot::Done { fingerprint, reply, lsn: None };
+        if shard.slots.insert(key.clone(), slot).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
             shard.order.push_back((seen_ms, key));
         }
@@ -230,9 +239,9 @@ mod tests {
         let Begin::Execute(guard) = table.begin("user:a", "k1", 7, 0) else { panic!() };
         assert!(matches!(table.begin("user:a", "k1", 7, 1), Begin::InFlight));
         assert!(matches!(table.begin("user:a", "k1", 8, 1), Begin::Mismatch));
-        guard.finish(reply("first"));
+        guard.finish(reply("first"), Some(3));
         assert!(
-            matches!(table.begin("user:a", "k1", 7, 2), Begin::Replay(r) if r == reply("first"))
+            matches!(table.begin("user:a", "k1", 7, 2), Begin::Replay(r, Some(3)) if r == reply("first"))
         );
         assert!(matches!(table.begin("user:a", "k1", 8, 2), Begin::Mismatch));
         // Another scope with the same key is another key.
@@ -243,9 +252,9 @@ mod tests {
     fn keys_expire_after_the_window_and_the_table_is_bounded() {
         let table = IdempotencyTable::new(1_000, 2);
         let Begin::Execute(g) = table.begin("s", "a", 1, 0) else { panic!() };
-        g.finish(reply("a"));
+        g.finish(reply("a"), None);
         let Begin::Execute(g) = table.begin("s", "b", 1, 10) else { panic!() };
-        g.finish(reply("b"));
+        g.finish(reply("b"), None);
         assert!(matches!(table.begin("s", "c", 1, 20), Begin::Full));
         assert_eq!(table.len(), 2);
         // Past the window, "a" is gone: its slot is free and the key executes again.

@@ -25,3 +25,4 @@ pub mod idempotency;
 pub mod limits;
 pub mod node;
 pub mod sync;
+pub mod wal;

@@ -49,6 +49,20 @@ pub const IDEMPOTENCY_WAIT_MS_MAX: u64 = 5_000;
 /// Request bodies larger than this are refused with 413 before they are read.
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
+/// One log record's payload. The largest record is a stream end listing every hold it
+/// released: a deal has at most DEAL_STOCK_UNITS_MAX open holds of ~10 bytes each.
+pub const WAL_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// A log segment is closed and a new one started past this size.
+pub const WAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Checkpoints are written at least this often while the log grows...
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 60_000;
+/// ...and as soon as this much log was written since the last one.
+pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Relaxed durability: the log is fsynced at least this often.
+pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 10;
+/// A checkpoint file: at most this large (a million holds take ~60 MB).
+pub const CHECKPOINT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
+
 /// Shards of the concurrent maps (holds, per-user counts, idempotency keys). A power of two so
 /// that a shard is picked with a mask; 64 keeps two cores' collisions rare at little memory.
 pub const SHARDS: usize = 64;

@@ -1,36 +1,35 @@
 //! The node: the shell around the allocator that the HTTP layer talks to.
 //!
-//! It owns what the pure parts must not: the clock, the idempotency table, and the sink the
+//! It owns what the pure parts must not: the clock, the idempotency table, and the log the
 //! allocator's events go to. Each command runs synchronously, start to finish, without an
-//! `.await`, so a client that disconnects mid-request cannot leave a half-done change.
+//! `.await`; only then does the request wait (asynchronously) for its record to be durable, so
+//! a client that disconnects mid-request cannot leave a half-done change.
 
 use std::sync::Arc;
 
 use crate::alloc::{Allocator, AllocatorConfig};
 use crate::clock::Clock;
 use crate::core::command::{Command, Outcome};
-use crate::core::error::CommandError;
+use crate::core::error::{CommandError, ErrorCode};
 use crate::core::event::{Event, EventSink};
+use crate::core::ids::HoldIdKey;
+use crate::http::error::ApiError;
 use crate::idempotency::{Begin, IdempotencyTable, StoredReply};
+use crate::wal::{self, Durability, KeptReply, Record, RecoveryReport, Storage, Wal, WalConfig};
 
+#[derive(Clone, Copy, Debug)]
 pub struct NodeConfig {
     pub allocator: AllocatorConfig,
     pub idempotency_window_ms: u64,
     pub idempotency_keys_max: usize,
 }
 
-/// Where the node's events go while state lives in memory only: nowhere. The write-ahead log
-/// takes this place; everything upstream of it already produces the events it will record.
-struct MemoryOnly;
-
-impl EventSink for MemoryOnly {
-    fn append(&mut self, _event: Event, _outcome: &Outcome) {}
-}
-
 pub struct Node {
     allocator: Allocator,
     clock: Arc<dyn Clock>,
     idempotency: IdempotencyTable,
+    /// `None`: state lives in memory only (tests, and `serve --in-memory`).
+    wal: Option<Wal>,
 }
 
 /// A keyed request's identity: where its key lives and what request it stands for.
@@ -40,18 +39,76 @@ pub struct Keyed<'a> {
     pub fingerprint: u64,
 }
 
+/// A command's answer, and the log record the answer depends on.
+pub struct Executed {
+    pub reply: StoredReply,
+    /// Answer only once this LSN is durable (see [`Node::durable`]).
+    pub lsn: Option<u64>,
+}
+
 /// What became of a keyed request.
-pub enum KeyedResult<T> {
+pub enum KeyedResult {
     /// It executed now.
-    Ran(T),
+    Ran(Executed),
     /// It had executed before: the stored answer.
-    Replayed(StoredReply),
+    Replayed(Executed),
     Mismatch,
     InFlight,
     Full,
 }
 
+type Render<'a> = &'a dyn Fn(&Result<Outcome, CommandError>) -> StoredReply;
+
+/// The allocator's event sink for one command: appends each event to the log (with the
+/// request's answer when it is keyed) and remembers the answer and the LSN.
+struct Journal<'a> {
+    wal: Option<&'a Wal>,
+    now_ms: u64,
+    render: Option<Render<'a>>,
+    keyed: Option<&'a Keyed<'a>>,
+    reply: Option<StoredReply>,
+    lsn: Option<u64>,
+}
+
+impl EventSink for Journal<'_> {
+    fn append(&mut self, event: Event, outcome: &Outcome) {
+        // The answer is rendered here, from the outcome as the event was ordered, so the answer
+        // sent now and the one kept in the log for retries are the same bytes.
+        let reply = self.render.map(|render| render(&Ok(outcome.clone())));
+        if let Some(wal) = self.wal {
+            let kept = match (self.keyed, &reply) {
+                (Some(keyed), Some(reply)) => Some(KeptReply {
+                    scope: keyed.scope.to_owned(),
+                    key: keyed.key.to_owned(),
+                    fingerprint: keyed.fingerprint,
+                    status: reply.status,
+                    body: reply.body.to_vec(),
+                    seen_ms: self.now_ms,
+                }),
+                _ => None,
+            };
+            self.lsn = Some(wal.append(Record { at_ms: self.now_ms, event, reply: kept }));
+        }
+        self.reply = reply;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Recovery(#[from] wal::RecoveryError),
+    #[error("cannot start the log: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("recovered state is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+fn unavailable(reason: &str) -> StoredReply {
+    ApiError::new(ErrorCode::StorageUnavailable, format!("storage unavailable: {reason}")).reply()
+}
+
 impl Node {
+    /// A node whose state lives in memory only.
     pub fn new(config: NodeConfig, clock: Arc<dyn Clock>) -> Self {
         Node {
             allocator: Allocator::new(config.allocator),
@@ -60,7 +117,39 @@ impl Node {
                 config.idempotency_window_ms,
                 config.idempotency_keys_max,
             ),
+            wal: None,
         }
+    }
+
+    /// Recovers the state in `storage` and starts logging to it. Holds that expired while the
+    /// node was down are expired (and logged) before this returns.
+    pub fn open(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+        wal_config: WalConfig,
+        new_key: HoldIdKey,
+    ) -> Result<(Node, RecoveryReport), OpenError> {
+        let recovered = wal::recover(&*storage, config.allocator, new_key, true)?;
+        let shadow = wal::recovery::shadow_of(&recovered)
+            .map_err(|e| OpenError::Inconsistent(e.to_string()))?;
+        let now_ms = clock.now_ms();
+        let idempotency =
+            IdempotencyTable::new(config.idempotency_window_ms, config.idempotency_keys_max);
+        for r in &recovered.replies {
+            let reply = StoredReply { status: r.status, body: r.body.clone().into() };
+            idempotency.restore(&r.scope, &r.key, r.fingerprint, reply, r.seen_ms, now_ms);
+        }
+        let start = wal::WalStart {
+            next_lsn: recovered.next_lsn(),
+            checkpoint_lsn: recovered.report.checkpoint_lsn.unwrap_or(0),
+            shadow,
+            replies: recovered.replies,
+        };
+        let wal = Wal::start(storage, start, wal_config)?;
+        let node = Node { allocator: recovered.allocator, clock, idempotency, wal: Some(wal) };
+        node.expire_due();
+        Ok((node, recovered.report))
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -75,16 +164,33 @@ impl Node {
         &self.idempotency
     }
 
-    /// Runs a command. `answer` turns the result into the reply that goes out.
-    pub fn execute(
-        &self,
-        command: &Command,
-        answer: impl Fn(&Result<Outcome, CommandError>) -> StoredReply,
-    ) -> StoredReply {
+    pub fn wal(&self) -> Option<&Wal> {
+        self.wal.as_ref()
+    }
+
+    /// Runs a command. `render` turns its result into the answer.
+    pub fn execute(&self, command: &Command, render: Render<'_>) -> Executed {
+        self.run(command, render, None)
+    }
+
+    fn run(&self, command: &Command, render: Render<'_>, keyed: Option<&Keyed<'_>>) -> Executed {
+        if let Some(wal) = &self.wal {
+            if !wal.is_writable() {
+                return Executed { reply: unavailable("the log is not writable"), lsn: None };
+            }
+        }
         let now_ms = self.now_ms();
-        let mut sink = MemoryOnly;
-        let result = self.allocator.execute(command, now_ms, &mut sink);
-        answer(&result)
+        let mut journal = Journal {
+            wal: self.wal.as_ref(),
+            now_ms,
+            render: Some(render),
+            keyed,
+            reply: None,
+            lsn: None,
+        };
+        let result = self.allocator.execute(command, now_ms, &mut journal);
+        let reply = journal.reply.take().unwrap_or_else(|| render(&result));
+        Executed { reply, lsn: journal.lsn }
     }
 
     /// Runs a command under an idempotency key. `remember` says whether an answer is kept for
@@ -93,28 +199,57 @@ impl Node {
         &self,
         keyed: &Keyed<'_>,
         command: &Command,
-        answer: impl Fn(&Result<Outcome, CommandError>) -> StoredReply,
+        render: Render<'_>,
         remember: impl Fn(&StoredReply) -> bool,
-    ) -> KeyedResult<StoredReply> {
+    ) -> KeyedResult {
         let now_ms = self.now_ms();
         match self.idempotency.begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms) {
-            Begin::Replay(reply) => KeyedResult::Replayed(reply),
+            Begin::Replay(reply, lsn) => KeyedResult::Replayed(Executed { reply, lsn }),
             Begin::Mismatch => KeyedResult::Mismatch,
             Begin::InFlight => KeyedResult::InFlight,
             Begin::Full => KeyedResult::Full,
             Begin::Execute(guard) => {
-                let reply = self.execute(command, answer);
-                if remember(&reply) {
-                    guard.finish(reply.clone());
+                let executed = self.run(command, render, Some(keyed));
+                if remember(&executed.reply) {
+                    guard.finish(executed.reply.clone(), executed.lsn);
                 }
-                KeyedResult::Ran(reply)
+                KeyedResult::Ran(executed)
             }
+        }
+    }
+
+    /// Waits until an answer may go out: its record is durable (strict), or at once (relaxed,
+    /// memory only). `Err` carries the 503 to send instead.
+    pub async fn durable(&self, lsn: Option<u64>) -> Result<(), StoredReply> {
+        match (&self.wal, lsn) {
+            (Some(wal), Some(lsn)) if wal.durability() == Durability::Strict => {
+                wal.wait_durable(lsn).await.map_err(|reason| unavailable(&reason))
+            }
+            _ => Ok(()),
         }
     }
 
     /// The reaper's tick: expire what is due now. Returns how many holds expired.
     pub fn expire_due(&self) -> usize {
-        let mut sink = MemoryOnly;
-        self.allocator.expire_due(self.now_ms(), &mut sink)
+        if self.wal.as_ref().is_some_and(|wal| !wal.is_writable()) {
+            return 0;
+        }
+        let mut journal = Journal {
+            wal: self.wal.as_ref(),
+            now_ms: self.now_ms(),
+            render: None,
+            keyed: None,
+            reply: None,
+            lsn: None,
+        };
+        self.allocator.expire_due(journal.now_ms, &mut journal)
+    }
+
+    /// Flushes the log and writes a final checkpoint. Call after the server stopped.
+    pub fn close(&self) -> Result<(), String> {
+        match &self.wal {
+            Some(wal) => wal.close(),
+            None => Ok(()),
+        }
     }
 }

@@ -12,7 +12,7 @@ mod imp {
     /// `parking_lot` rather than `std`: no poisoning (a panic is a bug and takes the process
     /// down anyway) and a smaller, faster uncontended path. Never a tokio mutex: no lock in the
     /// allocator is held across an `.await`.
-    pub use parking_lot::{Mutex, MutexGuard};
+    pub use parking_lot::{Condvar, Mutex, MutexGuard};
 
     /// Lock-free reads of rarely written data (the deal registry): a load touches only
     /// thread-local memory, so a burst of reads does not bounce a shared cache line.

@@ -49,11 +49,16 @@ impl HoldShard {
         self.holds.contains_key(&seq.0)
     }
 
-    /// Adds a new hold and its expiry timer. Panics on a duplicate number: numbers are unique
+    /// Adds a hold with its timer (expiry if open, forgetting if resolved). Panics on a duplicate number: numbers are unique
     /// by construction (replay checks before it calls this).
-    pub fn insert(&mut self, entry: Entry) {
+    pub fn insert(&mut self, entry: Entry, retention_ms: u64) {
         let seq = entry.hold.seq.0;
-        self.schedule_expiry(seq, entry.hold.expires_at_ms);
+        match entry.hold.resolved_at_ms {
+            None => self.schedule_expiry(seq, entry.hold.expires_at_ms),
+            Some(at_ms) => {
+                self.forgets.entry(at_ms.saturating_add(retention_ms)).or_default().push(seq)
+            }
+        }
         let previous = self.holds.insert(seq, entry);
         assert!(previous.is_none(), "hold {seq} inserted twice");
     }

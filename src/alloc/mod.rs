@@ -53,7 +53,7 @@ pub struct ReplayError(pub String);
 
 /// Everything the allocator holds, as plain values, in a canonical order: for checkpoints and
 /// for comparing two allocators (live vs replayed) in tests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub hold_id_key: HoldIdKey,
     pub next_hold_seq: u64,
@@ -64,7 +64,7 @@ pub struct Snapshot {
     pub user_counts: Vec<(DealId, UserId, u32)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DealSnapshot {
     pub spec: DealSpec,
     pub lifecycle: Lifecycle,
@@ -493,7 +493,7 @@ impl Allocator {
             let Some((_, shard)) = shards.iter_mut().find(|(i, _)| *i == index) else {
                 panic!("hold shard {index} not locked");
             };
-            shard.insert(Entry { hold, deal: take.deal.clone() });
+            shard.insert(Entry { hold, deal: take.deal.clone() }, 0);
         }
         Ok(outcome)
     }
@@ -691,8 +691,8 @@ impl Allocator {
         let err = |what: String| Err(ReplayError(what));
         match event {
             Event::DealCreated { spec, stock } => {
-                if *stock > DEAL_STOCK_UNITS_MAX {
-                    return err(format!("deal {} stock {stock} over the limit", spec.id));
+                if !spec.is_valid(*stock) {
+                    return err(format!("deal {} has an invalid spec", spec.id));
                 }
                 let result = self.deals.insert(
                     &spec.id,
@@ -787,7 +787,7 @@ impl Allocator {
                 users::add(users, &hold.deal_id, &hold.user_id, hold.qty)
             });
         }
-        shard.insert(Entry { hold: hold.clone(), deal: slot });
+        shard.insert(Entry { hold: hold.clone(), deal: slot }, 0);
         self.next_hold_seq.fetch_max(hold.seq.0 + 1, Ordering::Relaxed);
         Ok(())
     }
@@ -820,6 +820,59 @@ impl Allocator {
             self.settle(&resolved);
         }
         Ok(())
+    }
+
+    /// Rebuilds an allocator from a snapshot (a checkpoint), checking it as outside input:
+    /// every spec valid, every hold's deal known, every invariant holding.
+    pub fn restore(config: AllocatorConfig, snapshot: &Snapshot) -> Result<Self, ReplayError> {
+        let err = |what: String| ReplayError(what);
+        let config = AllocatorConfig { hold_id_key: snapshot.hold_id_key, ..config };
+        let allocator = Allocator::new(config);
+        for deal in &snapshot.deals {
+            let spec = &deal.spec;
+            if !spec.is_valid(deal.counters.stock()) {
+                return Err(err(format!("deal {} has an invalid spec", spec.id)));
+            }
+            allocator.deals.insert(
+                &spec.id,
+                usize::MAX,
+                || err(format!("deal {} twice", spec.id)),
+                || err("too many deals".into()),
+                || Ok(Arc::new(DealSlot::new(spec.clone(), deal.counters, deal.lifecycle))),
+            )?;
+        }
+        for hold in &snapshot.holds {
+            let slot = allocator.replay_slot(&hold.deal_id)?;
+            let mut shard = allocator.holds.lock(hold.seq);
+            if shard.contains(hold.seq) || hold.seq.0 >= snapshot.next_hold_seq {
+                return Err(err(format!("hold {} twice or above the sequence", hold.seq.0)));
+            }
+            if (hold.state == HoldState::Held) != hold.resolved_at_ms.is_none() || hold.qty == 0 {
+                return Err(err(format!("hold {} is inconsistent", hold.seq.0)));
+            }
+            let retention_ms = config.resolved_hold_retention_ms;
+            shard.insert(Entry { hold: hold.clone(), deal: slot }, retention_ms);
+        }
+        for (deal_id, user_id, count) in &snapshot.user_counts {
+            let slot = allocator.replay_slot(deal_id)?;
+            if slot.spec.per_user_limit.is_none() || *count == 0 {
+                return Err(err(format!("user count for deal {deal_id} that has no limit")));
+            }
+            allocator
+                .users
+                .with(deal_id, user_id, |shard| users::add(shard, deal_id, user_id, *count));
+        }
+        allocator.next_hold_seq.store(snapshot.next_hold_seq, Ordering::Relaxed);
+        allocator.audit().map_err(err)?;
+        Ok(allocator)
+    }
+
+    /// Forgets resolved holds whose retention has passed (the reaper does this as part of
+    /// `expire_due`; the log writer's shadow copy, which never decides expiries, calls this).
+    pub fn forget_due(&self, now_ms: u64) {
+        for index in 0..self.holds.shard_count() {
+            self.holds.lock_index(index).forget_due(now_ms);
+        }
     }
 
     // ---------------------------------------------------------------- whole-state views
@@ -866,46 +919,68 @@ impl Allocator {
     }
 
     /// Checks every cross-structure invariant; panics with the first violation. O(holds):
-    /// tests call it after every step, and replay after loading. Only valid while quiescent.
+    /// tests call it after every step. Only valid while quiescent.
     pub fn check_invariants(&self) {
+        if let Err(violation) = self.audit() {
+            panic!("invariant violated: {violation}");
+        }
+    }
+
+    /// The invariants as a result, for state read from outside (a checkpoint).
+    pub fn audit(&self) -> Result<(), String> {
+        macro_rules! ensure {
+            ($cond:expr, $($msg:tt)+) => {
+                if !$cond {
+                    return Err(format!($($msg)+));
+                }
+            };
+        }
         use std::collections::HashMap;
         let snapshot = self.snapshot();
         let mut held: HashMap<&str, u64> = HashMap::new();
         let mut sold: HashMap<&str, u64> = HashMap::new();
         let mut per_user: HashMap<(&str, &str), u32> = HashMap::new();
         for hold in &snapshot.holds {
-            assert!(hold.seq.0 < snapshot.next_hold_seq, "hold {:?} above the sequence", hold.seq);
+            ensure!(hold.seq.0 < snapshot.next_hold_seq, "hold {:?} above the sequence", hold.seq);
             let deal = hold.deal_id.as_str();
             match hold.state {
                 HoldState::Held => {
                     *held.entry(deal).or_default() += u64::from(hold.qty);
                     *per_user.entry((deal, hold.user_id.as_str())).or_default() += hold.qty;
                     let shard = self.holds.lock(hold.seq);
-                    assert!(
+                    ensure!(
                         shard.has_timer(hold.seq, hold.expires_at_ms),
                         "open hold {:?} has no expiry timer",
                         hold.seq
                     );
                 }
                 HoldState::Confirmed => {
-                    assert!(hold.confirmed_qty >= 1 && hold.confirmed_qty <= hold.qty);
+                    ensure!(
+                        hold.confirmed_qty >= 1 && hold.confirmed_qty <= hold.qty,
+                        "hold {:?} confirmed_qty out of range",
+                        hold.seq
+                    );
                     *sold.entry(deal).or_default() += u64::from(hold.confirmed_qty);
                     *per_user.entry((deal, hold.user_id.as_str())).or_default() +=
                         hold.confirmed_qty;
                 }
                 HoldState::Released | HoldState::Expired => {
-                    assert_eq!(hold.confirmed_qty, 0);
+                    ensure!(
+                        hold.confirmed_qty == 0,
+                        "hold {:?} unsold but confirmed_qty",
+                        hold.seq
+                    );
                 }
             }
         }
         for deal in &snapshot.deals {
             let id = deal.spec.id.as_str();
             let c = deal.counters;
-            assert_eq!(c.shut(), deal.lifecycle != Lifecycle::Open, "deal {id} shut flag");
-            assert_eq!(c.held(), held.get(id).copied().unwrap_or(0), "deal {id} held vs holds");
+            ensure!(c.shut() == (deal.lifecycle != Lifecycle::Open), "deal {id} shut flag");
+            ensure!(c.held() == held.get(id).copied().unwrap_or(0), "deal {id} held vs holds");
             // Forgotten confirmed holds leave their units in `sold`: at least what we see.
-            assert!(c.sold() >= sold.get(id).copied().unwrap_or(0), "deal {id} sold vs holds");
-            assert!(c.held() + c.sold() <= c.stock(), "deal {id} oversold");
+            ensure!(c.sold() >= sold.get(id).copied().unwrap_or(0), "deal {id} sold vs holds");
+            ensure!(c.held() + c.sold() <= c.stock(), "deal {id} oversold");
             let Some(limit) = deal.spec.per_user_limit else {
                 continue;
             };
@@ -913,21 +988,24 @@ impl Allocator {
                 let shard = self.users.lock(index);
                 let Some(users) = shard.get(id) else { continue };
                 for (user, count) in users {
-                    assert!(*count <= limit, "user {user} over the limit in deal {id}");
+                    ensure!(*count <= limit, "user {user} over the limit in deal {id}");
                     let from_holds = per_user.get(&(id, user.as_str())).copied().unwrap_or(0);
                     // Forgotten confirmed holds still count against the user.
-                    assert!(*count >= from_holds, "user {user} count below its holds in {id}");
+                    ensure!(*count >= from_holds, "user {user} count below its holds in {id}");
                 }
             }
             for ((deal_id, user), qty) in &per_user {
                 if *deal_id == id {
-                    let user_id = UserId::parse(user).unwrap_or_else(|_| panic!("bad user id"));
+                    let Ok(user_id) = UserId::parse(user) else {
+                        return Err(format!("bad user id {user:?}"));
+                    };
                     let counted = self.users.with(&deal.spec.id, &user_id, |s| {
                         users::taken(s, &deal.spec.id, &user_id)
                     });
-                    assert!(counted >= *qty, "user {user} count misses holds in {id}");
+                    ensure!(counted >= *qty, "user {user} count misses holds in {id}");
                 }
             }
         }
+        Ok(())
     }
 }

@@ -50,6 +50,20 @@ impl std::fmt::Debug for Counters {
     }
 }
 
+/// Encoded as the raw word; decoding checks every field fits (a checkpoint is outside input).
+impl serde::Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Counters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = u64::deserialize(d)?;
+        Counters::try_from_raw(raw).ok_or_else(|| serde::de::Error::custom("counters out of range"))
+    }
+}
+
 impl Counters {
     /// Counters of a fresh deal. Panics on a stock over the limit: callers validate first.
     pub fn new(stock: u64) -> Self {
@@ -70,6 +84,12 @@ impl Counters {
 
     pub const fn from_raw(raw: u64) -> Self {
         Counters(raw)
+    }
+
+    /// `from_raw` for words read from outside (a checkpoint): `None` unless the fields fit.
+    pub fn try_from_raw(raw: u64) -> Option<Self> {
+        let c = Counters(raw);
+        Counters::from_parts(c.available(), c.held(), c.sold(), c.shut())
     }
 
     pub const fn raw(self) -> u64 {

@@ -23,7 +23,7 @@ pub struct NewDeal {
 }
 
 /// A deal's fixed configuration. Immutable once created: the hot path reads it without locks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DealSpec {
     pub id: DealId,
     pub stream_id: Option<StreamId>,
@@ -85,6 +85,22 @@ impl DealSpec {
             hold_ttl_ms_max: ttl_max,
             created_at_ms: now_ms,
         })
+    }
+
+    /// Whether a spec read from outside (log, checkpoint) is one `new` could have made: the
+    /// pair to the validation on the way in.
+    pub fn is_valid(&self, stock: u64) -> bool {
+        let new = NewDeal {
+            id: self.id.clone(),
+            stream_id: self.stream_id.clone(),
+            stock,
+            starts_at_ms: self.starts_at_ms,
+            ends_at_ms: self.ends_at_ms,
+            per_user_limit: self.per_user_limit,
+            hold_ttl_ms: Some(self.hold_ttl_ms),
+            hold_ttl_ms_max: Some(self.hold_ttl_ms_max),
+        };
+        DealSpec::new(&new, self.created_at_ms).as_ref() == Ok(self)
     }
 
     /// The TTL of a new hold: the request's, or the deal's default.
@@ -158,7 +174,7 @@ impl DealSpec {
 }
 
 /// What admins did to a deal. The sale window adds `scheduled` and time-based `ended` on top.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Lifecycle {
     Open = 0,

@@ -32,6 +32,7 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     IdempotencyKeyInUse,
     IdempotencyCapacity,
+    StorageUnavailable,
     Internal,
 }
 
@@ -60,6 +61,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::IdempotencyCapacity => "idempotency_capacity",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }

@@ -8,7 +8,7 @@ use crate::core::deal::DealSpec;
 use crate::core::hold::Hold;
 use crate::core::ids::{DealId, HoldSeq};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     DealCreated {
         spec: DealSpec,

@@ -5,7 +5,7 @@ use crate::core::error::{HoldError, Invalid};
 use crate::core::ids::{DealId, HoldSeq, UserId};
 use crate::limits::HOLD_TTL_MS_MIN;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum HoldState {
     Held,
     Confirmed,
@@ -24,7 +24,7 @@ impl HoldState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     pub seq: HoldSeq,
     pub deal_id: DealId,

@@ -62,6 +62,21 @@ macro_rules! string_id {
                 &self.0
             }
         }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        /// Decoding validates, as parsing does: a log or checkpoint cannot smuggle in an id
+        /// the API would refuse.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -127,12 +142,14 @@ impl IdempotencyKey {
 /// A hold's server-made id. Inside, holds are numbered by a sequence (`seq`); outside, the
 /// number is shown through a keyed permutation so ids are opaque and not enumerable from one
 /// another, while staying unique (a permutation is a bijection) and cheap to map back.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct HoldSeq(pub u64);
 
 /// The secret of the hold id permutation. Chosen at random when a data set is created and kept
 /// with it, so ids stay stable across restarts.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HoldIdKey(pub u64);
 
 const HOLD_ID_PREFIX: char = 'h';

@@ -32,7 +32,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::HoldTtlExceeded
         | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::IdempotencyCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::IdempotencyCapacity | ErrorCode::StorageUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -29,7 +29,7 @@ use crate::http::routes::{self, NoRoute, Route};
 use crate::http::wire::{self, parse_body};
 use crate::idempotency::{fingerprint, StoredReply};
 use crate::limits::{EXPIRY_TICK_MS, IDEMPOTENCY_WAIT_MS_MAX, REQUEST_BODY_BYTES_MAX};
-use crate::node::{Keyed, KeyedResult, Node};
+use crate::node::{Executed, Keyed, KeyedResult, Node};
 
 /// How long a client may take to send its request headers before it is dropped.
 const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
@@ -266,7 +266,8 @@ async fn dispatch(
     };
     let render = |result: &Result<Outcome, CommandError>| answer_reply(answer, result, hold_key);
     let Some(key) = key else {
-        return Ok(respond(node.execute(&command, render)));
+        let executed = node.execute(&command, &render);
+        return Ok(respond(settle(node, executed).await));
     };
     // The fingerprint covers the route and the body's meaning, not its spelling: the body is
     // canonicalized (keys sorted, no whitespace) so a retry that re-serializes still matches.
@@ -278,10 +279,10 @@ async fn dispatch(
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(IDEMPOTENCY_WAIT_MS_MAX);
     loop {
-        match node.execute_keyed(&keyed, &command, render, remembered) {
-            KeyedResult::Ran(reply) => return Ok(respond(reply)),
-            KeyedResult::Replayed(reply) => {
-                let mut response = respond(reply);
+        match node.execute_keyed(&keyed, &command, &render, remembered) {
+            KeyedResult::Ran(executed) => return Ok(respond(settle(node, executed).await)),
+            KeyedResult::Replayed(executed) => {
+                let mut response = respond(settle(node, executed).await);
                 response
                     .headers_mut()
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -312,6 +313,14 @@ async fn dispatch(
     }
 }
 
+/// The answer once it may go out: after its record is durable, or a 503 if it cannot become so.
+async fn settle(node: &Node, executed: Executed) -> StoredReply {
+    match node.durable(executed.lsn).await {
+        Ok(()) => executed.reply,
+        Err(unavailable) => unavailable,
+    }
+}
+
 fn answer_reply(
     answer: Answer,
     result: &Result<Outcome, CommandError>,
@@ -328,7 +337,8 @@ fn answer_reply(
 }
 
 /// Which answers a retry gets back: decided outcomes (success, and refusals by the state such
-/// as `sold_out`), not malformed requests (nothing was decided) or server trouble.
+/// as `sold_out`), not malformed requests (nothing was decided) or server trouble. Only
+/// successes are kept in the log; remembered refusals last until a restart.
 fn remembered(reply: &StoredReply) -> bool {
     matches!(reply.status, 200..=299 | 404 | 409)
 }

@@ -1,0 +1,190 @@
+//! Checkpoints: the whole state as of one LSN, written atomically.
+//!
+//! # File layout (integers little-endian)
+//! ```text
+//! offset size  field
+//!      0    8  magic        "LVSTKCKP"
+//!      8    8  lsn          the state includes every record up to and including this LSN
+//!     16    4  version      1
+//!     20    8  payload_len
+//!     28    4  payload_crc  CRC32C of the payload
+//!     32    4  header_crc   CRC32C of bytes 0..32
+//!     36    n  payload      postcard encoding of `CheckpointBody`
+//! ```
+//! Name: `ckpt-{lsn:020}.ckpt`. Written as `ckpt-{lsn:020}.tmp`, fsynced, renamed, and the
+//! directory fsynced; only then are the log segments it covers and older checkpoints deleted.
+//! A crash at any step leaves either the old checkpoint with the full log after it, or the new
+//! one: never a mix, because a `.tmp` is never read and a rename is atomic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::Snapshot;
+use crate::limits::CHECKPOINT_BYTES_MAX;
+use crate::wal::record::KeptReply;
+use crate::wal::segment::{parse_segment_name, Corruption};
+use crate::wal::storage::Storage;
+
+const MAGIC: &[u8; 8] = b"LVSTKCKP";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 36;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointBody {
+    pub snapshot: Snapshot,
+    /// Remembered answers of keyed requests still inside their window.
+    pub replies: Vec<KeptReply>,
+}
+
+pub fn checkpoint_name(lsn: u64) -> String {
+    format!("ckpt-{lsn:020}.ckpt")
+}
+
+fn temp_name(lsn: u64) -> String {
+    format!("ckpt-{lsn:020}.tmp")
+}
+
+pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("ckpt-")?.strip_suffix(".ckpt")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with("ckpt-") && name.ends_with(".tmp")
+}
+
+pub fn encode(lsn: u64, body: &CheckpointBody) -> Vec<u8> {
+    let payload = match postcard::to_stdvec(body) {
+        Ok(payload) => payload,
+        Err(e) => panic!("a checkpoint always encodes: {e}"),
+    };
+    assert!(payload.len() <= CHECKPOINT_BYTES_MAX, "checkpoint of {} bytes", payload.len());
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[0..32]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes a checkpoint file; `Err` says what is wrong (with the offset where it applies).
+pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
+    if bytes.len() < HEADER_BYTES {
+        return Err((0, "checkpoint shorter than its header".into()));
+    }
+    let word = |at: usize, n: usize| {
+        let mut raw = [0u8; 8];
+        raw[..n].copy_from_slice(&bytes[at..at + n]);
+        u64::from_le_bytes(raw)
+    };
+    if &bytes[0..8] != MAGIC || word(16, 4) != u64::from(VERSION) {
+        return Err((0, "not a checkpoint of this version".into()));
+    }
+    if crc32c::crc32c(&bytes[0..32]) as u64 != word(32, 4) {
+        return Err((0, "checkpoint header checksum mismatch".into()));
+    }
+    let lsn = word(8, 8);
+    let len = word(20, 8);
+    if len != (bytes.len() - HEADER_BYTES) as u64 {
+        return Err((20, format!("checkpoint length {len} does not match the file")));
+    }
+    let payload = &bytes[HEADER_BYTES..];
+    if crc32c::crc32c(payload) as u64 != word(28, 4) {
+        return Err((HEADER_BYTES as u64, "checkpoint payload checksum mismatch".into()));
+    }
+    let body = postcard::from_bytes(payload)
+        .map_err(|e| (HEADER_BYTES as u64, format!("checkpoint does not decode: {e}")))?;
+    Ok((lsn, body))
+}
+
+/// The steps of writing a checkpoint, in order; tests fail each one in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    WriteTemp,
+    SyncTemp,
+    Rename,
+    SyncDir,
+    DeleteCovered,
+}
+
+/// Writes a checkpoint at `lsn` atomically, then deletes what it makes redundant: older
+/// checkpoints and log segments whose records are all at or below `lsn` (a segment is covered
+/// when the next segment starts at or below `lsn + 1`). The segment being written is never
+/// deleted: it has no next segment.
+pub fn write(
+    storage: &dyn Storage,
+    lsn: u64,
+    body: &CheckpointBody,
+) -> Result<(), (Step, std::io::Error)> {
+    let temp = temp_name(lsn);
+    let bytes = encode(lsn, body);
+    // A stale temp from a crash at this very LSN: start over.
+    let _ = storage.remove(&temp);
+    let mut file = storage.create(&temp).map_err(|e| (Step::WriteTemp, e))?;
+    file.append(&bytes).map_err(|e| (Step::WriteTemp, e))?;
+    file.sync().map_err(|e| (Step::SyncTemp, e))?;
+    drop(file);
+    storage.rename(&temp, &checkpoint_name(lsn)).map_err(|e| (Step::Rename, e))?;
+    storage.sync_dir().map_err(|e| (Step::SyncDir, e))?;
+    delete_covered(storage, lsn).map_err(|e| (Step::DeleteCovered, e))
+}
+
+fn delete_covered(storage: &dyn Storage, lsn: u64) -> std::io::Result<()> {
+    let names = storage.list()?;
+    let mut segments: Vec<(u64, &String)> =
+        names.iter().filter_map(|n| parse_segment_name(n).map(|first| (first, n))).collect();
+    segments.sort();
+    for pair in segments.windows(2) {
+        let (_, name) = pair[0];
+        let (next_first, _) = pair[1];
+        if next_first <= lsn + 1 {
+            storage.remove(name)?;
+        }
+    }
+    for name in &names {
+        let older = parse_checkpoint_name(name).is_some_and(|other| other < lsn);
+        if older || (is_temp_name(name) && *name != temp_name(lsn)) {
+            storage.remove(name)?;
+        }
+    }
+    storage.sync_dir()
+}
+
+/// The newest checkpoint, if any. A newest checkpoint that does not check is corruption: the
+/// log segments it covered may be gone, so falling back to an older one could lose records.
+pub fn load_newest(storage: &dyn Storage) -> Result<Option<(u64, CheckpointBody)>, Corruption> {
+    let names = storage.list().map_err(|e| Corruption {
+        file: storage.describe(""),
+        offset: 0,
+        reason: format!("cannot list the data directory: {e}"),
+    })?;
+    let Some(lsn) = names.iter().filter_map(|n| parse_checkpoint_name(n)).max() else {
+        return Ok(None);
+    };
+    let name = checkpoint_name(lsn);
+    let file = storage.describe(&name);
+    let bytes = storage.read(&name).map_err(|e| Corruption {
+        file: file.clone(),
+        offset: 0,
+        reason: format!("cannot read: {e}"),
+    })?;
+    let (found, body) = decode(&bytes).map_err(|(offset, reason)| Corruption {
+        file: file.clone(),
+        offset,
+        reason,
+    })?;
+    if found != lsn {
+        return Err(Corruption {
+            file,
+            offset: 8,
+            reason: format!("names lsn {lsn}, holds {found}"),
+        });
+    }
+    Ok(Some((lsn, body)))
+}

@@ -1,0 +1,398 @@
+//! The log writer: group commit, durability modes, poisoning, and the checkpointer.
+//!
+//! Requests append records to one queue (the LSN is assigned there, in append order, which is
+//! the order the allocator decided them in). One writer thread takes everything queued, issues
+//! one write and one `fdatasync` for the whole batch, then publishes the new durable LSN; each
+//! request waits for its own LSN. Under load the batch grows by itself: while one fsync runs,
+//! the next batch gathers, so throughput rises with concurrency at a constant fsync rate.
+//!
+//! Durability modes:
+//! - `strict` (default): a request is answered after its record's fsync.
+//! - `relaxed`: a request is answered once its record is queued; the writer writes batches as
+//!   they come and fsyncs at least every `fsync_interval_ms`. A crash of the process loses
+//!   nothing written (the OS has it); a crash of the machine loses at most the records of the
+//!   last `fsync_interval_ms` plus one batch.
+//!
+//! If a write or fsync fails, the log is *poisoned*: after a failed fsync the state of the file
+//! is unknown (the kernel may have dropped the dirty pages), so no further write is tried,
+//! every waiting request is told `storage_unavailable`, and the process exits so a supervisor
+//! restarts it into recovery, which reads what really reached the disk.
+//!
+//! The checkpointer thread keeps a *shadow* allocator: every durable record is applied to it
+//! (the same `Allocator::apply` as recovery), so at any moment it holds the state as of an exact
+//! LSN. A checkpoint writes that state; the reserve path never waits for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use tokio::sync::watch;
+
+use crate::alloc::Allocator;
+use crate::sync::{Condvar, Mutex};
+use crate::wal::checkpoint::{self, CheckpointBody};
+use crate::wal::record::{encode_frame, encode_payload, KeptReply, Record};
+use crate::wal::segment::{segment_header, segment_name, SEGMENT_HEADER_BYTES};
+use crate::wal::storage::{AppendFile, Storage};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Strict,
+    Relaxed { fsync_interval_ms: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WalConfig {
+    pub durability: Durability,
+    pub segment_bytes_max: u64,
+    pub checkpoint_interval_ms: u64,
+    pub checkpoint_log_bytes: u64,
+    pub idempotency_window_ms: u64,
+}
+
+/// What is known about the log: records up to an LSN are durable, or it is poisoned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogState {
+    DurableUpTo(u64),
+    Poisoned(String),
+    /// Shut down cleanly with everything up to this LSN durable; no more appends are written.
+    Closed(u64),
+}
+
+struct Queue {
+    next_lsn: u64,
+    frames: Vec<u8>,
+    records: Vec<(u64, Record)>,
+    closing: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    state: watch::Sender<LogState>,
+}
+
+/// Counters the operations layer reads.
+#[derive(Default)]
+pub struct WalStats {
+    pub checkpoints_written: std::sync::atomic::AtomicU64,
+    pub checkpoint_failures: std::sync::atomic::AtomicU64,
+    pub last_checkpoint_lsn: std::sync::atomic::AtomicU64,
+}
+
+pub struct Wal {
+    shared: Arc<Shared>,
+    durability: Durability,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Arc<WalStats>,
+}
+
+/// Where the log starts and what the checkpointer starts from (the result of recovery).
+pub struct WalStart {
+    pub next_lsn: u64,
+    pub checkpoint_lsn: u64,
+    pub shadow: Allocator,
+    pub replies: Vec<KeptReply>,
+}
+
+fn poison(shared: &Shared, reason: String) {
+    tracing::error!(%reason, "write-ahead log poisoned: no further writes; exiting for recovery");
+    shared.state.send_replace(LogState::Poisoned(reason));
+}
+
+impl Wal {
+    /// Starts a new segment at `start.next_lsn` and the writer and checkpointer threads.
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        start: WalStart,
+        config: WalConfig,
+    ) -> std::io::Result<Wal> {
+        let first_lsn = start.next_lsn;
+        let file = create_segment(&*storage, first_lsn)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                next_lsn: first_lsn,
+                frames: Vec::new(),
+                records: Vec::new(),
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            state: watch::Sender::new(LogState::DurableUpTo(first_lsn - 1)),
+        });
+        let stats = Arc::new(WalStats::default());
+        stats.last_checkpoint_lsn.store(start.checkpoint_lsn, std::sync::atomic::Ordering::Relaxed);
+        let (to_checkpointer, batches) = channel::unbounded();
+        let writer = {
+            let shared = shared.clone();
+            let storage = storage.clone();
+            std::thread::Builder::new().name("wal-writer".into()).spawn(move || {
+                write_loop(&shared, &*storage, file, first_lsn, config, to_checkpointer)
+            })?
+        };
+        let checkpointer = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("wal-checkpointer".into())
+                .spawn(move || checkpoint_loop(&*storage, batches, start, config, &stats))?
+        };
+        Ok(Wal {
+            shared,
+            durability: config.durability,
+            threads: Mutex::new(vec![writer, checkpointer]),
+            stats,
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub fn stats(&self) -> &WalStats {
+        &self.stats
+    }
+
+    /// Queues a record and returns its LSN. Cheap: encoding happens before the queue lock, and
+    /// under it only the frame header is written and the bytes copied.
+    pub fn append(&self, record: Record) -> u64 {
+        let payload = encode_payload(&record);
+        let mut queue = self.shared.queue.lock();
+        let lsn = queue.next_lsn;
+        queue.next_lsn += 1;
+        encode_frame(lsn, &payload, &mut queue.frames);
+        queue.records.push((lsn, record));
+        drop(queue);
+        self.shared.wake.notify_one();
+        lsn
+    }
+
+    pub fn state(&self) -> LogState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// Whether appends can still become durable (not poisoned, not closed).
+    pub fn is_writable(&self) -> bool {
+        matches!(*self.shared.state.borrow(), LogState::DurableUpTo(_))
+    }
+
+    /// Waits until the record at `lsn` is durable (`Err` with the reason if the log is
+    /// poisoned first).
+    pub async fn wait_durable(&self, lsn: u64) -> Result<(), String> {
+        let mut state = self.shared.state.subscribe();
+        let reached = state
+            .wait_for(|s| match s {
+                LogState::DurableUpTo(durable) => *durable >= lsn,
+                LogState::Poisoned(_) | LogState::Closed(_) => true,
+            })
+            .await;
+        match reached.as_deref() {
+            Ok(LogState::DurableUpTo(_)) => Ok(()),
+            Ok(LogState::Closed(durable)) if *durable >= lsn => Ok(()),
+            Ok(LogState::Closed(_)) => Err("the log was shut down".into()),
+            Ok(LogState::Poisoned(reason)) => Err(reason.clone()),
+            Err(_) => Err("the log writer stopped".into()),
+        }
+    }
+
+    /// Resolves once the log is poisoned.
+    pub async fn poisoned(&self) -> String {
+        let mut state = self.shared.state.subscribe();
+        let reached = state.wait_for(|s| matches!(s, LogState::Poisoned(_))).await;
+        match reached.as_deref() {
+            Ok(LogState::Poisoned(reason)) => reason.clone(),
+            _ => "the log writer stopped".into(),
+        }
+    }
+
+    /// Flushes and fsyncs everything queued, writes a final checkpoint, and stops the threads.
+    /// `Err` if the log was poisoned (some records may not be durable). Idempotent.
+    pub fn close(&self) -> Result<(), String> {
+        self.shared.queue.lock().closing = true;
+        self.shared.wake.notify_one();
+        for thread in self.threads.lock().drain(..) {
+            if thread.join().is_err() {
+                return Err("a log thread panicked".into());
+            }
+        }
+        match self.state() {
+            LogState::DurableUpTo(lsn) => {
+                self.shared.state.send_replace(LogState::Closed(lsn));
+                Ok(())
+            }
+            LogState::Closed(_) => Ok(()),
+            LogState::Poisoned(reason) => Err(reason),
+        }
+    }
+}
+
+fn create_segment(storage: &dyn Storage, first_lsn: u64) -> std::io::Result<Box<dyn AppendFile>> {
+    let name = segment_name(first_lsn);
+    let mut file = storage.create(&name)?;
+    file.append(&segment_header(first_lsn))?;
+    file.sync()?;
+    storage.sync_dir()?;
+    Ok(file)
+}
+
+/// A durable batch on its way to the checkpointer, with its size in the log.
+struct Batch {
+    records: Vec<(u64, Record)>,
+    log_bytes: u64,
+}
+
+fn write_loop(
+    shared: &Shared,
+    storage: &dyn Storage,
+    mut file: Box<dyn AppendFile>,
+    first_lsn: u64,
+    config: WalConfig,
+    to_checkpointer: Sender<Batch>,
+) {
+    let mut segment_bytes = SEGMENT_HEADER_BYTES as u64;
+    let mut written_lsn = first_lsn - 1;
+    let mut synced_lsn = written_lsn;
+    let mut unsynced = Batch { records: Vec::new(), log_bytes: 0 };
+    let mut last_sync = Instant::now();
+    let interval = match config.durability {
+        Durability::Strict => None,
+        Durability::Relaxed { fsync_interval_ms } => Some(Duration::from_millis(fsync_interval_ms)),
+    };
+    loop {
+        let (frames, records, closing) = {
+            let mut queue = shared.queue.lock();
+            while queue.frames.is_empty() && !queue.closing {
+                match interval {
+                    Some(interval) if written_lsn > synced_lsn => {
+                        let deadline = last_sync + interval;
+                        if Instant::now() >= deadline
+                            || shared.wake.wait_until(&mut queue, deadline).timed_out()
+                        {
+                            break;
+                        }
+                    }
+                    _ => shared.wake.wait(&mut queue),
+                }
+            }
+            (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
+        };
+        if let Some((first, _)) = records.first() {
+            let batch_bytes = frames.len() as u64;
+            if segment_bytes + batch_bytes > config.segment_bytes_max
+                && segment_bytes > SEGMENT_HEADER_BYTES as u64
+            {
+                // Seal the full segment (fsync: a non-last segment must be whole), then start
+                // the next one at this batch's first LSN.
+                if let Err(e) = file.sync() {
+                    return poison(shared, format!("fsync of a full log segment failed: {e}"));
+                }
+                match create_segment(storage, *first) {
+                    Ok(next) => file = next,
+                    Err(e) => return poison(shared, format!("cannot start a log segment: {e}")),
+                }
+                segment_bytes = SEGMENT_HEADER_BYTES as u64;
+            }
+            if let Err(e) = file.append(&frames) {
+                return poison(shared, format!("log write failed: {e}"));
+            }
+            segment_bytes += batch_bytes;
+            written_lsn = records.last().map_or(written_lsn, |(lsn, _)| *lsn);
+            unsynced.records.extend(records);
+            unsynced.log_bytes += batch_bytes;
+        }
+        let due = match interval {
+            None => true,
+            Some(interval) => closing || last_sync.elapsed() >= interval,
+        };
+        if due && written_lsn > synced_lsn {
+            if let Err(e) = file.sync() {
+                return poison(shared, format!("log fsync failed: {e}"));
+            }
+            synced_lsn = written_lsn;
+            last_sync = Instant::now();
+            shared.state.send_replace(LogState::DurableUpTo(synced_lsn));
+            let batch =
+                std::mem::replace(&mut unsynced, Batch { records: Vec::new(), log_bytes: 0 });
+            // The checkpointer only stops after we drop the sender: this cannot fail.
+            let _ = to_checkpointer.send(batch);
+        }
+        if closing && shared.queue.lock().frames.is_empty() && written_lsn == synced_lsn {
+            return;
+        }
+    }
+}
+
+fn checkpoint_loop(
+    storage: &dyn Storage,
+    batches: Receiver<Batch>,
+    start: WalStart,
+    config: WalConfig,
+    stats: &WalStats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let shadow = start.shadow;
+    let mut replies: HashMap<(String, String), KeptReply> =
+        start.replies.into_iter().map(|r| ((r.scope.clone(), r.key.clone()), r)).collect();
+    let mut checkpoint_lsn = start.checkpoint_lsn;
+    let mut applied_lsn = start.next_lsn - 1;
+    let mut log_bytes_since = 0u64;
+    let mut last_attempt = Instant::now();
+    let mut now_ms = 0u64;
+    let interval = Duration::from_millis(config.checkpoint_interval_ms);
+    loop {
+        let closing = match batches.recv_timeout(interval) {
+            Ok(batch) => {
+                for (lsn, record) in batch.records {
+                    if let Err(e) = shadow.apply(&record.event) {
+                        // The live allocator decided this event from the same state: a refusal
+                        // here means the two diverged, which is a bug, not bad input.
+                        panic!("shadow state refused record {lsn}: {e}");
+                    }
+                    if let Some(reply) = record.reply {
+                        replies.insert((reply.scope.clone(), reply.key.clone()), reply);
+                    }
+                    now_ms = now_ms.max(record.at_ms);
+                    applied_lsn = lsn;
+                }
+                log_bytes_since += batch.log_bytes;
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let due =
+            last_attempt.elapsed() >= interval || log_bytes_since >= config.checkpoint_log_bytes;
+        if applied_lsn > checkpoint_lsn && (due || closing) {
+            shadow.forget_due(now_ms);
+            replies.retain(|_, r| r.seen_ms.saturating_add(config.idempotency_window_ms) > now_ms);
+            let body = CheckpointBody {
+                snapshot: shadow.snapshot(),
+                replies: replies.values().cloned().collect(),
+            };
+            let started = Instant::now();
+            match checkpoint::write(storage, applied_lsn, &body) {
+                Ok(()) => {
+                    checkpoint_lsn = applied_lsn;
+                    log_bytes_since = 0;
+                    stats.checkpoints_written.fetch_add(1, Relaxed);
+                    stats.last_checkpoint_lsn.store(checkpoint_lsn, Relaxed);
+                    tracing::info!(
+                        lsn = checkpoint_lsn,
+                        ms = started.elapsed().as_millis() as u64,
+                        "checkpoint written"
+                    );
+                }
+                // The log still holds everything: a failed checkpoint costs a longer recovery,
+                // not data. Try again at the next interval.
+                Err((step, e)) => {
+                    stats.checkpoint_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(?step, error = %e, "checkpoint failed; the log is intact");
+                }
+            }
+            last_attempt = Instant::now();
+        }
+        if closing {
+            return;
+        }
+    }
+}
