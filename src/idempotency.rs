@@ -23,14 +23,20 @@ pub struct StoredReply {
     pub body: Bytes,
 }
 
-enum Slot {
-    InFlight {
-        fingerprint: u64,
-    },
+struct Slot {
+    fingerprint: u64,
+    /// When the key was first seen; its window runs from here. The window's queue may hold
+    /// older entries for the same key (from an attempt that was not remembered): only the
+    /// entry with this instant expires the slot.
+    seen_ms: u64,
+    state: SlotState,
+}
+
+enum SlotState {
+    InFlight,
     /// `lsn`: the log record that carries the answer; a replay waits until it is durable, so a
     /// retry is never acknowledged before the original could be.
     Done {
-        fingerprint: u64,
         reply: StoredReply,
         lsn: Option<u64>,
     },
@@ -79,9 +85,8 @@ impl InFlightGuard<'_> {
         if let Some(key) = self.key.take() {
             let mut shard = self.table.shard(&key).lock();
             match shard.slots.get_mut(&key) {
-                Some(slot @ Slot::InFlight { .. }) => {
-                    let Slot::InFlight { fingerprint } = *slot else { unreachable!() };
-                    *slot = Slot::Done { fingerprint, reply, lsn };
+                Some(slot) if matches!(slot.state, SlotState::InFlight) => {
+                    slot.state = SlotState::Done { reply, lsn };
                 }
                 _ => panic!("idempotency key finished but not in flight"),
             }
@@ -154,18 +159,24 @@ impl IdempotencyTable {
             if seen_ms.saturating_add(self.window_ms) > now_ms {
                 break;
             }
-            let Some((_, key)) = shard.order.pop_front() else {
+            let Some((seen_ms, key)) = shard.order.pop_front() else {
                 break;
             };
-            match shard.slots.get(&key) {
-                Some(Slot::Done { .. }) => {
+            let Some(slot) = shard.slots.get_mut(&key) else { continue };
+            if slot.seen_ms != seen_ms {
+                continue; // the entry of an earlier attempt with this key that was forgotten
+            }
+            match slot.state {
+                SlotState::Done { .. } => {
                     shard.slots.remove(&key);
                     self.count.fetch_sub(1, Ordering::Relaxed);
                 }
                 // A key still in flight stays (its request has not answered yet) and gets a new
                 // window from now; the loop stops at it, as its instant is now.
-                Some(Slot::InFlight { .. }) => shard.order.push_back((now_ms, key)),
-                None => {}
+                SlotState::InFlight => {
+                    slot.seen_ms = now_ms;
+                    shard.order.push_back((now_ms, key));
+                }
             }
         }
     }
@@ -175,27 +186,19 @@ impl IdempotencyTable {
         let mut shard = self.shard(&key).lock();
         self.expire(&mut shard, now_ms);
         match shard.slots.get(&key) {
-            Some(Slot::Done { fingerprint: seen, reply, lsn }) => {
-                if *seen == fingerprint {
-                    Begin::Replay(reply.clone(), *lsn)
-                } else {
-                    Begin::Mismatch
-                }
+            Some(slot) if slot.fingerprint != fingerprint => Begin::Mismatch,
+            Some(Slot { state: SlotState::Done { reply, lsn }, .. }) => {
+                Begin::Replay(reply.clone(), *lsn)
             }
-            Some(Slot::InFlight { fingerprint: seen }) => {
-                if *seen == fingerprint {
-                    Begin::InFlight
-                } else {
-                    Begin::Mismatch
-                }
-            }
+            Some(Slot { state: SlotState::InFlight, .. }) => Begin::InFlight,
             None => {
                 // Count first, so two shards racing for the last place cannot both pass.
                 if self.count.fetch_add(1, Ordering::Relaxed) >= self.capacity {
                     self.count.fetch_sub(1, Ordering::Relaxed);
                     return Begin::Full;
                 }
-                shard.slots.insert(key.clone(), Slot::InFlight { fingerprint });
+                let slot = Slot { fingerprint, seen_ms: now_ms, state: SlotState::InFlight };
+                shard.slots.insert(key.clone(), slot);
                 shard.order.push_back((now_ms, key.clone()));
                 Begin::Execute(InFlightGuard { table: self, key: Some(key) })
             }
@@ -217,7 +220,7 @@ impl IdempotencyTable {
         }
         let key = full_key(scope, key);
         let mut shard = self.shard(&key).lock();
-        let slot = Slot::Done { fingerprint, reply, lsn: None };
+        let slot = Slot { fingerprint, seen_ms, state: SlotState::Done { reply, lsn: None } };
         if shard.slots.insert(key.clone(), slot).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
             shard.order.push_back((seen_ms, key));
@@ -261,6 +264,18 @@ mod tests {
         let Begin::Execute(g) = table.begin("s", "a", 1, 1_000) else { panic!() };
         drop(g);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_attempt_does_not_shorten_the_next_window() {
+        let table = IdempotencyTable::new(1_000, 10);
+        let Begin::Execute(g) = table.begin("s", "a", 1, 0) else { panic!() };
+        drop(g); // e.g. a 400: not remembered
+        let Begin::Execute(g) = table.begin("s", "a", 1, 900) else { panic!() };
+        g.finish(reply("second"), None);
+        // The first attempt's window would end at 1_000; the remembered answer's at 1_900.
+        assert!(matches!(table.begin("s", "a", 1, 1_500), Begin::Replay(..)));
+        assert!(matches!(table.begin("s", "a", 1, 1_900), Begin::Execute(_)));
     }
 
     #[test]

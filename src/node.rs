@@ -190,7 +190,14 @@ impl Node {
         };
         let result = self.allocator.execute(command, now_ms, &mut journal);
         let reply = journal.reply.take().unwrap_or_else(|| render(&result));
-        Executed { reply, lsn: journal.lsn }
+        // A success without an event of its own is a retry or a no-op ("already confirmed"):
+        // it acknowledges state another request changed, perhaps not yet durably. Answer it
+        // only once everything logged so far is durable (one group commit at most).
+        let lsn = match (journal.lsn, &result, &self.wal) {
+            (None, Ok(_), Some(wal)) => Some(wal.last_appended_lsn()),
+            (lsn, _, _) => lsn,
+        };
+        Executed { reply, lsn }
     }
 
     /// Runs a command under an idempotency key. `remember` says whether an answer is kept for

@@ -123,17 +123,16 @@ impl DealSpec {
         lifecycle: impl FnOnce() -> Lifecycle,
         now_ms: u64,
     ) -> Result<(), ReserveError> {
-        if shut {
-            match lifecycle() {
-                Lifecycle::Ended => return Err(ReserveError::Ended(self.id.to_string())),
-                Lifecycle::Paused => return Err(ReserveError::Paused(self.id.to_string())),
-                // A resume clears the lifecycle before the flag: a reader may briefly see the
-                // flag over an open lifecycle, and then the flag (the linearization point) wins.
-                Lifecycle::Open => return Err(ReserveError::Paused(self.id.to_string())),
-            }
-        }
-        if self.ends_at_ms.is_some_and(|ends| now_ms >= ends) {
+        // Ended (by an admin or by the clock) wins over paused, as in `state`.
+        let lifecycle = shut.then(lifecycle);
+        if lifecycle == Some(Lifecycle::Ended) || self.ends_at_ms.is_some_and(|e| now_ms >= e) {
             return Err(ReserveError::Ended(self.id.to_string()));
+        }
+        // Paused, or a resume in progress: it clears the lifecycle before the flag, so a reader
+        // may briefly see the flag over an open lifecycle; the flag (the linearization point)
+        // wins.
+        if lifecycle.is_some() {
+            return Err(ReserveError::Paused(self.id.to_string()));
         }
         if let Some(starts_at_ms) = self.starts_at_ms.filter(|starts| now_ms < *starts) {
             return Err(ReserveError::NotStarted { deal_id: self.id.to_string(), starts_at_ms });

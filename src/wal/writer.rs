@@ -167,6 +167,11 @@ impl Wal {
         lsn
     }
 
+    /// The LSN of the newest record appended (durable or not).
+    pub fn last_appended_lsn(&self) -> u64 {
+        self.shared.queue.lock().next_lsn - 1
+    }
+
     pub fn state(&self) -> LogState {
         self.shared.state.borrow().clone()
     }
