@@ -19,7 +19,10 @@ mod holds;
 mod registry;
 mod users;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+
+use smallvec::SmallVec;
 
 use crate::core::command::{Command, HoldView, Line, Outcome, Reserve};
 use crate::core::counters::Counters;
@@ -400,18 +403,29 @@ impl Allocator {
 
     /// Sums lines per deal (first-mention order) and checks each summed line: a cart that asks
     /// 600 + 600 of one deal is a request for 1,200, checked as such.
-    fn summed_lines(lines: &[Line]) -> Result<Vec<Line>, Invalid> {
+    ///
+    /// Borrows the lines when no deal repeats (every single reserve): cloning a line would
+    /// bump its deal id's shared reference count, a write the sold-out path must not make.
+    fn summed_lines(lines: &[Line]) -> Result<Cow<'_, [Line]>, Invalid> {
         if lines.is_empty() {
             return Err(Invalid("lines: at least one line is required".into()));
         }
         if lines.len() > CART_LINES_MAX {
             return Err(Invalid(format!("lines: at most {CART_LINES_MAX} lines")));
         }
+        if let Some(line) = lines.iter().find(|l| l.qty == 0 || l.qty > HOLD_QTY_MAX) {
+            return Err(Invalid(format!(
+                "qty: must be between 1 and {HOLD_QTY_MAX} (deal {} asks {})",
+                line.deal_id, line.qty
+            )));
+        }
+        let repeats =
+            lines.iter().enumerate().any(|(i, l)| lines[..i].iter().any(|e| e.deal_id == l.deal_id));
+        if !repeats {
+            return Ok(Cow::Borrowed(lines));
+        }
         let mut summed: Vec<Line> = Vec::with_capacity(lines.len());
         for line in lines {
-            if line.qty == 0 || line.qty > HOLD_QTY_MAX {
-                return Err(Invalid(format!("qty: must be between 1 and {HOLD_QTY_MAX}")));
-            }
             match summed.iter_mut().find(|l| l.deal_id == line.deal_id) {
                 Some(l) => l.qty += line.qty,
                 None => summed.push(line.clone()),
@@ -423,7 +437,7 @@ impl Allocator {
                 line.deal_id, line.qty
             )));
         }
-        Ok(summed)
+        Ok(Cow::Owned(summed))
     }
 
     fn reserve(
@@ -439,8 +453,8 @@ impl Allocator {
         }
         // Find the deals and run the rules on one load of each: the sold-out path ends here
         // having written nothing.
-        let mut takes = Vec::with_capacity(lines.len());
-        for line in &lines {
+        let mut takes: SmallVec<[Take; 1]> = SmallVec::with_capacity(lines.len());
+        for line in lines.iter() {
             let taken = self.deals.with(line.deal_id.as_str(), |slot| {
                 let counters = slot.counters();
                 slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms)?;

@@ -12,6 +12,7 @@
 //! Byte layouts and crash cases: `docs/durability.md`.
 
 pub mod checkpoint;
+pub mod faulty;
 pub mod record;
 pub mod recovery;
 pub mod segment;
