@@ -51,7 +51,7 @@ struct Shard {
 
 pub struct IdempotencyTable {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: crate::sync::ShardHasher,
     /// Keys held across all shards (in flight or done).
     count: AtomicUsize,
     window_ms: u64,

@@ -12,7 +12,7 @@ mod imp {
     /// `parking_lot` rather than `std`: no poisoning (a panic is a bug and takes the process
     /// down anyway) and a smaller, faster uncontended path. Never a tokio mutex: no lock in the
     /// allocator is held across an `.await`.
-    pub use parking_lot::{Condvar, Mutex, MutexGuard};
+    pub use parking_lot::{Mutex, MutexGuard};
 
     /// Lock-free reads of rarely written data (the deal registry): a load touches only
     /// thread-local memory, so a burst of reads does not bounce a shared cache line.
@@ -58,3 +58,16 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// Picks shards. Random keys in production, so a caller cannot aim its keys at one shard;
+/// fixed keys under loom, whose executions must repeat exactly.
+#[cfg(not(loom))]
+pub type ShardHasher = std::collections::hash_map::RandomState;
+#[cfg(loom)]
+pub type ShardHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+/// Locks of the shell's own OS threads (the log writer and checkpointer), which loom does not
+/// model: they stay real under `--cfg loom` so the crate still builds there.
+pub mod os {
+    pub use parking_lot::{Condvar, Mutex};
+}

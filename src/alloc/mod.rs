@@ -419,8 +419,10 @@ impl Allocator {
                 line.deal_id, line.qty
             )));
         }
-        let repeats =
-            lines.iter().enumerate().any(|(i, l)| lines[..i].iter().any(|e| e.deal_id == l.deal_id));
+        let repeats = lines
+            .iter()
+            .enumerate()
+            .any(|(i, l)| lines[..i].iter().any(|e| e.deal_id == l.deal_id));
         if !repeats {
             return Ok(Cow::Borrowed(lines));
         }

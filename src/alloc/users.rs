@@ -18,7 +18,7 @@ pub type UserShard = HashMap<DealId, HashMap<UserId, u32>>;
 
 pub struct UserCounts {
     shards: Box<[CachePadded<Mutex<UserShard>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: crate::sync::ShardHasher,
 }
 
 impl Default for UserCounts {

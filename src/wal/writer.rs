@@ -31,7 +31,7 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::alloc::Allocator;
-use crate::sync::{Condvar, Mutex};
+use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::{encode_frame, encode_payload, KeptReply, Record};
 use crate::wal::segment::{segment_header, segment_name, SEGMENT_HEADER_BYTES};
