@@ -105,6 +105,10 @@ impl HoldShard {
                 }
             }
         }
+        // An extended hold has an entry at each expiry it had; when one pass reaches several
+        // of them, the hold must still come out once.
+        due.sort_unstable();
+        due.dedup();
         due
     }
 

@@ -72,7 +72,7 @@ async fn run(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<b
                 let Ok((stream, _peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let node = node.clone();
                     async move { Ok::<_, Infallible>(handle(&node, req).await) }
                 });
@@ -120,7 +120,13 @@ fn error(e: ApiError) -> Response<Full<Bytes>> {
     respond(e.reply())
 }
 
-pub async fn handle(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// One request, start to answer. Generic over the body so the fuzzers and tests can drive the
+/// whole HTTP surface (routing, size limits, decoding, idempotency) without a socket.
+pub async fn handle<B>(node: &Node, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let route = match routes::route(&parts.method, &path) {

@@ -11,8 +11,8 @@
 //!
 //! To enumerate "fail at step k": run once with no fault, read [`FaultyStorage::count`], then
 //! for each `k` in `1..=count` run again on a fresh directory with `fail(op, k, kind)`.
-//! Counts start at 1 and include every operation since the storage was made (recovery's and
-//! the log's alike), and are shared by all files it opened.
+//! Operations are numbered from 1, per kind, since the storage was made (recovery's and the
+//! log's alike, across every file it opened).
 
 use std::io;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::sync::Mutex;
 use crate::wal::storage::{AppendFile, Storage};
 
-/// The operations that can be failed.
+/// The operations that can be failed. `SyncDir` stays last: it sizes the counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `Storage::create`.
