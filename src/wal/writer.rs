@@ -50,6 +50,9 @@ pub struct WalConfig {
     pub checkpoint_interval_ms: u64,
     pub checkpoint_log_bytes: u64,
     pub idempotency_window_ms: u64,
+    /// No threads: the owner drives the log with [`Wal::step`] and [`Wal::checkpoint_now`]
+    /// (the deterministic fault simulator). Servers run with `false`.
+    pub manual: bool,
 }
 
 /// What is known about the log: records up to an LSN are durable, or it is poisoned.
@@ -86,6 +89,8 @@ pub struct Wal {
     shared: Arc<Shared>,
     durability: Durability,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Manual mode's writer and checkpointer (no threads).
+    manual: Mutex<Option<(SegmentWriter, Checkpointer)>>,
     stats: Arc<WalStats>,
 }
 
@@ -123,26 +128,78 @@ impl Wal {
         });
         let stats = Arc::new(WalStats::default());
         stats.last_checkpoint_lsn.store(start.checkpoint_lsn, std::sync::atomic::Ordering::Relaxed);
-        let (to_checkpointer, batches) = channel::unbounded();
-        let writer = {
-            let shared = shared.clone();
-            let storage = storage.clone();
-            std::thread::Builder::new().name("wal-writer".into()).spawn(move || {
-                write_loop(&shared, &*storage, file, first_lsn, config, to_checkpointer)
-            })?
+        let writer = SegmentWriter {
+            storage: storage.clone(),
+            file,
+            segment_bytes: SEGMENT_HEADER_BYTES as u64,
+            segment_bytes_max: config.segment_bytes_max,
+            written_lsn: first_lsn - 1,
+            synced_lsn: first_lsn - 1,
+            unsynced: Batch { records: Vec::new(), log_bytes: 0 },
         };
-        let checkpointer = {
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("wal-checkpointer".into())
-                .spawn(move || checkpoint_loop(&*storage, batches, start, config, &stats))?
-        };
-        Ok(Wal {
+        let checkpointer = Checkpointer::new(storage, start, config, stats.clone());
+        let mut wal = Wal {
             shared,
             durability: config.durability,
-            threads: Mutex::new(vec![writer, checkpointer]),
+            threads: Mutex::new(Vec::new()),
+            manual: Mutex::new(None),
             stats,
-        })
+        };
+        if config.manual {
+            *wal.manual.get_mut() = Some((writer, checkpointer));
+            return Ok(wal);
+        }
+        let (to_checkpointer, batches) = channel::unbounded();
+        let shared = wal.shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || write_loop(&shared, writer, config, to_checkpointer))?;
+        let checkpointer = std::thread::Builder::new()
+            .name("wal-checkpointer".into())
+            .spawn(move || checkpoint_loop(checkpointer, batches, config))?;
+        *wal.threads.get_mut() = vec![writer, checkpointer];
+        Ok(wal)
+    }
+
+    /// Manual mode: one writer iteration, as the writer thread would run it: write everything
+    /// queued as one batch, fsync it, publish it as durable, hand it to the shadow. Returns the
+    /// durable LSN. Single-threaded and deterministic: the fault simulator drives the log with
+    /// it. Panics outside manual mode.
+    pub fn step(&self) -> Result<u64, String> {
+        let mut manual = self.manual.lock();
+        let Some((writer, checkpointer)) = manual.as_mut() else {
+            panic!("Wal::step outside manual mode");
+        };
+        if let LogState::Poisoned(reason) = self.state() {
+            return Err(reason);
+        }
+        let (frames, records) = {
+            let mut queue = self.shared.queue.lock();
+            (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records))
+        };
+        let synced = writer.write(&frames, records).and_then(|()| writer.sync());
+        match synced {
+            Err(reason) => {
+                poison(&self.shared, reason.clone());
+                Err(reason)
+            }
+            Ok(batch) => {
+                if let Some(batch) = batch {
+                    self.shared.state.send_replace(LogState::DurableUpTo(writer.synced_lsn));
+                    checkpointer.apply(batch);
+                }
+                Ok(writer.synced_lsn)
+            }
+        }
+    }
+
+    /// Manual mode: write a checkpoint of everything stepped so far.
+    pub fn checkpoint_now(&self) -> Result<(), (checkpoint::Step, std::io::Error)> {
+        let mut manual = self.manual.lock();
+        let Some((_, checkpointer)) = manual.as_mut() else {
+            panic!("Wal::checkpoint_now outside manual mode");
+        };
+        checkpointer.checkpoint()
     }
 
     pub fn durability(&self) -> Durability {
@@ -213,6 +270,11 @@ impl Wal {
     /// Flushes and fsyncs everything queued, writes a final checkpoint, and stops the threads.
     /// `Err` if the log was poisoned (some records may not be durable). Idempotent.
     pub fn close(&self) -> Result<(), String> {
+        if self.manual.lock().is_some() {
+            self.step()?;
+            // As the checkpointer thread: a failed final checkpoint leaves the log intact.
+            let _ = self.checkpoint_now();
+        }
         self.shared.queue.lock().closing = true;
         self.shared.wake.notify_one();
         for thread in self.threads.lock().drain(..) {
@@ -246,18 +308,58 @@ struct Batch {
     log_bytes: u64,
 }
 
+/// The open segment and what was written to it but not yet fsynced. Owned by the writer
+/// thread, or by the simulator in manual mode.
+struct SegmentWriter {
+    storage: Arc<dyn Storage>,
+    file: Box<dyn AppendFile>,
+    segment_bytes: u64,
+    segment_bytes_max: u64,
+    written_lsn: u64,
+    synced_lsn: u64,
+    unsynced: Batch,
+}
+
+impl SegmentWriter {
+    /// Writes one batch (one `write`), starting a new segment first if this one is full.
+    fn write(&mut self, frames: &[u8], records: Vec<(u64, Record)>) -> Result<(), String> {
+        let Some((first, _)) = records.first() else { return Ok(()) };
+        let batch_bytes = frames.len() as u64;
+        if self.segment_bytes + batch_bytes > self.segment_bytes_max
+            && self.segment_bytes > SEGMENT_HEADER_BYTES as u64
+        {
+            // Seal the full segment (fsync: a non-last segment must be whole), then start the
+            // next one at this batch's first LSN.
+            self.file.sync().map_err(|e| format!("fsync of a full log segment failed: {e}"))?;
+            self.file = create_segment(&*self.storage, *first)
+                .map_err(|e| format!("cannot start a log segment: {e}"))?;
+            self.segment_bytes = SEGMENT_HEADER_BYTES as u64;
+        }
+        self.file.append(frames).map_err(|e| format!("log write failed: {e}"))?;
+        self.segment_bytes += batch_bytes;
+        self.written_lsn = records.last().map_or(self.written_lsn, |(lsn, _)| *lsn);
+        self.unsynced.records.extend(records);
+        self.unsynced.log_bytes += batch_bytes;
+        Ok(())
+    }
+
+    /// One `fdatasync` for everything written; returns the newly durable batch, if any.
+    fn sync(&mut self) -> Result<Option<Batch>, String> {
+        if self.written_lsn == self.synced_lsn {
+            return Ok(None);
+        }
+        self.file.sync().map_err(|e| format!("log fsync failed: {e}"))?;
+        self.synced_lsn = self.written_lsn;
+        Ok(Some(std::mem::replace(&mut self.unsynced, Batch { records: Vec::new(), log_bytes: 0 })))
+    }
+}
+
 fn write_loop(
     shared: &Shared,
-    storage: &dyn Storage,
-    mut file: Box<dyn AppendFile>,
-    first_lsn: u64,
+    mut writer: SegmentWriter,
     config: WalConfig,
     to_checkpointer: Sender<Batch>,
 ) {
-    let mut segment_bytes = SEGMENT_HEADER_BYTES as u64;
-    let mut written_lsn = first_lsn - 1;
-    let mut synced_lsn = written_lsn;
-    let mut unsynced = Batch { records: Vec::new(), log_bytes: 0 };
     let mut last_sync = Instant::now();
     let interval = match config.durability {
         Durability::Strict => None,
@@ -268,7 +370,7 @@ fn write_loop(
             let mut queue = shared.queue.lock();
             while queue.frames.is_empty() && !queue.closing {
                 match interval {
-                    Some(interval) if written_lsn > synced_lsn => {
+                    Some(interval) if writer.written_lsn > writer.synced_lsn => {
                         let deadline = last_sync + interval;
                         if Instant::now() >= deadline
                             || shared.wake.wait_until(&mut queue, deadline).timed_out()
@@ -281,119 +383,132 @@ fn write_loop(
             }
             (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
         };
-        if let Some((first, _)) = records.first() {
-            let batch_bytes = frames.len() as u64;
-            if segment_bytes + batch_bytes > config.segment_bytes_max
-                && segment_bytes > SEGMENT_HEADER_BYTES as u64
-            {
-                // Seal the full segment (fsync: a non-last segment must be whole), then start
-                // the next one at this batch's first LSN.
-                if let Err(e) = file.sync() {
-                    return poison(shared, format!("fsync of a full log segment failed: {e}"));
-                }
-                match create_segment(storage, *first) {
-                    Ok(next) => file = next,
-                    Err(e) => return poison(shared, format!("cannot start a log segment: {e}")),
-                }
-                segment_bytes = SEGMENT_HEADER_BYTES as u64;
-            }
-            if let Err(e) = file.append(&frames) {
-                return poison(shared, format!("log write failed: {e}"));
-            }
-            segment_bytes += batch_bytes;
-            written_lsn = records.last().map_or(written_lsn, |(lsn, _)| *lsn);
-            unsynced.records.extend(records);
-            unsynced.log_bytes += batch_bytes;
+        if let Err(reason) = writer.write(&frames, records) {
+            return poison(shared, reason);
         }
         let due = match interval {
             None => true,
             Some(interval) => closing || last_sync.elapsed() >= interval,
         };
-        if due && written_lsn > synced_lsn {
-            if let Err(e) = file.sync() {
-                return poison(shared, format!("log fsync failed: {e}"));
+        if due {
+            match writer.sync() {
+                Err(reason) => return poison(shared, reason),
+                Ok(None) => {}
+                Ok(Some(batch)) => {
+                    last_sync = Instant::now();
+                    shared.state.send_replace(LogState::DurableUpTo(writer.synced_lsn));
+                    // The checkpointer stops only after we drop the sender: this cannot fail.
+                    let _ = to_checkpointer.send(batch);
+                }
             }
-            synced_lsn = written_lsn;
-            last_sync = Instant::now();
-            shared.state.send_replace(LogState::DurableUpTo(synced_lsn));
-            let batch =
-                std::mem::replace(&mut unsynced, Batch { records: Vec::new(), log_bytes: 0 });
-            // The checkpointer only stops after we drop the sender: this cannot fail.
-            let _ = to_checkpointer.send(batch);
         }
-        if closing && shared.queue.lock().frames.is_empty() && written_lsn == synced_lsn {
+        let idle = writer.written_lsn == writer.synced_lsn;
+        if closing && idle && shared.queue.lock().frames.is_empty() {
             return;
         }
     }
 }
 
-fn checkpoint_loop(
-    storage: &dyn Storage,
-    batches: Receiver<Batch>,
-    start: WalStart,
-    config: WalConfig,
-    stats: &WalStats,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let shadow = start.shadow;
-    let mut replies: HashMap<(String, String), KeptReply> =
-        start.replies.into_iter().map(|r| ((r.scope.clone(), r.key.clone()), r)).collect();
-    let mut checkpoint_lsn = start.checkpoint_lsn;
-    let mut applied_lsn = start.next_lsn - 1;
-    let mut log_bytes_since = 0u64;
+/// The shadow state and the checkpoints written from it.
+struct Checkpointer {
+    storage: Arc<dyn Storage>,
+    shadow: Allocator,
+    replies: HashMap<(String, String), KeptReply>,
+    checkpoint_lsn: u64,
+    applied_lsn: u64,
+    log_bytes_since: u64,
+    /// The newest record's clock: the shadow ages things by it, never by a clock of its own.
+    now_ms: u64,
+    idempotency_window_ms: u64,
+    stats: Arc<WalStats>,
+}
+
+impl Checkpointer {
+    fn new(storage: Arc<dyn Storage>, start: WalStart, config: WalConfig, stats: Arc<WalStats>) -> Self {
+        Checkpointer {
+            storage,
+            shadow: start.shadow,
+            replies: start
+                .replies
+                .into_iter()
+                .map(|r| ((r.scope.clone(), r.key.clone()), r))
+                .collect(),
+            checkpoint_lsn: start.checkpoint_lsn,
+            applied_lsn: start.next_lsn - 1,
+            log_bytes_since: 0,
+            now_ms: 0,
+            idempotency_window_ms: config.idempotency_window_ms,
+            stats,
+        }
+    }
+
+    fn apply(&mut self, batch: Batch) {
+        for (lsn, record) in batch.records {
+            if let Err(e) = self.shadow.apply(&record.event) {
+                // The live allocator decided this event from the same state: a refusal here
+                // means the two diverged, which is a bug, not bad input.
+                panic!("shadow state refused record {lsn}: {e}");
+            }
+            if let Some(reply) = record.reply {
+                self.replies.insert((reply.scope.clone(), reply.key.clone()), reply);
+            }
+            self.now_ms = self.now_ms.max(record.at_ms);
+            self.applied_lsn = lsn;
+        }
+        self.log_bytes_since += batch.log_bytes;
+    }
+
+    /// Writes a checkpoint of the shadow if it is ahead of the last one. A failure is counted
+    /// and logged, and the next call tries again: the log still holds everything, so a failed
+    /// checkpoint costs a longer recovery, not data.
+    fn checkpoint(&mut self) -> Result<(), (checkpoint::Step, std::io::Error)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.applied_lsn <= self.checkpoint_lsn {
+            return Ok(());
+        }
+        self.shadow.forget_due(self.now_ms);
+        let (window_ms, now_ms) = (self.idempotency_window_ms, self.now_ms);
+        self.replies.retain(|_, r| r.seen_ms.saturating_add(window_ms) > now_ms);
+        let body = CheckpointBody {
+            snapshot: self.shadow.snapshot(),
+            replies: self.replies.values().cloned().collect(),
+        };
+        let started = Instant::now();
+        match checkpoint::write(&*self.storage, self.applied_lsn, &body) {
+            Ok(()) => {
+                self.checkpoint_lsn = self.applied_lsn;
+                self.log_bytes_since = 0;
+                self.stats.checkpoints_written.fetch_add(1, Relaxed);
+                self.stats.last_checkpoint_lsn.store(self.checkpoint_lsn, Relaxed);
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(lsn = self.checkpoint_lsn, ms, "checkpoint written");
+                Ok(())
+            }
+            Err((step, e)) => {
+                self.stats.checkpoint_failures.fetch_add(1, Relaxed);
+                tracing::warn!(?step, error = %e, "checkpoint failed; the log is intact");
+                Err((step, e))
+            }
+        }
+    }
+}
+
+fn checkpoint_loop(mut checkpointer: Checkpointer, batches: Receiver<Batch>, config: WalConfig) {
     let mut last_attempt = Instant::now();
-    let mut now_ms = 0u64;
     let interval = Duration::from_millis(config.checkpoint_interval_ms);
     loop {
         let closing = match batches.recv_timeout(interval) {
             Ok(batch) => {
-                for (lsn, record) in batch.records {
-                    if let Err(e) = shadow.apply(&record.event) {
-                        // The live allocator decided this event from the same state: a refusal
-                        // here means the two diverged, which is a bug, not bad input.
-                        panic!("shadow state refused record {lsn}: {e}");
-                    }
-                    if let Some(reply) = record.reply {
-                        replies.insert((reply.scope.clone(), reply.key.clone()), reply);
-                    }
-                    now_ms = now_ms.max(record.at_ms);
-                    applied_lsn = lsn;
-                }
-                log_bytes_since += batch.log_bytes;
+                checkpointer.apply(batch);
                 false
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let due =
-            last_attempt.elapsed() >= interval || log_bytes_since >= config.checkpoint_log_bytes;
-        if applied_lsn > checkpoint_lsn && (due || closing) {
-            shadow.forget_due(now_ms);
-            replies.retain(|_, r| r.seen_ms.saturating_add(config.idempotency_window_ms) > now_ms);
-            let body = CheckpointBody {
-                snapshot: shadow.snapshot(),
-                replies: replies.values().cloned().collect(),
-            };
-            let started = Instant::now();
-            match checkpoint::write(storage, applied_lsn, &body) {
-                Ok(()) => {
-                    checkpoint_lsn = applied_lsn;
-                    log_bytes_since = 0;
-                    stats.checkpoints_written.fetch_add(1, Relaxed);
-                    stats.last_checkpoint_lsn.store(checkpoint_lsn, Relaxed);
-                    tracing::info!(
-                        lsn = checkpoint_lsn,
-                        ms = started.elapsed().as_millis() as u64,
-                        "checkpoint written"
-                    );
-                }
-                // The log still holds everything: a failed checkpoint costs a longer recovery,
-                // not data. Try again at the next interval.
-                Err((step, e)) => {
-                    stats.checkpoint_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(?step, error = %e, "checkpoint failed; the log is intact");
-                }
-            }
+        let due = last_attempt.elapsed() >= interval
+            || checkpointer.log_bytes_since >= config.checkpoint_log_bytes;
+        if due || closing {
+            let _ = checkpointer.checkpoint();
             last_attempt = Instant::now();
         }
         if closing {
