@@ -1,0 +1,425 @@
+//! The configuration of `livestock serve`: one struct, every option with its default and unit.
+//!
+//! Filled in four layers, each overriding the one before: the defaults below, a TOML file
+//! (`--config FILE`), environment variables (`LIVESTOCK_<OPTION>`), and command-line flags
+//! (`--<option>`). `livestock config check FILE` validates a file and prints the effective
+//! configuration (with tokens redacted). docs/operations.md lists every option.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, FSYNC_INTERVAL_MS_DEFAULT,
+    HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, IDEMPOTENCY_KEYS_MAX_DEFAULT,
+    IDEMPOTENCY_WINDOW_MS_DEFAULT, REQUEST_BODY_BYTES_MAX, RESOLVED_HOLD_RETENTION_MS_DEFAULT,
+    WAL_SEGMENT_BYTES_MAX_DEFAULT,
+};
+
+/// When a change is acknowledged (see docs/durability.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// After the record is fsynced: no acknowledged change is ever lost.
+    Strict,
+    /// Once the record is queued; fsync every `fsync_interval_ms`. A machine crash (not a
+    /// process crash) can lose that interval plus one batch of acknowledged changes.
+    Relaxed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A bearer token. Never printed: `Debug`, `Display` and serialization redact it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Every setting. Field docs give the unit and the default; the defaults live in `Default`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Data directory (log segments, checkpoints). Default `livestock-data`.
+    pub data_dir: PathBuf,
+    /// `strict` (default) or `relaxed`.
+    pub durability: DurabilityMode,
+    /// Relaxed durability: fsync at least this often, ms. Default 10.
+    pub fsync_interval_ms: u64,
+    /// A checkpoint at least this often while the log grows, ms. Default 60000.
+    pub checkpoint_interval_ms: u64,
+    /// ...and after this many log bytes since the last one. Default 268435456 (256 MiB).
+    pub checkpoint_log_bytes: u64,
+    /// A new log segment past this size, bytes. Default 67108864 (64 MiB).
+    pub segment_bytes_max: u64,
+    /// TTL of holds of deals created without `hold_ttl_ms`, ms. Default 600000 (10 min).
+    pub hold_ttl_ms_default: u64,
+    /// Longest life of holds of deals created without `hold_ttl_ms_max`, ms. Default 86400000.
+    pub hold_ttl_ms_max: u64,
+    /// Resolved holds stay readable (and retry-safe) this long, ms. Default 3600000 (1 h).
+    pub resolved_hold_retention_ms: u64,
+    /// An Idempotency-Key is remembered this long, ms. Default 3600000 (1 h).
+    pub idempotency_window_ms: u64,
+    /// At most this many keys remembered; past it new keys get 503. Default 1000000.
+    pub idempotency_keys_max: usize,
+    /// Request bodies over this are refused (413) before they are read, bytes. Default 16384;
+    /// at most 16384.
+    pub body_bytes_max: usize,
+    /// A client that has not sent its request headers within this is dropped, ms. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; past it new ones are closed at once. Default 10000.
+    pub connections_max: usize,
+    /// Headers in one request; past it the request is refused (431). Default 64.
+    pub headers_max: usize,
+    /// Requests per second one user may make (reserve, cart); 0 = no limit (default).
+    pub user_rate_per_s: u32,
+    /// Burst allowance of that rate, requests. Default 10.
+    pub user_rate_burst: u32,
+    /// Runtime worker threads; 0 = one per core (default).
+    pub worker_threads: usize,
+    /// `human` (default) or `json`.
+    pub log_format: LogFormat,
+    /// Serve `/metrics` without a token. Default false.
+    pub metrics_public: bool,
+    /// Allow a non-loopback listener without tokens. Default false.
+    pub insecure: bool,
+    /// Tokens of the `admin` role (deals, streams, and everything `client` may do).
+    pub admin_tokens: Vec<Secret>,
+    /// Tokens of the `client` role (reserve, cart, confirm, release, extend, reads).
+    pub client_tokens: Vec<Secret>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("livestock-data"),
+            durability: DurabilityMode::Strict,
+            fsync_interval_ms: FSYNC_INTERVAL_MS_DEFAULT,
+            checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            checkpoint_log_bytes: CHECKPOINT_LOG_BYTES_DEFAULT,
+            segment_bytes_max: WAL_SEGMENT_BYTES_MAX_DEFAULT,
+            hold_ttl_ms_default: HOLD_TTL_MS_DEFAULT,
+            hold_ttl_ms_max: HOLD_TTL_MS_MAX,
+            resolved_hold_retention_ms: RESOLVED_HOLD_RETENTION_MS_DEFAULT,
+            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            idempotency_keys_max: IDEMPOTENCY_KEYS_MAX_DEFAULT,
+            body_bytes_max: REQUEST_BODY_BYTES_MAX,
+            header_read_timeout_ms: 10_000,
+            connections_max: 10_000,
+            headers_max: 64,
+            user_rate_per_s: 0,
+            user_rate_burst: 10,
+            worker_threads: 0,
+            log_format: LogFormat::Human,
+            metrics_public: false,
+            insecure: false,
+            admin_tokens: Vec::new(),
+            client_tokens: Vec::new(),
+        }
+    }
+}
+
+/// The flag and environment layers: every option optional, so that what is not given falls
+/// through to the file and the defaults.
+#[derive(clap::Args, Debug, Default)]
+pub struct ConfigArgs {
+    /// A TOML file with any of the options below (lowest precedence but the defaults).
+    #[arg(long, env = "LIVESTOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LIVESTOCK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: log segments and checkpoints [default: livestock-data].
+    #[arg(long, env = "LIVESTOCK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When a change is acknowledged [default: strict]. relaxed: once queued, fsync every
+    /// --fsync-interval-ms; a machine crash can lose that interval plus one batch.
+    #[arg(long, value_enum, env = "LIVESTOCK_DURABILITY")]
+    pub durability: Option<DurabilityMode>,
+    /// Relaxed durability: fsync at least this often, ms [default: 10].
+    #[arg(long, env = "LIVESTOCK_FSYNC_INTERVAL_MS")]
+    pub fsync_interval_ms: Option<u64>,
+    /// Write a checkpoint at least this often while the log grows, ms [default: 60000].
+    #[arg(long, env = "LIVESTOCK_CHECKPOINT_INTERVAL_MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// ...and after this many log bytes since the last one [default: 268435456].
+    #[arg(long, env = "LIVESTOCK_CHECKPOINT_LOG_BYTES")]
+    pub checkpoint_log_bytes: Option<u64>,
+    /// Start a new log segment past this size, bytes [default: 67108864].
+    #[arg(long, env = "LIVESTOCK_SEGMENT_BYTES_MAX")]
+    pub segment_bytes_max: Option<u64>,
+    /// TTL of holds of deals created without hold_ttl_ms, ms [default: 600000].
+    #[arg(long, env = "LIVESTOCK_HOLD_TTL_MS_DEFAULT")]
+    pub hold_ttl_ms_default: Option<u64>,
+    /// Longest hold life of deals created without hold_ttl_ms_max, ms [default: 86400000].
+    #[arg(long, env = "LIVESTOCK_HOLD_TTL_MS_MAX")]
+    pub hold_ttl_ms_max: Option<u64>,
+    /// How long resolved holds stay readable, ms [default: 3600000].
+    #[arg(long, env = "LIVESTOCK_RESOLVED_HOLD_RETENTION_MS")]
+    pub resolved_hold_retention_ms: Option<u64>,
+    /// How long an Idempotency-Key is remembered, ms [default: 3600000].
+    #[arg(long, env = "LIVESTOCK_IDEMPOTENCY_WINDOW_MS")]
+    pub idempotency_window_ms: Option<u64>,
+    /// Most Idempotency-Keys remembered; past it new keys get 503 [default: 1000000].
+    #[arg(long, env = "LIVESTOCK_IDEMPOTENCY_KEYS_MAX")]
+    pub idempotency_keys_max: Option<usize>,
+    /// Largest request body, bytes, at most 16384 [default: 16384].
+    #[arg(long, env = "LIVESTOCK_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    /// Drop a client that has not sent its headers within this, ms [default: 10000].
+    #[arg(long, env = "LIVESTOCK_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Most connections open at once [default: 10000].
+    #[arg(long, env = "LIVESTOCK_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Most headers in one request [default: 64].
+    #[arg(long, env = "LIVESTOCK_HEADERS_MAX")]
+    pub headers_max: Option<usize>,
+    /// Requests per second one user may make; 0 = no limit [default: 0].
+    #[arg(long, env = "LIVESTOCK_USER_RATE_PER_S")]
+    pub user_rate_per_s: Option<u32>,
+    /// Burst allowance of the per-user rate, requests [default: 10].
+    #[arg(long, env = "LIVESTOCK_USER_RATE_BURST")]
+    pub user_rate_burst: Option<u32>,
+    /// Runtime worker threads; 0 = one per core [default: 0].
+    #[arg(long, env = "LIVESTOCK_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Log format [default: human].
+    #[arg(long, value_enum, env = "LIVESTOCK_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Serve /metrics without a token [default: false].
+    #[arg(long, env = "LIVESTOCK_METRICS_PUBLIC")]
+    pub metrics_public: Option<bool>,
+    /// Allow a non-loopback listener without tokens [default: false].
+    #[arg(long, env = "LIVESTOCK_INSECURE")]
+    pub insecure: Option<bool>,
+    /// admin tokens, comma-separated. Prefer the environment or the file: flags show in `ps`.
+    #[arg(long, env = "LIVESTOCK_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_tokens: Option<Vec<Secret>>,
+    /// client tokens, comma-separated.
+    #[arg(long, env = "LIVESTOCK_CLIENT_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub client_tokens: Option<Vec<Secret>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: PathBuf, error: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_owned(), error })
+    }
+
+    /// All four layers, validated.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! layer {
+            ($($field:ident),* $(,)?) => {
+                $(if let Some(value) = &args.$field {
+                    config.$field = value.clone();
+                })*
+            };
+        }
+        layer!(
+            listen,
+            data_dir,
+            durability,
+            fsync_interval_ms,
+            checkpoint_interval_ms,
+            checkpoint_log_bytes,
+            segment_bytes_max,
+            hold_ttl_ms_default,
+            hold_ttl_ms_max,
+            resolved_hold_retention_ms,
+            idempotency_window_ms,
+            idempotency_keys_max,
+            body_bytes_max,
+            header_read_timeout_ms,
+            connections_max,
+            headers_max,
+            user_rate_per_s,
+            user_rate_burst,
+            worker_threads,
+            log_format,
+            metrics_public,
+            insecure,
+            admin_tokens,
+            client_tokens,
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every option's range and the relations between options.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Invalid(message));
+        let at_least_1 = [
+            ("fsync_interval_ms", self.fsync_interval_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("checkpoint_log_bytes", self.checkpoint_log_bytes),
+            ("idempotency_window_ms", self.idempotency_window_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("resolved_hold_retention_ms", self.resolved_hold_retention_ms),
+            ("connections_max", self.connections_max as u64),
+            ("headers_max", self.headers_max as u64),
+            ("body_bytes_max", self.body_bytes_max as u64),
+        ];
+        for (name, value) in at_least_1 {
+            if value == 0 {
+                return fail(format!("{name} must be at least 1"));
+            }
+        }
+        if self.segment_bytes_max < 4096 {
+            return fail("segment_bytes_max must be at least 4096".into());
+        }
+        if self.body_bytes_max > REQUEST_BODY_BYTES_MAX {
+            return fail(format!("body_bytes_max must be at most {REQUEST_BODY_BYTES_MAX}"));
+        }
+        if !(HOLD_TTL_MS_MIN..=HOLD_TTL_MS_MAX).contains(&self.hold_ttl_ms_max) {
+            return fail(format!(
+                "hold_ttl_ms_max must be between {HOLD_TTL_MS_MIN} and {HOLD_TTL_MS_MAX}"
+            ));
+        }
+        if !(HOLD_TTL_MS_MIN..=self.hold_ttl_ms_max).contains(&self.hold_ttl_ms_default) {
+            return fail(format!(
+                "hold_ttl_ms_default must be between {HOLD_TTL_MS_MIN} and hold_ttl_ms_max"
+            ));
+        }
+        if self.user_rate_per_s > 0 && self.user_rate_burst == 0 {
+            return fail("user_rate_burst must be at least 1 when user_rate_per_s is set".into());
+        }
+        let tokens = self.admin_tokens.iter().chain(&self.client_tokens);
+        if tokens.clone().any(|t| t.expose().len() < 16) {
+            return fail("tokens must be at least 16 characters".into());
+        }
+        let mut seen: Vec<&str> = tokens.map(Secret::expose).collect();
+        seen.sort_unstable();
+        if seen.windows(2).any(|pair| pair[0] == pair[1]) {
+            return fail("a token is listed twice (or under both roles)".into());
+        }
+        if self.tokens_configured() == 0 && !self.listen.ip().is_loopback() && !self.insecure {
+            return fail(format!(
+                "listening on {} (not loopback) without tokens: configure admin_tokens and \
+                 client_tokens, or pass --insecure to serve it unauthenticated",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn tokens_configured(&self) -> usize {
+        self.admin_tokens.len() + self.client_tokens.len()
+    }
+
+    /// The effective configuration as TOML, tokens redacted.
+    pub fn to_toml(&self) -> String {
+        match toml::to_string(self) {
+            Ok(text) => text,
+            Err(e) => panic!("a configuration always serializes: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = std::env::temp_dir().join(format!("livestock-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("livestock.toml");
+        std::fs::write(&file, "fsync_interval_ms = 5\nconnections_max = 77\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file.clone()),
+            connections_max: Some(99),
+            ..ConfigArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.fsync_interval_ms, 5, "the file over the default");
+        assert_eq!(config.connections_max, 99, "the flag over the file");
+        assert_eq!(config.headers_max, 64, "the default where nothing is said");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_files_and_values_are_refused_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("livestock-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "fsync_interval = 5\n").unwrap();
+        assert!(matches!(Config::from_file(&file), Err(ConfigError::Parse { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut config = Config { hold_ttl_ms_default: 10, ..Config::default() };
+        assert!(config.validate().is_err());
+        config.hold_ttl_ms_default = HOLD_TTL_MS_DEFAULT;
+        config.listen = "0.0.0.0:8080".parse().unwrap();
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("--insecure"), "{refused}");
+        config.insecure = true;
+        assert!(config.validate().is_ok());
+        config.admin_tokens = vec![Secret::new("short")];
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let config = Config {
+            admin_tokens: vec![Secret::new("a-very-secret-admin-token")],
+            ..Config::default()
+        };
+        assert!(!config.to_toml().contains("a-very-secret"));
+        assert!(!format!("{config:?}").contains("a-very-secret"));
+    }
+}
