@@ -14,11 +14,14 @@
 //! | `idempotency.rs` | remembered answers to keyed requests |
 //! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
 //! | `http/` | routes, wire types, errors as status + JSON, the hyper server |
+//! | `load/` | `livestock load`: an open-loop load generator with a verifying client ledger |
 //!
 //! See `docs/ARCHITECTURE.md` for the invariants and the life of a reserve request.
 
 pub mod alloc;
 pub mod clock;
+#[cfg(not(loom))]
+pub mod config;
 pub mod core;
 pub mod idempotency;
 pub mod limits;
@@ -28,6 +31,10 @@ pub mod sync;
 // `--cfg loom`, and the models exercise the concurrent core, not sockets or files.
 #[cfg(not(loom))]
 pub mod http;
+#[cfg(not(loom))]
+pub mod load;
+#[cfg(not(loom))]
+pub mod metrics;
 #[cfg(not(loom))]
 pub mod node;
 #[cfg(not(loom))]

@@ -1,4 +1,4 @@
-//! `livestock`: parse the command line, recover, serve. Nothing else lives here.
+//! `livestock`: parse the command line, recover, serve (or load-test). Nothing else lives here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +83,9 @@ enum Cmd {
         #[command(flatten)]
         storage: Storage,
     },
+    /// Drive a running server over loopback HTTP: open-loop bursts, latency histograms,
+    /// verification of its counters, a plot, capacity search.
+    Load(Box<livestock::load::LoadArgs>),
 }
 
 fn random_u64() -> u64 {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Cmd::Verify { storage } => verify(&storage.data_dir),
+        Cmd::Load(args) => livestock::load::main(*args),
         Cmd::Serve {
             listen,
             storage,
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
                 checkpoint_interval_ms,
                 checkpoint_log_bytes,
                 idempotency_window_ms,
+                manual: false,
             };
             serve(listen, &storage.data_dir, config, wal_config, worker_threads)
         }

@@ -225,7 +225,12 @@ impl Client {
     }
 
     /// A call whose answer must be a 2xx JSON body.
-    async fn call_json(&mut self, method: Method, path: &str, body: Bytes) -> Result<Value, String> {
+    async fn call_json(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Value, String> {
         let what = format!("{method} {path}");
         let (status, bytes) = self
             .call(method, path, None, body)
@@ -240,9 +245,10 @@ impl Client {
 
     /// Checks that a livestock server answers.
     pub async fn health(&mut self) -> Result<(), String> {
-        self.call_json(Method::GET, "/healthz", Bytes::new()).await.map(|_| ()).map_err(|e| {
-            format!("{e}\n(is a server running? start one with `livestock serve`)")
-        })
+        self.call_json(Method::GET, "/healthz", Bytes::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e}\n(is a server running? start one with `livestock serve`)"))
     }
 
     pub async fn create_deal(
@@ -256,8 +262,7 @@ impl Client {
         if let Some(limit) = per_user_limit {
             body["per_user_limit"] = json!(limit);
         }
-        let deal =
-            self.call_json(Method::POST, "/v1/deals", Bytes::from(body.to_string())).await?;
+        let deal = self.call_json(Method::POST, "/v1/deals", Bytes::from(body.to_string())).await?;
         counters_of(&deal).ok_or_else(|| format!("POST /v1/deals: no counters in {deal}"))
     }
 

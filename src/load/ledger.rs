@@ -121,7 +121,14 @@ impl Ledger {
     }
 
     /// A reserve refused with `code`.
-    pub fn reserve_refused(&mut self, deal: usize, qty: u32, code: &str, sent_us: u64, early: bool) {
+    pub fn reserve_refused(
+        &mut self,
+        deal: usize,
+        qty: u32,
+        code: &str,
+        sent_us: u64,
+        early: bool,
+    ) {
         let tally = &mut self.deals[deal];
         tally.reserve_refused_units += u64::from(qty);
         tally.early_arrivals += u64::from(early);

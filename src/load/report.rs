@@ -39,9 +39,21 @@ impl Op {
     }
 }
 
-/// A histogram of µs from 1 µs to [`LATENCY_US_MAX`] with `sigfig` significant digits.
-fn histogram(sigfig: u8) -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, LATENCY_US_MAX, sigfig) {
+/// Per-bucket latencies above this (a minute) are plotted as this.
+pub const BUCKET_LATENCY_US_MAX: u64 = 60_000_000;
+
+/// A histogram of µs from 1 µs to [`LATENCY_US_MAX`], 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, LATENCY_US_MAX, 3) {
+        Ok(h) => h,
+        Err(e) => panic!("histogram bounds are constants: {e:?}"),
+    }
+}
+
+/// A time-series bucket's histogram: 2 significant digits and 32-bit counts keep it near
+/// 10 KiB, so a ten-minute run's 6,000 buckets stay small.
+fn bucket_histogram() -> Histogram<u32> {
+    match Histogram::new_with_bounds(1, BUCKET_LATENCY_US_MAX, 2) {
         Ok(h) => h,
         Err(e) => panic!("histogram bounds are constants: {e:?}"),
     }
@@ -56,7 +68,7 @@ struct Bucket {
     errors: u64,
     /// Reserve latencies of requests intended in the bucket (2 significant digits: enough for
     /// a plot, and small).
-    reserve: Option<Histogram<u64>>,
+    reserve: Option<Histogram<u32>>,
 }
 
 /// Everything measured during a run.
@@ -81,7 +93,7 @@ impl Recorder {
         Recorder {
             phase_end_us,
             by_outcome: BTreeMap::new(),
-            start_delay: histogram(3),
+            start_delay: histogram(),
             started_late: 0,
             offered: 0,
             offered_in_phase: 0,
@@ -124,7 +136,7 @@ impl Recorder {
         let latency_us = latency_us.max(1);
         self.by_outcome
             .entry((op, outcome.clone()))
-            .or_insert_with(|| histogram(3))
+            .or_insert_with(histogram)
             .saturating_record(latency_us);
         let delay_us = started_us.saturating_sub(intended_us);
         self.start_delay.saturating_record(delay_us.max(1));
@@ -138,7 +150,10 @@ impl Recorder {
         done.answered += 1;
         done.errors += u64::from(error);
         if op == Op::Reserve {
-            self.bucket(intended_us).reserve.get_or_insert_with(|| histogram(2)).saturating_record(latency_us);
+            self.bucket(intended_us)
+                .reserve
+                .get_or_insert_with(bucket_histogram)
+                .saturating_record(latency_us);
         }
     }
 
@@ -160,7 +175,7 @@ impl Recorder {
         let seconds = (window.len().max(1) as f64) * BUCKET_US as f64 / 1e6;
         let offered: u64 = window.iter().map(|b| b.offered).sum();
         let served: u64 = window.iter().map(|b| b.answered).sum();
-        let mut reserve = histogram(2);
+        let mut reserve = bucket_histogram();
         for h in window.iter().filter_map(|b| b.reserve.as_ref()) {
             let _ = reserve.add(h);
         }
@@ -184,7 +199,7 @@ impl Recorder {
 
     /// Latency of one operation over all its outcomes, or of one outcome.
     fn latency(&self, op: Op, outcome: Option<&Outcome>) -> Option<Latency> {
-        let mut merged = histogram(3);
+        let mut merged = histogram();
         for ((o, out), h) in &self.by_outcome {
             if *o == op && outcome.is_none_or(|want| want == out) {
                 let _ = merged.add(h);
@@ -196,11 +211,13 @@ impl Recorder {
     /// Reserve answers and errors over all outcomes: what a capacity step is judged on.
     pub fn step_figures(&self) -> StepFigures {
         let p99_us = self.latency(Op::Reserve, None).map_or(0, |l| l.p99_us);
+        let phase_s = self.phase_end_us.max(1) as f64 / 1e6;
         StepFigures {
             p99_us,
             requests: self.answered,
             errors: self.errors,
-            served_per_s: self.answered_in_phase as f64 / (self.phase_end_us.max(1) as f64 / 1e6),
+            offered_per_s: self.offered_in_phase as f64 / phase_s,
+            served_per_s: self.answered_in_phase as f64 / phase_s,
         }
     }
 
@@ -269,6 +286,8 @@ pub struct StepFigures {
     pub p99_us: u64,
     pub requests: u64,
     pub errors: u64,
+    /// All requests (reserves and their follow-ups) per second over the step.
+    pub offered_per_s: f64,
     pub served_per_s: f64,
 }
 

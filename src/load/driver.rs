@@ -1,0 +1,577 @@
+//! The engine: turns a schedule into requests on a pool of connections, and answers into the
+//! recorder and the ledger.
+//!
+//! **Open loop.** A pacer thread releases each request at its intended instant, whatever
+//! happened to the previous ones, into a queue that the connection workers drain. When every
+//! connection is busy a request waits in the queue, and its latency still counts from its
+//! intended instant: a stalled server cannot hide its stall by slowing the sender (coordinated
+//! omission). The pacer is an OS thread sleeping on a deadline rather than a tokio timer, whose
+//! 1 ms grain would add up to a millisecond to every latency.
+//!
+//! **Closed loop.** `concurrency` reserves are in flight at any time; a worker sends the next
+//! as soon as the previous is answered, and latency counts from the actual send. Labelled as
+//! such everywhere, because it under-counts stalls.
+//!
+//! After a granted reserve the viewer's follow-up (confirm or release after a payment delay)
+//! goes back to the pacer with its own intended instant.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam::channel::{self, RecvTimeoutError};
+use http::Method;
+// parking_lot, not `crate::sync`: this is a client shell, never model-checked under loom, and
+// its locks are held for a few counter updates, never across an `.await`.
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::load::client::{Client, Outcome, Target};
+use crate::load::ledger::{Answered, Fate, HoldRecord, Ledger};
+use crate::load::report::{Op, Recorder};
+use crate::load::schedule::{After, Arrival, Schedule};
+
+/// How often the available stock is sampled for the burn-down chart.
+pub const STOCK_POLL_MS: u64 = 100;
+/// Up to this many deals are polled one by one; more are read with one list request.
+const STOCK_POLL_SINGLY_MAX: usize = 16;
+/// The pacer never sleeps longer than this, so it notices a stop promptly.
+const PACER_NAP_MS: u64 = 50;
+
+/// Open or closed loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Open,
+    Closed { concurrency: usize },
+}
+
+/// The deals a run drives, by index.
+#[derive(Clone, Debug)]
+pub struct Deals {
+    pub ids: Vec<String>,
+    /// Units each deal could sell at the start (for fairness: the first this many units' worth
+    /// of arrivals are the ones a first-come-first-served server would serve).
+    pub units: Vec<u64>,
+}
+
+/// What to drive, and how.
+pub struct Plan {
+    pub target: Target,
+    pub mode: Mode,
+    /// Connections (workers) in open loop.
+    pub connections: usize,
+    pub schedule: Schedule,
+    /// Length of the arrival phase, µs (the closed loop stops feeding reserves at its end).
+    pub phase_us: u64,
+    pub hold_ttl_ms: u64,
+    pub request_timeout: Duration,
+    /// Prefix of idempotency keys, unique per run.
+    pub run_id: String,
+    /// Sample the stock every 100 ms.
+    pub poll_stock: bool,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+enum Task {
+    Reserve { arrival: Arrival, early: bool },
+    Confirm { hold: usize, hold_id: String },
+    Release { hold: usize, hold_id: String },
+}
+
+struct Job {
+    intended: Instant,
+    task: Task,
+    /// Closed loop: the reserve's slot, freed when the job is done.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A follow-up waiting for its instant in the pacer.
+struct Due {
+    at: Instant,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct Shared {
+    t0: Instant,
+    open_loop: bool,
+    recorder: Mutex<Recorder>,
+    ledger: Mutex<Ledger>,
+    jobs: mpsc::UnboundedSender<Job>,
+    follow_ups: channel::Sender<(Instant, Job)>,
+    /// Jobs created and not yet finished (queued, in flight, or follow-ups waiting).
+    outstanding: AtomicU64,
+    arrivals_done: AtomicBool,
+    stop: AtomicBool,
+    all_done: Notify,
+    reserve_paths: Vec<String>,
+    ttl_ms: u64,
+    run_id: String,
+}
+
+impl Shared {
+    fn us(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.t0).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Hands a job to the workers, counting it as offered at its intended instant.
+    fn enqueue(&self, job: Job) {
+        self.recorder.lock().offered(self.us(job.intended));
+        // The receiver lives as long as the workers; after a stop the job is simply dropped.
+        let _ = self.jobs.send(job);
+    }
+
+    fn mark_arrivals_done(&self) {
+        self.arrivals_done.store(true, Ordering::SeqCst);
+        if self.outstanding.load(Ordering::SeqCst) == 0 {
+            self.all_done.notify_one();
+        }
+    }
+
+    fn finish_one(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.arrivals_done.load(Ordering::SeqCst)
+        {
+            self.all_done.notify_one();
+        }
+    }
+
+    fn follow_up(&self, at: Instant, task: Task) {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        let job = Job { intended: at, task, _permit: None };
+        if self.follow_ups.send((at, job)).is_err() {
+            self.finish_one();
+        }
+    }
+
+    /// Runs one job on `client` and books its answer.
+    async fn run(&self, client: &mut Client, job: Job) {
+        let (op, method, path, key, body) = match &job.task {
+            Task::Reserve { arrival, .. } => (
+                Op::Reserve,
+                Method::POST,
+                self.reserve_paths[arrival.deal].clone(),
+                Some(format!("{}-r{}", self.run_id, arrival.index)),
+                Bytes::from(format!(
+                    r#"{{"user_id":"v{}","qty":{},"ttl_ms":{}}}"#,
+                    arrival.viewer, arrival.qty, self.ttl_ms
+                )),
+            ),
+            Task::Confirm { hold_id, .. } => (
+                Op::Confirm,
+                Method::POST,
+                format!("/v1/holds/{hold_id}/confirm"),
+                None,
+                Bytes::new(),
+            ),
+            Task::Release { hold_id, .. } => (
+                Op::Release,
+                Method::POST,
+                format!("/v1/holds/{hold_id}/release"),
+                None,
+                Bytes::new(),
+            ),
+        };
+        let started = Instant::now();
+        let answer = client.call(method, &path, key.as_deref(), body).await;
+        let done = Instant::now();
+        let (outcome, body) = match answer {
+            Ok((status, body)) => (Outcome::of(status, &body), body),
+            Err(transport) => (transport, Bytes::new()),
+        };
+        let from = if self.open_loop { job.intended } else { started };
+        let latency_us =
+            u64::try_from(done.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX);
+        let (intended_us, started_us, done_us) =
+            (self.us(job.intended), self.us(started), self.us(done));
+        self.recorder.lock().record(op, &outcome, intended_us, started_us, done_us, latency_us);
+        let answered = match &outcome {
+            Outcome::Ok => Answered::Ok,
+            Outcome::Refused { status, .. } if *status < 500 => Answered::Refused,
+            Outcome::Refused { .. } | Outcome::Transport(_) => Answered::Unknown,
+        };
+        match job.task {
+            Task::Reserve { arrival, early } => {
+                let hold_id = (answered == Answered::Ok)
+                    .then(|| serde_json::from_slice::<Value>(&body).ok())
+                    .flatten()
+                    .and_then(|v| v["hold_id"].as_str().map(str::to_owned));
+                self.booked_reserve(arrival, early, &outcome, hold_id, started_us, done_us, done);
+            }
+            Task::Confirm { hold, .. } => self.ledger.lock().confirmed(hold, answered),
+            Task::Release { hold, .. } => self.ledger.lock().released(hold, answered, started_us),
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+    fn booked_reserve(
+        &self,
+        arrival: Arrival,
+        early: bool,
+        outcome: &Outcome,
+        hold_id: Option<String>,
+        sent_us: u64,
+        acked_us: u64,
+        done: Instant,
+    ) {
+        let mut ledger = self.ledger.lock();
+        let hold_id = match (outcome, hold_id) {
+            (Outcome::Ok, Some(hold_id)) => hold_id,
+            (Outcome::Refused { status, code }, _) if *status < 500 => {
+                ledger.reserve_refused(arrival.deal, arrival.qty, code, sent_us, early);
+                return;
+            }
+            // No answer, a server error, or a 2xx without a hold id: the units may be held.
+            _ => {
+                ledger.reserve_unknown(arrival.deal, arrival.qty, early);
+                return;
+            }
+        };
+        let hold = ledger.reserved(
+            HoldRecord {
+                deal: arrival.deal,
+                viewer: arrival.viewer,
+                qty: arrival.qty,
+                sent_us,
+                acked_us,
+                ttl_us: self.ttl_ms * 1_000,
+                fate: Fate::Open,
+            },
+            early,
+        );
+        match arrival.after {
+            After::Expire => ledger.let_expire(hold),
+            After::Confirm { delay_us } => {
+                drop(ledger);
+                let at = done + Duration::from_micros(delay_us);
+                self.follow_up(at, Task::Confirm { hold, hold_id });
+            }
+            After::Release { delay_us } => {
+                drop(ledger);
+                let at = done + Duration::from_micros(delay_us);
+                self.follow_up(at, Task::Release { hold, hold_id });
+            }
+        }
+    }
+}
+
+/// Marks each arrival that falls within the first `units` of its deal.
+struct EarlyMarker {
+    units: Vec<u64>,
+    seen: Vec<u64>,
+}
+
+impl EarlyMarker {
+    fn mark(&mut self, arrival: &Arrival) -> bool {
+        let early = self.seen[arrival.deal] < self.units[arrival.deal];
+        self.seen[arrival.deal] += u64::from(arrival.qty);
+        early
+    }
+}
+
+/// The pacer thread: releases arrivals (open loop) and follow-ups at their instants.
+fn pace(
+    shared: Arc<Shared>,
+    mut arrivals: Option<(Schedule, EarlyMarker)>,
+    follow_ups: channel::Receiver<(Instant, Job)>,
+) {
+    let mut waiting: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut next = arrivals.as_mut().and_then(|(s, _)| s.next());
+    if arrivals.is_some() && next.is_none() {
+        shared.mark_arrivals_done();
+    }
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        while let Some(arrival) = next.filter(|a| shared.t0 + us(a.offset_us) <= now) {
+            let Some((schedule, marker)) = arrivals.as_mut() else { break };
+            shared.outstanding.fetch_add(1, Ordering::SeqCst);
+            let early = marker.mark(&arrival);
+            let intended = shared.t0 + us(arrival.offset_us);
+            shared.enqueue(Job { intended, task: Task::Reserve { arrival, early }, _permit: None });
+            next = schedule.next();
+            if next.is_none() {
+                shared.mark_arrivals_done();
+            }
+        }
+        while waiting.peek().is_some_and(|Reverse(d)| d.at <= now) {
+            if let Some(Reverse(due)) = waiting.pop() {
+                shared.enqueue(due.job);
+            }
+        }
+        let mut wake = now + Duration::from_millis(PACER_NAP_MS);
+        if let Some(arrival) = &next {
+            wake = wake.min(shared.t0 + us(arrival.offset_us));
+        }
+        if let Some(Reverse(due)) = waiting.peek() {
+            wake = wake.min(due.at);
+        }
+        match follow_ups.recv_deadline(wake) {
+            Ok((at, job)) => {
+                waiting.push(Reverse(Due { at, seq, job }));
+                seq += 1;
+                while let Ok((at, job)) = follow_ups.try_recv() {
+                    waiting.push(Reverse(Due { at, seq, job }));
+                    seq += 1;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn us(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+/// Closed loop: keeps `concurrency` reserves in flight until the schedule or the time ends.
+async fn feed_closed(
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    mut marker: EarlyMarker,
+    concurrency: usize,
+    end: Instant,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    for arrival in schedule {
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        if Instant::now() >= end {
+            break;
+        }
+        shared.outstanding.fetch_add(1, Ordering::SeqCst);
+        let early = marker.mark(&arrival);
+        let job = Job {
+            intended: Instant::now(),
+            task: Task::Reserve { arrival, early },
+            _permit: Some(permit),
+        };
+        shared.enqueue(job);
+    }
+    shared.mark_arrivals_done();
+}
+
+async fn work(
+    shared: Arc<Shared>,
+    mut client: Client,
+    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+) {
+    loop {
+        // A tokio mutex: the guard is held while waiting for the next job (one waiter at the
+        // queue, the others in line behind the lock, FIFO).
+        let job = jobs.lock().await.recv().await;
+        let Some(job) = job else { return };
+        shared.run(&mut client, job).await;
+        shared.finish_one();
+    }
+}
+
+/// Samples the run's available stock every [`STOCK_POLL_MS`] on a connection of its own.
+async fn poll_stock(shared: Arc<Shared>, mut client: Client, ids: Vec<String>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STOCK_POLL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ours: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    loop {
+        tick.tick().await;
+        let available = if ids.len() <= STOCK_POLL_SINGLY_MAX {
+            let mut sum = Some(0u64);
+            for id in &ids {
+                sum = match (sum, client.deal(id).await) {
+                    (Some(s), Ok((c, _))) => Some(s + c.available),
+                    _ => None,
+                };
+            }
+            sum
+        } else {
+            client.deals().await.ok().map(|all| {
+                all.iter()
+                    .filter(|(id, _)| ours.contains(id.as_str()))
+                    .map(|(_, c)| c.available)
+                    .sum()
+            })
+        };
+        if let Some(available) = available {
+            let t_us = shared.us(Instant::now());
+            shared.recorder.lock().stock_sample(t_us, available);
+        }
+    }
+}
+
+async fn show_progress(shared: Arc<Shared>) {
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let line = shared.recorder.lock().progress_line(shared.us(Instant::now()));
+        if tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// A run in progress.
+pub struct Driver {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    feeder: Option<JoinHandle<()>>,
+    watchers: Vec<JoinHandle<()>>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+    progress: bool,
+}
+
+/// What a finished run measured.
+pub struct Driven {
+    pub recorder: Recorder,
+    pub ledger: Ledger,
+    /// Every request was answered (or timed out) before the deadline.
+    pub completed: bool,
+    /// Requests still queued or in flight when the deadline stopped the run.
+    pub abandoned: u64,
+}
+
+impl Driver {
+    /// Connects every worker, then starts the clock.
+    pub async fn start(plan: Plan, deals: &Deals) -> Result<Driver, String> {
+        let Plan {
+            target,
+            mode,
+            connections,
+            schedule,
+            phase_us,
+            hold_ttl_ms,
+            request_timeout,
+            run_id,
+            poll_stock: poll,
+            progress,
+        } = plan;
+        let workers_n = match mode {
+            Mode::Open => connections,
+            Mode::Closed { concurrency } => concurrency,
+        };
+        let mut clients = Vec::with_capacity(workers_n);
+        for _ in 0..workers_n {
+            let mut client = Client::new(&target, request_timeout);
+            client.connect().await?;
+            clients.push(client);
+        }
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let (follow_tx, follow_rx) = channel::unbounded();
+        // A short lead so that the first arrivals are not late by the time spawning took.
+        let t0 = Instant::now() + Duration::from_millis(20);
+        let shared = Arc::new(Shared {
+            t0,
+            open_loop: mode == Mode::Open,
+            recorder: Mutex::new(Recorder::new(phase_us)),
+            ledger: Mutex::new(Ledger::new(deals.ids.len())),
+            jobs: jobs_tx,
+            follow_ups: follow_tx,
+            outstanding: AtomicU64::new(0),
+            arrivals_done: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            all_done: Notify::new(),
+            reserve_paths: deals.ids.iter().map(|id| format!("/v1/deals/{id}/reserve")).collect(),
+            ttl_ms: hold_ttl_ms,
+            run_id,
+        });
+        let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+        let workers = clients
+            .into_iter()
+            .map(|client| tokio::spawn(work(shared.clone(), client, jobs_rx.clone())))
+            .collect();
+        let marker = EarlyMarker { units: deals.units.clone(), seen: vec![0; deals.ids.len()] };
+        let (arrivals, feeder) = match mode {
+            Mode::Open => (Some((schedule, marker)), None),
+            Mode::Closed { concurrency } => {
+                let end = t0 + Duration::from_micros(phase_us);
+                let feed = feed_closed(shared.clone(), schedule, marker, concurrency, end);
+                (
+                    None,
+                    Some(tokio::spawn(async move {
+                        tokio::time::sleep_until(t0.into()).await;
+                        feed.await;
+                    })),
+                )
+            }
+        };
+        let pacer_shared = shared.clone();
+        let pacer = std::thread::Builder::new()
+            .name("load-pacer".to_owned())
+            .spawn(move || pace(pacer_shared, arrivals, follow_rx))
+            .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
+        let mut watchers = Vec::new();
+        if poll {
+            let mut client = Client::new(&target, request_timeout);
+            client.connect().await?;
+            watchers.push(tokio::spawn(poll_stock(shared.clone(), client, deals.ids.clone())));
+        }
+        if progress {
+            watchers.push(tokio::spawn(show_progress(shared.clone())));
+        }
+        Ok(Driver { shared, workers, feeder, watchers, pacer: Some(pacer), progress })
+    }
+
+    /// µs since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        self.shared.us(Instant::now())
+    }
+
+    /// Waits until every request of the run (reserves and their follow-ups) is answered, or
+    /// until `deadline_us` (µs since the start), then stops the senders. The stock poller and
+    /// the progress line keep going until [`Driver::stop`].
+    pub async fn finish(&mut self, deadline_us: u64) -> bool {
+        let deadline = self.shared.t0 + Duration::from_micros(deadline_us);
+        let done = tokio::time::timeout_at(deadline.into(), self.shared.all_done.notified()).await;
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(feeder) = self.feeder.take() {
+            feeder.abort();
+        }
+        for worker in self.workers.drain(..) {
+            worker.abort();
+        }
+        if let Some(pacer) = self.pacer.take() {
+            let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+        }
+        done.is_ok()
+    }
+
+    /// Stops the watchers and hands back the measurements.
+    pub fn stop(self, completed: bool) -> Driven {
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
+        if self.progress && std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+        let abandoned = if completed { 0 } else { self.shared.outstanding.load(Ordering::SeqCst) };
+        let recorder = std::mem::replace(&mut *self.shared.recorder.lock(), Recorder::new(0));
+        let ledger = std::mem::take(&mut *self.shared.ledger.lock());
+        Driven { recorder, ledger, completed, abandoned }
+    }
+}
