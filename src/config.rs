@@ -24,8 +24,9 @@ use crate::limits::{
 pub enum DurabilityMode {
     /// After the record is fsynced: no acknowledged change is ever lost.
     Strict,
-    /// Once the record is queued; fsync every `fsync_interval_ms`. A machine crash (not a
-    /// process crash) can lose that interval plus one batch of acknowledged changes.
+    /// Once the record is written to the kernel; fsync every `fsync_interval_ms`. A machine
+    /// crash (not a process crash) can lose that interval plus one batch of acknowledged
+    /// changes.
     Relaxed,
 }
 
@@ -171,8 +172,8 @@ pub struct ConfigArgs {
     /// Data directory: log segments and checkpoints [default: livestock-data].
     #[arg(long, env = "LIVESTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// When a change is acknowledged [default: strict]. relaxed: once queued, fsync every
-    /// --fsync-interval-ms; a machine crash can lose that interval plus one batch.
+    /// When a change is acknowledged [default: strict]. relaxed: once written to the kernel,
+    /// fsync every --fsync-interval-ms; a machine crash can lose that interval plus one batch.
     #[arg(long, value_enum, env = "LIVESTOCK_DURABILITY")]
     pub durability: Option<DurabilityMode>,
     /// Relaxed durability: fsync at least this often, ms [default: 10].
@@ -227,10 +228,10 @@ pub struct ConfigArgs {
     #[arg(long, value_enum, env = "LIVESTOCK_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Serve /metrics without a token [default: false].
-    #[arg(long, env = "LIVESTOCK_METRICS_PUBLIC")]
+    #[arg(long, env = "LIVESTOCK_METRICS_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
     pub metrics_public: Option<bool>,
     /// Allow a non-loopback listener without tokens [default: false].
-    #[arg(long, env = "LIVESTOCK_INSECURE")]
+    #[arg(long, env = "LIVESTOCK_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
     /// admin tokens, comma-separated. Prefer the environment or the file: flags show in `ps`.
     #[arg(long, env = "LIVESTOCK_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]

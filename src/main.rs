@@ -1,20 +1,18 @@
-//! `livestock`: parse the command line, recover, serve (or load-test). Nothing else lives here.
+//! `livestock`: parse the command line and configuration, recover, serve (or verify, or
+//! load-test). Nothing else lives here.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
+use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
 use livestock::core::ids::HoldIdKey;
+use livestock::http::server::ServerOptions;
 use livestock::http::Server;
-use livestock::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, FSYNC_INTERVAL_MS_DEFAULT,
-    IDEMPOTENCY_KEYS_MAX_DEFAULT, IDEMPOTENCY_WINDOW_MS_DEFAULT,
-    RESOLVED_HOLD_RETENTION_MS_DEFAULT, WAL_SEGMENT_BYTES_MAX_DEFAULT,
-};
+use livestock::limits::RESOLVED_HOLD_RETENTION_MS_DEFAULT;
 use livestock::node::{Node, NodeConfig};
 use livestock::wal::{self, DirStorage, Durability, WalConfig};
 
@@ -25,67 +23,31 @@ struct Cli {
     command: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum DurabilityArg {
-    /// Answer after the record is fsynced (no acknowledged change is ever lost).
-    Strict,
-    /// Answer once the record is queued; fsync every --fsync-interval-ms. A machine crash
-    /// (not a process crash) loses at most that interval plus one batch of changes.
-    Relaxed,
-}
-
-#[derive(clap::Args)]
-struct Storage {
-    /// Data directory: write-ahead log segments and checkpoints.
-    #[arg(long, default_value = "livestock-data")]
-    data_dir: PathBuf,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
-    /// Recover the data directory and serve the HTTP/JSON API.
-    Serve {
-        /// Address to listen on (loopback by default).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        #[command(flatten)]
-        storage: Storage,
-        /// When a change is acknowledged.
-        #[arg(long, value_enum, default_value = "strict")]
-        durability: DurabilityArg,
-        /// Relaxed durability: fsync at least this often, in milliseconds.
-        #[arg(long, default_value_t = FSYNC_INTERVAL_MS_DEFAULT)]
-        fsync_interval_ms: u64,
-        /// Write a checkpoint at least this often while the log grows, in milliseconds.
-        #[arg(long, default_value_t = CHECKPOINT_INTERVAL_MS_DEFAULT)]
-        checkpoint_interval_ms: u64,
-        /// ...and whenever this many log bytes were written since the last one.
-        #[arg(long, default_value_t = CHECKPOINT_LOG_BYTES_DEFAULT)]
-        checkpoint_log_bytes: u64,
-        /// Start a new log segment past this size, in bytes.
-        #[arg(long, default_value_t = WAL_SEGMENT_BYTES_MAX_DEFAULT)]
-        segment_bytes_max: u64,
-        /// How long an Idempotency-Key is remembered, in milliseconds.
-        #[arg(long, default_value_t = IDEMPOTENCY_WINDOW_MS_DEFAULT)]
-        idempotency_window_ms: u64,
-        /// How many Idempotency-Keys are remembered at most; past it, new keys get 503.
-        #[arg(long, default_value_t = IDEMPOTENCY_KEYS_MAX_DEFAULT)]
-        idempotency_keys_max: usize,
-        /// How long resolved holds stay readable, in milliseconds.
-        #[arg(long, default_value_t = RESOLVED_HOLD_RETENTION_MS_DEFAULT)]
-        resolved_hold_retention_ms: u64,
-        /// Worker threads of the runtime (default: one per core).
-        #[arg(long)]
-        worker_threads: Option<usize>,
-    },
+    /// Recover the data directory and serve the HTTP/JSON API. Every option can also be set
+    /// in a TOML file (--config) or as LIVESTOCK_<OPTION>; flags win over the environment,
+    /// which wins over the file.
+    Serve(Box<ConfigArgs>),
     /// Check a data directory offline and print what recovery would do. Writes nothing.
     Verify {
-        #[command(flatten)]
-        storage: Storage,
+        /// The data directory to check.
+        #[arg(long, default_value = "livestock-data")]
+        data_dir: PathBuf,
     },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Drive a running server over loopback HTTP: open-loop bursts, latency histograms,
     /// verification of its counters, a plot, capacity search.
     Load(Box<livestock::load::LoadArgs>),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a TOML file (with the environment over it) and print the effective
+    /// configuration, tokens redacted.
+    Check { file: PathBuf },
 }
 
 fn random_u64() -> u64 {
@@ -96,59 +58,54 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
-        Cmd::Verify { storage } => verify(&storage.data_dir),
-        Cmd::Load(args) => livestock::load::main(*args),
-        Cmd::Serve {
-            listen,
-            storage,
-            durability,
-            fsync_interval_ms,
-            checkpoint_interval_ms,
-            checkpoint_log_bytes,
-            segment_bytes_max,
-            idempotency_window_ms,
-            idempotency_keys_max,
-            resolved_hold_retention_ms,
-            worker_threads,
-        } => {
-            if idempotency_window_ms == 0 || fsync_interval_ms == 0 || checkpoint_interval_ms == 0 {
-                eprintln!("error: intervals and windows must be at least 1 ms");
-                return ExitCode::from(2);
-            }
-            let config = NodeConfig {
-                allocator: AllocatorConfig {
-                    hold_id_key: HoldIdKey(0),
-                    resolved_hold_retention_ms,
-                },
-                idempotency_window_ms,
-                idempotency_keys_max,
-            };
-            let wal_config = WalConfig {
-                durability: match durability {
-                    DurabilityArg::Strict => Durability::Strict,
-                    DurabilityArg::Relaxed => Durability::Relaxed { fsync_interval_ms },
-                },
-                segment_bytes_max,
-                checkpoint_interval_ms,
-                checkpoint_log_bytes,
-                idempotency_window_ms,
-                manual: false,
-            };
-            serve(listen, &storage.data_dir, config, wal_config, worker_threads)
-        }
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
 }
 
-fn verify(data_dir: &std::path::Path) -> ExitCode {
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Verify { data_dir } => {
+            init_logging(LogFormat::Human);
+            verify(&data_dir)
+        }
+        Cmd::Load(args) => {
+            init_logging(LogFormat::Human);
+            livestock::load::main(*args)
+        }
+        Cmd::Config(ConfigCmd::Check { file }) => {
+            // The file under the environment, as `serve` would see it (flags aside).
+            let args = ConfigArgs { config: Some(file), ..ConfigArgs::default() };
+            match Config::load(&args) {
+                Ok(config) => {
+                    print!("{}", config.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Serve(args) => match Config::load(&args) {
+            Ok(config) => {
+                init_logging(config.log_format);
+                serve(config)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn verify(data_dir: &Path) -> ExitCode {
     if !data_dir.is_dir() {
         eprintln!("error: {} is not a directory", data_dir.display());
         return ExitCode::FAILURE;
@@ -186,30 +143,53 @@ fn verify(data_dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(
-    listen: SocketAddr,
-    data_dir: &std::path::Path,
-    config: NodeConfig,
-    wal_config: WalConfig,
-    worker_threads: Option<usize>,
-) -> ExitCode {
-    let storage = match DirStorage::open(data_dir) {
+fn serve(config: Config) -> ExitCode {
+    let data_dir = config.data_dir.clone();
+    let storage = match DirStorage::open(&data_dir) {
         Ok(storage) => Arc::new(storage),
         Err(e) => {
             eprintln!("error: cannot open data directory {}: {e}", data_dir.display());
             return ExitCode::FAILURE;
         }
     };
+    if config.tokens_configured() == 0 {
+        // Protected mode (config validation refuses this off loopback without --insecure).
+        tracing::warn!(
+            listen = %config.listen,
+            "no tokens configured: serving without authentication (loopback only, or --insecure)"
+        );
+    }
+    let node_config = NodeConfig {
+        allocator: AllocatorConfig {
+            hold_id_key: HoldIdKey(0),
+            resolved_hold_retention_ms: config.resolved_hold_retention_ms,
+        },
+        idempotency_window_ms: config.idempotency_window_ms,
+        idempotency_keys_max: config.idempotency_keys_max,
+    };
+    let wal_config = WalConfig {
+        durability: match config.durability {
+            DurabilityMode::Strict => Durability::Strict,
+            DurabilityMode::Relaxed => {
+                Durability::Relaxed { fsync_interval_ms: config.fsync_interval_ms }
+            }
+        },
+        segment_bytes_max: config.segment_bytes_max,
+        checkpoint_interval_ms: config.checkpoint_interval_ms,
+        checkpoint_log_bytes: config.checkpoint_log_bytes,
+        idempotency_window_ms: config.idempotency_window_ms,
+        manual: false,
+    };
     let started = std::time::Instant::now();
     let clock = Arc::new(SystemClock::default());
-    let (node, report) =
-        match Node::open(config, clock, storage, wal_config, HoldIdKey(random_u64())) {
-            Ok(opened) => opened,
-            Err(e) => {
-                eprintln!("error: recovery of {} failed: {e}", data_dir.display());
-                return ExitCode::FAILURE;
-            }
-        };
+    let key = HoldIdKey(random_u64());
+    let (node, report) = match Node::open(node_config, clock, storage, wal_config, key) {
+        Ok(opened) => opened,
+        Err(e) => {
+            eprintln!("error: recovery of {} failed: {e}", data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(
         data_dir = %data_dir.display(),
         ms = started.elapsed().as_millis() as u64,
@@ -222,8 +202,8 @@ fn serve(
     }
     let node = Arc::new(node);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        runtime.worker_threads(n);
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
     }
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
@@ -232,8 +212,10 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    let listen = config.listen;
+    let options = ServerOptions::from_config(&config);
     runtime.block_on(async move {
-        let server = match Server::start(listen, node.clone()).await {
+        let server = match Server::start_with(listen, node.clone(), options).await {
             Ok(server) => server,
             Err(e) => {
                 eprintln!("error: cannot listen on {listen}: {e}");

@@ -17,7 +17,8 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, N
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::core::error::ErrorCode;
+use crate::node::Node;
+use crate::wal::{LogState, WalStats};
 
 /// Upper bounds, in seconds, of the latency buckets: 10 µs to ~5 s, doubling.
 fn latency_bounds() -> Vec<f64> {
@@ -202,13 +203,11 @@ fn outcome_index(code: Option<&str>) -> usize {
 pub enum Limit {
     BodyBytes,
     Connections,
-    HeaderTimeout,
     UserRate,
     IdempotencyKeys,
 }
 
-const LIMITS: [&str; 5] =
-    ["body_bytes", "connections", "header_timeout", "user_rate", "idempotency_keys"];
+const LIMITS: [&str; 4] = ["body_bytes", "connections", "user_rate", "idempotency_keys"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -339,13 +338,7 @@ pub struct Metrics {
     connections_open: std::sync::Arc<AtomicGauge>,
     expiries: std::sync::Arc<AtomicCounter>,
     /// Seconds from a hold's `expires_at` to the reaper recording its expiry.
-    pub expiry_lag: std::sync::Arc<AtomicHistogram>,
-    /// Records per group commit.
-    pub log_batch_records: std::sync::Arc<AtomicHistogram>,
-    /// Seconds per log fsync.
-    pub log_fsync: std::sync::Arc<AtomicHistogram>,
-    /// Seconds per checkpoint written.
-    pub checkpoint_duration: std::sync::Arc<AtomicHistogram>,
+    expiry_lag: std::sync::Arc<AtomicHistogram>,
     recovery_ms: std::sync::Arc<AtomicGauge>,
 }
 
@@ -358,7 +351,6 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
-        let batch_bounds = (0..14).map(|i| f64::from(1u32 << i)).collect();
         Metrics {
             requests: std::sync::Arc::new(RequestCounters {
                 counts: counters(Op::ALL.len() * OUTCOMES.len()),
@@ -370,9 +362,6 @@ impl Default for Metrics {
             connections_open: std::sync::Arc::new(AtomicGauge(AtomicU64::new(0))),
             expiries: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
             expiry_lag: std::sync::Arc::new(AtomicHistogram::latency()),
-            log_batch_records: std::sync::Arc::new(AtomicHistogram::new(batch_bounds)),
-            log_fsync: std::sync::Arc::new(AtomicHistogram::latency()),
-            checkpoint_duration: std::sync::Arc::new(AtomicHistogram::latency()),
             recovery_ms: std::sync::Arc::new(AtomicGauge(AtomicU64::new(0))),
         }
     }
@@ -441,21 +430,6 @@ impl Metrics {
             Shared(self.expiry_lag.clone()),
         );
         r.register(
-            "log_batch_records",
-            "Records per group commit",
-            Shared(self.log_batch_records.clone()),
-        );
-        r.register(
-            "log_fsync_duration_seconds",
-            "Duration of one log fsync",
-            Shared(self.log_fsync.clone()),
-        );
-        r.register(
-            "checkpoint_duration_seconds",
-            "Duration of writing one checkpoint",
-            Shared(self.checkpoint_duration.clone()),
-        );
-        r.register(
             "recovery_duration_milliseconds",
             "Duration of the recovery at start",
             Shared(self.recovery_ms.clone()),
@@ -499,9 +473,88 @@ impl EncodeMetric for PerDeal {
     }
 }
 
-/// Error codes as the metrics name them (an `ErrorCode` or one of the HTTP layer's own).
-pub fn code_str(code: ErrorCode) -> &'static str {
-    code.as_str()
+/// One of the log's histograms, registered by a handle on the log's statistics.
+struct LogHistogram(std::sync::Arc<WalStats>, fn(&WalStats) -> &AtomicHistogram);
+
+impl std::fmt::Debug for LogHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (self.1)(&self.0).fmt(f)
+    }
+}
+
+impl EncodeMetric for LogHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        (self.1)(&self.0).encode_into(&mut encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The text of `GET /metrics`: the process-wide metrics plus the state read now (per-deal
+/// counters, holds, idempotency keys, the log's health and its checkpoint's age).
+pub fn scrape(node: &Node) -> String {
+    let mut r = node.metrics().registry();
+    let now_ms = node.now_ms();
+    let deals = node.allocator().deals(now_ms);
+    let per_deal = |f: fn(&crate::core::counters::Counters) -> u64| {
+        PerDeal(deals.iter().map(|d| (d.spec.id.to_string(), f(&d.counters) as i64)).collect())
+    };
+    r.register("deal_available_units", "Units available, per deal", per_deal(|c| c.available()));
+    r.register("deal_held_units", "Units held, per deal", per_deal(|c| c.held()));
+    r.register("deal_sold_units", "Units sold, per deal", per_deal(|c| c.sold()));
+    let sold_out = deals.iter().filter(|d| d.counters.available() == 0).count();
+    r.register("deals", "Deals in memory", Snapshot(deals.len() as i64));
+    r.register("deals_sold_out", "Deals with no unit available", Snapshot(sold_out as i64));
+    let (open, resolved) = node.allocator().hold_counts();
+    r.register("holds_open", "Holds held now", Snapshot(open as i64));
+    r.register("holds_resolved_retained", "Resolved holds still kept", Snapshot(resolved as i64));
+    let keys = node.idempotency().len();
+    r.register("idempotency_keys", "Idempotency keys remembered", Snapshot(keys as i64));
+    if let Some(wal) = node.wal() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = wal.stats();
+        let state = wal.state();
+        let poisoned = i64::from(matches!(state, LogState::Poisoned(_)));
+        r.register("log_poisoned", "1 once a log write or fsync failed", Snapshot(poisoned));
+        let durable = match state {
+            LogState::DurableUpTo(lsn) | LogState::Closed(lsn) => lsn,
+            LogState::Poisoned(_) => 0,
+        };
+        r.register(
+            "log_durable_lsn",
+            "Newest durable log sequence number",
+            Snapshot(durable as i64),
+        );
+        let histograms: [(&str, &str, fn(&WalStats) -> &AtomicHistogram); 3] = [
+            ("log_batch_records", "Records per group commit", |s| &s.batch_records),
+            ("log_fsync_duration_seconds", "Duration of one log fsync", |s| &s.fsync_seconds),
+            ("checkpoint_duration_seconds", "Duration of one checkpoint", |s| {
+                &s.checkpoint_seconds
+            }),
+        ];
+        for (name, help, field) in histograms {
+            r.register(name, help, LogHistogram(stats.clone(), field));
+        }
+        let written = stats.checkpoints_written.load(Relaxed) as i64;
+        r.register("checkpoints_written", "Checkpoints written since start", Snapshot(written));
+        let failed = stats.checkpoint_failures.load(Relaxed) as i64;
+        r.register("checkpoint_failures", "Checkpoints failed since start", Snapshot(failed));
+        let at_ms = stats.last_checkpoint_at_ms.load(Relaxed);
+        if at_ms > 0 {
+            let age_s = now_ms.saturating_sub(at_ms) as i64 / 1_000;
+            r.register(
+                "checkpoint_age_seconds",
+                "Age of the newest checkpointed state",
+                Snapshot(age_s),
+            );
+        }
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &r) {
+        Ok(()) => text,
+        Err(e) => panic!("encoding metrics into a String cannot fail: {e}"),
+    }
 }
 
 #[cfg(test)]
@@ -510,7 +563,7 @@ mod tests {
 
     #[test]
     fn every_error_code_has_an_outcome_slot() {
-        use ErrorCode::*;
+        use crate::core::error::ErrorCode::*;
         for code in [
             InvalidRequest,
             UnknownDeal,
@@ -535,6 +588,9 @@ mod tests {
             IdempotencyKeyInUse,
             IdempotencyCapacity,
             StorageUnavailable,
+            Unauthorized,
+            Forbidden,
+            RateLimited,
             Internal,
         ] {
             assert!(OUTCOMES.contains(&code.as_str()), "{}", code.as_str());

@@ -15,6 +15,7 @@ use crate::core::event::{Event, EventSink};
 use crate::core::ids::HoldIdKey;
 use crate::http::error::ApiError;
 use crate::idempotency::{Begin, IdempotencyTable, StoredReply};
+use crate::metrics::Metrics;
 use crate::wal::{self, Durability, KeptReply, Record, RecoveryReport, Storage, Wal, WalConfig};
 
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +26,7 @@ pub struct NodeConfig {
 }
 
 pub struct Node {
+    metrics: Metrics,
     allocator: Allocator,
     clock: Arc<dyn Clock>,
     idempotency: IdempotencyTable,
@@ -63,6 +65,7 @@ type Render<'a> = &'a dyn Fn(&Result<Outcome, CommandError>) -> StoredReply;
 /// request's answer when it is keyed) and remembers the answer and the LSN.
 struct Journal<'a> {
     wal: Option<&'a Wal>,
+    metrics: &'a Metrics,
     now_ms: u64,
     render: Option<Render<'a>>,
     keyed: Option<&'a Keyed<'a>>,
@@ -72,6 +75,9 @@ struct Journal<'a> {
 
 impl EventSink for Journal<'_> {
     fn append(&mut self, event: Event, outcome: &Outcome) {
+        if let (Event::Expired { at_ms, .. }, Outcome::Hold(view)) = (&event, outcome) {
+            self.metrics.expired(at_ms.saturating_sub(view.hold.expires_at_ms));
+        }
         // The answer is rendered here, from the outcome as the event was ordered, so the answer
         // sent now and the one kept in the log for retries are the same bytes.
         let reply = self.render.map(|render| render(&Ok(outcome.clone())));
@@ -111,6 +117,7 @@ impl Node {
     /// A node whose state lives in memory only.
     pub fn new(config: NodeConfig, clock: Arc<dyn Clock>) -> Self {
         Node {
+            metrics: Metrics::default(),
             allocator: Allocator::new(config.allocator),
             clock,
             idempotency: IdempotencyTable::new(
@@ -130,6 +137,7 @@ impl Node {
         wal_config: WalConfig,
         new_key: HoldIdKey,
     ) -> Result<(Node, RecoveryReport), OpenError> {
+        let started = std::time::Instant::now();
         let recovered = wal::recover(&*storage, config.allocator, new_key, true)?;
         let shadow = wal::recovery::shadow_of(&recovered)
             .map_err(|e| OpenError::Inconsistent(e.to_string()))?;
@@ -147,8 +155,11 @@ impl Node {
             replies: recovered.replies,
         };
         let wal = Wal::start(storage, start, wal_config)?;
-        let node = Node { allocator: recovered.allocator, clock, idempotency, wal: Some(wal) };
+        let metrics = Metrics::default();
+        let allocator = recovered.allocator;
+        let node = Node { metrics, allocator, clock, idempotency, wal: Some(wal) };
         node.expire_due();
+        node.metrics.recovered_in(started.elapsed());
         Ok((node, recovered.report))
     }
 
@@ -162,6 +173,10 @@ impl Node {
 
     pub fn idempotency(&self) -> &IdempotencyTable {
         &self.idempotency
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn wal(&self) -> Option<&Wal> {
@@ -182,6 +197,7 @@ impl Node {
         let now_ms = self.now_ms();
         let mut journal = Journal {
             wal: self.wal.as_ref(),
+            metrics: &self.metrics,
             now_ms,
             render: Some(render),
             keyed,
@@ -225,15 +241,16 @@ impl Node {
         }
     }
 
-    /// Waits until an answer may go out: its record is durable (strict), or at once (relaxed,
-    /// memory only). `Err` carries the 503 to send instead.
+    /// Waits until an answer may go out: its record is fsynced (strict) or written to the
+    /// kernel (relaxed: it then survives a crash of the process, and a crash of the machine
+    /// loses at most the last fsync interval). `Err` carries the 503 to send instead.
     pub async fn durable(&self, lsn: Option<u64>) -> Result<(), StoredReply> {
-        match (&self.wal, lsn) {
-            (Some(wal), Some(lsn)) if wal.durability() == Durability::Strict => {
-                wal.wait_durable(lsn).await.map_err(|reason| unavailable(&reason))
-            }
-            _ => Ok(()),
-        }
+        let (Some(wal), Some(lsn)) = (&self.wal, lsn) else { return Ok(()) };
+        let reached = match wal.durability() {
+            Durability::Strict => wal.wait_durable(lsn).await,
+            Durability::Relaxed { .. } => wal.wait_written(lsn).await,
+        };
+        reached.map_err(|reason| unavailable(&reason))
     }
 
     /// The reaper's tick: expire what is due now. Returns how many holds expired.
@@ -243,6 +260,7 @@ impl Node {
         }
         let mut journal = Journal {
             wal: self.wal.as_ref(),
+            metrics: &self.metrics,
             now_ms: self.now_ms(),
             render: None,
             keyed: None,

@@ -131,6 +131,21 @@ impl Allocator {
         shard.get(seq).map(|entry| HoldView::at(entry.hold.clone(), now_ms))
     }
 
+    /// (open, resolved) holds in memory: counted at scrape time, not maintained on the hot path.
+    pub fn hold_counts(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for index in 0..self.holds.shard_count() {
+            let shard = self.holds.lock_index(index);
+            for entry in shard.entries() {
+                match entry.hold.state {
+                    HoldState::Held => counts.0 += 1,
+                    _ => counts.1 += 1,
+                }
+            }
+        }
+        counts
+    }
+
     /// The earliest instant at which a hold may be due (a hint for the reaper's sleep).
     pub fn next_expiry(&self) -> Option<u64> {
         (0..self.holds.shard_count()).filter_map(|i| self.holds.lock_index(i).next_expiry()).min()

@@ -33,6 +33,10 @@ pub enum ErrorCode {
     IdempotencyKeyInUse,
     IdempotencyCapacity,
     StorageUnavailable,
+    /// The HTTP layer's own: no or an unknown bearer token, the wrong role, a rate limit.
+    Unauthorized,
+    Forbidden,
+    RateLimited,
     Internal,
 }
 
@@ -62,6 +66,9 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::IdempotencyCapacity => "idempotency_capacity",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

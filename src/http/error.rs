@@ -35,6 +35,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyCapacity | ErrorCode::StorageUnavailable => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

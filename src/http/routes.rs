@@ -20,6 +20,8 @@ pub enum Route<'a> {
     Release(&'a str),
     Extend(&'a str),
     Healthz,
+    Readyz,
+    Metrics,
 }
 
 /// Why a request matches no endpoint.
@@ -49,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/holds/{hold_id}/release"),
     ("POST", "/v1/holds/{hold_id}/extend"),
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
 ];
 
 pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
@@ -67,6 +71,8 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
     };
     match segments.as_slice() {
         ["healthz"] => only(get, Route::Healthz, "GET"),
+        ["readyz"] => only(get, Route::Readyz, "GET"),
+        ["metrics"] => only(get, Route::Metrics, "GET"),
         ["v1", "deals"] => match () {
             _ if post => Ok(Route::CreateDeal),
             _ if get => Ok(Route::ListDeals),

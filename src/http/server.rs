@@ -7,8 +7,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -21,18 +24,57 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::Config;
 use crate::core::command::{Command, Outcome};
 use crate::core::error::{CommandError, ErrorCode};
 use crate::core::ids::{HoldIdKey, IdempotencyKey};
+use crate::http::auth::{self, Denied, Tokens};
 use crate::http::error::ApiError;
+use crate::http::rate::RateLimiter;
 use crate::http::routes::{self, NoRoute, Route};
 use crate::http::wire::{self, parse_body};
 use crate::idempotency::{fingerprint, StoredReply};
-use crate::limits::{EXPIRY_TICK_MS, IDEMPOTENCY_WAIT_MS_MAX, REQUEST_BODY_BYTES_MAX};
+use crate::limits::{EXPIRY_TICK_MS, IDEMPOTENCY_WAIT_MS_MAX};
+use crate::metrics::{Limit, Op};
 use crate::node::{Executed, Keyed, KeyedResult, Node};
 
-/// How long a client may take to send its request headers before it is dropped.
-const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// The HTTP layer's settings: limits, access control, rate limits, deal defaults. Built from
+/// the configuration (`ServerOptions::from_config`); the default is the embedded one (no
+/// tokens, no rate limit, the documented limits).
+pub struct ServerOptions {
+    pub body_bytes_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub connections_max: usize,
+    pub headers_max: usize,
+    pub metrics_public: bool,
+    pub tokens: Tokens,
+    pub rate: RateLimiter,
+    /// Filled into a created deal that names no `hold_ttl_ms` / `hold_ttl_ms_max`.
+    pub hold_ttl_ms_default: u64,
+    pub hold_ttl_ms_max: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions::from_config(&Config::default())
+    }
+}
+
+impl ServerOptions {
+    pub fn from_config(config: &Config) -> Self {
+        ServerOptions {
+            body_bytes_max: config.body_bytes_max,
+            header_read_timeout_ms: config.header_read_timeout_ms,
+            connections_max: config.connections_max,
+            headers_max: config.headers_max,
+            metrics_public: config.metrics_public,
+            tokens: Tokens::new(&config.admin_tokens, &config.client_tokens),
+            rate: RateLimiter::new(config.user_rate_per_s, config.user_rate_burst),
+            hold_ttl_ms_default: config.hold_ttl_ms_default,
+            hold_ttl_ms_max: config.hold_ttl_ms_max,
+        }
+    }
+}
 
 /// A running server: its address, and the handle that stops it.
 pub struct Server {
@@ -42,12 +84,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port) and starts serving `node`, plus its reaper.
+    /// Binds `addr` (port 0 picks a free port) and starts serving `node` with the default
+    /// options, plus its reaper.
     pub async fn start(addr: SocketAddr, node: Arc<Node>) -> std::io::Result<Server> {
+        Server::start_with(addr, node, ServerOptions::default()).await
+    }
+
+    pub async fn start_with(
+        addr: SocketAddr,
+        node: Arc<Node>,
+        options: ServerOptions,
+    ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(run(listener, node, stop));
+        let task = tokio::spawn(run(listener, node, Arc::new(options), stop));
         Ok(Server { local_addr, shutdown, task })
     }
 
@@ -63,26 +114,51 @@ impl Server {
     }
 }
 
-async fn run(listener: TcpListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+/// Counts a connection open for as long as it lives.
+struct ConnectionGuard(Arc<Node>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.metrics().connection_closed();
+    }
+}
+
+async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    options: Arc<ServerOptions>,
+    mut stop: watch::Receiver<bool>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let reaper = tokio::spawn(reap(node.clone(), stop.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _peer)) = accepted else { continue };
+                // Past the bound, close at once: an idle connection costs a task and buffers,
+                // and a flood of them must not grow memory without limit.
+                if node.metrics().connections_open() >= options.connections_max as u64 {
+                    node.metrics().rejected(Limit::Connections);
+                    drop(stream);
+                    continue;
+                }
+                node.metrics().connection_opened();
+                let guard = ConnectionGuard(node.clone());
                 let _ = stream.set_nodelay(true);
-                let node = node.clone();
+                let (node, service_options) = (node.clone(), options.clone());
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let node = node.clone();
-                    async move { Ok::<_, Infallible>(handle(&node, req).await) }
+                    let (node, options) = (node.clone(), service_options.clone());
+                    async move { Ok::<_, Infallible>(handle_with(&node, &options, req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                    .header_read_timeout(Duration::from_millis(options.header_read_timeout_ms))
+                    .max_headers(options.headers_max);
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(guard);
                 });
             }
             _ = stop.changed() => break,
@@ -106,8 +182,16 @@ async fn reap(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The error code an answer carries, kept on the response for the metrics.
+#[derive(Clone, Debug)]
+struct OutcomeCode(String);
+
 fn respond(reply: StoredReply) -> Response<Full<Bytes>> {
+    let code = code_of(reply.status, &reply.body);
     let mut response = Response::new(Full::new(reply.body));
+    if let Some(code) = code {
+        response.extensions_mut().insert(OutcomeCode(code));
+    }
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
@@ -120,9 +204,102 @@ fn error(e: ApiError) -> Response<Full<Bytes>> {
     respond(e.reply())
 }
 
-/// One request, start to answer. Generic over the body so the fuzzers and tests can drive the
-/// whole HTTP surface (routing, size limits, decoding, idempotency) without a socket.
+/// The metrics' name of a request's operation.
+fn op_of(route: &Route<'_>) -> Op {
+    match route {
+        Route::CreateDeal => Op::CreateDeal,
+        Route::ListDeals => Op::ListDeals,
+        Route::GetDeal(_) => Op::GetDeal,
+        Route::PauseDeal(_) => Op::PauseDeal,
+        Route::ResumeDeal(_) => Op::ResumeDeal,
+        Route::EndDeal(_) => Op::EndDeal,
+        Route::AdjustStock(_) => Op::AdjustStock,
+        Route::EndStream(_) => Op::EndStream,
+        Route::Reserve(_) => Op::Reserve,
+        Route::CartReserve => Op::Cart,
+        Route::GetHold(_) => Op::GetHold,
+        Route::Confirm(_) => Op::Confirm,
+        Route::Release(_) => Op::Release,
+        Route::Extend(_) => Op::Extend,
+        Route::Healthz | Route::Readyz => Op::Health,
+        Route::Metrics => Op::Metrics,
+    }
+}
+
+/// The error code of an answer we made: error bodies are `{"error":{"code":"...",...}}` with
+/// sorted keys, so the code follows a fixed prefix (cheaper than parsing for a counter).
+fn code_of(status: u16, body: &[u8]) -> Option<String> {
+    if status < 400 {
+        return None;
+    }
+    let rest = body.strip_prefix(br#"{"error":{"code":""#)?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+/// A request id: the caller's `x-request-id` if it is a sane token, else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_owned()
+        }
+        _ => format!("{:08x}-{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed)),
+    }
+}
+
+/// One request with the default options (no tokens, no rate limit): tests and fuzzers.
 pub async fn handle<B>(node: &Node, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    static DEFAULT: std::sync::OnceLock<ServerOptions> = std::sync::OnceLock::new();
+    handle_with(node, DEFAULT.get_or_init(ServerOptions::default), req).await
+}
+
+/// One request, start to answer: routing, access control, size limits, decoding, idempotency,
+/// the command, metrics and the request id. Generic over the body so the fuzzers and tests can
+/// drive the whole HTTP surface without a socket.
+pub async fn handle_with<B>(
+    node: &Node,
+    options: &ServerOptions,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    let span = tracing::info_span!("request", id = %id);
+    let (op, mut response) = answer(node, options, req).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let code = response.extensions().get::<OutcomeCode>().map(|c| c.0.clone());
+    node.metrics().request(op, code.as_deref(), started.elapsed());
+    let _entered = span.enter();
+    if response.status().is_server_error() {
+        tracing::warn!(
+            status = response.status().as_u16(),
+            code = code.as_deref(),
+            "request failed"
+        );
+    } else {
+        tracing::debug!(status = response.status().as_u16(), code = code.as_deref(), "request");
+    }
+    response
+}
+
+async fn answer<B>(
+    node: &Node,
+    options: &ServerOptions,
+    req: Request<B>,
+) -> (Op, Response<Full<Bytes>>)
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -132,15 +309,34 @@ where
     let route = match routes::route(&parts.method, &path) {
         Ok(route) => route,
         Err(NoRoute::Unknown) => {
-            return error(ApiError::new(ErrorCode::UnknownRoute, format!("no route {path}")));
+            let e = ApiError::new(ErrorCode::UnknownRoute, format!("no route {path}"));
+            return (Op::Unrouted, error(e));
         }
         Err(NoRoute::Method(allow)) => {
             let message = format!("{} is not allowed on {path}; allowed: {allow}", parts.method);
             let mut response = error(ApiError::new(ErrorCode::MethodNotAllowed, message));
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-            return response;
+            return (Op::Unrouted, response);
         }
     };
+    let op = op_of(&route);
+    // Access before anything is read: an unauthenticated caller costs no body read.
+    let authorization = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match options.tokens.check(auth::access(&route, options.metrics_public), authorization) {
+        Ok(()) => {}
+        Err(Denied::Unauthenticated) => {
+            let e = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
+            let mut response = error(e);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return (op, response);
+        }
+        Err(Denied::Forbidden) => {
+            let e = ApiError::new(ErrorCode::Forbidden, "this token's role may not do this");
+            return (op, error(e));
+        }
+    }
     // Refuse an oversized body before reading it, by its declared length, and cap what is read
     // for bodies that declare none (chunked).
     let declared = parts
@@ -148,32 +344,52 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let max = options.body_bytes_max;
     let too_large = || {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("request body over {REQUEST_BODY_BYTES_MAX} bytes"),
-        )
+        node.metrics().rejected(Limit::BodyBytes);
+        ApiError::new(ErrorCode::BodyTooLarge, format!("request body over {max} bytes"))
     };
-    if declared.is_some_and(|n| n > REQUEST_BODY_BYTES_MAX as u64) {
-        return error(too_large());
+    if declared.is_some_and(|n| n > max as u64) {
+        return (op, error(too_large()));
     }
-    let body = match Limited::new(body, REQUEST_BODY_BYTES_MAX).collect().await {
+    let body = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return error(too_large()),
-        Err(e) => return error(ApiError::invalid(format!("reading the body failed: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return (op, error(too_large())),
+        Err(e) => {
+            return (op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
+        }
     };
     let key = match parts.headers.get("idempotency-key") {
         None => None,
         Some(raw) => match raw.to_str().ok().map(IdempotencyKey::parse) {
             Some(Ok(key)) => Some(key),
-            Some(Err(e)) => return error(ApiError::invalid(e.to_string())),
-            None => return error(ApiError::invalid("Idempotency-Key: not printable ASCII")),
+            Some(Err(e)) => return (op, error(ApiError::invalid(e.to_string()))),
+            None => {
+                return (op, error(ApiError::invalid("Idempotency-Key: not printable ASCII")));
+            }
         },
     };
-    match dispatch(node, &parts.method, &path, route, &body, key.as_ref()).await {
-        Ok(response) => response,
-        Err(e) => error(e),
+    let response =
+        match dispatch(node, options, &parts.method, &path, route, &body, key.as_ref()).await {
+            Ok(response) => response,
+            Err(e) => error(e),
+        };
+    (op, response)
+}
+
+/// A rate-limit refusal: 429 with `Retry-After` in whole seconds.
+fn rate_limited(node: &Node, retry_after_ms: u64) -> Response<Full<Bytes>> {
+    node.metrics().rejected(Limit::UserRate);
+    let seconds = retry_after_ms.div_ceil(1_000).max(1);
+    let e = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests for this user; retry in {seconds} s"),
+    );
+    let mut response = error(e);
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
+    response
 }
 
 /// What kind of success answer a mutation gives.
@@ -189,6 +405,7 @@ enum Answer {
 
 async fn dispatch(
     node: &Node,
+    options: &ServerOptions,
     method: &Method,
     path: &str,
     route: Route<'_>,
@@ -198,6 +415,26 @@ async fn dispatch(
     let hold_key = node.allocator().config().hold_id_key;
     let (command, scope, answer) = match route {
         Route::Healthz => return Ok(respond(wire::reply(200, &json!({ "status": "ok" })))),
+        Route::Readyz => {
+            // Listening implies recovery finished (the listener opens after it); ready also
+            // needs a log that can still make changes durable.
+            if node.wal().is_some_and(|wal| !wal.is_writable()) {
+                let e = ApiError::new(ErrorCode::StorageUnavailable, "the log is not writable");
+                return Err(e);
+            }
+            return Ok(respond(wire::reply(200, &json!({ "status": "ready" }))));
+        }
+        Route::Metrics => {
+            let text = crate::metrics::scrape(node);
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return Ok(response);
+        }
         Route::ListDeals => {
             let now_ms = node.now_ms();
             let deals: Vec<_> =
@@ -219,7 +456,8 @@ async fn dispatch(
             return Ok(respond(wire::reply(200, &wire::hold_json(&view, hold_key))));
         }
         Route::CreateDeal => {
-            let command = parse_body::<wire::CreateDealBody>(body)?.command()?;
+            let defaults = (options.hold_ttl_ms_default, options.hold_ttl_ms_max);
+            let command = parse_body::<wire::CreateDealBody>(body)?.command(defaults)?;
             (command, "admin".to_owned(), Answer::CreatedDeal)
         }
         Route::PauseDeal(id) | Route::ResumeDeal(id) | Route::EndDeal(id) => {
@@ -247,11 +485,17 @@ async fn dispatch(
         Route::Reserve(id) => {
             let deal_id = wire::deal_id(id)?;
             let parsed = parse_body::<wire::ReserveBody>(body)?;
+            if let Err(retry_ms) = options.rate.take(parsed.user_id(), node.now_ms()) {
+                return Ok(rate_limited(node, retry_ms));
+            }
             let scope = format!("user:{}", parsed.user_id());
             (parsed.command(deal_id)?, scope, Answer::ReservedHold)
         }
         Route::CartReserve => {
             let parsed = parse_body::<wire::CartBody>(body)?;
+            if let Err(retry_ms) = options.rate.take(parsed.user_id(), node.now_ms()) {
+                return Ok(rate_limited(node, retry_ms));
+            }
             let scope = format!("user:{}", parsed.user_id());
             (parsed.command()?, scope, Answer::Plain)
         }
@@ -301,6 +545,7 @@ async fn dispatch(
                 ));
             }
             KeyedResult::Full => {
+                node.metrics().rejected(Limit::IdempotencyKeys);
                 return Err(ApiError::new(
                     ErrorCode::IdempotencyCapacity,
                     "too many idempotency keys are remembered; retry later",

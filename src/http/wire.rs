@@ -55,7 +55,12 @@ pub struct CreateDealBody {
 }
 
 impl CreateDealBody {
-    pub fn command(self) -> Result<Command, ApiError> {
+    /// `defaults`: the server's (hold_ttl_ms, hold_ttl_ms_max) for a deal that names neither.
+    pub fn command(self, defaults: (u64, u64)) -> Result<Command, ApiError> {
+        let (ttl_default, ttl_max_default) = defaults;
+        let hold_ttl_ms_max = self.hold_ttl_ms_max.or(Some(ttl_max_default));
+        let ttl_cap = hold_ttl_ms_max.unwrap_or(ttl_max_default);
+        let hold_ttl_ms = self.hold_ttl_ms.or(Some(ttl_default.min(ttl_cap)));
         let id = DealId::parse(&self.id).map_err(|e| ApiError::invalid(e.to_string()))?;
         let stream_id = self
             .stream_id
@@ -69,8 +74,8 @@ impl CreateDealBody {
             starts_at_ms: self.starts_at.map(|t| parse_timestamp("starts_at", &t)).transpose()?,
             ends_at_ms: self.ends_at.map(|t| parse_timestamp("ends_at", &t)).transpose()?,
             per_user_limit: self.per_user_limit,
-            hold_ttl_ms: self.hold_ttl_ms,
-            hold_ttl_ms_max: self.hold_ttl_ms_max,
+            hold_ttl_ms,
+            hold_ttl_ms_max,
         }))
     }
 }

@@ -22,4 +22,4 @@ pub mod writer;
 pub use record::{KeptReply, Record};
 pub use recovery::{recover, RecoveryError, RecoveryReport};
 pub use storage::{DirStorage, Storage};
-pub use writer::{Durability, LogState, Wal, WalConfig, WalStart};
+pub use writer::{Durability, LogState, Wal, WalConfig, WalStart, WalStats};

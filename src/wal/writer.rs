@@ -8,10 +8,10 @@
 //!
 //! Durability modes:
 //! - `strict` (default): a request is answered after its record's fsync.
-//! - `relaxed`: a request is answered once its record is queued; the writer writes batches as
-//!   they come and fsyncs at least every `fsync_interval_ms`. A crash of the process loses
-//!   nothing written (the OS has it); a crash of the machine loses at most the records of the
-//!   last `fsync_interval_ms` plus one batch.
+//! - `relaxed`: a request is answered once its record is written (handed to the kernel by the
+//!   batch's `write`, no fsync); the writer fsyncs at least every `fsync_interval_ms`. A crash of
+//!   the process loses no acknowledged record (the kernel has it); a crash of the machine loses
+//!   at most the records of the last `fsync_interval_ms` plus one batch.
 //!
 //! If a write or fsync fails, the log is *poisoned*: after a failed fsync the state of the file
 //! is unknown (the kernel may have dropped the dirty pages), so no further write is tried,
@@ -31,6 +31,7 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::alloc::Allocator;
+use crate::metrics::AtomicHistogram;
 use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::{encode_frame, encode_payload, KeptReply, Record};
@@ -75,14 +76,39 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     state: watch::Sender<LogState>,
+    /// Records up to this LSN were handed to the kernel (`write` returned): they survive a crash
+    /// of the process, not of the machine. Relaxed durability answers at this point.
+    written: watch::Sender<u64>,
 }
 
-/// Counters the operations layer reads.
-#[derive(Default)]
+/// What the log measures, for `/metrics`.
 pub struct WalStats {
     pub checkpoints_written: std::sync::atomic::AtomicU64,
     pub checkpoint_failures: std::sync::atomic::AtomicU64,
     pub last_checkpoint_lsn: std::sync::atomic::AtomicU64,
+    /// The node clock of the newest record the last checkpoint covers (Unix ms; 0: none since
+    /// start). `now - this` is how stale the checkpoint is.
+    pub last_checkpoint_at_ms: std::sync::atomic::AtomicU64,
+    /// Records per group commit (per `write`).
+    pub batch_records: AtomicHistogram,
+    /// Seconds per log `fdatasync`.
+    pub fsync_seconds: AtomicHistogram,
+    /// Seconds per checkpoint written.
+    pub checkpoint_seconds: AtomicHistogram,
+}
+
+impl Default for WalStats {
+    fn default() -> Self {
+        WalStats {
+            checkpoints_written: Default::default(),
+            checkpoint_failures: Default::default(),
+            last_checkpoint_lsn: Default::default(),
+            last_checkpoint_at_ms: Default::default(),
+            batch_records: AtomicHistogram::new((0..14).map(|i| f64::from(1u32 << i)).collect()),
+            fsync_seconds: AtomicHistogram::latency(),
+            checkpoint_seconds: AtomicHistogram::latency(),
+        }
+    }
 }
 
 pub struct Wal {
@@ -125,11 +151,13 @@ impl Wal {
             }),
             wake: Condvar::new(),
             state: watch::Sender::new(LogState::DurableUpTo(first_lsn - 1)),
+            written: watch::Sender::new(first_lsn - 1),
         });
         let stats = Arc::new(WalStats::default());
         stats.last_checkpoint_lsn.store(start.checkpoint_lsn, std::sync::atomic::Ordering::Relaxed);
         let writer = SegmentWriter {
             storage: storage.clone(),
+            stats: stats.clone(),
             file,
             segment_bytes: SEGMENT_HEADER_BYTES as u64,
             segment_bytes_max: config.segment_bytes_max,
@@ -177,7 +205,12 @@ impl Wal {
             let mut queue = self.shared.queue.lock();
             (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records))
         };
-        let synced = writer.write(&frames, records).and_then(|()| writer.sync());
+        let synced = writer
+            .write(&frames, records)
+            .inspect(|()| {
+                self.shared.written.send_replace(writer.written_lsn);
+            })
+            .and_then(|()| writer.sync());
         match synced {
             Err(reason) => {
                 poison(&self.shared, reason.clone());
@@ -206,7 +239,7 @@ impl Wal {
         self.durability
     }
 
-    pub fn stats(&self) -> &WalStats {
+    pub fn stats(&self) -> &Arc<WalStats> {
         &self.stats
     }
 
@@ -254,6 +287,37 @@ impl Wal {
             Ok(LogState::Closed(_)) => Err("the log was shut down".into()),
             Ok(LogState::Poisoned(reason)) => Err(reason.clone()),
             Err(_) => Err("the log writer stopped".into()),
+        }
+    }
+
+    /// Waits until the record at `lsn` is written to the kernel (relaxed durability's point of
+    /// acknowledgement): it then survives a crash of the process. `Err` if the log is poisoned
+    /// first.
+    pub async fn wait_written(&self, lsn: u64) -> Result<(), String> {
+        let mut written = self.shared.written.subscribe();
+        let mut state = self.shared.state.subscribe();
+        loop {
+            if *written.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            match &*state.borrow_and_update() {
+                LogState::Poisoned(reason) => return Err(reason.clone()),
+                LogState::Closed(durable) if *durable >= lsn => return Ok(()),
+                LogState::Closed(_) => return Err("the log was shut down".into()),
+                LogState::DurableUpTo(_) => {}
+            }
+            tokio::select! {
+                changed = written.changed() => {
+                    if changed.is_err() {
+                        return Err("the log writer stopped".into());
+                    }
+                }
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Err("the log writer stopped".into());
+                    }
+                }
+            }
         }
     }
 
@@ -312,6 +376,7 @@ struct Batch {
 /// thread, or by the simulator in manual mode.
 struct SegmentWriter {
     storage: Arc<dyn Storage>,
+    stats: Arc<WalStats>,
     file: Box<dyn AppendFile>,
     segment_bytes: u64,
     segment_bytes_max: u64,
@@ -336,6 +401,7 @@ impl SegmentWriter {
             self.segment_bytes = SEGMENT_HEADER_BYTES as u64;
         }
         self.file.append(frames).map_err(|e| format!("log write failed: {e}"))?;
+        self.stats.batch_records.observe(records.len() as f64);
         self.segment_bytes += batch_bytes;
         self.written_lsn = records.last().map_or(self.written_lsn, |(lsn, _)| *lsn);
         self.unsynced.records.extend(records);
@@ -348,7 +414,9 @@ impl SegmentWriter {
         if self.written_lsn == self.synced_lsn {
             return Ok(None);
         }
+        let started = Instant::now();
         self.file.sync().map_err(|e| format!("log fsync failed: {e}"))?;
+        self.stats.fsync_seconds.observe_duration(started.elapsed());
         self.synced_lsn = self.written_lsn;
         Ok(Some(std::mem::replace(&mut self.unsynced, Batch { records: Vec::new(), log_bytes: 0 })))
     }
@@ -386,6 +454,7 @@ fn write_loop(
         if let Err(reason) = writer.write(&frames, records) {
             return poison(shared, reason);
         }
+        shared.written.send_replace(writer.written_lsn);
         let due = match interval {
             None => true,
             Some(interval) => closing || last_sync.elapsed() >= interval,
@@ -424,7 +493,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn new(storage: Arc<dyn Storage>, start: WalStart, config: WalConfig, stats: Arc<WalStats>) -> Self {
+    fn new(
+        storage: Arc<dyn Storage>,
+        start: WalStart,
+        config: WalConfig,
+        stats: Arc<WalStats>,
+    ) -> Self {
         Checkpointer {
             storage,
             shadow: start.shadow,
@@ -480,6 +554,8 @@ impl Checkpointer {
                 self.log_bytes_since = 0;
                 self.stats.checkpoints_written.fetch_add(1, Relaxed);
                 self.stats.last_checkpoint_lsn.store(self.checkpoint_lsn, Relaxed);
+                self.stats.checkpoint_seconds.observe_duration(started.elapsed());
+                self.stats.last_checkpoint_at_ms.store(self.now_ms, Relaxed);
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(lsn = self.checkpoint_lsn, ms, "checkpoint written");
                 Ok(())

@@ -1,0 +1,151 @@
+//! Access control: bearer tokens with roles.
+//!
+//! `admin` may do everything; `client` may reserve, cart, confirm, release, extend and read.
+//! `/healthz` and `/readyz` need no token, nor `/metrics` when configured public. A missing or
+//! unknown token is 401, a token of the wrong role 403. Tokens are compared in constant time
+//! (every configured token is compared in full, whatever matches), and never logged.
+//!
+//! With no tokens configured, every request is allowed: that is the embedded default on a
+//! loopback listener (like Redis's protected mode, a non-loopback listener without tokens is
+//! refused at start unless `--insecure`; see `config.rs`).
+
+use crate::config::Secret;
+use crate::http::routes::Route;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Client,
+    Admin,
+}
+
+/// Who may call a route: nobody needs a token, or at least this role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Role(Role),
+}
+
+pub fn access(route: &Route<'_>, metrics_public: bool) -> Access {
+    match route {
+        Route::Healthz | Route::Readyz => Access::Public,
+        Route::Metrics if metrics_public => Access::Public,
+        Route::Metrics => Access::Role(Role::Admin),
+        Route::CreateDeal
+        | Route::PauseDeal(_)
+        | Route::ResumeDeal(_)
+        | Route::EndDeal(_)
+        | Route::AdjustStock(_)
+        | Route::EndStream(_) => Access::Role(Role::Admin),
+        Route::ListDeals
+        | Route::GetDeal(_)
+        | Route::Reserve(_)
+        | Route::CartReserve
+        | Route::GetHold(_)
+        | Route::Confirm(_)
+        | Route::Release(_)
+        | Route::Extend(_) => Access::Role(Role::Client),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, a malformed header, or an unknown token: 401.
+    Unauthenticated,
+    /// A valid token without the role: 403.
+    Forbidden,
+}
+
+pub struct Tokens {
+    tokens: Vec<(Vec<u8>, Role)>,
+}
+
+/// Equal lengths compare every byte; the time depends on the lengths only, not the contents.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+impl Tokens {
+    pub fn new(admin: &[Secret], client: &[Secret]) -> Self {
+        let role = |secrets: &[Secret], role| {
+            secrets.iter().map(move |s| (s.expose().as_bytes().to_vec(), role)).collect::<Vec<_>>()
+        };
+        let mut tokens = role(admin, Role::Admin);
+        tokens.extend(role(client, Role::Client));
+        Tokens { tokens }
+    }
+
+    /// Whether any token is configured (if not, access control is off).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Checks an `Authorization` header value against the access a route needs.
+    pub fn check(&self, access: Access, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        let Access::Role(needed) = access else { return Ok(()) };
+        if !self.enabled() {
+            return Ok(());
+        }
+        let presented = authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .ok_or(Denied::Unauthenticated)?;
+        // Compare against every token, without stopping at a match, so the time taken does not
+        // tell which token (or how much of one) matched.
+        let mut found: Option<Role> = None;
+        for (token, role) in &self.tokens {
+            if constant_time_eq(token, presented) {
+                found = Some(*role);
+            }
+        }
+        match found {
+            None => Err(Denied::Unauthenticated),
+            Some(role) if role >= needed => Ok(()),
+            Some(_) => Err(Denied::Forbidden),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens::new(
+            &[Secret::new("admin-token-0123456789")],
+            &[Secret::new("client-token-0123456789")],
+        )
+    }
+
+    #[test]
+    fn roles_and_statuses() {
+        let t = tokens();
+        let admin = Some(b"Bearer admin-token-0123456789".as_slice());
+        let client = Some(b"Bearer client-token-0123456789".as_slice());
+        let needs_admin = Access::Role(Role::Admin);
+        let needs_client = Access::Role(Role::Client);
+        assert_eq!(t.check(needs_admin, admin), Ok(()));
+        assert_eq!(t.check(needs_client, admin), Ok(()));
+        assert_eq!(t.check(needs_client, client), Ok(()));
+        assert_eq!(t.check(needs_admin, client), Err(Denied::Forbidden));
+        assert_eq!(t.check(needs_client, None), Err(Denied::Unauthenticated));
+        assert_eq!(
+            t.check(needs_client, Some(b"Bearer nope".as_slice())),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(
+            t.check(needs_client, Some(b"admin-token-0123456789".as_slice())),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(t.check(Access::Public, None), Ok(()));
+        assert_eq!(Tokens::new(&[], &[]).check(needs_admin, None), Ok(()));
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
