@@ -1,5 +1,6 @@
 //! The allocator's hot paths: reserve (alone and with two threads on one deal), the sold-out
-//! rejection, confirm and release. Events go to a sink that drops them, so these are the
+//! rejection (the check alone and the whole call), confirm, release, a hold's insert and
+//! removal, and the expiry of a million holds. Events go to a sink that drops them, so these are the
 //! allocator's own costs, without the write-ahead log.
 //!
 //! Run: `cargo bench --bench allocator` (add `-- --quick` for a fast, rougher pass).
@@ -186,12 +187,88 @@ fn release(c: &mut Criterion) {
     });
 }
 
+/// The sold-out check itself: one atomic load of the counters word and the stock rule on it.
+fn sold_out_check(c: &mut Criterion) {
+    let alloc = allocator_with_deal(0);
+    c.bench_function("sold_out_check", |b| {
+        b.iter(|| {
+            let view = alloc.deal(black_box("drop"), T0_MS);
+            black_box(view.map(|v| v.counters.take(1).is_err()))
+        });
+    });
+    // The same check without the registry lookup and the view: the load and the rule only.
+    let deal = alloc.deal("drop", T0_MS).expect("the deal exists");
+    let slot = livestock::alloc::DealSlot::new(
+        deal.spec,
+        livestock::core::counters::Counters::new(0),
+        livestock::core::deal::Lifecycle::Open,
+    );
+    c.bench_function("sold_out_check_word", |b| {
+        b.iter(|| black_box(&slot).counters().take(black_box(1)).is_err());
+    });
+}
+
+/// A hold's whole stay in the table: inserted by a reserve, resolved by a release.
+fn hold_insert_remove(c: &mut Criterion) {
+    let command = reserve_one("buyer");
+    c.bench_function("hold_insert_remove", |b| {
+        b.iter_custom(|iters| {
+            in_chunks(
+                iters,
+                |_| allocator_with_deal(DEAL_STOCK_UNITS_MAX),
+                |alloc, n| {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let Ok(Outcome::Holds(views)) = alloc.execute(&command, T0_MS, &mut NoSink)
+                        else {
+                            panic!("reserve failed");
+                        };
+                        let release = Command::Release { hold: views[0].hold.seq };
+                        black_box(alloc.execute(&release, T0_MS, &mut NoSink)).ok();
+                    }
+                    start.elapsed()
+                },
+            )
+        });
+    });
+}
+
+/// The reaper's pass when a million holds are due at once (a drop whose buyers all walked
+/// away): the time of `expire_due` alone, units back in `available`.
+fn expire_1m_holds(c: &mut Criterion) {
+    const HOLDS: u64 = 1_000_000;
+    let mut group = c.benchmark_group("expiry");
+    group.sample_size(10);
+    group.bench_function("expire_1m_holds", |b| {
+        b.iter_batched(
+            || {
+                let alloc = allocator_with_deal(DEAL_STOCK_UNITS_MAX);
+                let command = reserve_one("buyer");
+                for _ in 0..HOLDS {
+                    alloc.execute(&command, T0_MS, &mut NoSink).expect("reserve");
+                }
+                alloc
+            },
+            |alloc| {
+                let expired = alloc.expire_due(T0_MS + HOLD_TTL_MS_MAX, &mut NoSink);
+                assert_eq!(expired as u64, HOLDS);
+                alloc
+            },
+            criterion::BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     reserve_uncontended,
     reserve_hot_deal_2_threads,
     sold_out,
+    sold_out_check,
     confirm,
-    release
+    release,
+    hold_insert_remove,
+    expire_1m_holds
 );
 criterion_main!(benches);
