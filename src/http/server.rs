@@ -275,22 +275,20 @@ where
 {
     let started = Instant::now();
     let id = request_id(req.headers());
-    let span = tracing::info_span!("request", id = %id);
-    let (op, mut response) = answer(node, options, req).instrument(span.clone()).await;
+    // The span (debug level, so free when debug logging is off) tags anything logged while
+    // the request runs; the completion lines carry the id themselves, at any level.
+    let span = tracing::debug_span!("request", request_id = %id);
+    let (op, mut response) = answer(node, options, req).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
     let code = response.extensions().get::<OutcomeCode>().map(|c| c.0.clone());
     node.metrics().request(op, code.as_deref(), started.elapsed());
-    let _entered = span.enter();
+    let status = response.status().as_u16();
     if response.status().is_server_error() {
-        tracing::warn!(
-            status = response.status().as_u16(),
-            code = code.as_deref(),
-            "request failed"
-        );
+        tracing::warn!(request_id = %id, status, code = code.as_deref(), "request failed");
     } else {
-        tracing::debug!(status = response.status().as_u16(), code = code.as_deref(), "request");
+        tracing::debug!(request_id = %id, status, code = code.as_deref(), "request");
     }
     response
 }
@@ -437,8 +435,8 @@ async fn dispatch(
         }
         Route::ListDeals => {
             let now_ms = node.now_ms();
-            let deals: Vec<_> =
-                node.allocator().deals(now_ms).iter().map(wire::deal_json).collect();
+            let views = node.allocator().deals(now_ms);
+            let deals: Vec<_> = views.iter().map(wire::deal_json).collect();
             return Ok(respond(wire::reply(200, &json!({ "deals": deals }))));
         }
         Route::GetDeal(id) => {

@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::core::command::{Command, HoldView, Line, Outcome, Reserve};
 use crate::core::deal::{DealView, NewDeal};
@@ -176,43 +176,79 @@ pub fn hold_seq(raw: &str, key: HoldIdKey) -> Result<HoldSeq, ApiError> {
 
 // ------------------------------------------------------------------ answers
 
-pub fn deal_json(view: &DealView) -> Value {
+/// A deal on the wire. Fields in alphabetical order (the order `json!` objects print in), so
+/// every answer's bytes are the same whichever way it was built.
+#[derive(Serialize)]
+pub struct DealJson<'a> {
+    available: u64,
+    created_at: String,
+    ends_at: Option<String>,
+    held: u64,
+    hold_ttl_ms: u64,
+    hold_ttl_ms_max: u64,
+    id: &'a str,
+    per_user_limit: Option<u32>,
+    sold: u64,
+    starts_at: Option<String>,
+    state: &'static str,
+    stock: u64,
+    stream_id: Option<&'a str>,
+}
+
+pub fn deal_json(view: &DealView) -> DealJson<'_> {
     let spec = &view.spec;
     let c = view.counters;
-    json!({
-        "id": spec.id.as_str(),
-        "stream_id": spec.stream_id.as_ref().map(|s| s.as_str()),
-        "state": view.state.as_str(),
-        "stock": c.stock(),
-        "available": c.available(),
-        "held": c.held(),
-        "sold": c.sold(),
-        "starts_at": spec.starts_at_ms.map(timestamp),
-        "ends_at": spec.ends_at_ms.map(timestamp),
-        "per_user_limit": spec.per_user_limit,
-        "hold_ttl_ms": spec.hold_ttl_ms,
-        "hold_ttl_ms_max": spec.hold_ttl_ms_max,
-        "created_at": timestamp(spec.created_at_ms),
-    })
+    DealJson {
+        available: c.available(),
+        created_at: timestamp(spec.created_at_ms),
+        ends_at: spec.ends_at_ms.map(timestamp),
+        held: c.held(),
+        hold_ttl_ms: spec.hold_ttl_ms,
+        hold_ttl_ms_max: spec.hold_ttl_ms_max,
+        id: spec.id.as_str(),
+        per_user_limit: spec.per_user_limit,
+        sold: c.sold(),
+        starts_at: spec.starts_at_ms.map(timestamp),
+        state: view.state.as_str(),
+        stock: c.stock(),
+        stream_id: spec.stream_id.as_ref().map(|s| s.as_str()),
+    }
 }
 
-pub fn hold_json(view: &HoldView, key: HoldIdKey) -> Value {
+/// A hold on the wire (alphabetical fields, as `DealJson`).
+#[derive(Serialize)]
+pub struct HoldJson<'a> {
+    confirmed_qty: u32,
+    created_at: String,
+    deal_id: &'a str,
+    expires_at: String,
+    hold_id: String,
+    qty: u32,
+    resolved_at: Option<String>,
+    state: &'static str,
+    user_id: &'a str,
+}
+
+pub fn hold_json(view: &HoldView, key: HoldIdKey) -> HoldJson<'_> {
     let hold = &view.hold;
-    json!({
-        "hold_id": hold.seq.to_id(key),
-        "deal_id": hold.deal_id.as_str(),
-        "user_id": hold.user_id.as_str(),
-        "qty": hold.qty,
-        "state": view.state.as_str(),
-        "confirmed_qty": hold.confirmed_qty,
-        "created_at": timestamp(hold.created_at_ms),
-        "expires_at": timestamp(hold.expires_at_ms),
-        "resolved_at": hold.resolved_at_ms.map(timestamp),
-    })
+    HoldJson {
+        confirmed_qty: hold.confirmed_qty,
+        created_at: timestamp(hold.created_at_ms),
+        deal_id: hold.deal_id.as_str(),
+        expires_at: timestamp(hold.expires_at_ms),
+        hold_id: hold.seq.to_id(key),
+        qty: hold.qty,
+        resolved_at: hold.resolved_at_ms.map(timestamp),
+        state: view.state.as_str(),
+        user_id: hold.user_id.as_str(),
+    }
 }
 
-pub fn reply(status: u16, body: &Value) -> StoredReply {
-    StoredReply { status, body: Bytes::from(body.to_string()) }
+pub fn reply<T: Serialize + ?Sized>(status: u16, body: &T) -> StoredReply {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => StoredReply { status, body: Bytes::from(bytes) },
+        Err(e) => panic!("an answer always serializes: {e}"),
+    }
 }
 
 /// The answer to a command's outcome. `created` is the status of a fresh creation (201).
