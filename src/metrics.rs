@@ -473,8 +473,11 @@ impl EncodeMetric for PerDeal {
     }
 }
 
+/// Picks one histogram out of the log's statistics.
+type HistogramOf = fn(&WalStats) -> &AtomicHistogram;
+
 /// One of the log's histograms, registered by a handle on the log's statistics.
-struct LogHistogram(std::sync::Arc<WalStats>, fn(&WalStats) -> &AtomicHistogram);
+struct LogHistogram(std::sync::Arc<WalStats>, HistogramOf);
 
 impl std::fmt::Debug for LogHistogram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -526,7 +529,7 @@ pub fn scrape(node: &Node) -> String {
             "Newest durable log sequence number",
             Snapshot(durable as i64),
         );
-        let histograms: [(&str, &str, fn(&WalStats) -> &AtomicHistogram); 3] = [
+        let histograms: [(&str, &str, HistogramOf); 3] = [
             ("log_batch_records", "Records per group commit", |s| &s.batch_records),
             ("log_fsync_duration_seconds", "Duration of one log fsync", |s| &s.fsync_seconds),
             ("checkpoint_duration_seconds", "Duration of one checkpoint", |s| {

@@ -5,7 +5,7 @@
 //! within one refill period.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use crossbeam::utils::CachePadded;
 
@@ -18,10 +18,12 @@ struct Bucket {
     updated_ms: u64,
 }
 
+type Shard = CachePadded<Mutex<HashMap<Box<str>, Bucket>>>;
+
 pub struct RateLimiter {
     per_s: u64,
     burst: u64,
-    shards: Box<[CachePadded<Mutex<HashMap<Box<str>, Bucket>>>]>,
+    shards: Box<[Shard]>,
     hasher: ShardHasher,
 }
 
@@ -45,9 +47,7 @@ impl RateLimiter {
         if !self.enabled() {
             return Ok(());
         }
-        let mut hasher = self.hasher.build_hasher();
-        user.hash(&mut hasher);
-        let mut shard = self.shards[(hasher.finish() as usize) & (SHARDS - 1)].lock();
+        let mut shard = self.shards[(self.hasher.hash_one(user) as usize) & (SHARDS - 1)].lock();
         let full = self.burst * 1_000;
         // Refill: per_s tokens per 1000 ms is per_s milli-tokens per ms.
         let refill = |bucket: &mut Bucket| {
