@@ -13,7 +13,10 @@
 //! | `alloc/` | the concurrent allocator: the hot path; no I/O, no clock |
 //! | `idempotency.rs` | remembered answers to keyed requests |
 //! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
-//! | `http/` | routes, wire types, errors as status + JSON, the hyper server |
+//! | `http/` | routes, wire types, errors as status + JSON, auth, rate limits, the hyper server |
+//! | `wal/` | the write-ahead log, checkpoints, recovery, the storage trait |
+//! | `config.rs` | the configuration: defaults < TOML file < environment < flags |
+//! | `metrics.rs` | counters and histograms for `/metrics` |
 //! | `load/` | `livestock load`: an open-loop load generator with a verifying client ledger |
 //!
 //! See `docs/ARCHITECTURE.md` for the invariants and the life of a reserve request.
