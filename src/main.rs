@@ -41,6 +41,17 @@ enum Cmd {
     /// Drive a running server over loopback HTTP: open-loop bursts, latency histograms,
     /// verification of its counters, a plot, capacity search.
     Load(Box<livestock::load::LoadArgs>),
+    /// The peer benchmark's ceiling (benches/peers/): a bare hyper server on serve's runtime
+    /// settings that answers every POST with a fixed hold.
+    #[command(hide = true)]
+    Ceiling(livestock::load::ceiling::CeilingArgs),
+}
+
+/// The configuration layers without the flags: the environment over a file.
+#[derive(Parser)]
+struct CheckArgs {
+    #[command(flatten)]
+    args: ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,9 +89,18 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             livestock::load::main(*args)
         }
+        Cmd::Ceiling(args) => livestock::load::ceiling::main(args),
         Cmd::Config(ConfigCmd::Check { file }) => {
-            // The file under the environment, as `serve` would see it (flags aside).
-            let args = ConfigArgs { config: Some(file), ..ConfigArgs::default() };
+            // The file under the environment, as `serve` would see it (flags aside): let clap
+            // read the LIVESTOCK_* variables as it does for `serve`.
+            let file = file.to_string_lossy().into_owned();
+            let args = match CheckArgs::try_parse_from(["livestock", "--config", file.as_str()]) {
+                Ok(parsed) => parsed.args,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             match Config::load(&args) {
                 Ok(config) => {
                     print!("{}", config.to_toml());

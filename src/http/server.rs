@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -95,7 +95,7 @@ impl Server {
         node: Arc<Node>,
         options: ServerOptions,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(run(listener, node, Arc::new(options), stop));
@@ -112,6 +112,18 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
     }
+}
+
+/// A listening socket with a deep accept queue: a livestream drop opens thousands of
+/// connections at once, and the default backlog (128) makes the kernel drop handshakes, which
+/// clients retry only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Counts a connection open for as long as it lives.
@@ -324,7 +336,7 @@ where
         Ok(()) => {}
         Err(Denied::Unauthenticated) => {
             let e = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
-            let mut response = error(e);
+            let mut response = unread(error(e));
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -332,7 +344,7 @@ where
         }
         Err(Denied::Forbidden) => {
             let e = ApiError::new(ErrorCode::Forbidden, "this token's role may not do this");
-            return (op, error(e));
+            return (op, unread(error(e)));
         }
     }
     // Refuse an oversized body before reading it, by its declared length, and cap what is read
@@ -348,11 +360,13 @@ where
         ApiError::new(ErrorCode::BodyTooLarge, format!("request body over {max} bytes"))
     };
     if declared.is_some_and(|n| n > max as u64) {
-        return (op, error(too_large()));
+        return (op, unread(error(too_large())));
     }
     let body = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return (op, error(too_large())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return (op, unread(error(too_large())));
+        }
         Err(e) => {
             return (op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
         }
@@ -373,6 +387,14 @@ where
             Err(e) => error(e),
         };
     (op, response)
+}
+
+/// Marks an answer given before the request's body was read: the connection closes after it,
+/// and says so, since the unread body would otherwise be taken for the next request (a client
+/// that pools connections would lose its next request to an unexpected EOF).
+fn unread(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A rate-limit refusal: 429 with `Retry-After` in whole seconds.

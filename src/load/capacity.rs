@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::limits::DEAL_STOCK_UNITS_MAX;
-use crate::load::client::Client;
+use crate::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
 use crate::load::driver::{Deals, Driver, Mode, Plan};
 use crate::load::schedule::{steady_segments, Schedule, Timing};
 use crate::load::Settings;
@@ -123,6 +122,8 @@ impl Search {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CapacityReport {
     pub target: String,
+    /// `http`, `redis` or `postgres`.
+    pub backend: &'static str,
     pub run_id: String,
     pub slo: Slo,
     pub step_duration_ms: u64,
@@ -194,8 +195,9 @@ impl CapacityReport {
 /// nothing sells out, so every step measures the same work.
 pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String> {
     let c = settings.capacity.as_ref().ok_or("capacity mode without an SLO")?;
-    let mut admin = Client::new(&settings.target, settings.request_timeout);
-    admin.health().await?;
+    let mut admin = settings.backend.admin().await?;
+    // A peer's hold expiry (livestock runs its own).
+    let _reaper = settings.backend.start_reaper(Duration::from_millis(EXPIRY_TICK_MS)).await?;
     let mut search =
         Search::new(c.start_rate, c.rate_factor, c.max_rate, c.bisect_steps, c.steps_max);
     let mut steps = Vec::new();
@@ -227,13 +229,12 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
             crate::load::ARRIVALS_MAX,
         );
         let plan = Plan {
-            target: settings.target.clone(),
+            backend: settings.backend.clone(),
             mode: Mode::Open,
             connections: settings.connections,
             schedule,
             phase_us,
             hold_ttl_ms: settings.hold_ttl_ms,
-            request_timeout: settings.request_timeout,
             run_id,
             poll_stock: false,
             progress: false,
@@ -277,7 +278,8 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
     }
     let best = search.capacity().copied();
     Ok(CapacityReport {
-        target: settings.target.to_string(),
+        target: settings.backend.target.to_string(),
+        backend: settings.backend.kind.as_str(),
         run_id: settings.run_id.clone(),
         slo: c.slo,
         step_duration_ms: c.step_duration_ms,

@@ -22,25 +22,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam::channel::{self, RecvTimeoutError};
-use http::Method;
 // parking_lot, not `crate::sync`: this is a client shell, never model-checked under loom, and
 // its locks are held for a few counter updates, never across an `.await`.
 use parking_lot::Mutex;
-use serde_json::Value;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::load::client::{Client, Outcome, Target};
+use crate::load::backend::{Backend, Conn, Reserved};
+use crate::load::client::Outcome;
 use crate::load::ledger::{Answered, Fate, HoldRecord, Ledger};
 use crate::load::report::{Op, Recorder};
 use crate::load::schedule::{After, Arrival, Schedule};
 
 /// How often the available stock is sampled for the burn-down chart.
 pub const STOCK_POLL_MS: u64 = 100;
-/// Up to this many deals are polled one by one; more are read with one list request.
-const STOCK_POLL_SINGLY_MAX: usize = 16;
 /// The pacer never sleeps longer than this, so it notices a stop promptly.
 const PACER_NAP_MS: u64 = 50;
 
@@ -62,7 +58,7 @@ pub struct Deals {
 
 /// What to drive, and how.
 pub struct Plan {
-    pub target: Target,
+    pub backend: Backend,
     pub mode: Mode,
     /// Connections (workers) in open loop.
     pub connections: usize,
@@ -70,7 +66,6 @@ pub struct Plan {
     /// Length of the arrival phase, µs (the closed loop stops feeding reserves at its end).
     pub phase_us: u64,
     pub hold_ttl_ms: u64,
-    pub request_timeout: Duration,
     /// Prefix of idempotency keys, unique per run.
     pub run_id: String,
     /// Sample the stock every 100 ms.
@@ -128,7 +123,7 @@ struct Shared {
     arrivals_done: AtomicBool,
     stop: AtomicBool,
     all_done: Notify,
-    reserve_paths: Vec<String>,
+    deal_ids: Vec<String>,
     ttl_ms: u64,
     run_id: String,
 }
@@ -168,41 +163,24 @@ impl Shared {
         }
     }
 
-    /// Runs one job on `client` and books its answer.
-    async fn run(&self, client: &mut Client, job: Job) {
-        let (op, method, path, key, body) = match &job.task {
-            Task::Reserve { arrival, .. } => (
-                Op::Reserve,
-                Method::POST,
-                self.reserve_paths[arrival.deal].clone(),
-                Some(format!("{}-r{}", self.run_id, arrival.index)),
-                Bytes::from(format!(
-                    r#"{{"user_id":"v{}","qty":{},"ttl_ms":{}}}"#,
-                    arrival.viewer, arrival.qty, self.ttl_ms
-                )),
-            ),
-            Task::Confirm { hold_id, .. } => (
-                Op::Confirm,
-                Method::POST,
-                format!("/v1/holds/{hold_id}/confirm"),
-                None,
-                Bytes::new(),
-            ),
-            Task::Release { hold_id, .. } => (
-                Op::Release,
-                Method::POST,
-                format!("/v1/holds/{hold_id}/release"),
-                None,
-                Bytes::new(),
-            ),
-        };
+    /// Runs one job on `conn` and books its answer.
+    async fn run(&self, conn: &mut Conn, job: Job) {
         let started = Instant::now();
-        let answer = client.call(method, &path, key.as_deref(), body).await;
-        let done = Instant::now();
-        let (outcome, body) = match answer {
-            Ok((status, body)) => (Outcome::of(status, &body), body),
-            Err(transport) => (transport, Bytes::new()),
+        let (op, Reserved { outcome, hold_id }) = match &job.task {
+            Task::Reserve { arrival, .. } => {
+                let key = format!("{}-r{}", self.run_id, arrival.index);
+                let user = format!("v{}", arrival.viewer);
+                let deal = &self.deal_ids[arrival.deal];
+                (Op::Reserve, conn.reserve(deal, &key, &user, arrival.qty, self.ttl_ms).await)
+            }
+            Task::Confirm { hold_id, .. } => {
+                (Op::Confirm, Reserved { outcome: conn.confirm(hold_id).await, hold_id: None })
+            }
+            Task::Release { hold_id, .. } => {
+                (Op::Release, Reserved { outcome: conn.release(hold_id).await, hold_id: None })
+            }
         };
+        let done = Instant::now();
         let from = if self.open_loop { job.intended } else { started };
         let latency_us =
             u64::try_from(done.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX);
@@ -216,10 +194,6 @@ impl Shared {
         };
         match job.task {
             Task::Reserve { arrival, early } => {
-                let hold_id = (answered == Answered::Ok)
-                    .then(|| serde_json::from_slice::<Value>(&body).ok())
-                    .flatten()
-                    .and_then(|v| v["hold_id"].as_str().map(str::to_owned));
                 self.booked_reserve(arrival, early, &outcome, hold_id, started_us, done_us, done);
             }
             Task::Confirm { hold, .. } => self.ledger.lock().confirmed(hold, answered),
@@ -377,7 +351,7 @@ async fn feed_closed(
 
 async fn work(
     shared: Arc<Shared>,
-    mut client: Client,
+    mut conn: Conn,
     jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
 ) {
     loop {
@@ -385,36 +359,18 @@ async fn work(
         // queue, the others in line behind the lock, FIFO).
         let job = jobs.lock().await.recv().await;
         let Some(job) = job else { return };
-        shared.run(&mut client, job).await;
+        shared.run(&mut conn, job).await;
         shared.finish_one();
     }
 }
 
 /// Samples the run's available stock every [`STOCK_POLL_MS`] on a connection of its own.
-async fn poll_stock(shared: Arc<Shared>, mut client: Client, ids: Vec<String>) {
+async fn poll_stock(shared: Arc<Shared>, mut conn: Conn, ids: Vec<String>) {
     let mut tick = tokio::time::interval(Duration::from_millis(STOCK_POLL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ours: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     loop {
         tick.tick().await;
-        let available = if ids.len() <= STOCK_POLL_SINGLY_MAX {
-            let mut sum = Some(0u64);
-            for id in &ids {
-                sum = match (sum, client.deal(id).await) {
-                    (Some(s), Ok((c, _))) => Some(s + c.available),
-                    _ => None,
-                };
-            }
-            sum
-        } else {
-            client.deals().await.ok().map(|all| {
-                all.iter()
-                    .filter(|(id, _)| ours.contains(id.as_str()))
-                    .map(|(_, c)| c.available)
-                    .sum()
-            })
-        };
-        if let Some(available) = available {
+        if let Some(available) = conn.available(&ids).await {
             let t_us = shared.us(Instant::now());
             shared.recorder.lock().stock_sample(t_us, available);
         }
@@ -460,13 +416,12 @@ impl Driver {
     /// Connects every worker, then starts the clock.
     pub async fn start(plan: Plan, deals: &Deals) -> Result<Driver, String> {
         let Plan {
-            target,
+            backend,
             mode,
             connections,
             schedule,
             phase_us,
             hold_ttl_ms,
-            request_timeout,
             run_id,
             poll_stock: poll,
             progress,
@@ -475,11 +430,11 @@ impl Driver {
             Mode::Open => connections,
             Mode::Closed { concurrency } => concurrency,
         };
-        let mut clients = Vec::with_capacity(workers_n);
+        let mut conns = Vec::with_capacity(workers_n);
         for _ in 0..workers_n {
-            let mut client = Client::new(&target, request_timeout);
-            client.connect().await?;
-            clients.push(client);
+            let mut conn = backend.conn();
+            conn.connect().await?;
+            conns.push(conn);
         }
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (follow_tx, follow_rx) = channel::unbounded();
@@ -496,14 +451,14 @@ impl Driver {
             arrivals_done: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             all_done: Notify::new(),
-            reserve_paths: deals.ids.iter().map(|id| format!("/v1/deals/{id}/reserve")).collect(),
+            deal_ids: deals.ids.clone(),
             ttl_ms: hold_ttl_ms,
             run_id,
         });
         let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
-        let workers = clients
+        let workers = conns
             .into_iter()
-            .map(|client| tokio::spawn(work(shared.clone(), client, jobs_rx.clone())))
+            .map(|conn| tokio::spawn(work(shared.clone(), conn, jobs_rx.clone())))
             .collect();
         let marker = EarlyMarker { units: deals.units.clone(), seen: vec![0; deals.ids.len()] };
         let (arrivals, feeder) = match mode {
@@ -527,9 +482,9 @@ impl Driver {
             .map_err(|e| format!("cannot start the pacer thread: {e}"))?;
         let mut watchers = Vec::new();
         if poll {
-            let mut client = Client::new(&target, request_timeout);
-            client.connect().await?;
-            watchers.push(tokio::spawn(poll_stock(shared.clone(), client, deals.ids.clone())));
+            let mut conn = backend.conn();
+            conn.connect().await?;
+            watchers.push(tokio::spawn(poll_stock(shared.clone(), conn, deals.ids.clone())));
         }
         if progress {
             watchers.push(tokio::spawn(show_progress(shared.clone())));

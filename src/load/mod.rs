@@ -5,20 +5,27 @@
 //! |---|---|
 //! | `mod.rs` | the command line, its validation and bounds, one run from set-up to verdict |
 //! | `schedule.rs` | pure: arrival schedules (drop, steady, replay), Zipf deal picker, seeded PRNG |
+//! | `backend.rs` | what is driven: livestock over HTTP, or a peer (Redis, PostgreSQL) in its own protocol |
 //! | `client.rs` | the loopback-only target, keep-alive HTTP/1.1 connections, API calls |
+//! | `redis.rs`, `postgres.rs` | the peers of the benchmark: Lua scripts, PL/pgSQL functions (`peers/`) |
+//! | `ceiling.rs` | `livestock ceiling`: a bare hyper server with fixed answers, the benchmark's ceiling |
 //! | `driver.rs` | open loop (a pacer releases requests at their intended instants) and closed loop |
 //! | `ledger.rs` | pure: what the server acknowledged, and the end-of-run verification |
 //! | `report.rs` | pure: HdrHistogram per operation and outcome, time series, JSON, summary |
 //! | `plot.rs` | the SVG: offered vs served, p50/p99 over time, the stock burning down |
 //! | `capacity.rs` | the step search for the highest rate that holds a p99 SLO |
 //!
-//! See `docs/load.md`.
+//! See `docs/load.md`, and `benches/peers/` for the peer benchmark.
 
+pub mod backend;
 pub mod capacity;
+pub mod ceiling;
 pub mod client;
 pub mod driver;
 pub mod ledger;
 pub mod plot;
+pub mod postgres;
+pub mod redis;
 pub mod report;
 pub mod schedule;
 
@@ -28,9 +35,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
+use crate::limits::{
+    DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+};
+use crate::load::backend::{Backend, BackendKind, Conn};
 use crate::load::capacity::{CapacityReport, Slo};
-use crate::load::client::{Client, Target};
+use crate::load::client::Target;
+use crate::load::postgres::PgSettings;
 use crate::load::driver::{Deals, Driver, Mode, Plan};
 use crate::load::ledger::{verify, Counters, DealState};
 use crate::load::report::{RunReport, SellOut};
@@ -115,7 +126,13 @@ time and stops by itself.
 Examples:
   livestock load --profile drop --rate 20000 --viewers 50000 --stock 5000 --plot drop.svg
   livestock load --profile steady --rate 5000 --duration-ms 10000 --deals 100 --zipf 1.1
-  livestock load --find-capacity --p99-slo-ms 5";
+  livestock load --find-capacity --p99-slo-ms 5
+  livestock load --backend redis --target 127.0.0.1:6379 --profile steady --rate 5000
+
+--backend redis|postgres drives a peer of the benchmark (benches/peers/) in its own protocol \
+with the same schedule, histograms and verification: Redis through Lua scripts (EVALSHA), \
+PostgreSQL through PL/pgSQL functions (one transaction per operation). The run installs the \
+scripts or the schema and runs the peer's hold expiry every 10 ms.";
 
 /// `livestock load`: drive a running server and report latencies, rates, sell-out and a
 /// verification of its counters against the client's ledger.
@@ -125,6 +142,15 @@ pub struct LoadArgs {
     /// The server, host:port on this machine (localhost, 127.0.0.0/8 or [::1]).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
+    /// What the target is: livestock's HTTP API, or a peer of the benchmark in its own protocol.
+    #[arg(long, value_enum, default_value = "http")]
+    pub backend: BackendKind,
+    /// PostgreSQL: the role to log in as (trust authentication on loopback).
+    #[arg(long, env = "PGUSER", default_value = "postgres")]
+    pub pg_user: String,
+    /// PostgreSQL: the database.
+    #[arg(long, env = "PGDATABASE", default_value = "postgres")]
+    pub pg_database: String,
 
     /// How arrivals come.
     #[arg(long, value_enum, default_value = "drop", help_heading = "Arrivals")]
@@ -272,7 +298,7 @@ pub struct CapacitySettings {
 /// The arguments, checked against the bounds.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub target: Target,
+    pub backend: Backend,
     pub run_id: String,
     pub seed: u64,
     pub mode: Mode,
@@ -482,8 +508,14 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
     };
 
     let seed = args.seed.unwrap_or_else(random_u64);
-    Ok(Settings {
+    let backend = Backend {
+        kind: args.backend,
         target,
+        timeout: Duration::from_millis(args.request_timeout_ms),
+        pg: PgSettings { user: args.pg_user.clone(), dbname: args.pg_database.clone() },
+    };
+    Ok(Settings {
+        backend,
         run_id: format!("ld{:08x}", random_u64() as u32),
         seed,
         mode: if args.closed_loop {
@@ -577,7 +609,7 @@ pub async fn run(args: &LoadArgs) -> Result<LoadOutcome, String> {
 }
 
 /// Reads the counters of every deal.
-async fn read_all(admin: &mut Client, ids: &[String]) -> Result<Vec<Counters>, String> {
+async fn read_all(admin: &mut Conn, ids: &[String]) -> Result<Vec<Counters>, String> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         out.push(admin.deal(id).await?.0);
@@ -588,8 +620,9 @@ async fn read_all(admin: &mut Client, ids: &[String]) -> Result<Vec<Counters>, S
 /// One run: set up the deals, drive the load, drain the holds, verify, report.
 async fn single(s: &Settings) -> Result<RunReport, String> {
     let started = Instant::now();
-    let mut admin = Client::new(&s.target, s.request_timeout);
-    admin.health().await?;
+    let mut admin = s.backend.admin().await?;
+    // A peer's hold expiry (livestock runs its own), through the drain.
+    let _reaper = s.backend.start_reaper(Duration::from_millis(EXPIRY_TICK_MS)).await?;
     let (ids, limits) = if s.existing_deals.is_empty() {
         let mut ids = Vec::new();
         for i in 0..s.deals {
@@ -613,13 +646,12 @@ async fn single(s: &Settings) -> Result<RunReport, String> {
     };
     let schedule = Schedule::new(s.timing.clone(), s.choices.clone(), s.seed, end_us, ARRIVALS_MAX);
     let plan = Plan {
-        target: s.target.clone(),
+        backend: s.backend.clone(),
         mode: s.mode,
         connections: s.connections,
         schedule,
         phase_us: s.phase_us,
         hold_ttl_ms: s.hold_ttl_ms,
-        request_timeout: s.request_timeout,
         run_id: s.run_id.clone(),
         poll_stock: true,
         progress: s.progress,
@@ -671,7 +703,8 @@ async fn single(s: &Settings) -> Result<RunReport, String> {
     Ok(RunReport {
         mode,
         latency_from,
-        target: s.target.to_string(),
+        target: s.backend.target.to_string(),
+        backend: s.backend.kind.as_str(),
         run_id: s.run_id.clone(),
         seed: s.seed,
         profile: s.profile.clone(),
@@ -756,7 +789,13 @@ mod tests {
     #[test]
     fn defaults_are_a_bounded_drop_on_loopback() {
         let s = parse(&[]).unwrap();
-        assert_eq!(s.target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.backend.target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.backend.kind, BackendKind::Http);
+        let redis = parse(&["--backend", "redis", "--target", "127.0.0.1:6379"]).unwrap();
+        assert_eq!(redis.backend.kind, BackendKind::Redis);
+        let pg = parse(&["--backend", "postgres", "--target", "localhost:5432", "--pg-user", "u"])
+            .unwrap();
+        assert_eq!((pg.backend.kind, pg.backend.pg.user.as_str()), (BackendKind::Postgres, "u"));
         assert_eq!(s.mode, Mode::Open);
         assert_eq!(s.phase_us, 3_500_000);
         assert_eq!(s.deals, 1);
@@ -775,6 +814,8 @@ mod tests {
         for (argv, says) in [
             (&["--target", "10.0.0.1:8080"][..], "refusing"),
             (&["--target", "example.com:80"][..], "refusing"),
+            (&["--backend", "redis", "--target", "10.0.0.2:6379"][..], "refusing"),
+            (&["--backend", "postgres", "--target", "192.168.0.9:5432"][..], "refusing"),
             (&["--rate", "0"][..], "--rate"),
             (&["--rate", "1e9"][..], "--rate"),
             (&["--confirm-ratio", "0.8", "--release-ratio", "0.3"][..], "add up"),

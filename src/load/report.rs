@@ -394,6 +394,8 @@ pub struct RunReport {
     /// What the latencies are measured from.
     pub latency_from: &'static str,
     pub target: String,
+    /// `http`, `redis` or `postgres`.
+    pub backend: &'static str,
     pub run_id: String,
     pub seed: u64,
     pub profile: String,
@@ -424,7 +426,7 @@ pub fn render(r: &RunReport) -> String {
     let mut out = String::new();
     let label = if r.mode == "closed_loop" { CLOSED_LOOP_LABEL } else { OPEN_LOOP_LABEL };
     let _ = writeln!(out, "livestock load: {label}");
-    let _ = writeln!(out, "target {}  run {}  seed {}", r.target, r.run_id, r.seed);
+    let _ = writeln!(out, "target {} ({})  run {}  seed {}", r.target, r.backend, r.run_id, r.seed);
     let _ = writeln!(
         out,
         "profile: {}; {} deal(s), {} units in all, {} viewers",
