@@ -181,6 +181,13 @@ impl IdempotencyTable {
         }
     }
 
+    /// Drops every shard's keys older than the window (the reaper calls it each tick).
+    pub fn expire_all(&self, now_ms: u64) {
+        for shard in self.shards.iter() {
+            self.expire(&mut shard.lock(), now_ms);
+        }
+    }
+
     pub fn begin(&self, scope: &str, key: &str, fingerprint: u64, now_ms: u64) -> Begin<'_> {
         let key = full_key(scope, key);
         let mut shard = self.shard(&key).lock();

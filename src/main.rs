@@ -172,6 +172,14 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Held until the process exits.
+    let _lock = match storage.lock_exclusive() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: cannot lock the data directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if config.tokens_configured() == 0 {
         // Protected mode (config validation refuses this off loopback without --insecure).
         tracing::warn!(

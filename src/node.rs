@@ -30,7 +30,7 @@ pub struct Node {
     allocator: Allocator,
     clock: Arc<dyn Clock>,
     idempotency: IdempotencyTable,
-    /// `None`: state lives in memory only (tests, and `serve --in-memory`).
+    /// `None`: state lives in memory only (tests and tools that need no durability).
     wal: Option<Wal>,
 }
 
@@ -267,7 +267,11 @@ impl Node {
             reply: None,
             lsn: None,
         };
-        self.allocator.expire_due(journal.now_ms, &mut journal)
+        let expired = self.allocator.expire_due(journal.now_ms, &mut journal);
+        // Keys past their window are also dropped as new keys arrive; this keeps the count
+        // (and memory) honest while traffic is idle.
+        self.idempotency.expire_all(journal.now_ms);
+        expired
     }
 
     /// Flushes the log and writes a final checkpoint. Call after the server stopped.

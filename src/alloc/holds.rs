@@ -3,11 +3,11 @@
 //!
 //! Why shards keyed by the hold's sequence number: consecutive reserves get consecutive numbers
 //! and so land on different shards; two cores reserving at once almost never meet on a lock.
-//! Why a timer index per shard (`BTreeMap` by instant): the reaper pops exactly the holds that
-//! are due, never scanning live ones; an extension adds a later entry and the stale one is
-//! skipped when it comes up (the hold's own `expires_at` is the truth).
+//! Why a timer index per shard (an ordered set of (instant, hold)): the reaper pops exactly the
+//! holds that are due, never scanning live ones, and an extension or a resolution moves or
+//! removes the hold's one entry in O(log n), so no stale entry outlives its hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crossbeam::utils::CachePadded;
 
@@ -26,8 +26,10 @@ pub struct Entry {
 #[derive(Default)]
 pub struct HoldShard {
     holds: HashMap<u64, Entry>,
-    /// expires_at_ms -> holds that were due then (some since extended or resolved).
-    expiries: BTreeMap<u64, Vec<u64>>,
+    /// (expires_at_ms, seq) of every open hold: exactly one entry per open hold, removed when
+    /// it resolves or moves when it is extended, so the reaper pops only what is due and a
+    /// copy that never reaps (the log writer's shadow) keeps nothing stale.
+    expiries: BTreeSet<(u64, u64)>,
     /// forget_at_ms -> resolved holds to drop from memory then.
     forgets: BTreeMap<u64, Vec<u64>>,
 }
@@ -64,12 +66,14 @@ impl HoldShard {
     }
 
     fn schedule_expiry(&mut self, seq: u64, at_ms: u64) {
-        self.expiries.entry(at_ms).or_default().push(seq);
+        self.expiries.insert((at_ms, seq));
     }
 
     pub fn extend(&mut self, seq: HoldSeq, expires_at_ms: u64) -> Option<&Hold> {
         let entry = self.holds.get_mut(&seq.0)?;
         assert_eq!(entry.hold.state, HoldState::Held, "extend of a resolved hold");
+        let moved = self.expiries.remove(&(entry.hold.expires_at_ms, seq.0));
+        assert!(moved, "open hold {seq:?} had no timer");
         entry.hold.expires_at_ms = expires_at_ms;
         self.schedule_expiry(seq.0, expires_at_ms);
         self.holds.get(&seq.0).map(|e| &e.hold)
@@ -85,6 +89,7 @@ impl HoldShard {
         retention_ms: u64,
     ) -> Option<Resolved> {
         let entry = self.holds.get_mut(&seq.0)?;
+        self.expiries.remove(&(entry.hold.expires_at_ms, seq.0));
         entry.hold.resolve(state, settlement, at_ms);
         let resolved =
             Resolved { deal: entry.deal.clone(), user_id: entry.hold.user_id.clone(), settlement };
@@ -95,20 +100,15 @@ impl HoldShard {
     /// Pops the holds whose expiry instant has come and that are still held at `now`.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<HoldSeq> {
         let mut due = Vec::new();
-        while let Some(entry) = self.expiries.first_entry() {
-            if *entry.key() > now_ms {
+        while let Some(&(at_ms, seq)) = self.expiries.first() {
+            if at_ms > now_ms {
                 break;
             }
-            for seq in entry.remove() {
-                if self.holds.get(&seq).is_some_and(|e| e.hold.is_due(now_ms)) {
-                    due.push(HoldSeq(seq));
-                }
+            self.expiries.pop_first();
+            if self.holds.get(&seq).is_some_and(|e| e.hold.is_due(now_ms)) {
+                due.push(HoldSeq(seq));
             }
         }
-        // An extended hold has an entry at each expiry it had; when one pass reaches several
-        // of them, the hold must still come out once.
-        due.sort_unstable();
-        due.dedup();
         due
     }
 
@@ -132,7 +132,7 @@ impl HoldShard {
     }
 
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiries.first_key_value().map(|(at, _)| *at)
+        self.expiries.first().map(|(at, _)| *at)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
@@ -141,7 +141,7 @@ impl HoldShard {
 
     /// Every open hold has a timer entry at its current expiry (checked by the invariants).
     pub fn has_timer(&self, seq: HoldSeq, at_ms: u64) -> bool {
-        self.expiries.get(&at_ms).is_some_and(|seqs| seqs.contains(&seq.0))
+        self.expiries.contains(&(at_ms, seq.0))
     }
 }
 

@@ -202,7 +202,8 @@ impl Conn {
                 Some(sum)
             }
             Conn::Http(c) => {
-                let ours: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+                let ours: std::collections::HashSet<&str> =
+                    ids.iter().map(String::as_str).collect();
                 let all = c.deals().await.ok()?;
                 Some(
                     all.iter()
@@ -228,9 +229,8 @@ impl Conn {
         match self {
             Conn::Http(c) => {
                 let path = format!("/v1/deals/{deal}/reserve");
-                let body = Bytes::from(format!(
-                    r#"{{"user_id":"{user}","qty":{qty},"ttl_ms":{ttl_ms}}}"#
-                ));
+                let body =
+                    Bytes::from(format!(r#"{{"user_id":"{user}","qty":{qty},"ttl_ms":{ttl_ms}}}"#));
                 match c.call(Method::POST, &path, Some(key), body).await {
                     Ok((status, body)) => {
                         let outcome = Outcome::of(status, &body);
@@ -308,10 +308,10 @@ mod tests {
             assert_eq!(outcome.label(), code);
             assert!(!outcome.is_error(), "{code} is the rules at work, not an error");
         }
-        assert_eq!(peer_outcome("unknown_hold"), Outcome::Refused {
-            status: 404,
-            code: "unknown_hold".into()
-        });
+        assert_eq!(
+            peer_outcome("unknown_hold"),
+            Outcome::Refused { status: 404, code: "unknown_hold".into() }
+        );
         assert!(peer_outcome("unknown_deal").is_error());
         assert!(peer_failure("deadlock_detected").is_error());
     }
@@ -325,8 +325,9 @@ mod tests {
 
     #[test]
     fn backends_are_named() {
-        let names: Vec<&str> =
-            [BackendKind::Http, BackendKind::Redis, BackendKind::Postgres].map(|b| b.as_str()).into();
+        let names: Vec<&str> = [BackendKind::Http, BackendKind::Redis, BackendKind::Postgres]
+            .map(|b| b.as_str())
+            .into();
         assert_eq!(names, ["http", "redis", "postgres"]);
     }
 }

@@ -119,14 +119,14 @@ pub fn main(args: CeilingArgs) -> ExitCode {
         };
         let addr = listener.local_addr().map_or(args.listen, |a| a);
         println!("livestock ceiling listening on http://{addr}");
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(term) => term,
-            Err(e) => {
-                eprintln!("error: cannot watch SIGTERM: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    eprintln!("error: cannot watch SIGTERM: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tokio::select! {
             () = run(listener, Config::default()) => {}
             _ = term.recv() => {}
@@ -139,7 +139,33 @@ pub fn main(args: CeilingArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::backend::{Backend, BackendKind};
+    use crate::load::client::{Outcome, Target};
+    use crate::load::postgres::PgSettings;
     use serde_json::Value;
+
+    #[tokio::test]
+    async fn answers_the_load_tools_calls_with_its_fixed_bodies() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(run(listener, Config::default()));
+        let backend = Backend {
+            kind: BackendKind::Http,
+            target: Target::loopback(addr).unwrap(),
+            timeout: Duration::from_secs(5),
+            pg: PgSettings { user: String::new(), dbname: String::new() },
+        };
+        let mut admin = backend.admin().await.expect("GET /healthz answers");
+        let created = admin.create_deal("d", 10, Some(1), 1_000).await.expect("a deal, read");
+        assert_eq!(created.stock, 0, "the counters are fixed at zero");
+        let mut conn = backend.conn();
+        let reserved = conn.reserve("d", "key-1", "v1", 1, 1_000).await;
+        assert_eq!(reserved.outcome, Outcome::Ok);
+        assert_eq!(reserved.hold_id.as_deref(), Some("h0000000000000000"));
+        assert_eq!(conn.confirm("h0000000000000000").await, Outcome::Ok);
+        assert_eq!(conn.available(&["d".to_owned()]).await, Some(0));
+        server.abort();
+    }
 
     #[test]
     fn the_fixed_bodies_read_as_a_hold_and_a_deal() {

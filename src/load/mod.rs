@@ -41,9 +41,9 @@ use crate::limits::{
 use crate::load::backend::{Backend, BackendKind, Conn};
 use crate::load::capacity::{CapacityReport, Slo};
 use crate::load::client::Target;
-use crate::load::postgres::PgSettings;
 use crate::load::driver::{Deals, Driver, Mode, Plan};
 use crate::load::ledger::{verify, Counters, DealState};
+use crate::load::postgres::PgSettings;
 use crate::load::report::{RunReport, SellOut};
 use crate::load::schedule::{
     drop_segments, parse_replay, steady_segments, Choices, Mix, Schedule, Spacing, Timing, Zipf,

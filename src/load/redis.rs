@@ -75,7 +75,12 @@ fn failure(e: &RedisError) -> Outcome {
 
 impl RedisConn {
     pub fn new(target: &Target, timeout: Duration) -> RedisConn {
-        RedisConn { ip: target.addr.ip().to_string(), port: target.addr.port(), timeout, conn: None }
+        RedisConn {
+            ip: target.addr.ip().to_string(),
+            port: target.addr.port(),
+            timeout,
+            conn: None,
+        }
     }
 
     async fn ready(&mut self) -> Result<&mut MultiplexedConnection, Outcome> {
@@ -117,7 +122,10 @@ impl RedisConn {
     }
 
     pub async fn connect(&mut self) -> Result<(), String> {
-        self.ready().await.map(|_| ()).map_err(|o| format!("cannot connect to redis: {}", o.label()))
+        self.ready()
+            .await
+            .map(|_| ())
+            .map_err(|o| format!("cannot connect to redis: {}", o.label()))
     }
 
     pub async fn health(&mut self) -> Result<(), String> {
@@ -240,7 +248,9 @@ impl RedisConn {
             .await;
         match answer {
             Ok(reply) => match reply.as_slice() {
-                [ok, id] if ok == "ok" => Reserved { outcome: Outcome::Ok, hold_id: Some(id.clone()) },
+                [ok, id] if ok == "ok" => {
+                    Reserved { outcome: Outcome::Ok, hold_id: Some(id.clone()) }
+                }
                 [code] => Reserved { outcome: peer_outcome(code), hold_id: None },
                 _ => Reserved { outcome: peer_failure("redis_bad_reply"), hold_id: None },
             },
@@ -253,9 +263,8 @@ impl RedisConn {
         let script = &scripts().resolve;
         let key = hold_key(hold_id);
         let op = if confirm { "confirm" } else { "release" };
-        let answer: Result<String, Outcome> = self
-            .with(async |c| script.key(&key).arg(hold_id).arg(op).invoke_async(c).await)
-            .await;
+        let answer: Result<String, Outcome> =
+            self.with(async |c| script.key(&key).arg(hold_id).arg(op).invoke_async(c).await).await;
         match answer {
             Ok(code) => peer_outcome(&code),
             Err(outcome) => outcome,

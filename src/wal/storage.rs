@@ -44,6 +44,22 @@ impl DirStorage {
         Ok(DirStorage { dir: dir.to_path_buf() })
     }
 
+    /// Takes the directory's `LOCK` file exclusively (an advisory `flock`, released when the
+    /// returned file is closed, including by a crash). Two servers on one data directory
+    /// would interleave two logs; the second one is refused instead.
+    pub fn lock_exclusive(&self) -> io::Result<File> {
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(self.path("LOCK"))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another livestock process", self.dir.display()),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
