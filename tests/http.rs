@@ -1020,3 +1020,29 @@ fn units_bought_count_against_the_user_limit_after_the_hold_is_forgotten() {
     assert_eq!(api.counters("d"), (5, 3, 0, 2));
     refused(&api, 409, "per_user_limit", &[], || api.reserve_reply("d", "u", 1));
 }
+
+/// Serde's derived decoders accept a JSON array for a struct (fields in order): `[]` would
+/// confirm a whole hold and `["drop", 10]` create a deal. Every body must be an object.
+#[test]
+fn bodies_that_are_arrays_are_refused_and_change_nothing() {
+    let api = Api::start();
+    api.simple_deal("drop", 10);
+    let hold = api.reserve("drop", "alice", 3);
+    let hold_id = str_of(&hold, "hold_id").to_owned();
+    let deals_before = api.deals();
+    let hold_before = api.hold(&hold_id);
+    for (path, body) in [
+        ("/v1/deals".to_owned(), r#"["other", 10]"#),
+        ("/v1/deals/drop/reserve".to_owned(), r#"["bob", 1]"#),
+        ("/v1/cart/reserve".to_owned(), r#"["bob", [["drop", 2]]]"#),
+        (format!("/v1/holds/{hold_id}/confirm"), "[]"),
+        (format!("/v1/holds/{hold_id}/release"), " []"),
+        ("/v1/deals/drop/stock".to_owned(), "[3]"),
+        ("/v1/deals/drop/pause".to_owned(), "[]"),
+    ] {
+        let reply = api.post(&path, body);
+        assert_error(&reply, 400, "invalid_request");
+    }
+    assert_eq!(api.deals(), deals_before);
+    assert_eq!(api.hold(&hold_id), hold_before);
+}

@@ -32,6 +32,11 @@ fn parse_timestamp(field: &str, raw: &str) -> Result<u64, ApiError> {
 /// optional: pause, release, confirm).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    // Serde's derived decoders also take a JSON array, filling fields in order (`[]` would be
+    // a valid confirm of the whole hold): every body here is an object, so refuse the rest.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("body: expected a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("body: {e}")))
 }
 
@@ -293,6 +298,9 @@ mod tests {
         assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","quantity":1}"#).is_err());
         assert!(parse_body::<ReserveBody>(br#"{"user_id":"u","qty":1"#).is_err());
         assert!(parse_body::<EmptyBody>(b"").is_ok());
+        assert!(parse_body::<ReserveBody>(br#"["u", 1]"#).is_err());
+        assert!(parse_body::<ConfirmBody>(b" []").is_err());
+        assert!(parse_body::<StockBody>(b"[3]").is_err());
         assert!(parse_body::<ConfirmBody>(b"  ").is_ok());
     }
 }
