@@ -205,6 +205,13 @@ impl Node {
             lsn: None,
         };
         let result = self.allocator.execute(command, now_ms, &mut journal);
+        if keyed.is_some() && result.is_ok() && journal.lsn.is_none() && self.wal.is_some() {
+            // A keyed success that changed nothing: log its answer all the same, or a retry
+            // after a restart would execute again against a state that has moved on.
+            if let Ok(outcome) = &result {
+                journal.append(Event::Answered { at_ms: now_ms }, outcome);
+            }
+        }
         let reply = journal.reply.take().unwrap_or_else(|| render(&result));
         // A success without an event of its own is a retry or a no-op ("already confirmed"):
         // it acknowledges state another request changed, perhaps not yet durably. Answer it

@@ -969,7 +969,7 @@ fn ten_thousand_idle_connections_cost_bounded_memory() {
         idle.push(stream);
         // Never more than 100 waiting in the listen backlog (128 deep): past it the kernel
         // drops handshakes and connecting stalls for a second per retry.
-        if idle.len() % 100 == 0 {
+        if idle.len().is_multiple_of(100) {
             let want = baseline_connections + idle.len() as u64;
             eventually("the server accepts them", Duration::from_secs(20), || {
                 open_now(&mut probe) >= want

@@ -785,6 +785,7 @@ impl Allocator {
             Event::Expired { seq, at_ms } => {
                 self.replay_resolve(*seq, HoldState::Expired, None, *at_ms)
             }
+            Event::Answered { .. } => Ok(()),
             Event::Extended { seq, expires_at_ms, .. } => {
                 let mut shard = self.holds.lock(*seq);
                 match shard.get(*seq) {

@@ -54,6 +54,12 @@ pub enum Event {
         seq: HoldSeq,
         at_ms: u64,
     },
+    /// Nothing changed. The allocator never emits this: the node logs it for a keyed request
+    /// that succeeded as a no-op (a retried confirm, a pause of a paused deal), so the answer
+    /// that request got is in the log and a retry after a restart gets it again.
+    Answered {
+        at_ms: u64,
+    },
 }
 
 /// Where the allocator puts the events it decides. The allocator calls `append` at the moment

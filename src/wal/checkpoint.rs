@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::Snapshot;
 use crate::limits::CHECKPOINT_BYTES_MAX;
 use crate::wal::record::KeptReply;
+use crate::wal::recovery::RecoveryError;
 use crate::wal::segment::{parse_segment_name, Corruption};
 use crate::wal::storage::Storage;
 
@@ -162,33 +163,24 @@ fn delete_covered(storage: &dyn Storage, lsn: u64) -> std::io::Result<()> {
 
 /// The newest checkpoint, if any. A newest checkpoint that does not check is corruption: the
 /// log segments it covered may be gone, so falling back to an older one could lose records.
-pub fn load_newest(storage: &dyn Storage) -> Result<Option<(u64, CheckpointBody)>, Corruption> {
-    let names = storage.list().map_err(|e| Corruption {
-        file: storage.describe(""),
-        offset: 0,
-        reason: format!("cannot list the data directory: {e}"),
-    })?;
+pub fn load_newest(storage: &dyn Storage) -> Result<Option<(u64, CheckpointBody)>, RecoveryError> {
+    // A failure to list or read is the disk's, not the data's: an I/O error, not corruption.
+    let io = |file: String| move |error| RecoveryError::Io { file, error };
+    let names = storage.list().map_err(io(storage.describe("")))?;
     let Some(lsn) = names.iter().filter_map(|n| parse_checkpoint_name(n)).max() else {
         return Ok(None);
     };
     let name = checkpoint_name(lsn);
     let file = storage.describe(&name);
-    let bytes = storage.read(&name).map_err(|e| Corruption {
-        file: file.clone(),
-        offset: 0,
-        reason: format!("cannot read: {e}"),
-    })?;
+    let bytes = storage.read(&name).map_err(io(file.clone()))?;
     let (found, body) = decode(&bytes).map_err(|(offset, reason)| Corruption {
         file: file.clone(),
         offset,
         reason,
     })?;
     if found != lsn {
-        return Err(Corruption {
-            file,
-            offset: 8,
-            reason: format!("names lsn {lsn}, holds {found}"),
-        });
+        let reason = format!("names lsn {lsn}, holds {found}");
+        return Err(Corruption { file, offset: 8, reason }.into());
     }
     Ok(Some((lsn, body)))
 }

@@ -156,7 +156,7 @@ mod tests {
         Record {
             at_ms: n,
             event: Event::Released { seq: HoldSeq(n), at_ms: 1_800_000_000_000 + n },
-            reply: (n % 2 == 0).then(|| KeptReply {
+            reply: n.is_multiple_of(2).then(|| KeptReply {
                 scope: "user:u".into(),
                 key: format!("k{n}"),
                 fingerprint: n,

@@ -199,6 +199,16 @@ pub fn recover(
         }
         report.segments.push((name.clone(), scan));
     }
+    if repair {
+        // What recovery read may have come from the page cache of a process that died before
+        // its fsync (or whose fsync failed). Everything from here on treats it as durable (a
+        // retry may be answered from it), so make it so before anything else happens.
+        let names = storage.list().map_err(io(storage, ""))?;
+        for (_, name) in relevant.iter().filter(|(_, name)| names.contains(name)) {
+            storage.open_append(name).and_then(|mut f| f.sync()).map_err(io(storage, name))?;
+        }
+        storage.sync_dir().map_err(io(storage, ""))?;
+    }
     report.last_lsn = last_lsn;
     let mut replies: Vec<KeptReply> = replies.into_values().collect();
     replies.sort_by(|a, b| (a.seen_ms, &a.scope, &a.key).cmp(&(b.seen_ms, &b.scope, &b.key)));
