@@ -36,7 +36,8 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // LSNs start at 1: a segment "starting" at 0 is not one of ours.
+    digits.parse().ok().filter(|first: &u64| *first > 0)
 }
 
 pub fn segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_BYTES] {
@@ -162,6 +163,7 @@ mod tests {
         assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
         assert!(segment_name(9) < segment_name(10));
         assert_eq!(parse_segment_name("wal-1.log"), None);
+        assert_eq!(parse_segment_name(&segment_name(0)), None);
     }
 
     #[test]
