@@ -34,7 +34,7 @@ pub mod sync;
 // `--cfg loom`, and the models exercise the concurrent core, not sockets or files.
 #[cfg(not(loom))]
 pub mod http;
-#[cfg(not(loom))]
+#[cfg(all(not(loom), feature = "cli"))]
 pub mod load;
 #[cfg(not(loom))]
 pub mod metrics;
