@@ -41,6 +41,9 @@ pub struct Step {
     /// Units sold or held beyond the stock on the step's deals (must be 0).
     pub oversell_units: u64,
     pub held: bool,
+    /// This step broke and its rate was run again (`--step-retries`): the search went by the
+    /// next try.
+    pub retried: bool,
 }
 
 impl Slo {
@@ -179,7 +182,11 @@ impl CapacityReport {
                 s.p99_ms,
                 s.error_rate * 100.0,
                 s.requests,
-                if s.held { "held" } else { "broke" }
+                match (s.held, s.retried) {
+                    (true, _) => "held",
+                    (false, false) => "broke",
+                    (false, true) => "broke, tried again",
+                }
             ));
         }
         if self.oversell_units > 0 {
@@ -204,77 +211,93 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
     let mut oversell_units = 0;
     let mut n = 0;
     while let Some(rate) = search.next_rate() {
-        n += 1;
-        let timing = Timing::Shaped {
-            segments: steady_segments(rate, c.step_duration_ms),
-            spacing: settings.spacing,
-        };
-        let expected = Schedule::expected(&timing).unwrap_or(0.0);
-        let stock =
-            ((expected * f64::from(settings.qty) * 1.2) as u64 + 100).min(DEAL_STOCK_UNITS_MAX);
-        let run_id = format!("{}-s{n}", settings.run_id);
-        let mut ids = Vec::new();
-        for i in 0..settings.deals {
-            let id = format!("{run_id}-d{i}");
-            admin.create_deal(&id, stock, settings.per_user_limit, settings.hold_ttl_ms).await?;
-            ids.push(id);
-        }
-        let deals = Deals { units: vec![stock; ids.len()], ids };
-        let phase_us = c.step_duration_ms * 1_000;
-        let schedule = Schedule::new(
-            timing,
-            settings.choices.clone(),
-            settings.seed.wrapping_add(n),
-            phase_us,
-            crate::load::ARRIVALS_MAX,
-        );
-        let plan = Plan {
-            backend: settings.backend.clone(),
-            mode: Mode::Open,
-            connections: settings.connections,
-            schedule,
-            phase_us,
-            hold_ttl_ms: settings.hold_ttl_ms,
-            run_id,
-            poll_stock: false,
-            progress: false,
-        };
-        let mut driver = Driver::start(plan, &deals).await?;
-        let completed = driver.finish(settings.deadline_us(phase_us)).await;
-        let driven = driver.stop(completed);
-        let figures = driven.recorder.step_figures();
-        for id in &deals.ids {
-            let (after, _) = admin.deal(id).await?;
-            oversell_units += (after.sold + after.held).saturating_sub(after.stock);
-        }
-        let requests = figures.requests + driven.abandoned;
-        let errors = figures.errors + driven.abandoned;
-        let error_rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
-        let p99_ms = figures.p99_us as f64 / 1e3;
-        let step = Step {
-            rate_per_s: rate,
-            offered_per_s: figures.offered_per_s,
-            served_per_s: figures.served_per_s,
-            p99_ms,
-            requests,
-            error_rate,
-            oversell_units,
-            held: completed && c.slo.holds(p99_ms, error_rate),
-        };
-        if settings.progress {
-            eprintln!(
-                "step {n}: {rate:.0} reserves/s ({:.0} req/s in all), served {:.0} req/s, \
-                 reserve p99 {p99_ms:.2} ms, errors {:.3}%: {}",
-                step.offered_per_s,
-                step.served_per_s,
-                error_rate * 100.0,
-                if step.held { "held" } else { "broke the SLO" }
+        let mut tries = 0;
+        let step = loop {
+            n += 1;
+            let timing = Timing::Shaped {
+                segments: steady_segments(rate, c.step_duration_ms),
+                spacing: settings.spacing,
+            };
+            let expected = Schedule::expected(&timing).unwrap_or(0.0);
+            let stock =
+                ((expected * f64::from(settings.qty) * 1.2) as u64 + 100).min(DEAL_STOCK_UNITS_MAX);
+            let run_id = format!("{}-s{n}", settings.run_id);
+            let mut ids = Vec::new();
+            for i in 0..settings.deals {
+                let id = format!("{run_id}-d{i}");
+                admin
+                    .create_deal(&id, stock, settings.per_user_limit, settings.hold_ttl_ms)
+                    .await?;
+                ids.push(id);
+            }
+            let deals = Deals { units: vec![stock; ids.len()], ids };
+            let phase_us = c.step_duration_ms * 1_000;
+            let schedule = Schedule::new(
+                timing,
+                settings.choices.clone(),
+                settings.seed.wrapping_add(n),
+                phase_us,
+                crate::load::ARRIVALS_MAX,
             );
-        }
+            let plan = Plan {
+                backend: settings.backend.clone(),
+                mode: Mode::Open,
+                connections: settings.connections,
+                schedule,
+                phase_us,
+                hold_ttl_ms: settings.hold_ttl_ms,
+                run_id,
+                poll_stock: false,
+                progress: false,
+            };
+            let mut driver = Driver::start(plan, &deals).await?;
+            let completed = driver.finish(settings.deadline_us(phase_us)).await;
+            let driven = driver.stop(completed);
+            let figures = driven.recorder.step_figures();
+            for id in &deals.ids {
+                let (after, _) = admin.deal(id).await?;
+                oversell_units += (after.sold + after.held).saturating_sub(after.stock);
+            }
+            let requests = figures.requests + driven.abandoned;
+            let errors = figures.errors + driven.abandoned;
+            let error_rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
+            let p99_ms = figures.p99_us as f64 / 1e3;
+            let step = Step {
+                rate_per_s: rate,
+                offered_per_s: figures.offered_per_s,
+                served_per_s: figures.served_per_s,
+                p99_ms,
+                requests,
+                error_rate,
+                oversell_units,
+                held: completed && c.slo.holds(p99_ms, error_rate),
+                retried: false,
+            };
+            let retry = !step.held && tries < c.step_retries;
+            if settings.progress {
+                eprintln!(
+                    "step {n}: {rate:.0} reserves/s ({:.0} req/s in all), served {:.0} req/s, \
+                 reserve p99 {p99_ms:.2} ms, errors {:.3}%: {}",
+                    step.offered_per_s,
+                    step.served_per_s,
+                    error_rate * 100.0,
+                    match (step.held, retry) {
+                        (true, _) => "held",
+                        (false, false) => "broke the SLO",
+                        (false, true) => "broke the SLO; trying the rate again",
+                    }
+                );
+            }
+            // Let the server settle (its queues empty, the reaper catch up) between steps.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !retry {
+                break step;
+            }
+            tries += 1;
+            steps.push(Step { retried: true, ..step });
+        };
         steps.push(step);
         search.record(step);
-        // Let the server settle (its queues empty, the reaper catch up) between steps.
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let best = search.capacity().copied();
     Ok(CapacityReport {
@@ -307,6 +330,7 @@ mod tests {
             error_rate: 0.0,
             oversell_units: 0,
             held: SLO.holds(p99_ms, 0.0),
+            retried: false,
         }
     }
 
@@ -361,6 +385,48 @@ mod tests {
         few.record(step(1_000.0, 1.0));
         few.record(step(2_000.0, 1.0));
         assert_eq!(few.next_rate(), None, "the step budget is spent");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_step_is_tried_again_and_both_tries_are_reported() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(crate::load::ceiling::run(listener, Default::default()));
+        // No server answers within a microsecond: every step with reserves breaks.
+        let args = crate::load::LoadArgs::parse_from_args([
+            "load",
+            "--target",
+            &target,
+            "--quiet",
+            "--find-capacity",
+            "--p99-slo-ms",
+            "0.001",
+            "--step-duration-ms",
+            "100",
+            "--start-rate",
+            "200",
+            "--max-rate",
+            "200",
+            "--rate-factor",
+            "10",
+            "--step-retries",
+            "1",
+            "--connections",
+            "2",
+            "--hold-ttl-ms",
+            "1000",
+            "--payment-delay-ms",
+            "0..10",
+        ])
+        .unwrap();
+        let settings = crate::load::settings(&args).unwrap();
+        let report = find_capacity(&settings).await.unwrap();
+        let (first, second) = (&report.steps[0], &report.steps[1]);
+        assert!(!first.held && first.retried, "{first:?}");
+        assert_eq!(second.rate_per_s, first.rate_per_s, "the same rate, tried again");
+        assert!(!second.retried, "one retry, then the search goes by it");
+        assert!(report.render().contains("broke, tried again"));
+        server.abort();
     }
 
     #[test]

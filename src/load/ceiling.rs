@@ -70,7 +70,8 @@ async fn answer(req: Request<Incoming>, body_bytes_max: usize) -> Response<Full<
     response
 }
 
-async fn run(listener: TcpListener, config: Config) {
+/// Serves `listener` until the task is dropped.
+pub(crate) async fn run(listener: TcpListener, config: Config) {
     let body_bytes_max = config.body_bytes_max;
     loop {
         let Ok((stream, _peer)) = listener.accept().await else { continue };

@@ -65,6 +65,8 @@ pub const DEALS_MAX: usize = 10_000;
 pub const PAYMENT_DELAY_MS_MAX: u64 = 60_000;
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
 pub const CAPACITY_STEPS_MAX: u32 = 30;
+/// Tries of one capacity step beyond the first, at most.
+pub const CAPACITY_STEP_RETRIES_MAX: u32 = 3;
 pub const CLIENT_THREADS_MAX: usize = 64;
 /// After the last request, holds left to expire need their TTL plus this to come back (the
 /// server's reaper ticks every 10 ms).
@@ -268,6 +270,11 @@ pub struct LoadArgs {
     /// Bisection steps between the last rate that held and the first that broke.
     #[arg(long, default_value_t = 3, help_heading = "Capacity")]
     pub bisect_steps: u32,
+    /// Run a step that broke the SLO again, up to this many times, before taking it as broken
+    /// (a one-off stall on a shared machine then does not end the search early). Every try is
+    /// reported.
+    #[arg(long, default_value_t = 0, help_heading = "Capacity")]
+    pub step_retries: u32,
 }
 
 impl LoadArgs {
@@ -293,6 +300,7 @@ pub struct CapacitySettings {
     pub max_rate: f64,
     pub bisect_steps: u32,
     pub steps_max: u32,
+    pub step_retries: u32,
 }
 
 /// The arguments, checked against the bounds.
@@ -502,6 +510,7 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
             max_rate: args.max_rate,
             bisect_steps: args.bisect_steps.min(CAPACITY_STEPS_MAX),
             steps_max: CAPACITY_STEPS_MAX,
+            step_retries: args.step_retries.min(CAPACITY_STEP_RETRIES_MAX),
         })
     } else {
         None
