@@ -566,36 +566,7 @@ mod tests {
 
     #[test]
     fn every_error_code_has_an_outcome_slot() {
-        use crate::core::error::ErrorCode::*;
-        for code in [
-            InvalidRequest,
-            UnknownDeal,
-            UnknownHold,
-            UnknownStream,
-            UnknownRoute,
-            MethodNotAllowed,
-            BodyTooLarge,
-            DealExists,
-            TooManyDeals,
-            DealNotStarted,
-            DealEnded,
-            DealPaused,
-            SoldOut,
-            InsufficientStock,
-            PerUserLimit,
-            HoldExpired,
-            HoldReleased,
-            HoldConfirmed,
-            HoldTtlExceeded,
-            IdempotencyKeyReused,
-            IdempotencyKeyInUse,
-            IdempotencyCapacity,
-            StorageUnavailable,
-            Unauthorized,
-            Forbidden,
-            RateLimited,
-            Internal,
-        ] {
+        for code in crate::core::error::ErrorCode::ALL {
             assert!(OUTCOMES.contains(&code.as_str()), "{}", code.as_str());
         }
     }

@@ -41,6 +41,37 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
+    pub const ALL: [ErrorCode; 27] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownDeal,
+        ErrorCode::UnknownHold,
+        ErrorCode::UnknownStream,
+        ErrorCode::UnknownRoute,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::DealExists,
+        ErrorCode::TooManyDeals,
+        ErrorCode::DealNotStarted,
+        ErrorCode::DealEnded,
+        ErrorCode::DealPaused,
+        ErrorCode::SoldOut,
+        ErrorCode::InsufficientStock,
+        ErrorCode::PerUserLimit,
+        ErrorCode::HoldExpired,
+        ErrorCode::HoldReleased,
+        ErrorCode::HoldConfirmed,
+        ErrorCode::HoldTtlExceeded,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::IdempotencyKeyInUse,
+        ErrorCode::IdempotencyCapacity,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => "invalid_request",
