@@ -22,9 +22,25 @@ use crate::load::ledger::Counters;
 pub struct Target {
     pub addr: SocketAddr,
     host: HeaderValue,
+    /// `Authorization: Bearer ...` for a server with tokens (`--token`); never printed.
+    authorization: Option<HeaderValue>,
 }
 
 impl Target {
+    /// Sends `token` as a bearer token with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Target, String> {
+        self.authorization = match token {
+            None => None,
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| "--token: not a valid header value".to_owned())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(self)
+    }
+
     /// Parses `host:port` or `http://host:port[/]`, where host is `localhost`, an address in
     /// 127.0.0.0/8, or `::1` (as `[::1]`). Anything else is refused: a load test drives only
     /// this machine. No name is resolved.
@@ -68,7 +84,7 @@ impl Target {
             return Err(format!("{addr} is not a loopback address"));
         }
         let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?;
-        Ok(Target { addr, host })
+        Ok(Target { addr, host, authorization: None })
     }
 }
 
@@ -202,6 +218,9 @@ impl Client {
         }
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
+        }
+        if let Some(authorization) = &self.target.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = request.body(Full::new(body)).map_err(|_| Outcome::Transport("io"))?;
         let Some(conn) = self.conn.as_mut() else { return Err(Outcome::Transport("connect")) };

@@ -144,6 +144,10 @@ pub struct LoadArgs {
     /// The server, host:port on this machine (localhost, 127.0.0.0/8 or [::1]).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
+    /// A bearer token for a server with access control (the admin role: the run creates its
+    /// deals). Prefer the environment: flags show in `ps`.
+    #[arg(long, env = "LIVESTOCK_LOAD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What the target is: livestock's HTTP API, or a peer of the benchmark in its own protocol.
     #[arg(long, value_enum, default_value = "http")]
     pub backend: BackendKind,
@@ -361,7 +365,7 @@ fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
 /// Validates the arguments: every number within its bound, the profile complete, the target
 /// on this machine.
 pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
-    let target = Target::parse(&args.target)?;
+    let target = Target::parse(&args.target)?.with_token(args.token.as_deref())?;
     check(args.rate.is_finite() && args.rate > 0.0 && args.rate <= RATE_PER_S_MAX, || {
         format!("--rate must be in (0, {RATE_PER_S_MAX}]")
     })?;
