@@ -60,6 +60,10 @@ pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// Relaxed durability: the log is fsynced at least this often.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 10;
+/// The checkpointer applies durable batches to its shadow state at most this often (it sleeps
+/// between takes so that a busy log wakes it per period, not per group commit). Bounds how far
+/// the shadow, hence a checkpoint, trails the log: by this much plus one checkpoint.
+pub const SHADOW_APPLY_PERIOD_MS: u64 = 20;
 /// A checkpoint file: at most this large (a million holds take ~60 MB).
 pub const CHECKPOINT_BYTES_MAX: usize = 4 * 1024 * 1024 * 1024 - 1;
 

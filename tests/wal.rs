@@ -30,7 +30,7 @@ use livestock::wal::recovery::Recovered;
 use livestock::wal::segment::{parse_segment_name, SEGMENT_HEADER_BYTES};
 use livestock::wal::storage::AppendFile;
 use livestock::wal::{
-    recover, DirStorage, Durability, LogState, RecoveryError, Storage, WalConfig,
+    recover, DirStorage, Durability, LogState, RecoveryError, Storage, Wal, WalConfig,
 };
 
 const T0_MS: u64 = 1_800_000_000_000;
@@ -1084,4 +1084,83 @@ fn a_restart_after_an_extended_hold_expired_expires_it_once() {
 /// The state of a node that never ran a command.
 fn node_free_state() -> Snapshot {
     livestock::alloc::Allocator::new(alloc_config()).snapshot()
+}
+
+// ----------------------------------------------------------------------------- relaxed mode
+
+/// Relaxed durability, fsynced by its own thread every 2 ms.
+fn relaxed_config() -> WalConfig {
+    WalConfig { durability: Durability::Relaxed { fsync_interval_ms: 2 }, ..wal_config() }
+}
+
+/// The log's segments and their lengths.
+fn log_segments(dir: &TempDir) -> BTreeMap<String, usize> {
+    dir.files()
+        .into_iter()
+        .filter(|(name, _)| parse_segment_name(name).is_some())
+        .map(|(name, bytes)| (name, bytes.len()))
+        .collect()
+}
+
+/// Waits (bounded) until the syncer has made `lsn` durable.
+async fn wait_synced(wal: &Wal, lsn: u64) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), wal.wait_durable(lsn))
+        .await
+        .expect("the syncer fsyncs within its interval")
+        .expect("durable");
+}
+
+/// The writer hands the syncer a handle on every new segment; across many segment switches
+/// (400-byte segments), everything written is fsynced by the syncer alone, and recovery after
+/// close finds every record.
+#[tokio::test]
+async fn relaxed_syncer_covers_every_segment() {
+    let dir = TempDir::new("relaxed");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let (node, _) =
+        Node::open(node_config(), clock.clone(), Arc::new(dir.storage()), relaxed_config(), KEY)
+            .expect("open");
+    let mut d = Driver::new(&node, &clock, BTreeMap::from([(0, node.allocator().snapshot())]));
+    for round in 0..4 {
+        workload(&mut d, round).await;
+    }
+    let wal = node.wal().expect("logged");
+    let last = wal.last_appended_lsn();
+    assert!(segment_names(&dir.files()).len() > 4, "the workload spans several segments");
+    wait_synced(wal, last).await;
+    assert!(wal.stats().fsync_seconds.count() >= 1, "the syncer's fsyncs are measured");
+    node.close().expect("close");
+    assert_eq!(assert_recovers_acknowledged(&dir, &d, "relaxed, after close"), last);
+}
+
+/// A failed fsync on the syncer thread poisons the log: the writer stops writing, every
+/// later command is refused, and what was acknowledged (written to the kernel) is recovered.
+#[tokio::test]
+async fn relaxed_a_failed_background_fsync_poisons_the_log() {
+    let dir = TempDir::new("relaxed-fsync");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let faulty = Arc::new(FaultyStorage::new(Arc::new(dir.storage())));
+    let (node, _) = Node::open(node_config(), clock.clone(), faulty.clone(), relaxed_config(), KEY)
+        .expect("open");
+    let mut d = Driver::new(&node, &clock, BTreeMap::from([(0, node.allocator().snapshot())]));
+    workload(&mut d, 0).await;
+    let wal = node.wal().expect("logged");
+    wait_synced(wal, wal.last_appended_lsn()).await;
+    faulty.fail_next(Op::Sync, ErrorKind::Other);
+    // Acknowledged once written: the fsync that fails comes after.
+    let ran = d.run(Command::Reserve(reserve("late-user", &[("a0", 1)], None))).await;
+    assert!(matches!(ran, Ran::Acked(_)), "{ran:?}");
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(10), wal.poisoned())
+        .await
+        .expect("the syncer's next fsync fails and poisons the log");
+    assert!(reason.contains("injected fault"), "{reason}");
+    let log = log_segments(&dir);
+    assert_refuses_everything(&mut d).await;
+    // The checkpointer still writes a checkpoint of the state fsynced before the failure, and
+    // removes the segments it covers; no segment is new or longer.
+    for (name, len) in log_segments(&dir) {
+        assert_eq!(Some(&len), log.get(&name), "{name} was written after its fsync failed");
+    }
+    // The fault injector does not drop the page cache: what was written is on disk.
+    assert_recovers_acknowledged(&dir, &d, "relaxed, after a failed fsync");
 }

@@ -18,7 +18,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::sync::Mutex;
-use crate::wal::storage::{AppendFile, Storage};
+use crate::wal::storage::{AppendFile, FileSync, Storage};
 
 /// The operations that can be failed. `SyncDir` stays last: it sizes the counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,6 +139,28 @@ impl AppendFile for FaultyFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.faults.lock().check(Op::Sync, &self.name)?;
+        self.inner.sync()
+    }
+
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        Ok(Arc::new(FaultySync {
+            name: self.name.clone(),
+            inner: self.inner.sync_handle()?,
+            faults: self.faults.clone(),
+        }))
+    }
+}
+
+/// A sync handle counts and fails as `Op::Sync`, like the file's own `sync`.
+struct FaultySync {
+    name: String,
+    inner: Arc<dyn FileSync>,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl FileSync for FaultySync {
+    fn sync(&self) -> io::Result<()> {
         self.faults.lock().check(Op::Sync, &self.name)?;
         self.inner.sync()
     }

@@ -5,12 +5,22 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A file open for appending.
 pub trait AppendFile: Send {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// `fdatasync`: the appended bytes (and the length) are on stable storage when it returns.
     fn sync(&mut self) -> io::Result<()>;
+    /// A second handle on the same file that only fsyncs, for another thread: relaxed
+    /// durability fsyncs on a thread of its own while the writer goes on appending.
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>>;
+}
+
+/// `fdatasync` of a file another handle appends to: covers every byte appended before the
+/// call started.
+pub trait FileSync: Send + Sync {
+    fn sync(&self) -> io::Result<()>;
 }
 
 /// A flat directory of named files.
@@ -76,6 +86,19 @@ impl AppendFile for DirFile {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        // A duplicated descriptor shares the open file: its fdatasync covers our appends.
+        Ok(Arc::new(DirFileSync(self.file.try_clone()?)))
+    }
+}
+
+struct DirFileSync(File);
+
+impl FileSync for DirFileSync {
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 

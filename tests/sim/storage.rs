@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use livestock::wal::storage::{AppendFile, Storage};
+use livestock::wal::storage::{AppendFile, FileSync, Storage};
 
 use super::rng::Rng;
 
@@ -448,6 +448,16 @@ impl AppendFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        FileSync::sync(&*self)
+    }
+
+    fn sync_handle(&self) -> io::Result<Arc<dyn FileSync>> {
+        Ok(Arc::new(SimFile { disk: self.disk.clone(), inode: self.inode }))
+    }
+}
+
+impl FileSync for SimFile {
+    fn sync(&self) -> io::Result<()> {
         let mut disk = self.lock();
         let disk = &mut *disk;
         match disk.gate(Op::Sync) {
