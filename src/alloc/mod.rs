@@ -488,9 +488,14 @@ impl Allocator {
 
         // Number the holds and lock their shards (in index order: no lock-order cycles).
         let first = self.next_hold_seq.fetch_add(takes.len() as u64, Ordering::Relaxed);
-        let seqs: Vec<HoldSeq> = (0..takes.len() as u64).map(|i| HoldSeq(first + i)).collect();
-        let shard_indices: BTreeSet<usize> = seqs.iter().map(|s| HoldTable::shard_of(*s)).collect();
-        let mut shards: Vec<_> =
+        // (SmallVecs: a single reserve, the hot path, allocates none of this.)
+        let seqs: SmallVec<[HoldSeq; 1]> =
+            (0..takes.len() as u64).map(|i| HoldSeq(first + i)).collect();
+        let mut shard_indices: SmallVec<[usize; 1]> =
+            seqs.iter().map(|s| HoldTable::shard_of(*s)).collect();
+        shard_indices.sort_unstable();
+        shard_indices.dedup();
+        let mut shards: SmallVec<[_; 1]> =
             shard_indices.iter().map(|i| (*i, self.holds.lock_index(*i))).collect();
         // An end of one of these deals may have begun after our units were taken; it scans the
         // hold shards after shutting the deal, so checking here under the shard lock means it

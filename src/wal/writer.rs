@@ -33,7 +33,7 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::alloc::Allocator;
-use crate::limits::SHADOW_APPLY_PERIOD_MS;
+use crate::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
 use crate::metrics::AtomicHistogram;
 use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpoint::{self, CheckpointBody};
@@ -540,12 +540,24 @@ fn write_loop_strict(shared: &Shared, mut writer: SegmentWriter, to_checkpointer
 /// one sealing a full segment).
 fn write_loop_relaxed(shared: &Shared, mut writer: SegmentWriter) {
     let mut segments_handed = writer.segments_started;
+    let gather = Duration::from_micros(RELAXED_WRITE_GATHER_US);
+    let mut last_write = Instant::now() - gather;
     loop {
-        let (frames, records, closing) = {
+        {
             let mut queue = shared.queue.lock();
             while queue.frames.is_empty() && !queue.closing {
                 shared.wake.wait(&mut queue);
             }
+        }
+        // Busy: let the next records gather instead of writing (and waking) per request.
+        let next_write = last_write + gather;
+        let now = Instant::now();
+        if now < next_write {
+            std::thread::sleep(next_write - now);
+        }
+        last_write = Instant::now();
+        let (frames, records, closing) = {
+            let mut queue = shared.queue.lock();
             (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
         };
         // A failed fsync on the syncer leaves the file in an unknown state: write no more.
