@@ -190,6 +190,7 @@ start_server() {
             # initdb once per repetition, copied for each phase: a fresh database, quickly.
             if [ -z "$PG_DATA" ]; then
                 PG_DATA=$WORK/pg-template
+                rm -rf "$PG_DATA"
                 mkdir -p "$PG_DATA"
                 [ "$(id -u)" -ne 0 ] || chown postgres: "$PG_DATA"
                 timeout 120 "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U postgres \
