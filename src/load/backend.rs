@@ -276,6 +276,21 @@ async fn http_outcome(client: &mut Client, path: &str) -> Outcome {
 
 /// A peer's answer to an operation, in the API's terms: `ok`, or a refusal code with the status
 /// livestock gives it.
+/// Awaits a peer's call with the request deadline; an error becomes the outcome `failure`
+/// names. The caller drops its connection when this is a transport failure, so a late answer
+/// is never read as the next request's.
+pub async fn within_deadline<T, E>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    failure: impl FnOnce(&E) -> Outcome,
+) -> Result<T, Outcome> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(failure(&e)),
+        Err(_) => Err(Outcome::Transport("timeout")),
+    }
+}
+
 pub fn peer_outcome(code: &str) -> Outcome {
     match code {
         "ok" => Outcome::Ok,

@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::load::backend::{counters_from, peer_failure, peer_outcome, Reserved, EXPIRE_BATCH};
+use crate::load::backend::{
+    counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
+};
 use crate::load::client::{Outcome, Target};
 use crate::load::ledger::Counters;
 
@@ -140,15 +142,11 @@ impl PgConn {
         &mut self,
         call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Outcome> {
-        let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => failure(&e),
-            Err(_) => Outcome::Transport("timeout"),
-        };
-        if matches!(outcome, Outcome::Transport(_)) {
+        let result = within_deadline(self.timeout, call, failure).await;
+        if let Err(Outcome::Transport(_)) = result {
             self.live = None;
         }
-        Err(outcome)
+        result
     }
 
     /// Opens the connection and prepares the statements.

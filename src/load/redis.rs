@@ -10,7 +10,9 @@ use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, Script};
 
-use crate::load::backend::{counters_from, peer_failure, peer_outcome, Reserved, EXPIRE_BATCH};
+use crate::load::backend::{
+    counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
+};
 use crate::load::client::{Outcome, Target};
 use crate::load::ledger::Counters;
 
@@ -110,15 +112,11 @@ impl RedisConn {
     {
         let timeout = self.timeout;
         let conn = self.ready().await?;
-        let outcome = match tokio::time::timeout(timeout, call(conn)).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => failure(&e),
-            Err(_) => Outcome::Transport("timeout"),
-        };
-        if matches!(outcome, Outcome::Transport(_)) {
+        let result = within_deadline(timeout, call(conn), failure).await;
+        if let Err(Outcome::Transport(_)) = result {
             self.conn = None;
         }
-        Err(outcome)
+        result
     }
 
     pub async fn connect(&mut self) -> Result<(), String> {
