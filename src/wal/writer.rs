@@ -165,6 +165,23 @@ fn is_poisoned(shared: &Shared) -> bool {
     matches!(*shared.state.borrow(), LogState::Poisoned(_))
 }
 
+impl Shared {
+    /// Blocks until something is queued or the log is closing.
+    fn wait_for_work(&self) {
+        let mut queue = self.queue.lock();
+        while queue.frames.is_empty() && !queue.closing {
+            self.wake.wait(&mut queue);
+        }
+    }
+
+    /// Takes everything queued: the frames to write, their records, and whether the log is
+    /// closing.
+    fn take_queued(&self) -> (Vec<u8>, Vec<(u64, Record)>, bool) {
+        let mut queue = self.queue.lock();
+        (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
+    }
+}
+
 /// Relaxed durability's hand-off from the writer to the syncer.
 struct Unsynced {
     /// Fsyncs the segment the writer appends to now. Older segments were fsynced when sealed.
@@ -198,7 +215,7 @@ impl Wal {
             unsynced: Mutex::new(Unsynced {
                 file: None,
                 written_lsn: first_lsn - 1,
-                batch: Batch { records: Vec::new(), log_bytes: 0 },
+                batch: Batch::default(),
                 writer_done: false,
             }),
             syncer_wake: Condvar::new(),
@@ -215,7 +232,7 @@ impl Wal {
             segments_started: 0,
             written_lsn: first_lsn - 1,
             synced_lsn: first_lsn - 1,
-            unsynced: Batch { records: Vec::new(), log_bytes: 0 },
+            unsynced: Batch::default(),
         };
         let checkpointer = Checkpointer::new(storage, start, config, stats.clone());
         let mut wal = Wal {
@@ -280,10 +297,7 @@ impl Wal {
         if let LogState::Poisoned(reason) = self.state() {
             return Err(reason);
         }
-        let (frames, records) = {
-            let mut queue = self.shared.queue.lock();
-            (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records))
-        };
+        let (frames, records, _) = self.shared.take_queued();
         let synced = writer
             .write(&frames, records)
             .inspect(|()| {
@@ -446,6 +460,7 @@ fn create_segment(storage: &dyn Storage, first_lsn: u64) -> std::io::Result<Box<
 }
 
 /// A durable batch on its way to the checkpointer, with its size in the log.
+#[derive(Default)]
 struct Batch {
     records: Vec<(u64, Record)>,
     log_bytes: u64,
@@ -501,7 +516,7 @@ impl SegmentWriter {
         self.file.sync().map_err(|e| format!("log fsync failed: {e}"))?;
         self.stats.fsync_seconds.observe_duration(started.elapsed());
         self.synced_lsn = self.written_lsn;
-        Ok(Some(std::mem::replace(&mut self.unsynced, Batch { records: Vec::new(), log_bytes: 0 })))
+        Ok(Some(std::mem::take(&mut self.unsynced)))
     }
 }
 
@@ -509,13 +524,8 @@ impl SegmentWriter {
 /// runs, the next batch gathers in the queue (group commit).
 fn write_loop_strict(shared: &Shared, mut writer: SegmentWriter, to_checkpointer: Sender<Batch>) {
     loop {
-        let (frames, records, closing) = {
-            let mut queue = shared.queue.lock();
-            while queue.frames.is_empty() && !queue.closing {
-                shared.wake.wait(&mut queue);
-            }
-            (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
-        };
+        shared.wait_for_work();
+        let (frames, records, closing) = shared.take_queued();
         if let Err(reason) = writer.write(&frames, records) {
             return poison(shared, reason);
         }
@@ -543,12 +553,7 @@ fn write_loop_relaxed(shared: &Shared, mut writer: SegmentWriter) {
     let gather = Duration::from_micros(RELAXED_WRITE_GATHER_US);
     let mut last_write = Instant::now() - gather;
     loop {
-        {
-            let mut queue = shared.queue.lock();
-            while queue.frames.is_empty() && !queue.closing {
-                shared.wake.wait(&mut queue);
-            }
-        }
+        shared.wait_for_work();
         // Busy: let the next records gather instead of writing (and waking) per request.
         let next_write = last_write + gather;
         let now = Instant::now();
@@ -556,10 +561,7 @@ fn write_loop_relaxed(shared: &Shared, mut writer: SegmentWriter) {
             std::thread::sleep(next_write - now);
         }
         last_write = Instant::now();
-        let (frames, records, closing) = {
-            let mut queue = shared.queue.lock();
-            (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
-        };
+        let (frames, records, closing) = shared.take_queued();
         // A failed fsync on the syncer leaves the file in an unknown state: write no more.
         if is_poisoned(shared) {
             return;
@@ -576,8 +578,7 @@ fn write_loop_relaxed(shared: &Shared, mut writer: SegmentWriter) {
             }
         };
         segments_handed = writer.segments_started;
-        let batch =
-            std::mem::replace(&mut writer.unsynced, Batch { records: Vec::new(), log_bytes: 0 });
+        let batch = std::mem::take(&mut writer.unsynced);
         {
             // One critical section: the syncer sees the new segment and the records in it
             // together, so the handle it fsyncs always covers the records it publishes.
@@ -614,8 +615,7 @@ fn sync_loop(
                     break;
                 }
             }
-            let batch =
-                std::mem::replace(&mut unsynced.batch, Batch { records: Vec::new(), log_bytes: 0 });
+            let batch = std::mem::take(&mut unsynced.batch);
             (unsynced.file.clone(), unsynced.written_lsn, batch, unsynced.writer_done)
         };
         if is_poisoned(shared) {
@@ -738,7 +738,7 @@ fn checkpoint_loop(mut checkpointer: Checkpointer, batches: Receiver<Batch>, con
                 checkpointer.apply(batch);
                 // Let batches gather before taking them: one wake-up per period instead of one
                 // per group commit keeps this thread off a core the requests need (on a
-                // one-core server it was a tenth of the CPU, most of it in switching).
+                // one-core server it took 6% of the core, most of it in switching).
                 std::thread::sleep(Duration::from_millis(SHADOW_APPLY_PERIOD_MS));
                 for batch in batches.try_iter() {
                     checkpointer.apply(batch);
