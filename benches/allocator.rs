@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, Line, Outcome, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::event::{Event, EventSink};
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
-use livestock::limits::{
+use livestock_core::command::{Command, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::{Event, EventSink};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
+use livestock_core::limits::{
     DEAL_STOCK_UNITS_MAX, HOLD_TTL_MS_MAX, RESOLVED_HOLD_RETENTION_MS_DEFAULT,
 };
 
@@ -200,8 +200,8 @@ fn sold_out_check(c: &mut Criterion) {
     let deal = alloc.deal("drop", T0_MS).expect("the deal exists");
     let slot = livestock::alloc::DealSlot::new(
         deal.spec,
-        livestock::core::counters::Counters::new(0),
-        livestock::core::deal::Lifecycle::Open,
+        livestock_core::counters::Counters::new(0),
+        livestock_core::deal::Lifecycle::Open,
     );
     c.bench_function("sold_out_check_word", |b| {
         b.iter(|| black_box(&slot).counters().take(black_box(1)).is_err());

@@ -18,11 +18,11 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use livestock::alloc::{Allocator, AllocatorConfig, Snapshot};
-use livestock::core::deal::{DealSpec, NewDeal};
-use livestock::core::event::Event;
-use livestock::core::hold::{Hold, HoldState};
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
-use livestock::limits::DEAL_STOCK_UNITS_MAX;
+use livestock_core::deal::{DealSpec, NewDeal};
+use livestock_core::event::Event;
+use livestock_core::hold::{Hold, HoldState};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
+use livestock_core::limits::DEAL_STOCK_UNITS_MAX;
 use livestock::wal::checkpoint::{self, CheckpointBody};
 use livestock::wal::record::{encode_frame, encode_payload};
 use livestock::wal::segment::{segment_header, segment_name};
@@ -64,7 +64,7 @@ fn alloc_config() -> AllocatorConfig {
 fn wal_config() -> WalConfig {
     WalConfig {
         durability: Durability::Strict,
-        segment_bytes_max: livestock::limits::WAL_SEGMENT_BYTES_MAX_DEFAULT,
+        segment_bytes_max: livestock_core::limits::WAL_SEGMENT_BYTES_MAX_DEFAULT,
         checkpoint_interval_ms: HOUR_MS,
         checkpoint_log_bytes: u64::MAX,
         idempotency_window_ms: HOUR_MS,

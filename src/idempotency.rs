@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 
-use crate::limits::SHARDS;
+use livestock_core::limits::SHARDS;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// An answer as it went out: status and body bytes.

@@ -3,13 +3,15 @@
 //! A commerce backend reserves units of a deal for a user (a hold that expires), then confirms
 //! the sale or releases the units. livestock never sells a unit twice.
 //!
+//! The pure core (ids, deals, holds, counters, commands, events, errors, limits) is the
+//! `livestock-core` crate (`crates/core`); the load generator is `livestock-load`
+//! (`crates/load`), a binary of its own so that this server links none of its clients.
+//!
 //! # Layout
 //! | file | concept |
 //! |---|---|
-//! | `limits.rs` | every bound of the system, related by `const` asserts |
 //! | `clock.rs` | time, injected; the only reader of the OS clock |
 //! | `sync.rs` | the one import point of atomics and locks (std or loom) |
-//! | `core/` | pure: ids, deals, holds, counters, commands, events, errors |
 //! | `alloc/` | the concurrent allocator: the hot path; no I/O, no clock |
 //! | `idempotency.rs` | remembered answers to keyed requests |
 //! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
@@ -17,7 +19,6 @@
 //! | `wal/` | the write-ahead log, checkpoints, recovery, the storage trait |
 //! | `config.rs` | the configuration: defaults < TOML file < environment < flags |
 //! | `metrics.rs` | counters and histograms for `/metrics` |
-//! | `load/` | `livestock load`: an open-loop load generator with a verifying client ledger |
 //!
 //! See `docs/ARCHITECTURE.md` for the invariants and the life of a reserve request.
 
@@ -25,17 +26,13 @@ pub mod alloc;
 pub mod clock;
 #[cfg(not(loom))]
 pub mod config;
-pub mod core;
 pub mod idempotency;
-pub mod limits;
 pub mod sync;
 
 // The shell's I/O modules are left out of loom builds: tokio drops its networking under
 // `--cfg loom`, and the models exercise the concurrent core, not sockets or files.
 #[cfg(not(loom))]
 pub mod http;
-#[cfg(all(not(loom), feature = "cli"))]
-pub mod load;
 #[cfg(not(loom))]
 pub mod metrics;
 #[cfg(not(loom))]

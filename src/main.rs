@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
 use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
-use livestock::core::ids::HoldIdKey;
+use livestock_core::ids::HoldIdKey;
 use livestock::http::server::ServerOptions;
 use livestock::http::Server;
-use livestock::limits::RESOLVED_HOLD_RETENTION_MS_DEFAULT;
+use livestock_core::limits::RESOLVED_HOLD_RETENTION_MS_DEFAULT;
 use livestock::node::{Node, NodeConfig};
 use livestock::wal::{self, DirStorage, Durability, WalConfig};
 
@@ -38,13 +38,6 @@ enum Cmd {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Drive a running server over loopback HTTP: open-loop bursts, latency histograms,
-    /// verification of its counters, a plot, capacity search.
-    Load(Box<livestock::load::LoadArgs>),
-    /// The peer benchmark's ceiling (benches/peers/): a bare hyper server on serve's runtime
-    /// settings that answers every POST with a fixed hold.
-    #[command(hide = true)]
-    Ceiling(livestock::load::ceiling::CeilingArgs),
 }
 
 /// The configuration layers without the flags: the environment over a file.
@@ -85,11 +78,6 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Human);
             verify(&data_dir)
         }
-        Cmd::Load(args) => {
-            init_logging(LogFormat::Human);
-            livestock::load::main(*args)
-        }
-        Cmd::Ceiling(args) => livestock::load::ceiling::main(args),
         Cmd::Config(ConfigCmd::Check { file }) => {
             // The file under the environment, as `serve` would see it (flags aside): let clap
             // read the LIVESTOCK_* variables as it does for `serve`.

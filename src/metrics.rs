@@ -500,7 +500,7 @@ pub fn scrape(node: &Node) -> String {
     let mut r = node.metrics().registry();
     let now_ms = node.now_ms();
     let deals = node.allocator().deals(now_ms);
-    let per_deal = |f: fn(&crate::core::counters::Counters) -> u64| {
+    let per_deal = |f: fn(&livestock_core::counters::Counters) -> u64| {
         PerDeal(deals.iter().map(|d| (d.spec.id.to_string(), f(&d.counters) as i64)).collect())
     };
     r.register("deal_available_units", "Units available, per deal", per_deal(|c| c.available()));
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn every_error_code_has_an_outcome_slot() {
-        for code in crate::core::error::ErrorCode::ALL {
+        for code in livestock_core::error::ErrorCode::ALL {
             assert!(OUTCOMES.contains(&code.as_str()), "{}", code.as_str());
         }
     }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use crate::alloc::{Allocator, AllocatorConfig};
 use crate::clock::Clock;
-use crate::core::command::{Command, Outcome};
-use crate::core::error::{CommandError, ErrorCode};
-use crate::core::event::{Event, EventSink};
-use crate::core::ids::HoldIdKey;
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::event::{Event, EventSink};
+use livestock_core::ids::HoldIdKey;
 use crate::http::error::ApiError;
 use crate::idempotency::{Begin, IdempotencyTable, StoredReply};
 use crate::metrics::Metrics;

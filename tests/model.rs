@@ -10,11 +10,11 @@
 mod reference;
 
 use livestock::alloc::Allocator;
-use livestock::core::command::{Command, Line, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::event::EventLog;
-use livestock::core::ids::HoldSeq;
-use livestock::limits::{
+use livestock_core::command::{Command, Line, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::EventLog;
+use livestock_core::ids::HoldSeq;
+use livestock_core::limits::{
     DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
     TIMESTAMP_MS_MAX,
 };

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::Method;
-use livestock::core::error::ErrorCode;
+use livestock_core::error::ErrorCode;
 use livestock::http::auth::{self, Access, Role};
 use livestock::http::error::status_of;
 use livestock::http::routes::{self, ROUTES};
-use livestock::limits;
+use livestock_core::limits;
 use serde_norway::Value;
 
 const SPEC: &str = include_str!("../docs/openapi.yaml");
@@ -150,7 +150,7 @@ fn the_spec_lists_every_error_code_and_no_other() {
 /// would otherwise pass unseen.
 #[test]
 fn the_code_list_is_complete() {
-    let source = include_str!("../src/core/error.rs");
+    let source = include_str!("../crates/core/src/error.rs");
     let in_source: BTreeSet<&str> = source
         .lines()
         .filter_map(|line| line.trim().strip_prefix("ErrorCode::"))
@@ -158,7 +158,7 @@ fn the_code_list_is_complete() {
         .filter_map(|(_, code)| code.strip_suffix("\","))
         .collect();
     let listed: BTreeSet<&str> = ALL_CODES.iter().map(|c| c.as_str()).collect();
-    assert!(in_source.len() >= 20, "could not read the codes from src/core/error.rs");
+    assert!(in_source.len() >= 20, "could not read the codes from crates/core/src/error.rs");
     assert_eq!(in_source, listed, "ErrorCode::ALL is out of date");
 }
 

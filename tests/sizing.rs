@@ -23,10 +23,10 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, HoldView, Line, Outcome, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::event::{Event, EventSink};
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::{Event, EventSink};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock::http::wire;
 use livestock::idempotency::{fingerprint, Begin, IdempotencyTable, StoredReply};
 use livestock::wal::checkpoint::{self, CheckpointBody};
@@ -360,14 +360,14 @@ struct KeyFigures {
 /// A reserve's answer as the server renders it (201 with the hold), the body an idempotency
 /// key keeps.
 fn reserve_reply(i: usize) -> StoredReply {
-    let hold = livestock::core::hold::Hold {
+    let hold = livestock_core::hold::Hold {
         seq: HoldSeq(i as u64 + 1),
         deal_id: deal_id(i % 100),
         user_id: user_id(i),
         qty: 1,
         created_at_ms: T0_MS,
         expires_at_ms: T0_MS + HOLD_TTL_MS,
-        state: livestock::core::hold::HoldState::Held,
+        state: livestock_core::hold::HoldState::Held,
         confirmed_qty: 0,
         resolved_at_ms: None,
     };
@@ -558,7 +558,7 @@ fn measure_log() -> LogFigures {
     let reserved_keyed =
         keyed(Event::Reserved { holds: vec![view.hold.clone()] }, reserve_reply(0));
     let mut confirmed = view.clone();
-    confirmed.hold.state = livestock::core::hold::HoldState::Confirmed;
+    confirmed.hold.state = livestock_core::hold::HoldState::Confirmed;
     confirmed.hold.confirmed_qty = 1;
     confirmed.hold.resolved_at_ms = Some(T0_MS + 1_000);
     let confirm_body = wire::reply(200, &wire::hold_json(&confirmed, KEY));

@@ -11,12 +11,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, Line, Outcome, Reserve};
-use livestock::core::deal::{DealState, NewDeal};
-use livestock::core::error::{CommandError, ErrorCode};
-use livestock::core::event::{Event, EventLog, EventSink};
-use livestock::core::hold::HoldState;
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
+use livestock_core::command::{Command, Line, Outcome, Reserve};
+use livestock_core::deal::{DealState, NewDeal};
+use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::event::{Event, EventLog, EventSink};
+use livestock_core::hold::HoldState;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
 use parking_lot::Mutex;
 
 const T0_MS: u64 = 1_800_000_000_000;

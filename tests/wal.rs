@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
-use livestock::core::command::{Command, Line, Outcome, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::error::CommandError;
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::command::{Command, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::error::CommandError;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock::http::error::ApiError;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Executed, Keyed, KeyedResult, Node, NodeConfig};

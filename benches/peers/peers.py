@@ -235,7 +235,7 @@ def summarize(args):
       "(60% / 20% of holds, after a payment delay), the rest expire. Redis runs it as Lua "
       "scripts (EVALSHA), PostgreSQL as PL/pgSQL functions, one transaction per operation "
       "(`UPDATE deals SET available = available - $q ... WHERE available >= $q` plus a hold "
-      "row), both in `src/load/peers/`; their expiry runs every 10 ms, as livestock's does. "
+      "row), both in `crates/load/src/peers/`; their expiry runs every 10 ms, as livestock's does. "
       "livestock also stores every reserve's idempotency key, which the peers do not do.")
     w("")
     w(f"Workload: {args.workload}. Peak: the highest steady rate of reserve arrivals whose "

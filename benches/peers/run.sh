@@ -9,7 +9,7 @@
 #   redis-off           redis-server + Lua scripts, no AOF, no snapshots
 #   postgres            PostgreSQL + PL/pgSQL functions, synchronous_commit = on
 # The load speaks each server's own protocol (`--backend http|redis|postgres`; the scripts and
-# the schema are in src/load/peers/). Each server runs pinned to one core (taskset -c
+# the schema are in crates/load/src/peers/). Each server runs pinned to one core (taskset -c
 # $SERVER_CPU), the load to the other ($LOAD_CPU), on 127.0.0.1 only, on a free port.
 #
 # Per repetition and configuration, each phase on a freshly started server (fresh data),

@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, Line, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::event::EventLog;
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
-use livestock::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
+use livestock_core::command::{Command, Line, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::EventLog;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
 use livestock::wal::checkpoint::{self, CheckpointBody};
 use livestock::wal::record::{encode_frame, encode_payload, KeptReply, Record};
 use livestock::wal::segment::segment_header;
@@ -92,7 +92,7 @@ fn reserve(user: &str, lines: &[(&str, u32)], ttl_ms: Option<u64>) -> Reserve {
 /// ended (alone and by stream), holds reserved (one and a cart), confirmed (whole and in
 /// part), released, extended and expired. Returns the allocator and its log, with the instant
 /// of each event.
-fn busy() -> (Allocator, Vec<(u64, livestock::core::event::Event)>) {
+fn busy() -> (Allocator, Vec<(u64, livestock_core::event::Event)>) {
     let config =
         AllocatorConfig { hold_id_key: HoldIdKey(11), resolved_hold_retention_ms: 600_000 };
     let allocator = Allocator::new(config);
@@ -146,7 +146,7 @@ fn kept(n: u64, at_ms: u64) -> KeptReply {
     }
 }
 
-fn wal_seeds(log: &[(u64, livestock::core::event::Event)]) {
+fn wal_seeds(log: &[(u64, livestock_core::event::Event)]) {
     let records: Vec<Record> = log
         .iter()
         .enumerate()

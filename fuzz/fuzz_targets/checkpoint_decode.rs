@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::ids::HoldIdKey;
+use livestock_core::ids::HoldIdKey;
 use livestock::wal::checkpoint::{decode, decode_body, encode, CheckpointBody};
 
 fn round_trip(lsn: u64, body: &CheckpointBody) {

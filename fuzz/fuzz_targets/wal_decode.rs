@@ -7,10 +7,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, Line, Reserve};
-use livestock::core::deal::NewDeal;
-use livestock::core::event::EventLog;
-use livestock::core::ids::{DealId, HoldIdKey, UserId};
+use livestock_core::command::{Command, Line, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::EventLog;
+use livestock_core::ids::{DealId, HoldIdKey, UserId};
 use livestock::wal::record::{decode_frame, decode_payload, encode_frame, encode_payload, Record};
 use livestock::wal::segment::{scan_segment, segment_header};
 

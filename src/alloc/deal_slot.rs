@@ -8,10 +8,10 @@
 //! `AcqRel` for the same pairing in both directions; on x86-64 every locked RMW is a full
 //! barrier anyway, so this costs nothing there.
 
-use crate::core::counters::{Counters, Shortage};
-use crate::core::deal::{DealSpec, DealView, Lifecycle};
-use crate::core::error::ReserveError;
-use crate::core::hold::Settlement;
+use livestock_core::counters::{Counters, Shortage};
+use livestock_core::deal::{DealSpec, DealView, Lifecycle};
+use livestock_core::error::ReserveError;
+use livestock_core::hold::Settlement;
 use crate::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 
 pub struct DealSlot {

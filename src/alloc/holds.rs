@@ -13,9 +13,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crossbeam::utils::CachePadded;
 
 use crate::alloc::deal_slot::DealSlot;
-use crate::core::hold::{Hold, HoldState, Settlement};
-use crate::core::ids::HoldSeq;
-use crate::limits::SHARDS;
+use livestock_core::hold::{Hold, HoldState, Settlement};
+use livestock_core::ids::HoldSeq;
+use livestock_core::limits::SHARDS;
 use crate::sync::{Arc, Mutex, MutexGuard};
 
 pub struct Entry {
@@ -64,7 +64,7 @@ pub struct HoldShard {
 /// ordered.
 pub struct Resolved {
     pub deal: Arc<DealSlot>,
-    pub user_id: crate::core::ids::UserId,
+    pub user_id: livestock_core::ids::UserId,
     pub settlement: Settlement,
 }
 

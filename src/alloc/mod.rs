@@ -24,16 +24,16 @@ use std::collections::BTreeSet;
 
 use smallvec::SmallVec;
 
-use crate::core::command::{Command, HoldView, Line, Outcome, Reserve};
-use crate::core::counters::Counters;
-use crate::core::deal::{DealSpec, DealView, Lifecycle, NewDeal};
-use crate::core::error::{
+use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
+use livestock_core::counters::Counters;
+use livestock_core::deal::{DealSpec, DealView, Lifecycle, NewDeal};
+use livestock_core::error::{
     CommandError, CreateDealError, DealAdminError, HoldError, Invalid, ReserveError,
 };
-use crate::core::event::{Event, EventSink};
-use crate::core::hold::{Decision, Hold, HoldState, Settlement};
-use crate::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
-use crate::limits::{CART_LINES_MAX, DEALS_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX};
+use livestock_core::event::{Event, EventSink};
+use livestock_core::hold::{Decision, Hold, HoldState, Settlement};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::limits::{CART_LINES_MAX, DEALS_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX};
 use crate::sync::{Arc, AtomicU64, Ordering};
 
 pub use deal_slot::DealSlot;
@@ -287,10 +287,10 @@ impl Allocator {
             }
         } else {
             slot.remove_stock(units).map_err(|shortage| match shortage {
-                crate::core::counters::Shortage::SoldOut => {
+                livestock_core::counters::Shortage::SoldOut => {
                     DealAdminError::InsufficientStock { available: 0 }
                 }
-                crate::core::counters::Shortage::Insufficient { available } => {
+                livestock_core::counters::Shortage::Insufficient { available } => {
                     DealAdminError::InsufficientStock { available }
                 }
             })?;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::alloc::deal_slot::DealSlot;
-use crate::core::ids::DealId;
+use livestock_core::ids::DealId;
 use crate::sync::{Arc, ArcCell, Mutex};
 
 type Map = HashMap<DealId, Arc<DealSlot>>;

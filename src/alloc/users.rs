@@ -9,8 +9,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use crossbeam::utils::CachePadded;
 
-use crate::core::ids::{DealId, UserId};
-use crate::limits::SHARDS;
+use livestock_core::ids::{DealId, UserId};
+use livestock_core::limits::SHARDS;
 use crate::sync::{Mutex, MutexGuard};
 
 /// deal -> user -> units taken.

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::core::error::{CommandError, ErrorCode};
+use livestock_core::error::{CommandError, ErrorCode};
 use crate::idempotency::StoredReply;
 
 /// The status of each code. 409 is for conflicts with the current state (including sold out:

@@ -9,7 +9,7 @@ use std::hash::BuildHasher;
 
 use crossbeam::utils::CachePadded;
 
-use crate::limits::SHARDS;
+use livestock_core::limits::SHARDS;
 use crate::sync::{Mutex, ShardHasher};
 
 struct Bucket {

@@ -25,16 +25,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::core::command::{Command, Outcome};
-use crate::core::error::{CommandError, ErrorCode};
-use crate::core::ids::{HoldIdKey, IdempotencyKey};
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::ids::{HoldIdKey, IdempotencyKey};
 use crate::http::auth::{self, Denied, Tokens};
 use crate::http::error::ApiError;
 use crate::http::rate::RateLimiter;
 use crate::http::routes::{self, NoRoute, Route};
 use crate::http::wire::{self, parse_body};
 use crate::idempotency::{fingerprint, StoredReply};
-use crate::limits::{EXPIRY_TICK_MS, IDEMPOTENCY_WAIT_MS_MAX};
+use livestock_core::limits::{EXPIRY_TICK_MS, IDEMPOTENCY_WAIT_MS_MAX};
 use crate::metrics::{Limit, Op};
 use crate::node::{Executed, Keyed, KeyedResult, Node};
 

@@ -8,9 +8,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::core::command::{Command, HoldView, Line, Outcome, Reserve};
-use crate::core::deal::{DealView, NewDeal};
-use crate::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
+use livestock_core::deal::{DealView, NewDeal};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use crate::http::error::ApiError;
 use crate::idempotency::StoredReply;
 

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::Snapshot;
-use crate::limits::CHECKPOINT_BYTES_MAX;
+use livestock_core::limits::CHECKPOINT_BYTES_MAX;
 use crate::wal::record::KeptReply;
 use crate::wal::recovery::RecoveryError;
 use crate::wal::segment::{parse_segment_name, Corruption};

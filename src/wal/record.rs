@@ -19,8 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::event::Event;
-use crate::limits::WAL_RECORD_BYTES_MAX;
+use livestock_core::event::Event;
+use livestock_core::limits::WAL_RECORD_BYTES_MAX;
 
 pub const FRAME_HEADER_BYTES: usize = 20;
 
@@ -150,7 +150,7 @@ pub fn decode_frame(bytes: &[u8], expected_lsn: u64) -> Result<(Record, usize), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ids::{DealId, HoldSeq};
+    use livestock_core::ids::{DealId, HoldSeq};
 
     fn record(n: u64) -> Record {
         Record {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::alloc::{Allocator, AllocatorConfig, Snapshot};
-use crate::core::ids::HoldIdKey;
+use livestock_core::ids::HoldIdKey;
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::KeptReply;
 use crate::wal::segment::{parse_segment_name, scan_segment, Corruption, SegmentEnd, SegmentScan};

@@ -33,7 +33,7 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::alloc::Allocator;
-use crate::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
+use livestock_core::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
 use crate::metrics::AtomicHistogram;
 use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpoint::{self, CheckpointBody};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
-use livestock::core::ids::{HoldIdKey, HoldSeq};
+use livestock_core::ids::{HoldIdKey, HoldSeq};
 use livestock::http::Server;
 use livestock::node::{Node, NodeConfig};
 use serde_json::{json, Value};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
 use livestock::config::Config;
-use livestock::core::ids::HoldIdKey;
+use livestock_core::ids::HoldIdKey;
 use livestock::http::server::{Server, ServerOptions};
 use livestock::node::{Node, NodeConfig};
 use serde_json::Value;

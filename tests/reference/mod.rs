@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock::core::command::{Command, HoldView, Line, Outcome, Reserve};
-use livestock::core::deal::{DealState, DealView, NewDeal};
-use livestock::core::error::{CommandError, ErrorCode};
-use livestock::core::event::EventLog;
-use livestock::core::hold::HoldState;
-use livestock::core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
-use livestock::limits::{
+use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
+use livestock_core::deal::{DealState, DealView, NewDeal};
+use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::event::EventLog;
+use livestock_core::hold::HoldState;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::limits::{
     CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
     HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, TIMESTAMP_MS_MIN,
 };

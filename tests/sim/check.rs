@@ -14,9 +14,9 @@
 //! Idempotent replies are checked by re-sending requests (see `history.rs`).
 
 use livestock::alloc::Snapshot;
-use livestock::core::deal::Lifecycle;
-use livestock::core::hold::HoldState;
-use livestock::core::ids::HoldSeq;
+use livestock_core::deal::Lifecycle;
+use livestock_core::hold::HoldState;
+use livestock_core::ids::HoldSeq;
 
 use super::ledger::{Fate, Ledger};
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
-use livestock::core::ids::HoldSeq;
+use livestock_core::ids::HoldSeq;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Keyed, KeyedResult, Node, NodeConfig, OpenError};
 use livestock::wal::recovery::Recovered;

@@ -15,8 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use livestock::core::hold::HoldState;
-use livestock::core::ids::HoldSeq;
+use livestock_core::hold::HoldState;
+use livestock_core::ids::HoldSeq;
 use livestock::idempotency::StoredReply;
 use serde_json::Value;
 

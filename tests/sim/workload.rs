@@ -5,9 +5,9 @@
 use std::sync::OnceLock;
 
 use livestock::config::Config;
-use livestock::core::command::{Command, Outcome};
-use livestock::core::error::CommandError;
-use livestock::core::ids::{HoldIdKey, HoldSeq};
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::CommandError;
+use livestock_core::ids::{HoldIdKey, HoldSeq};
 use livestock::http::error::ApiError;
 use livestock::http::wire;
 use livestock::idempotency::{fingerprint, StoredReply};

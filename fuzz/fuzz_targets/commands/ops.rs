@@ -11,7 +11,7 @@
 //! then ops until the bytes run out, at most `OPS_MAX`.
 
 use arbitrary::{Arbitrary, Unstructured};
-use livestock::limits::{
+use livestock_core::limits::{
     CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
     HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX,
 };

@@ -4,11 +4,12 @@
 //! variants a reserve can never produce); every variant maps to one stable machine code in
 //! [`ErrorCode`], and the HTTP layer maps codes to statuses in one place.
 
-use crate::core::ids::InvalidId;
+use crate::ids::InvalidId;
 
 /// The stable, machine-readable codes of the API. Their strings are a contract: never rename.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
+// Deliberately exhaustive (unlike the per-operation error enums): the HTTP layer maps every
+// code to a status in one `match`, and a new code must fail that build until it has one.
 pub enum ErrorCode {
     InvalidRequest,
     UnknownDeal,

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
-use livestock::core::ids::HoldIdKey;
+use livestock_core::ids::HoldIdKey;
 use livestock::http::Server;
-use livestock::load::{self, LoadArgs, LoadOutcome};
+use livestock_load::{self as load, LoadArgs, LoadOutcome};
 use livestock::node::{Node, NodeConfig};
 use serde_json::Value;
 

@@ -20,10 +20,10 @@ use http::Method;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::load::client::{Client, Outcome, Target};
-use crate::load::ledger::Counters;
-use crate::load::postgres::{PgConn, PgSettings};
-use crate::load::redis::RedisConn;
+use crate::client::{Client, Outcome, Target};
+use crate::ledger::Counters;
+use crate::postgres::{PgConn, PgSettings};
+use crate::redis::RedisConn;
 
 /// Up to this many deals are polled one by one over HTTP; more are read with one list request.
 const STOCK_POLL_SINGLY_MAX: usize = 16;

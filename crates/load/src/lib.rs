@@ -35,17 +35,17 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use crate::limits::{
+use livestock_core::limits::{
     DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
 };
-use crate::load::backend::{Backend, BackendKind, Conn};
-use crate::load::capacity::{CapacityReport, Slo};
-use crate::load::client::Target;
-use crate::load::driver::{Deals, Driver, Mode, Plan};
-use crate::load::ledger::{verify, Counters, DealState};
-use crate::load::postgres::PgSettings;
-use crate::load::report::{RunReport, SellOut};
-use crate::load::schedule::{
+use crate::backend::{Backend, BackendKind, Conn};
+use crate::capacity::{CapacityReport, Slo};
+use crate::client::Target;
+use crate::driver::{Deals, Driver, Mode, Plan};
+use crate::ledger::{verify, Counters, DealState};
+use crate::postgres::PgSettings;
+use crate::report::{RunReport, SellOut};
+use crate::schedule::{
     drop_segments, parse_replay, steady_segments, Choices, Mix, Schedule, Spacing, Timing, Zipf,
     REPLAY_FORMAT,
 };
@@ -139,7 +139,7 @@ scripts or the schema and runs the peer's hold expiry every 10 ms.";
 /// `livestock load`: drive a running server and report latencies, rates, sell-out and a
 /// verification of its counters against the client's ledger.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "livestock load", after_long_help = AFTER_HELP)]
+#[command(name = "livestock-load", version, after_long_help = AFTER_HELP)]
 pub struct LoadArgs {
     /// The server, host:port on this machine (localhost, 127.0.0.0/8 or [::1]).
     #[arg(long, default_value = "127.0.0.1:8080")]

@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::load::backend::{
+use crate::backend::{
     counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
 };
-use crate::load::client::{Outcome, Target};
-use crate::load::ledger::Counters;
+use crate::client::{Outcome, Target};
+use crate::ledger::Counters;
 
 /// The schema and the functions; every statement is idempotent.
 pub const SCHEMA_SQL: &str = include_str!("peers/postgres.sql");

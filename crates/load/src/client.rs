@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::load::ledger::Counters;
+use crate::ledger::Counters;
 
 /// Where the load goes: an address on this machine, never anywhere else.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, Script};
 
-use crate::load::backend::{
+use crate::backend::{
     counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
 };
-use crate::load::client::{Outcome, Target};
-use crate::load::ledger::Counters;
+use crate::client::{Outcome, Target};
+use crate::ledger::Counters;
 
 const COMMON_LUA: &str = include_str!("peers/redis-common.lua");
 const RESERVE_LUA: &str = include_str!("peers/redis-reserve.lua");

@@ -1,8 +1,8 @@
 //! Holds (reservations) and the rules of their one-way life:
 //! held -> confirmed, or held -> released, or held -> expired; exactly once.
 
-use crate::core::error::{HoldError, Invalid};
-use crate::core::ids::{DealId, HoldSeq, UserId};
+use crate::error::{HoldError, Invalid};
+use crate::ids::{DealId, HoldSeq, UserId};
 use crate::limits::HOLD_TTL_MS_MIN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -10,7 +10,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::load::report::{RunReport, SeriesPoint};
+use crate::report::{RunReport, SeriesPoint};
 
 const WIDTH_PX: u32 = 1_100;
 const HEIGHT_PX: u32 = 960;

@@ -1,9 +1,9 @@
 //! Deals: their configuration, their lifecycle, and the rules that say whether a deal takes a
 //! reservation right now.
 
-use crate::core::counters::Counters;
-use crate::core::error::{Invalid, ReserveError};
-use crate::core::ids::{DealId, StreamId};
+use crate::counters::Counters;
+use crate::error::{Invalid, ReserveError};
+use crate::ids::{DealId, StreamId};
 use crate::limits::{
     DEAL_STOCK_UNITS_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX,
     TIMESTAMP_MS_MIN,
@@ -152,7 +152,7 @@ impl DealSpec {
 
     /// What the stock rule says about taking `qty` units from `counters`.
     pub fn take(&self, counters: Counters, qty: u32) -> Result<Counters, ReserveError> {
-        use crate::core::counters::Shortage;
+        use crate::counters::Shortage;
         counters.take(u64::from(qty)).map_err(|shortage| match shortage {
             Shortage::SoldOut => ReserveError::SoldOut(self.id.to_string()),
             Shortage::Insufficient { available } => {

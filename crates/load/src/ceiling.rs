@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use livestock::config::Config;
 
 /// The answer to every POST: a hold as `POST /v1/deals/{id}/reserve` returns it, with the deal
 /// counters `POST /v1/deals` returns (all zero), so the load tool's set-up reads it too.
@@ -140,9 +140,9 @@ pub fn main(args: CeilingArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::backend::{Backend, BackendKind};
-    use crate::load::client::{Outcome, Target};
-    use crate::load::postgres::PgSettings;
+    use crate::backend::{Backend, BackendKind};
+    use crate::client::{Outcome, Target};
+    use crate::postgres::PgSettings;
     use serde_json::Value;
 
     #[tokio::test]

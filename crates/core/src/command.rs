@@ -1,12 +1,12 @@
 //! Commands (what a caller asks) and outcomes (what it gets back).
 //!
 //! Every state change enters the allocator as one [`Command`]; a command that changes state
-//! emits exactly one [`Event`](crate::core::event::Event) (the decided outcome, the unit of the
+//! emits exactly one [`Event`](crate::event::Event) (the decided outcome, the unit of the
 //! write-ahead log) and returns one [`Outcome`] (the caller's answer).
 
-use crate::core::deal::{DealView, NewDeal};
-use crate::core::hold::{Hold, HoldState};
-use crate::core::ids::{DealId, HoldSeq, StreamId, UserId};
+use crate::deal::{DealView, NewDeal};
+use crate::hold::{Hold, HoldState};
+use crate::ids::{DealId, HoldSeq, StreamId, UserId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {

@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::load::client::Outcome;
-use crate::load::ledger::{Fairness, Verification};
+use crate::client::Outcome;
+use crate::ledger::{Fairness, Verification};
 
 /// The width of one time-series bucket.
 pub const BUCKET_US: u64 = 100_000;

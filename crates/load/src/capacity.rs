@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
-use crate::load::driver::{Deals, Driver, Mode, Plan};
-use crate::load::schedule::{steady_segments, Schedule, Timing};
-use crate::load::Settings;
+use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
+use crate::driver::{Deals, Driver, Mode, Plan};
+use crate::schedule::{steady_segments, Schedule, Timing};
+use crate::Settings;
 
 /// Bisection stops when the bracket is narrower than this fraction of the good rate.
 const BRACKET_MIN_FRACTION: f64 = 0.02;
@@ -237,7 +237,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 settings.choices.clone(),
                 settings.seed.wrapping_add(n),
                 phase_us,
-                crate::load::ARRIVALS_MAX,
+                crate::ARRIVALS_MAX,
             );
             let plan = Plan {
                 backend: settings.backend.clone(),
@@ -391,9 +391,9 @@ mod tests {
     async fn a_broken_step_is_tried_again_and_both_tries_are_reported() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(crate::load::ceiling::run(listener, Default::default()));
+        let server = tokio::spawn(crate::ceiling::run(listener, Default::default()));
         // No server answers within a microsecond: every step with reserves breaks.
-        let args = crate::load::LoadArgs::parse_from_args([
+        let args = crate::LoadArgs::parse_from_args([
             "load",
             "--target",
             &target,
@@ -419,7 +419,7 @@ mod tests {
             "0..10",
         ])
         .unwrap();
-        let settings = crate::load::settings(&args).unwrap();
+        let settings = crate::settings(&args).unwrap();
         let report = find_capacity(&settings).await.unwrap();
         let (first, second) = (&report.steps[0], &report.steps[1]);
         assert!(!first.held && first.retried, "{first:?}");

@@ -29,11 +29,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::load::backend::{Backend, Conn, Reserved};
-use crate::load::client::Outcome;
-use crate::load::ledger::{Answered, Fate, HoldRecord, Ledger};
-use crate::load::report::{Op, Recorder};
-use crate::load::schedule::{After, Arrival, Schedule};
+use crate::backend::{Backend, Conn, Reserved};
+use crate::client::Outcome;
+use crate::ledger::{Answered, Fate, HoldRecord, Ledger};
+use crate::report::{Op, Recorder};
+use crate::schedule::{After, Arrival, Schedule};
 
 /// How often the available stock is sampled for the burn-down chart.
 pub const STOCK_POLL_MS: u64 = 100;

@@ -4,9 +4,9 @@
 //! deciding anything again (a reserve that won a race in the live server must not lose it in
 //! replay), so every value an event needs (hold ids, times, quantities) is in it.
 
-use crate::core::deal::DealSpec;
-use crate::core::hold::Hold;
-use crate::core::ids::{DealId, HoldSeq};
+use crate::deal::DealSpec;
+use crate::hold::Hold;
+use crate::ids::{DealId, HoldSeq};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
@@ -68,7 +68,7 @@ pub enum Event {
 /// so any reserve that takes those units is ordered after the event that freed them. That
 /// makes every prefix of the log a state that never oversold (see docs/ARCHITECTURE.md).
 pub trait EventSink {
-    fn append(&mut self, event: Event, outcome: &crate::core::command::Outcome);
+    fn append(&mut self, event: Event, outcome: &crate::command::Outcome);
 }
 
 /// Collects events in order: replay tests and the in-memory server's tooling use it.
@@ -78,7 +78,7 @@ pub struct EventLog {
 }
 
 impl EventSink for EventLog {
-    fn append(&mut self, event: Event, _outcome: &crate::core::command::Outcome) {
+    fn append(&mut self, event: Event, _outcome: &crate::command::Outcome) {
         self.events.push(event);
     }
 }
