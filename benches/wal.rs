@@ -18,15 +18,15 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use livestock::alloc::{Allocator, AllocatorConfig, Snapshot};
+use livestock::wal::checkpoint::{self, CheckpointBody};
+use livestock::wal::record::{encode_frame, encode_payload};
+use livestock::wal::segment::{segment_header, segment_name};
+use livestock::wal::{recover, DirStorage, Durability, Record, Storage, Wal, WalConfig, WalStart};
 use livestock_core::deal::{DealSpec, NewDeal};
 use livestock_core::event::Event;
 use livestock_core::hold::{Hold, HoldState};
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
 use livestock_core::limits::DEAL_STOCK_UNITS_MAX;
-use livestock::wal::checkpoint::{self, CheckpointBody};
-use livestock::wal::record::{encode_frame, encode_payload};
-use livestock::wal::segment::{segment_header, segment_name};
-use livestock::wal::{recover, DirStorage, Durability, Record, Storage, Wal, WalConfig, WalStart};
 
 const T0_MS: u64 = 1_800_000_000_000;
 const KEY: HoldIdKey = HoldIdKey(0xBE7C_4000_0000_0001);

@@ -13,14 +13,17 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 
-use livestock_core::limits::SHARDS;
 use crate::sync::{AtomicUsize, Mutex, Ordering};
+use livestock_core::error::ErrorCode;
+use livestock_core::limits::SHARDS;
 
-/// An answer as it went out: status and body bytes.
+/// An answer as it went out: status and body bytes, and the error code the body carries (for
+/// the metrics; `None` for a success).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredReply {
     pub status: u16,
     pub body: Bytes,
+    pub code: Option<ErrorCode>,
 }
 
 struct Slot {
@@ -139,6 +142,7 @@ impl IdempotencyTable {
         }
     }
 
+    #[expect(clippy::cast_possible_truncation, reason = "only the hash's low bits pick a shard")]
     fn shard(&self, key: &str) -> &Mutex<Shard> {
         let mut hasher = self.hasher.build_hasher();
         hasher.write(key.as_bytes());
@@ -240,7 +244,7 @@ mod tests {
     use super::*;
 
     fn reply(body: &'static str) -> StoredReply {
-        StoredReply { status: 201, body: Bytes::from_static(body.as_bytes()) }
+        StoredReply { status: 201, body: Bytes::from_static(body.as_bytes()), code: None }
     }
 
     #[test]

@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
 use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
-use livestock_core::ids::HoldIdKey;
 use livestock::http::server::ServerOptions;
 use livestock::http::Server;
-use livestock_core::limits::RESOLVED_HOLD_RETENTION_MS_DEFAULT;
 use livestock::node::{Node, NodeConfig};
 use livestock::wal::{self, DirStorage, Durability, WalConfig};
+use livestock_core::ids::HoldIdKey;
+use livestock_core::limits::RESOLVED_HOLD_RETENTION_MS_DEFAULT;
 
 #[derive(Parser)]
 #[command(name = "livestock", version, about = "A flash-sale inventory kernel")]
@@ -208,7 +208,7 @@ fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(
         data_dir = %data_dir.display(),
-        ms = started.elapsed().as_millis() as u64,
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         replayed = report.replayed,
         last_lsn = report.last_lsn,
         "recovered"

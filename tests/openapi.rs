@@ -1,23 +1,25 @@
 //! Guards docs/openapi.yaml against drifting from the code (routes, error codes, roles, limits).
 //!
-//! The spec is what clients (and scripts/schemathesis.sh) hold the server to, so a route added
-//! to `ROUTES`, a new `ErrorCode`, a code moved to another status, a route whose role changed or
+//! The spec is what clients (and scripts/schemathesis.sh) hold the server to, so an endpoint
+//! added to `ENDPOINTS`, a new `ErrorCode`, a code moved to another status, a route whose role changed or
 //! a bound changed in `limits.rs` must show up here as a failure until the spec says so too.
+
+#![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::Method;
-use livestock_core::error::ErrorCode;
-use livestock::http::auth::{self, Access, Role};
+use livestock::http::auth::{Access, Role};
+use livestock::http::endpoints::{self, ENDPOINTS};
 use livestock::http::error::status_of;
-use livestock::http::routes::{self, ROUTES};
+use livestock_core::error::ErrorCode;
 use livestock_core::limits;
 use serde_norway::Value;
 
 const SPEC: &str = include_str!("../docs/openapi.yaml");
 
 /// Every `ErrorCode` (`ErrorCode::ALL`); `the_code_list_is_complete` holds it to the source of
-/// `ErrorCode::as_str`, since the enum is `#[non_exhaustive]` and no match can prove it complete.
+/// `ErrorCode::as_str`: `ALL` is written by hand, and nothing else proves it complete.
 const ALL_CODES: &[ErrorCode] = &ErrorCode::ALL;
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
@@ -122,8 +124,8 @@ fn the_spec_has_every_route_and_no_other() {
     assert_eq!(doc.get("openapi").and_then(Value::as_str), Some("3.1.0"));
     let in_spec: BTreeSet<(String, String)> = operations(&doc).into_keys().collect();
     let in_code: BTreeSet<(String, String)> =
-        ROUTES.iter().map(|(method, path)| (method.to_string(), normalise(path))).collect();
-    assert_eq!(ROUTES.len(), in_code.len(), "ROUTES lists a route twice");
+        ENDPOINTS.iter().map(|e| (e.method.to_string(), normalise(e.path))).collect();
+    assert_eq!(ENDPOINTS.len(), in_code.len(), "ENDPOINTS lists an endpoint twice");
     let missing: Vec<_> = in_code.difference(&in_spec).collect();
     let extra: Vec<_> = in_spec.difference(&in_code).collect();
     assert!(missing.is_empty(), "routes missing from docs/openapi.yaml: {missing:?}");
@@ -208,13 +210,15 @@ fn each_error_status_carries_only_codes_of_that_status() {
 fn each_operation_documents_the_role_it_needs() {
     let doc = spec();
     let ops = operations(&doc);
-    for (method, pattern) in ROUTES {
+    for endpoint in &ENDPOINTS {
+        let (method, pattern) = (endpoint.method.as_str(), endpoint.path);
         let path = pattern
             .replace("{id}", "d1")
             .replace("{stream_id}", "s1")
             .replace("{hold_id}", "h0000000000000001");
         let parsed = Method::from_bytes(method.as_bytes()).expect("a method");
-        let route = routes::route(&parsed, &path).expect("every listed route routes");
+        let (found, _) = endpoints::find(&parsed, &path).expect("every listed endpoint routes");
+        assert!(std::ptr::eq(found, endpoint), "{method} {path} routes to another endpoint");
         let op = ops[&(method.to_string(), normalise(pattern))];
         let role = op.get("x-required-role").and_then(Value::as_str);
         let public = op
@@ -225,12 +229,13 @@ fn each_operation_documents_the_role_it_needs() {
         let has = |status: &str| responses.get(status).is_some();
         let label = format!("{method} {pattern}");
         // `/metrics` is admin-only unless configured public; the spec documents the default.
-        match auth::access(&route, false) {
+        match endpoint.access.resolve(false) {
             Access::Public => {
                 assert_eq!(role, Some("none"), "{label}");
                 assert!(public, "{label}: public, so `security: []`");
                 assert!(!has("401") && !has("403"), "{label}: public, no 401/403");
             }
+            Access::AdminUnlessPublic => unreachable!("resolved above"),
             Access::Role(needed) => {
                 let expected = match needed {
                     Role::Admin => "admin",

@@ -7,6 +7,14 @@
 //! request floods, connection floods, 10,000 idle sockets) are cut off or turned away at a
 //! bounded cost while others keep being served.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "test code: a failed expect is a failed test; casts of small measured values"
+)]
+
 mod ops_support;
 
 use std::io::{ErrorKind, Write};
@@ -18,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use livestock::clock::ManualClock;
 use livestock::config::{Config, Secret};
-use livestock::http::routes::ROUTES;
+use livestock::http::endpoints::ENDPOINTS;
 use livestock::node::Node;
 use livestock::wal::faulty::{FaultyStorage, Op};
 use livestock::wal::{DirStorage, Durability, WalConfig};
@@ -536,14 +544,15 @@ fn routes(http: &Http, as_admin: Option<&str>) -> Vec<(&'static str, String, &'s
     };
     assert_eq!(hold.status, 201, "{hold:?}");
     let hold = hold_id(&hold.json());
-    ROUTES
+    ENDPOINTS
         .iter()
-        .map(|(method, pattern)| {
+        .map(|endpoint| {
+            let (method, pattern) = (endpoint.method.as_str(), endpoint.path);
             let path = pattern
                 .replace("{id}", "d1")
                 .replace("{stream_id}", "s1")
                 .replace("{hold_id}", &hold);
-            (*method, path, *pattern)
+            (method, path, pattern)
         })
         .collect()
 }
@@ -566,7 +575,7 @@ fn every_route_needs_its_role() {
     let served = Served::memory(&tokens_config(false), clock());
     let http = &served.client;
     let routes = routes(http, Some(ADMIN));
-    assert_eq!(routes.len(), ROUTES.len());
+    assert_eq!(routes.len(), ENDPOINTS.len());
     let bearer = |t: &str| format!("Bearer {t}");
     let (admin, client, wrong) = (bearer(ADMIN), bearer(CLIENT), bearer(WRONG));
     let malformed = [

@@ -3,6 +3,12 @@
 //! The process must exit 0 by itself, `livestock verify` must then find nothing to replay, and a
 //! restart must show every acknowledged change and answer every retry as the first time.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "test code: a failed expect is a failed test; casts of small counts"
+)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

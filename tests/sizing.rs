@@ -18,20 +18,31 @@
 //! The bounds asserted are loose on purpose (several times the measured figures): they catch a
 //! structure that starts copying a string per hold or leaking holds, not a few bytes of drift.
 
+#![allow(
+    unsafe_code,
+    reason = "a counting global allocator must implement the unsafe GlobalAlloc trait"
+)]
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    reason = "test code: a failed expect is a failed test; byte counts far below 2^52"
+)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
 
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
-use livestock_core::deal::NewDeal;
-use livestock_core::event::{Event, EventSink};
-use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock::http::wire;
 use livestock::idempotency::{fingerprint, Begin, IdempotencyTable, StoredReply};
 use livestock::wal::checkpoint::{self, CheckpointBody};
 use livestock::wal::record::{encode_payload, FRAME_HEADER_BYTES};
 use livestock::wal::{KeptReply, Record};
+use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::event::{Event, EventSink};
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 
 // ------------------------------------------------------------------ counting allocator
 
@@ -392,7 +403,7 @@ fn measure_keys(keys: usize) -> KeyFigures {
         match table.begin(&scopes[i], &key, fp, T0_MS) {
             // The body is the node's own copy in the server (rendered per request).
             Begin::Execute(guard) => guard.finish(
-                StoredReply { status: reply.status, body: reply.body.to_vec().into() },
+                StoredReply { status: reply.status, body: reply.body.to_vec().into(), code: None },
                 Some(i as u64 + 1),
             ),
             _ => panic!("key {i} not new"),

@@ -16,10 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
-use livestock_core::command::{Command, Line, Outcome, Reserve};
-use livestock_core::deal::NewDeal;
-use livestock_core::error::CommandError;
-use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock::http::error::ApiError;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Executed, Keyed, KeyedResult, Node, NodeConfig};
@@ -32,6 +28,10 @@ use livestock::wal::storage::AppendFile;
 use livestock::wal::{
     recover, DirStorage, Durability, LogState, RecoveryError, Storage, Wal, WalConfig,
 };
+use livestock_core::command::{Command, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::error::CommandError;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 
 const T0_MS: u64 = 1_800_000_000_000;
 const KEY: HoldIdKey = HoldIdKey(0x3A1_D00D_FEED_F00D);

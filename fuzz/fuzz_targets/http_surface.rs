@@ -1,5 +1,5 @@
 //! The HTTP surface: sequences of requests with arbitrary method, path, headers and body go
-//! through `http::server::handle` (routing, the size limits, the wire decoding, idempotency) into
+//! through `http::handle` (routing, the size limits, the wire decoding, idempotency) into
 //! one in-memory node. No input may panic it; every answer is JSON; every rejection is a 4xx
 //! whose `{"error":{"code","message"}}` code maps to that very status (the one 5xx allowed is
 //! `503 idempotency_capacity`: this node has no log, so `storage_unavailable` cannot happen);
@@ -226,7 +226,7 @@ fuzz_target!(|data: &[u8]| {
             last_keyed_ms = Some(now_ms);
         }
         let before = node.allocator().snapshot();
-        let response = runtime().block_on(livestock::http::server::handle(&node, request));
+        let response = runtime().block_on(livestock::http::handle(&node, request));
         let status = response.status().as_u16();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let allow = response.headers().get(ALLOW).cloned();

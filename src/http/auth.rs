@@ -10,7 +10,6 @@
 //! refused at start unless `--insecure`; see `config.rs`).
 
 use crate::config::Secret;
-use crate::http::routes::Route;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -18,32 +17,25 @@ pub enum Role {
     Admin,
 }
 
-/// Who may call a route: nobody needs a token, or at least this role.
+/// Who may call an endpoint (a column of the endpoint table, `http/endpoints.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Nobody needs a token.
     Public,
+    /// At least this role.
     Role(Role),
+    /// `/metrics`: public when configured so (`metrics_public`), else admin.
+    AdminUnlessPublic,
 }
 
-pub fn access(route: &Route<'_>, metrics_public: bool) -> Access {
-    match route {
-        Route::Healthz | Route::Readyz => Access::Public,
-        Route::Metrics if metrics_public => Access::Public,
-        Route::Metrics => Access::Role(Role::Admin),
-        Route::CreateDeal
-        | Route::PauseDeal(_)
-        | Route::ResumeDeal(_)
-        | Route::EndDeal(_)
-        | Route::AdjustStock(_)
-        | Route::EndStream(_) => Access::Role(Role::Admin),
-        Route::ListDeals
-        | Route::GetDeal(_)
-        | Route::Reserve(_)
-        | Route::CartReserve
-        | Route::GetHold(_)
-        | Route::Confirm(_)
-        | Route::Release(_)
-        | Route::Extend(_) => Access::Role(Role::Client),
+impl Access {
+    /// The access as configured: `AdminUnlessPublic` becomes one of the other two.
+    pub fn resolve(self, metrics_public: bool) -> Access {
+        match self {
+            Access::AdminUnlessPublic if metrics_public => Access::Public,
+            Access::AdminUnlessPublic => Access::Role(Role::Admin),
+            other => other,
+        }
     }
 }
 
@@ -82,9 +74,14 @@ impl Tokens {
         !self.tokens.is_empty()
     }
 
-    /// Checks an `Authorization` header value against the access a route needs.
+    /// Checks an `Authorization` header value against the access an endpoint needs (resolved:
+    /// see [`Access::resolve`]).
     pub fn check(&self, access: Access, authorization: Option<&[u8]>) -> Result<(), Denied> {
-        let Access::Role(needed) = access else { return Ok(()) };
+        let needed = match access {
+            Access::Public => return Ok(()),
+            Access::Role(role) => role,
+            Access::AdminUnlessPublic => Role::Admin,
+        };
         if !self.enabled() {
             return Ok(());
         }
@@ -139,6 +136,9 @@ mod tests {
             Err(Denied::Unauthenticated)
         );
         assert_eq!(t.check(Access::Public, None), Ok(()));
+        assert_eq!(t.check(Access::AdminUnlessPublic, client), Err(Denied::Forbidden));
+        assert_eq!(Access::AdminUnlessPublic.resolve(true), Access::Public);
+        assert_eq!(Access::AdminUnlessPublic.resolve(false), needs_admin);
         assert_eq!(Tokens::new(&[], &[]).check(needs_admin, None), Ok(()));
     }
 

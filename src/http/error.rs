@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use http::StatusCode;
 
-use livestock_core::error::{CommandError, ErrorCode};
 use crate::idempotency::StoredReply;
+use livestock_core::error::{CommandError, ErrorCode};
 
 /// The status of each code. 409 is for conflicts with the current state (including sold out:
 /// the request was fine, the stock is not there), 404 for unknown things, 400 for requests
@@ -18,6 +18,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownRoute => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::DealExists
         | ErrorCode::TooManyDeals
         | ErrorCode::DealNotStarted
@@ -66,7 +67,11 @@ impl ApiError {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
         });
-        StoredReply { status: self.status().as_u16(), body: Bytes::from(body.to_string()) }
+        StoredReply {
+            status: self.status().as_u16(),
+            body: Bytes::from(body.to_string()),
+            code: Some(self.code),
+        }
     }
 }
 

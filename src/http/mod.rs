@@ -1,13 +1,24 @@
-//! The HTTP/JSON API: hyper 1.x on tokio.
+//! The HTTP/JSON API: hyper 1.x on tokio. The only layer that knows statuses and JSON.
 //!
-//! `routes` maps (method, path) to endpoints, `wire` turns bodies into commands and outcomes
-//! into JSON, `error` maps error codes to statuses, `server` runs connections and the reaper.
+//! | file | concept |
+//! |---|---|
+//! | `endpoints.rs` | the endpoint table (method, path, access, operation, handler) and routing |
+//! | `handlers.rs` | one handler per endpoint: path and body to an answer or a command |
+//! | `exchange.rs` | one request start to answer: access, media type, size, idempotency, metrics |
+//! | `server.rs` | the listener and connections, graceful shutdown |
+//! | `wire.rs` | request bodies to commands, outcomes to JSON |
+//! | `error.rs` | every error code's status, and the JSON error body |
+//! | `auth.rs` | bearer tokens and roles |
+//! | `rate.rs` | the per-user rate limit |
 
 pub mod auth;
+pub mod endpoints;
 pub mod error;
+pub mod exchange;
+pub mod handlers;
 pub mod rate;
-pub mod routes;
 pub mod server;
 pub mod wire;
 
+pub use exchange::{handle, handle_with};
 pub use server::Server;

@@ -9,8 +9,8 @@ use std::hash::BuildHasher;
 
 use crossbeam::utils::CachePadded;
 
-use livestock_core::limits::SHARDS;
 use crate::sync::{Mutex, ShardHasher};
+use livestock_core::limits::SHARDS;
 
 struct Bucket {
     /// Tokens, in thousandths (so a rate below 1/ms refills smoothly in integer math).
@@ -47,7 +47,12 @@ impl RateLimiter {
         if !self.enabled() {
             return Ok(());
         }
-        let mut shard = self.shards[(self.hasher.hash_one(user) as usize) & (SHARDS - 1)].lock();
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "only the hash's low bits pick a shard"
+        )]
+        let shard_index = (self.hasher.hash_one(user) as usize) & (SHARDS - 1);
+        let mut shard = self.shards[shard_index].lock();
         let full = self.burst * 1_000;
         // Refill: per_s tokens per 1000 ms is per_s milli-tokens per ms.
         let refill = |bucket: &mut Bucket| {

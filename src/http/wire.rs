@@ -8,11 +8,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::http::error::ApiError;
+use crate::idempotency::StoredReply;
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealView, NewDeal};
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
-use crate::http::error::ApiError;
-use crate::idempotency::StoredReply;
 
 pub fn timestamp(ms: u64) -> String {
     match i64::try_from(ms).ok().and_then(DateTime::<Utc>::from_timestamp_millis) {
@@ -251,7 +251,7 @@ pub fn hold_json(view: &HoldView, key: HoldIdKey) -> HoldJson<'_> {
 
 pub fn reply<T: Serialize + ?Sized>(status: u16, body: &T) -> StoredReply {
     match serde_json::to_vec(body) {
-        Ok(bytes) => StoredReply { status, body: Bytes::from(bytes) },
+        Ok(bytes) => StoredReply { status, body: Bytes::from(bytes), code: None },
         Err(e) => panic!("an answer always serializes: {e}"),
     }
 }

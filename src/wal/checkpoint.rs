@@ -19,11 +19,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::Snapshot;
-use livestock_core::limits::CHECKPOINT_BYTES_MAX;
 use crate::wal::record::KeptReply;
 use crate::wal::recovery::RecoveryError;
 use crate::wal::segment::{parse_segment_name, Corruption};
 use crate::wal::storage::Storage;
+use livestock_core::limits::CHECKPOINT_BYTES_MAX;
 
 const MAGIC: &[u8; 8] = b"LVSTKCKP";
 const VERSION: u32 = 1;

@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 
 use crate::alloc::{Allocator, AllocatorConfig, Snapshot};
-use livestock_core::ids::HoldIdKey;
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::KeptReply;
 use crate::wal::segment::{parse_segment_name, scan_segment, Corruption, SegmentEnd, SegmentScan};
 use crate::wal::storage::Storage;
+use livestock_core::ids::HoldIdKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {

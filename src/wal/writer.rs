@@ -33,13 +33,13 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use tokio::sync::watch;
 
 use crate::alloc::Allocator;
-use livestock_core::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
 use crate::metrics::AtomicHistogram;
 use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::{encode_frame, encode_payload, KeptReply, Record};
 use crate::wal::segment::{segment_header, segment_name, SEGMENT_HEADER_BYTES};
 use crate::wal::storage::{AppendFile, FileSync, Storage};
+use livestock_core::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {

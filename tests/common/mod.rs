@@ -1,6 +1,7 @@
 //! Shared fixture of the HTTP tests: a real server on a free port over a manual clock, and a
 //! blocking client that hands back every answer (any status) as status, headers and JSON.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
 #![allow(dead_code)] // Each test binary that includes this module uses a different part of it.
 
 use std::io::{Read, Write};
@@ -10,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
-use livestock_core::ids::{HoldIdKey, HoldSeq};
 use livestock::http::Server;
 use livestock::node::{Node, NodeConfig};
+use livestock_core::ids::{HoldIdKey, HoldSeq};
 use serde_json::{json, Value};
 
 /// The manual clock's start: 2027-01-15T08:00:00.000Z.

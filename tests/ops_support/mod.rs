@@ -2,6 +2,7 @@
 //! the real binary as a child process with its stdout and stderr kept, an HTTP client that
 //! returns every header, raw sockets for hostile clients, and a checker of the metrics text.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
 #![allow(dead_code)] // the helpers a test file does not use
 
 use std::collections::BTreeMap;
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
 use livestock::config::Config;
-use livestock_core::ids::HoldIdKey;
 use livestock::http::server::{Server, ServerOptions};
 use livestock::node::{Node, NodeConfig};
+use livestock_core::ids::HoldIdKey;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_livestock");

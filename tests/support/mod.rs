@@ -2,6 +2,11 @@
 //! data directory, a server that can be killed, stopped and restarted, and an HTTP client whose
 //! answers distinguish "the server answered" from "the answer was lost".
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "test code: a failed expect is a failed test; casts of small counts and durations"
+)]
 #![allow(dead_code)] // each test file uses a different part of this module
 
 use std::collections::BTreeMap;

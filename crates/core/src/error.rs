@@ -18,6 +18,8 @@ pub enum ErrorCode {
     UnknownRoute,
     MethodNotAllowed,
     BodyTooLarge,
+    /// A mutation's body declared (`Content-Type`) as something other than JSON.
+    UnsupportedMediaType,
     DealExists,
     TooManyDeals,
     DealNotStarted,
@@ -43,7 +45,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -51,6 +53,7 @@ impl ErrorCode {
         ErrorCode::UnknownRoute,
         ErrorCode::MethodNotAllowed,
         ErrorCode::BodyTooLarge,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::DealExists,
         ErrorCode::TooManyDeals,
         ErrorCode::DealNotStarted,
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::UnknownRoute => "unknown_route",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::DealExists => "deal_exists",
             ErrorCode::TooManyDeals => "too_many_deals",
             ErrorCode::DealNotStarted => "deal_not_started",

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
 use crate::driver::{Deals, Driver, Mode, Plan};
 use crate::schedule::{steady_segments, Schedule, Timing};
 use crate::Settings;
+use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
 
 /// Bisection stops when the bracket is narrower than this fraction of the good rate.
 const BRACKET_MIN_FRACTION: f64 = 0.02;

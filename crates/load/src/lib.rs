@@ -35,9 +35,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use livestock_core::limits::{
-    DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
-};
 use crate::backend::{Backend, BackendKind, Conn};
 use crate::capacity::{CapacityReport, Slo};
 use crate::client::Target;
@@ -48,6 +45,9 @@ use crate::report::{RunReport, SellOut};
 use crate::schedule::{
     drop_segments, parse_replay, steady_segments, Choices, Mix, Schedule, Spacing, Timing, Zipf,
     REPLAY_FORMAT,
+};
+use livestock_core::limits::{
+    DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
 };
 
 // ------------------------------------------------------------------ bounds

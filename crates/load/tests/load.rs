@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
-use livestock_core::ids::HoldIdKey;
 use livestock::http::Server;
-use livestock_load::{self as load, LoadArgs, LoadOutcome};
 use livestock::node::{Node, NodeConfig};
+use livestock_core::ids::HoldIdKey;
+use livestock_load::{self as load, LoadArgs, LoadOutcome};
 use serde_json::Value;
 
 /// A server on a free loopback port over the system clock (holds must really expire), on the

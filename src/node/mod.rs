@@ -4,19 +4,37 @@
 //! allocator's events go to. Each command runs synchronously, start to finish, without an
 //! `.await`; only then does the request wait (asynchronously) for its record to be durable, so
 //! a client that disconnects mid-request cannot leave a half-done change.
+//!
+//! It answers in types (`Result<Outcome, CommandError>`, [`Unavailable`]); statuses and JSON
+//! are the HTTP layer's. The one exception is a keyed command, whose answer the node must keep
+//! for retries: the caller passes the [`Render`] that turns a result into that answer.
+//!
+//! | file | concept |
+//! |---|---|
+//! | `mod.rs` | the node: open (recover), execute, keyed execute, durability waits, close |
+//! | `journal.rs` | the allocator's event sink: events to the log, in decision order |
+//! | `reaper.rs` | the expiry tick, an async task beside the node |
+//! | `scrape.rs` | the `/metrics` text: process metrics plus the state read at scrape time |
+
+mod journal;
+pub mod reaper;
+mod scrape;
+
+pub use journal::Render;
+pub use scrape::scrape;
 
 use std::sync::Arc;
 
 use crate::alloc::{Allocator, AllocatorConfig};
 use crate::clock::Clock;
-use livestock_core::command::{Command, Outcome};
-use livestock_core::error::{CommandError, ErrorCode};
-use livestock_core::event::{Event, EventSink};
-use livestock_core::ids::HoldIdKey;
-use crate::http::error::ApiError;
 use crate::idempotency::{Begin, IdempotencyTable, StoredReply};
 use crate::metrics::Metrics;
-use crate::wal::{self, Durability, KeptReply, Record, RecoveryReport, Storage, Wal, WalConfig};
+use crate::node::journal::Journal;
+use crate::wal::{self, Durability, RecoveryReport, Storage, Wal, WalConfig};
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::CommandError;
+use livestock_core::event::{Event, EventSink};
+use livestock_core::ids::HoldIdKey;
 
 #[derive(Clone, Copy, Debug)]
 pub struct NodeConfig {
@@ -41,63 +59,42 @@ pub struct Keyed<'a> {
     pub fingerprint: u64,
 }
 
-/// A command's answer, and the log record the answer depends on.
+/// A command's result, and the log record it depends on.
+#[derive(Debug)]
 pub struct Executed {
+    /// The outcome as of the command's (last) event, or the refusal.
+    pub result: Result<Outcome, CommandError>,
+    /// Answer only once this LSN is durable (see [`Node::durable`]).
+    pub lsn: Option<u64>,
+}
+
+/// A keyed command's answer as it goes out (and is kept for retries), and the log record it
+/// depends on.
+#[derive(Debug)]
+pub struct Answered {
     pub reply: StoredReply,
     /// Answer only once this LSN is durable (see [`Node::durable`]).
     pub lsn: Option<u64>,
 }
 
 /// What became of a keyed request.
+#[derive(Debug)]
 pub enum KeyedResult {
     /// It executed now.
-    Ran(Executed),
+    Ran(Answered),
     /// It had executed before: the stored answer.
-    Replayed(Executed),
+    Replayed(Answered),
     Mismatch,
     InFlight,
     Full,
 }
 
-type Render<'a> = &'a dyn Fn(&Result<Outcome, CommandError>) -> StoredReply;
-
-/// The allocator's event sink for one command: appends each event to the log (with the
-/// request's answer when it is keyed) and remembers the answer and the LSN.
-struct Journal<'a> {
-    wal: Option<&'a Wal>,
-    metrics: &'a Metrics,
-    now_ms: u64,
-    render: Option<Render<'a>>,
-    keyed: Option<&'a Keyed<'a>>,
-    reply: Option<StoredReply>,
-    lsn: Option<u64>,
-}
-
-impl EventSink for Journal<'_> {
-    fn append(&mut self, event: Event, outcome: &Outcome) {
-        if let (Event::Expired { at_ms, .. }, Outcome::Hold(view)) = (&event, outcome) {
-            self.metrics.expired(at_ms.saturating_sub(view.hold.expires_at_ms));
-        }
-        // The answer is rendered here, from the outcome as the event was ordered, so the answer
-        // sent now and the one kept in the log for retries are the same bytes.
-        let reply = self.render.map(|render| render(&Ok(outcome.clone())));
-        if let Some(wal) = self.wal {
-            let kept = match (self.keyed, &reply) {
-                (Some(keyed), Some(reply)) => Some(KeptReply {
-                    scope: keyed.scope.to_owned(),
-                    key: keyed.key.to_owned(),
-                    fingerprint: keyed.fingerprint,
-                    status: reply.status,
-                    body: reply.body.to_vec(),
-                    seen_ms: self.now_ms,
-                }),
-                _ => None,
-            };
-            self.lsn = Some(wal.append(Record { at_ms: self.now_ms, event, reply: kept }));
-        }
-        self.reply = reply;
-    }
-}
+/// The log cannot make a change durable (it is poisoned, or closed): nothing was changed, or
+/// what was changed will not be acknowledged. The HTTP layer answers 503
+/// `storage_unavailable`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("storage unavailable: {0}")]
+pub struct Unavailable(pub String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -107,10 +104,6 @@ pub enum OpenError {
     Io(#[from] std::io::Error),
     #[error("recovered state is inconsistent: {0}")]
     Inconsistent(String),
-}
-
-fn unavailable(reason: &str) -> StoredReply {
-    ApiError::new(ErrorCode::StorageUnavailable, format!("storage unavailable: {reason}")).reply()
 }
 
 impl Node {
@@ -145,7 +138,8 @@ impl Node {
         let idempotency =
             IdempotencyTable::new(config.idempotency_window_ms, config.idempotency_keys_max);
         for r in &recovered.replies {
-            let reply = StoredReply { status: r.status, body: r.body.clone().into() };
+            // Only successes are kept in the log (see `remembered` in the HTTP layer).
+            let reply = StoredReply { status: r.status, body: r.body.clone().into(), code: None };
             idempotency.restore(&r.scope, &r.key, r.fingerprint, reply, r.seen_ms, now_ms);
         }
         let start = wal::WalStart {
@@ -183,47 +177,41 @@ impl Node {
         self.wal.as_ref()
     }
 
-    /// Runs a command. `render` turns its result into the answer.
-    pub fn execute(&self, command: &Command, render: Render<'_>) -> Executed {
-        self.run(command, render, None)
+    fn check_writable(&self) -> Result<(), Unavailable> {
+        match &self.wal {
+            Some(wal) if !wal.is_writable() => {
+                Err(Unavailable("the log is not writable".to_owned()))
+            }
+            _ => Ok(()),
+        }
     }
 
-    fn run(&self, command: &Command, render: Render<'_>, keyed: Option<&Keyed<'_>>) -> Executed {
-        if let Some(wal) = &self.wal {
-            if !wal.is_writable() {
-                return Executed { reply: unavailable("the log is not writable"), lsn: None };
-            }
-        }
-        let now_ms = self.now_ms();
-        let mut journal = Journal {
-            wal: self.wal.as_ref(),
-            metrics: &self.metrics,
-            now_ms,
-            render: Some(render),
-            keyed,
-            reply: None,
-            lsn: None,
+    /// Runs a command. The answer reports the outcome as of the command's event (what was
+    /// decided), not a later read.
+    pub fn execute(&self, command: &Command) -> Result<Executed, Unavailable> {
+        self.check_writable()?;
+        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, self.now_ms());
+        let result = self.allocator.execute(command, journal.now_ms, &mut journal);
+        let lsn = self.settled_lsn(journal.lsn, result.is_ok());
+        let result = match journal.outcome.take() {
+            Some(outcome) => Ok(outcome),
+            None => result,
         };
-        let result = self.allocator.execute(command, now_ms, &mut journal);
-        if keyed.is_some() && result.is_ok() && journal.lsn.is_none() && self.wal.is_some() {
-            // A keyed success that changed nothing: log its answer all the same, or a retry
-            // after a restart would execute again against a state that has moved on.
-            if let Ok(outcome) = &result {
-                journal.append(Event::Answered { at_ms: now_ms }, outcome);
-            }
-        }
-        let reply = journal.reply.take().unwrap_or_else(|| render(&result));
-        // A success without an event of its own is a retry or a no-op ("already confirmed"):
-        // it acknowledges state another request changed, perhaps not yet durably. Answer it
-        // only once everything logged so far is durable (one group commit at most).
-        let lsn = match (journal.lsn, &result, &self.wal) {
-            (None, Ok(_), Some(wal)) => Some(wal.last_appended_lsn()),
+        Ok(Executed { result, lsn })
+    }
+
+    /// A success without an event of its own is a retry or a no-op ("already confirmed"): it
+    /// acknowledges state another request changed, perhaps not yet durably. Answer it only
+    /// once everything logged so far is durable (one group commit at most).
+    fn settled_lsn(&self, logged: Option<u64>, ok: bool) -> Option<u64> {
+        match (logged, ok, &self.wal) {
+            (None, true, Some(wal)) => Some(wal.last_appended_lsn()),
             (lsn, _, _) => lsn,
-        };
-        Executed { reply, lsn }
+        }
     }
 
-    /// Runs a command under an idempotency key. `remember` says whether an answer is kept for
+    /// Runs a command under an idempotency key. `render` turns its result into the answer,
+    /// which is logged with the command's event; `remember` says whether an answer is kept for
     /// retries (business outcomes are; malformed requests and server trouble are not).
     pub fn execute_keyed(
         &self,
@@ -231,33 +219,46 @@ impl Node {
         command: &Command,
         render: Render<'_>,
         remember: impl Fn(&StoredReply) -> bool,
-    ) -> KeyedResult {
+    ) -> Result<KeyedResult, Unavailable> {
         let now_ms = self.now_ms();
-        match self.idempotency.begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms) {
-            Begin::Replay(reply, lsn) => KeyedResult::Replayed(Executed { reply, lsn }),
-            Begin::Mismatch => KeyedResult::Mismatch,
-            Begin::InFlight => KeyedResult::InFlight,
-            Begin::Full => KeyedResult::Full,
-            Begin::Execute(guard) => {
-                let executed = self.run(command, render, Some(keyed));
-                if remember(&executed.reply) {
-                    guard.finish(executed.reply.clone(), executed.lsn);
-                }
-                KeyedResult::Ran(executed)
+        let guard = match self.idempotency.begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms)
+        {
+            Begin::Replay(reply, lsn) => return Ok(KeyedResult::Replayed(Answered { reply, lsn })),
+            Begin::Mismatch => return Ok(KeyedResult::Mismatch),
+            Begin::InFlight => return Ok(KeyedResult::InFlight),
+            Begin::Full => return Ok(KeyedResult::Full),
+            Begin::Execute(guard) => guard,
+        };
+        // An error here drops the guard: the key is forgotten and a retry executes.
+        self.check_writable()?;
+        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, now_ms);
+        journal.keyed = Some((keyed, render));
+        let result = self.allocator.execute(command, now_ms, &mut journal);
+        if journal.lsn.is_none() && self.wal.is_some() {
+            // A keyed success that changed nothing: log its answer all the same, or a retry
+            // after a restart would execute again against a state that has moved on.
+            if let Ok(outcome) = &result {
+                journal.append(Event::Answered { at_ms: now_ms }, outcome);
             }
         }
+        let reply = journal.reply.take().unwrap_or_else(|| render(&result));
+        let lsn = self.settled_lsn(journal.lsn, result.is_ok());
+        if remember(&reply) {
+            guard.finish(reply.clone(), lsn);
+        }
+        Ok(KeyedResult::Ran(Answered { reply, lsn }))
     }
 
     /// Waits until an answer may go out: its record is fsynced (strict) or written to the
     /// kernel (relaxed: it then survives a crash of the process, and a crash of the machine
-    /// loses at most the last fsync interval). `Err` carries the 503 to send instead.
-    pub async fn durable(&self, lsn: Option<u64>) -> Result<(), StoredReply> {
+    /// loses at most the last fsync interval).
+    pub async fn durable(&self, lsn: Option<u64>) -> Result<(), Unavailable> {
         let (Some(wal), Some(lsn)) = (&self.wal, lsn) else { return Ok(()) };
         let reached = match wal.durability() {
             Durability::Strict => wal.wait_durable(lsn).await,
             Durability::Relaxed { .. } => wal.wait_written(lsn).await,
         };
-        reached.map_err(|reason| unavailable(&reason))
+        reached.map_err(Unavailable)
     }
 
     /// The reaper's tick: expire what is due now. Returns how many holds expired.
@@ -265,15 +266,7 @@ impl Node {
         if self.wal.as_ref().is_some_and(|wal| !wal.is_writable()) {
             return 0;
         }
-        let mut journal = Journal {
-            wal: self.wal.as_ref(),
-            metrics: &self.metrics,
-            now_ms: self.now_ms(),
-            render: None,
-            keyed: None,
-            reply: None,
-            lsn: None,
-        };
+        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, self.now_ms());
         let expired = self.allocator.expire_due(journal.now_ms, &mut journal);
         // Keys past their window are also dropped as new keys arrive; this keeps the count
         // (and memory) honest while traffic is idle.

@@ -1,0 +1,344 @@
+//! One request, start to answer: route -> access -> media type and size (before reading) ->
+//! body -> idempotency key -> the endpoint's handler -> the node executes -> the answer waits
+//! for durability -> metrics and the request id.
+//!
+//! No lock is held across an `.await`; the only waits are reading the body, the durability of
+//! the answer's log record, and, for a retry whose first attempt is still running, a short
+//! poll. Generic over the body so the fuzzers and tests drive the whole surface without a
+//! socket.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use livestock_core::error::ErrorCode;
+use livestock_core::ids::IdempotencyKey;
+use livestock_core::limits::IDEMPOTENCY_WAIT_MS_MAX;
+use tracing::Instrument;
+
+use crate::http::auth::Denied;
+use crate::http::endpoints::{self, NoRoute};
+use crate::http::error::ApiError;
+use crate::http::handlers::{self, Action, Answer, Call};
+use crate::http::server::ServerOptions;
+use crate::idempotency::{fingerprint, StoredReply};
+use crate::metrics::{Limit, Op};
+use crate::node::{Answered, Keyed, KeyedResult, Node, Unavailable};
+
+/// The error code an answer carries, kept on the response for the metrics and the log line.
+#[derive(Clone, Copy, Debug)]
+struct OutcomeCode(ErrorCode);
+
+/// An answer as a response: its status, JSON content type, and its code for the metrics.
+pub fn respond(reply: StoredReply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(reply.body));
+    if let Some(code) = reply.code {
+        response.extensions_mut().insert(OutcomeCode(code));
+    }
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(e: ApiError) -> Response<Full<Bytes>> {
+    respond(e.reply())
+}
+
+fn unavailable(e: Unavailable) -> ApiError {
+    ApiError::new(ErrorCode::StorageUnavailable, e.to_string())
+}
+
+/// A request id: the caller's `x-request-id` if it is a sane token, else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_owned()
+        }
+        _ => format!("{:08x}-{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed)),
+    }
+}
+
+/// One request with the default options (no tokens, no rate limit): tests and fuzzers.
+pub async fn handle<B>(node: &Node, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    static DEFAULT: std::sync::OnceLock<ServerOptions> = std::sync::OnceLock::new();
+    handle_with(node, DEFAULT.get_or_init(ServerOptions::default), req).await
+}
+
+/// One request, start to answer, with metrics and the request id.
+pub async fn handle_with<B>(
+    node: &Node,
+    options: &ServerOptions,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    // The span (debug level, so free when debug logging is off) tags anything logged while
+    // the request runs; the completion lines carry the id themselves, at any level.
+    let span = tracing::debug_span!("request", request_id = %id);
+    let (op, mut response) = answer(node, options, req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let code = response.extensions().get::<OutcomeCode>().map(|c| c.0);
+    node.metrics().request(op, code, started.elapsed());
+    let status = response.status().as_u16();
+    let code = code.map(ErrorCode::as_str);
+    if response.status().is_server_error() {
+        tracing::warn!(request_id = %id, status, code, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, status, code, "request");
+    }
+    response
+}
+
+/// Whether a declared `Content-Type` is JSON (`application/json`, or a `+json` type, with any
+/// parameters). No `Content-Type` at all is accepted as JSON: many clients send none.
+fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(value) = content_type.to_str() else { return false };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json"
+        || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+}
+
+async fn answer<B>(
+    node: &Node,
+    options: &ServerOptions,
+    req: Request<B>,
+) -> (Op, Response<Full<Bytes>>)
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let (endpoint, param) = match endpoints::find(&parts.method, path) {
+        Ok(found) => found,
+        Err(NoRoute::Unknown) => {
+            let e = ApiError::new(ErrorCode::UnknownRoute, format!("no route {path}"));
+            return (Op::Unrouted, error(e));
+        }
+        Err(NoRoute::Method(allow)) => {
+            let message = format!("{} is not allowed on {path}; allowed: {allow}", parts.method);
+            let mut response = error(ApiError::new(ErrorCode::MethodNotAllowed, message));
+            if let Ok(allow) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            return (Op::Unrouted, response);
+        }
+    };
+    let op = endpoint.op;
+    // Access before anything is read: an unauthenticated caller costs no body read.
+    let authorization = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let access = endpoint.access.resolve(options.metrics_public);
+    match options.tokens.check(access, authorization) {
+        Ok(()) => {}
+        Err(Denied::Unauthenticated) => {
+            let e = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required");
+            let mut response = unread(error(e));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return (op, response);
+        }
+        Err(Denied::Forbidden) => {
+            let e = ApiError::new(ErrorCode::Forbidden, "this token's role may not do this");
+            return (op, unread(error(e)));
+        }
+    }
+    if parts.method == Method::POST {
+        if let Some(declared) = parts.headers.get(header::CONTENT_TYPE) {
+            if !is_json(declared) {
+                let shown = String::from_utf8_lossy(declared.as_bytes()).into_owned();
+                let e = ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!(
+                        "the body must be JSON (Content-Type: application/json), not {shown:?}"
+                    ),
+                );
+                return (op, unread(error(e)));
+            }
+        }
+    }
+    // Refuse an oversized body before reading it, by its declared length, and cap what is read
+    // for bodies that declare none (chunked).
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = options.body_bytes_max;
+    let too_large = || {
+        node.metrics().rejected(Limit::BodyBytes);
+        ApiError::new(ErrorCode::BodyTooLarge, format!("request body over {max} bytes"))
+    };
+    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max)) {
+        return (op, unread(error(too_large())));
+    }
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return (op, unread(error(too_large())));
+        }
+        Err(e) => {
+            return (op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
+        }
+    };
+    let key = match parts.headers.get("idempotency-key") {
+        None => None,
+        Some(raw) => match raw.to_str().ok().map(IdempotencyKey::parse) {
+            Some(Ok(key)) => Some(key),
+            Some(Err(e)) => return (op, error(ApiError::invalid(e.to_string()))),
+            None => {
+                return (op, error(ApiError::invalid("Idempotency-Key: not printable ASCII")));
+            }
+        },
+    };
+    let call = Call { node, options, param, body: &body };
+    let response = match (endpoint.handler)(&call) {
+        Ok(Action::Reply(reply)) => respond(reply),
+        Ok(Action::Response(response)) => response,
+        Ok(Action::Execute { command, scope, answer }) => {
+            let request = Mutation { method: &parts.method, path, body: &body, scope: &scope };
+            match execute(node, &command, answer, key.as_ref(), request).await {
+                Ok(response) => response,
+                Err(e) => error(e),
+            }
+        }
+        Err(e) => error(e),
+    };
+    (op, response)
+}
+
+/// Marks an answer given before the request's body was read: the connection closes after it,
+/// and says so, since the unread body would otherwise be taken for the next request (a client
+/// that pools connections would lose its next request to an unexpected EOF).
+fn unread(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// What identifies a mutation for its idempotency key.
+struct Mutation<'a> {
+    method: &'a Method,
+    path: &'a str,
+    body: &'a [u8],
+    scope: &'a str,
+}
+
+async fn execute(
+    node: &Node,
+    command: &livestock_core::command::Command,
+    answer: Answer,
+    key: Option<&IdempotencyKey>,
+    request: Mutation<'_>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let hold_key = node.allocator().config().hold_id_key;
+    let Some(key) = key else {
+        let executed = node.execute(command).map_err(unavailable)?;
+        node.durable(executed.lsn).await.map_err(unavailable)?;
+        // Rendered here, outside every allocator lock: an unkeyed answer is kept nowhere.
+        return Ok(respond(handlers::render(answer, &executed.result, hold_key)));
+    };
+    let render = |result: &_| handlers::render(answer, result, hold_key);
+    // The fingerprint covers the route and the body's meaning, not its spelling: the body is
+    // canonicalized (keys sorted, no whitespace) so a retry that re-serializes still matches.
+    let canonical = canonical_json(request.body);
+    let method = request.method.as_str().as_bytes();
+    let keyed = Keyed {
+        scope: request.scope,
+        key: key.as_str(),
+        fingerprint: fingerprint(&[method, request.path.as_bytes(), &canonical]),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(IDEMPOTENCY_WAIT_MS_MAX);
+    loop {
+        match node.execute_keyed(&keyed, command, &render, remembered).map_err(unavailable)? {
+            KeyedResult::Ran(answered) => return Ok(respond(settle(node, answered).await?)),
+            KeyedResult::Replayed(answered) => {
+                let mut response = respond(settle(node, answered).await?);
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            KeyedResult::Mismatch => {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was used with a different request",
+                ));
+            }
+            KeyedResult::Full => {
+                node.metrics().rejected(Limit::IdempotencyKeys);
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyCapacity,
+                    "too many idempotency keys are remembered; retry later",
+                ));
+            }
+            KeyedResult::InFlight if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            KeyedResult::InFlight => {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyInUse,
+                    "a request with this Idempotency-Key is still running",
+                ));
+            }
+        }
+    }
+}
+
+/// The answer once it may go out: after its record is durable, or a 503 if it cannot become so.
+async fn settle(node: &Node, answered: Answered) -> Result<StoredReply, ApiError> {
+    node.durable(answered.lsn).await.map_err(unavailable)?;
+    Ok(answered.reply)
+}
+
+/// Which answers a retry gets back: decided outcomes (success, and refusals by the state such
+/// as `sold_out`), not malformed requests (nothing was decided) or server trouble. Only
+/// successes are kept in the log; remembered refusals last until a restart.
+fn remembered(reply: &StoredReply) -> bool {
+    matches!(reply.status, 200..=299 | 404 | 409)
+}
+
+fn canonical_json(body: &[u8]) -> Vec<u8> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => value.to_string().into_bytes(),
+        // Not JSON: the request fails validation before this point; fall back to the bytes.
+        Err(_) => body.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        let json = |v: &'static str| is_json(&HeaderValue::from_static(v));
+        assert!(json("application/json"));
+        assert!(json("application/json; charset=utf-8"));
+        assert!(json("Application/JSON"));
+        assert!(json("application/merge-patch+json"));
+        assert!(!json("text/plain"));
+        assert!(!json("application/x-www-form-urlencoded"));
+        assert!(!json("application/jsonx"));
+        assert!(!json("text/json+xml"));
+    }
+}

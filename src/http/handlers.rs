@@ -1,0 +1,212 @@
+//! One handler per endpoint: the request's path parameter and body become either an answer
+//! (reads, health, metrics) or a command for the node, with the idempotency scope its key
+//! lives in and the shape of its success answer. Handlers are synchronous and do no I/O; the
+//! exchange (`exchange.rs`) executes what they return.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use http_body_util::Full;
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::ids::HoldIdKey;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::server::ServerOptions;
+use crate::http::wire::{self, parse_body};
+use crate::idempotency::StoredReply;
+use crate::metrics::Limit;
+use crate::node::{self, Node};
+
+/// What a handler sees of a request.
+pub struct Call<'a> {
+    pub node: &'a Node,
+    pub options: &'a ServerOptions,
+    /// The value of the endpoint's `{...}` path segment, unvalidated ("" if it has none).
+    pub param: &'a str,
+    pub body: &'a Bytes,
+}
+
+pub type Handler = fn(&Call<'_>) -> Result<Action, ApiError>;
+
+/// What a handler decided.
+pub enum Action {
+    /// This answer, now.
+    Reply(StoredReply),
+    /// A response with its own headers or content type.
+    Response(Response<Full<Bytes>>),
+    /// Run this command (under the request's `Idempotency-Key`, if any, within `scope`), and
+    /// answer its result in the shape `answer` says.
+    Execute { command: Command, scope: String, answer: Answer },
+}
+
+/// The shape of a mutation's success answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    /// 201 with the deal.
+    CreatedDeal,
+    /// 201 with the one hold.
+    ReservedHold,
+    /// The outcome's own shape (200, or 201 with `holds` for a cart).
+    Plain,
+}
+
+/// Idempotency scopes: a key is unique per user (reserves), per hold, or among admins.
+const ADMIN_SCOPE: &str = "admin";
+
+fn admin(command: Command) -> Action {
+    Action::Execute { command, scope: ADMIN_SCOPE.to_owned(), answer: Answer::Plain }
+}
+
+pub fn healthz(_: &Call<'_>) -> Result<Action, ApiError> {
+    Ok(Action::Reply(wire::reply(200, &json!({ "status": "ok" }))))
+}
+
+pub fn readyz(call: &Call<'_>) -> Result<Action, ApiError> {
+    // Listening implies recovery finished (the listener opens after it); ready also needs a
+    // log that can still make changes durable.
+    if call.node.wal().is_some_and(|wal| !wal.is_writable()) {
+        return Err(ApiError::new(ErrorCode::StorageUnavailable, "the log is not writable"));
+    }
+    Ok(Action::Reply(wire::reply(200, &json!({ "status": "ready" }))))
+}
+
+pub fn metrics(call: &Call<'_>) -> Result<Action, ApiError> {
+    let mut response = Response::new(Full::new(Bytes::from(node::scrape(call.node))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(Action::Response(response))
+}
+
+pub fn list_deals(call: &Call<'_>) -> Result<Action, ApiError> {
+    let views = call.node.allocator().deals(call.node.now_ms());
+    let deals: Vec<_> = views.iter().map(wire::deal_json).collect();
+    Ok(Action::Reply(wire::reply(200, &json!({ "deals": deals }))))
+}
+
+pub fn get_deal(call: &Call<'_>) -> Result<Action, ApiError> {
+    let id = wire::deal_id(call.param)?;
+    let view =
+        call.node.allocator().deal(id.as_str(), call.node.now_ms()).ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
+        })?;
+    Ok(Action::Reply(wire::reply(200, &wire::deal_json(&view))))
+}
+
+fn hold_key(call: &Call<'_>) -> HoldIdKey {
+    call.node.allocator().config().hold_id_key
+}
+
+pub fn get_hold(call: &Call<'_>) -> Result<Action, ApiError> {
+    let key = hold_key(call);
+    let seq = wire::hold_seq(call.param, key)?;
+    let view = call.node.allocator().hold(seq, call.node.now_ms()).ok_or_else(|| {
+        ApiError::new(ErrorCode::UnknownHold, format!("no hold with id {:?}", call.param))
+    })?;
+    Ok(Action::Reply(wire::reply(200, &wire::hold_json(&view, key))))
+}
+
+pub fn create_deal(call: &Call<'_>) -> Result<Action, ApiError> {
+    let defaults = (call.options.hold_ttl_ms_default, call.options.hold_ttl_ms_max);
+    let command = parse_body::<wire::CreateDealBody>(call.body)?.command(defaults)?;
+    Ok(Action::Execute { command, scope: ADMIN_SCOPE.to_owned(), answer: Answer::CreatedDeal })
+}
+
+pub fn pause_deal(call: &Call<'_>) -> Result<Action, ApiError> {
+    parse_body::<wire::EmptyBody>(call.body)?;
+    Ok(admin(Command::PauseDeal(wire::deal_id(call.param)?)))
+}
+
+pub fn resume_deal(call: &Call<'_>) -> Result<Action, ApiError> {
+    parse_body::<wire::EmptyBody>(call.body)?;
+    Ok(admin(Command::ResumeDeal(wire::deal_id(call.param)?)))
+}
+
+pub fn end_deal(call: &Call<'_>) -> Result<Action, ApiError> {
+    parse_body::<wire::EmptyBody>(call.body)?;
+    Ok(admin(Command::EndDeal(wire::deal_id(call.param)?)))
+}
+
+pub fn adjust_stock(call: &Call<'_>) -> Result<Action, ApiError> {
+    let delta = parse_body::<wire::StockBody>(call.body)?.delta;
+    Ok(admin(Command::AdjustStock { deal_id: wire::deal_id(call.param)?, delta }))
+}
+
+pub fn end_stream(call: &Call<'_>) -> Result<Action, ApiError> {
+    parse_body::<wire::EmptyBody>(call.body)?;
+    Ok(admin(Command::EndStream(wire::stream_id(call.param)?)))
+}
+
+/// A rate-limit refusal: 429 with `Retry-After` in whole seconds.
+fn rate_limited(call: &Call<'_>, retry_after_ms: u64) -> Action {
+    call.node.metrics().rejected(Limit::UserRate);
+    let seconds = retry_after_ms.div_ceil(1_000).max(1);
+    let e = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests for this user; retry in {seconds} s"),
+    );
+    let mut response = super::exchange::respond(e.reply());
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    Action::Response(response)
+}
+
+pub fn reserve(call: &Call<'_>) -> Result<Action, ApiError> {
+    let deal_id = wire::deal_id(call.param)?;
+    let parsed = parse_body::<wire::ReserveBody>(call.body)?;
+    if let Err(retry_ms) = call.options.rate.take(parsed.user_id(), call.node.now_ms()) {
+        return Ok(rate_limited(call, retry_ms));
+    }
+    let scope = format!("user:{}", parsed.user_id());
+    Ok(Action::Execute { command: parsed.command(deal_id)?, scope, answer: Answer::ReservedHold })
+}
+
+pub fn cart_reserve(call: &Call<'_>) -> Result<Action, ApiError> {
+    let parsed = parse_body::<wire::CartBody>(call.body)?;
+    if let Err(retry_ms) = call.options.rate.take(parsed.user_id(), call.node.now_ms()) {
+        return Ok(rate_limited(call, retry_ms));
+    }
+    let scope = format!("user:{}", parsed.user_id());
+    Ok(Action::Execute { command: parsed.command()?, scope, answer: Answer::Plain })
+}
+
+fn on_hold(call: &Call<'_>, command: Command) -> Action {
+    Action::Execute { command, scope: format!("hold:{}", call.param), answer: Answer::Plain }
+}
+
+pub fn confirm(call: &Call<'_>) -> Result<Action, ApiError> {
+    let hold = wire::hold_seq(call.param, hold_key(call))?;
+    let qty = parse_body::<wire::ConfirmBody>(call.body)?.qty;
+    Ok(on_hold(call, Command::Confirm { hold, qty }))
+}
+
+pub fn release(call: &Call<'_>) -> Result<Action, ApiError> {
+    let hold = wire::hold_seq(call.param, hold_key(call))?;
+    parse_body::<wire::EmptyBody>(call.body)?;
+    Ok(on_hold(call, Command::Release { hold }))
+}
+
+pub fn extend(call: &Call<'_>) -> Result<Action, ApiError> {
+    let hold = wire::hold_seq(call.param, hold_key(call))?;
+    let ttl_ms = parse_body::<wire::ExtendBody>(call.body)?.ttl_ms;
+    Ok(on_hold(call, Command::Extend { hold, ttl_ms }))
+}
+
+/// A command's result as the answer a client gets.
+pub fn render(
+    answer: Answer,
+    result: &Result<Outcome, CommandError>,
+    key: HoldIdKey,
+) -> StoredReply {
+    match (answer, result) {
+        (_, Err(e)) => ApiError::from(e).reply(),
+        (Answer::CreatedDeal, Ok(Outcome::Deal(view))) => wire::reply(201, &wire::deal_json(view)),
+        (Answer::ReservedHold, Ok(Outcome::Holds(holds))) if holds.len() == 1 => {
+            wire::reply(201, &wire::hold_json(&holds[0], key))
+        }
+        (_, Ok(outcome)) => wire::outcome_reply(outcome, key),
+    }
+}
