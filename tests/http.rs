@@ -1046,3 +1046,35 @@ fn bodies_that_are_arrays_are_refused_and_change_nothing() {
     assert_eq!(api.deals(), deals_before);
     assert_eq!(api.hold(&hold_id), hold_before);
 }
+
+#[test]
+fn a_body_declared_as_something_other_than_json_is_refused_with_415() {
+    let api = Api::start();
+    api.simple_deal("d", 5);
+    let body = r#"{"user_id":"u","qty":1}"#;
+    let send = |content_type: Option<&str>| {
+        let header = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "POST /v1/deals/d/reserve HTTP/1.1\r\nHost: t\r\n{header}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        api.raw(request.as_bytes())
+    };
+    for declared in ["text/plain", "application/x-www-form-urlencoded", "text/json", "*/*"] {
+        let (status, head, answer) = send(Some(declared));
+        assert_eq!(status, 415, "{declared}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).expect("a JSON error");
+        assert_eq!(answer["error"]["code"], "unsupported_media_type", "{declared}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "unread body: {head}");
+    }
+    assert_eq!(api.counters("d"), (5, 5, 0, 0), "a refusal changes nothing");
+    for declared in [Some("application/json"), Some("application/json; charset=utf-8"), None] {
+        let (status, _, answer) = send(declared);
+        assert_eq!(status, 201, "{declared:?}: {answer}");
+    }
+    assert_eq!(api.counters("d"), (5, 2, 3, 0));
+    // Reads take no body: a Content-Type on a GET is not judged.
+    let (status, _, _) =
+        api.raw(b"GET /v1/deals/d HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n\r\n");
+    assert_eq!(status, 200);
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use livestock_core::error::ErrorCode;
 use livestock_core::ids::IdempotencyKey;
@@ -22,28 +22,11 @@ use crate::http::auth::Denied;
 use crate::http::endpoints::{self, NoRoute};
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Answer, Call};
-use crate::http::server::ServerOptions;
+use crate::http::options::ServerOptions;
+use crate::http::response::{respond, OutcomeCode};
 use crate::idempotency::{fingerprint, StoredReply};
 use crate::metrics::{Limit, Op};
 use crate::node::{Answered, Keyed, KeyedResult, Node, Unavailable};
-
-/// The error code an answer carries, kept on the response for the metrics and the log line.
-#[derive(Clone, Copy, Debug)]
-struct OutcomeCode(ErrorCode);
-
-/// An answer as a response: its status, JSON content type, and its code for the metrics.
-pub fn respond(reply: StoredReply) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(reply.body));
-    if let Some(code) = reply.code {
-        response.extensions_mut().insert(OutcomeCode(code));
-    }
-    *response.status_mut() =
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
 
 fn error(e: ApiError) -> Response<Full<Bytes>> {
     respond(e.reply())

@@ -12,7 +12,8 @@ use livestock_core::ids::HoldIdKey;
 use serde_json::json;
 
 use crate::http::error::ApiError;
-use crate::http::server::ServerOptions;
+use crate::http::options::ServerOptions;
+use crate::http::response::respond;
 use crate::http::wire::{self, parse_body};
 use crate::idempotency::StoredReply;
 use crate::metrics::Limit;
@@ -147,7 +148,7 @@ fn rate_limited(call: &Call<'_>, retry_after_ms: u64) -> Action {
         ErrorCode::RateLimited,
         format!("too many requests for this user; retry in {seconds} s"),
     );
-    let mut response = super::exchange::respond(e.reply());
+    let mut response = respond(e.reply());
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }

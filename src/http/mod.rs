@@ -6,6 +6,8 @@
 //! | `handlers.rs` | one handler per endpoint: path and body to an answer or a command |
 //! | `exchange.rs` | one request start to answer: access, media type, size, idempotency, metrics |
 //! | `server.rs` | the listener and connections, graceful shutdown |
+//! | `options.rs` | the HTTP layer's settings, from the configuration |
+//! | `response.rs` | an answer as a response, with its error code for the metrics |
 //! | `wire.rs` | request bodies to commands, outcomes to JSON |
 //! | `error.rs` | every error code's status, and the JSON error body |
 //! | `auth.rs` | bearer tokens and roles |
@@ -16,9 +18,12 @@ pub mod endpoints;
 pub mod error;
 pub mod exchange;
 pub mod handlers;
+pub mod options;
 pub mod rate;
+pub mod response;
 pub mod server;
 pub mod wire;
 
 pub use exchange::{handle, handle_with};
+pub use options::ServerOptions;
 pub use server::Server;

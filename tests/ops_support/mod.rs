@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
 use livestock::config::Config;
-use livestock::http::server::{Server, ServerOptions};
+use livestock::http::{Server, ServerOptions};
 use livestock::node::{Node, NodeConfig};
 use livestock_core::ids::HoldIdKey;
 use serde_json::Value;
