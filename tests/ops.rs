@@ -1018,3 +1018,21 @@ fn ten_thousand_idle_connections_cost_bounded_memory() {
         open_now(&mut probe) <= baseline_connections
     });
 }
+
+/// Human-format logs to a file or a pipe (journald) carry no terminal colour codes, and a clean
+/// stop still writes its last lines and exits 0.
+#[test]
+fn human_logs_off_a_terminal_carry_no_colour_codes() {
+    let dir = TempDir::new("human-logs");
+    let mut command = livestock();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.join("data"));
+    let mut server = Proc::spawn(command, &dir.join("stderr"));
+    let http = server.http();
+    assert_eq!(http.post("/v1/deals", &json!({ "id": "d1", "stock": 3 })).status, 201);
+    let status = server.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    let stderr = server.stderr();
+    assert!(stderr.contains("recovered"), "{stderr}");
+    assert!(stderr.contains("final checkpoint written; bye"), "the last line is kept:\n{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a log file:\n{stderr:?}");
+}
