@@ -4,13 +4,13 @@
 #![cfg(loom)]
 
 use livestock::alloc::{Allocator, AllocatorConfig};
+use livestock::idempotency::{Begin, IdempotencyTable, StoredReply};
 use livestock_core::command::{Command, Line, Outcome, Reserve};
 use livestock_core::deal::NewDeal;
 use livestock_core::error::{CommandError, ErrorCode};
 use livestock_core::event::EventLog;
 use livestock_core::hold::HoldState;
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
-use livestock::idempotency::{Begin, IdempotencyTable, StoredReply};
 use loom::sync::Arc;
 use loom::thread;
 

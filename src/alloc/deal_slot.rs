@@ -8,11 +8,11 @@
 //! `AcqRel` for the same pairing in both directions; on x86-64 every locked RMW is a full
 //! barrier anyway, so this costs nothing there.
 
+use crate::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 use livestock_core::counters::{Counters, Shortage};
 use livestock_core::deal::{DealSpec, DealView, Lifecycle};
 use livestock_core::error::ReserveError;
 use livestock_core::hold::Settlement;
-use crate::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 
 pub struct DealSlot {
     pub spec: DealSpec,

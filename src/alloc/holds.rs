@@ -13,10 +13,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crossbeam::utils::CachePadded;
 
 use crate::alloc::deal_slot::DealSlot;
+use crate::sync::{Arc, Mutex, MutexGuard};
 use livestock_core::hold::{Hold, HoldState, Settlement};
 use livestock_core::ids::HoldSeq;
 use livestock_core::limits::SHARDS;
-use crate::sync::{Arc, Mutex, MutexGuard};
 
 pub struct Entry {
     pub hold: Hold,

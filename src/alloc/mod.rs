@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 
 use smallvec::SmallVec;
 
+use crate::sync::{Arc, AtomicU64, Ordering};
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::counters::Counters;
 use livestock_core::deal::{DealSpec, DealView, Lifecycle, NewDeal};
@@ -34,7 +35,6 @@ use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::{Decision, Hold, HoldState, Settlement};
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock_core::limits::{CART_LINES_MAX, DEALS_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX};
-use crate::sync::{Arc, AtomicU64, Ordering};
 
 pub use deal_slot::DealSlot;
 use holds::{Entry, HoldTable, Resolved};

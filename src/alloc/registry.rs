@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use crate::alloc::deal_slot::DealSlot;
-use livestock_core::ids::DealId;
 use crate::sync::{Arc, ArcCell, Mutex};
+use livestock_core::ids::DealId;
 
 type Map = HashMap<DealId, Arc<DealSlot>>;
 

@@ -9,9 +9,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use crossbeam::utils::CachePadded;
 
+use crate::sync::{Mutex, MutexGuard};
 use livestock_core::ids::{DealId, UserId};
 use livestock_core::limits::SHARDS;
-use crate::sync::{Mutex, MutexGuard};
 
 /// deal -> user -> units taken.
 pub type UserShard = HashMap<DealId, HashMap<UserId, u32>>;

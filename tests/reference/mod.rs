@@ -331,6 +331,10 @@ impl Model {
         if !(HOLD_TTL_MS_MIN..=ttl_max).contains(&ttl) {
             return Err(ErrorCode::InvalidRequest);
         }
+        // A window already over at creation is a mistake, not a deal.
+        if ends_at_ms.is_some_and(|e| e <= self.now_ms) {
+            return Err(ErrorCode::InvalidRequest);
+        }
         if self.deals.contains_key(id) {
             return Err(ErrorCode::DealExists);
         }
