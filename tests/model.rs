@@ -236,7 +236,7 @@ fn a_deal_whose_window_is_over_is_refused_but_an_old_log_of_one_replays() {
     assert_eq!(error.code(), ErrorCode::InvalidRequest);
     assert!(error.to_string().starts_with("ends_at: 2027-01-15T08:00:00.000Z "), "{error}");
     assert!(log.events.is_empty());
-    assert_eq!(live.deal_count(), 0);
+    assert!(live.deals(T0_MS).is_empty());
     live.check_invariants();
     // One millisecond of window is still a deal.
     live.execute(&Command::CreateDeal(over.clone()), T0_MS - 1, &mut log)

@@ -157,10 +157,6 @@ impl HoldShard {
         forgotten
     }
 
-    pub fn next_expiry(&self) -> Option<u64> {
-        self.expiries.first().map(|(at, _)| *at)
-    }
-
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.holds.values()
     }
