@@ -4,6 +4,11 @@
 //! allocator's own costs, without the write-ahead log.
 //!
 //! Run: `cargo bench --bench allocator` (add `-- --quick` for a fast, rougher pass).
+#![allow(
+    clippy::expect_used,
+    reason = "bench code: a setup that fails is a broken bench, and stopping with its message is \
+              the right answer"
+)]
 
 use std::hint::black_box;
 use std::sync::Barrier;

@@ -11,8 +11,9 @@ mod reference;
 
 use livestock::alloc::Allocator;
 use livestock_core::command::{Command, Line, Reserve};
-use livestock_core::deal::NewDeal;
-use livestock_core::event::EventLog;
+use livestock_core::deal::{DealSpec, DealState, NewDeal};
+use livestock_core::error::{CommandError, CreateDealError, ErrorCode};
+use livestock_core::event::{Event, EventLog};
 use livestock_core::ids::HoldSeq;
 use livestock_core::limits::{
     DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
@@ -202,4 +203,72 @@ fn an_extended_hold_expires_once() {
     assert_eq!(live.expire_due(T0_MS + 30_000, &mut log), 1);
     // The replayed one has both timers due at once.
     assert_eq!(replayed.expire_due(T0_MS + 30_000, &mut EventLog::default()), 1);
+}
+
+fn open_deal(ends_at_ms: Option<u64>, starts_at_ms: Option<u64>) -> NewDeal {
+    NewDeal {
+        id: deal_id(0),
+        stream_id: None,
+        stock: 5,
+        starts_at_ms,
+        ends_at_ms,
+        per_user_limit: None,
+        hold_ttl_ms: None,
+        hold_ttl_ms_max: None,
+    }
+}
+
+/// A deal whose window is over at its creation is refused as a bad request and leaves no trace
+/// (no deal, no event). A log written before that refusal existed may hold such a deal: replay
+/// applies it (as an ended deal) instead of judging it against the replaying clock, and a
+/// checkpoint of the result restores.
+#[test]
+fn a_deal_whose_window_is_over_is_refused_but_an_old_log_of_one_replays() {
+    let over = open_deal(Some(T0_MS), None);
+    let live = Allocator::new(config());
+    let mut log = EventLog::default();
+    let refused = live.execute(&Command::CreateDeal(over.clone()), T0_MS, &mut log);
+    let Err(error) = refused else { panic!("created a deal that ended already: {refused:?}") };
+    assert_eq!(
+        error,
+        CommandError::CreateDeal(CreateDealError::EndsInPast { ends_at_ms: T0_MS, now_ms: T0_MS })
+    );
+    assert_eq!(error.code(), ErrorCode::InvalidRequest);
+    assert!(error.to_string().starts_with("ends_at: 2027-01-15T08:00:00.000Z "), "{error}");
+    assert!(log.events.is_empty());
+    assert!(live.deals(T0_MS).is_empty());
+    live.check_invariants();
+    // One millisecond of window is still a deal.
+    live.execute(&Command::CreateDeal(over.clone()), T0_MS - 1, &mut log)
+        .expect("a deal with a window left is created");
+
+    // What an older server logged: the deal created a minute after its end.
+    let Ok(mut spec) = DealSpec::new(&over, T0_MS - 1) else { panic!("a valid spec") };
+    spec.created_at_ms = T0_MS + 60_000;
+    let replayed = Allocator::new(config());
+    replayed
+        .apply(&Event::DealCreated { spec, stock: over.stock })
+        .expect("replay applies what was recorded");
+    replayed.check_invariants();
+    let view = replayed.deal("d0", T0_MS + 120_000).expect("the deal is back");
+    assert_eq!(view.state, DealState::Ended);
+    let restored = Allocator::restore(config(), &replayed.snapshot()).expect("it restores");
+    assert_eq!(restored.snapshot(), replayed.snapshot());
+}
+
+/// The refusal of a reserve before the window names the start as the HTTP answers spell it.
+#[test]
+fn a_reserve_before_the_start_names_the_start_in_rfc3339() {
+    let live = Allocator::new(config());
+    let mut log = EventLog::default();
+    let later = open_deal(None, Some(T0_MS + 3_600_000));
+    live.execute(&Command::CreateDeal(later), T0_MS, &mut log).expect("the deal is created");
+    let reserve = Command::Reserve(Reserve {
+        user_id: user_id(0),
+        lines: vec![Line { deal_id: deal_id(0), qty: 1 }],
+        ttl_ms: None,
+    });
+    let Err(error) = live.execute(&reserve, T0_MS, &mut log) else { panic!("reserved early") };
+    assert_eq!(error.code(), ErrorCode::DealNotStarted);
+    assert_eq!(error.to_string(), "the deal \"d0\" starts at 2027-01-15T09:00:00.000Z");
 }

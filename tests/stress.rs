@@ -4,6 +4,12 @@
 //! meet on the same deal, repeats its race many times, and checks the allocator's invariants and
 //! the replay of its event log at the end. On two cores the threads interleave by preemption as
 //! much as by parallelism, which is why every race is run in many rounds.
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "test code: a failed setup stops the test with its message; the casts turn small \
+              random numbers (below a slice length or a thread count) into indices"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -23,14 +23,16 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
 use livestock::alloc::{Allocator, AllocatorConfig};
+use livestock::wal::checkpoint::{self, CheckpointBody};
+use livestock::wal::record::{encode_frame, encode_payload, KeptReply, Record};
+use livestock::wal::segment::segment_header;
 use livestock_core::command::{Command, Line, Reserve};
 use livestock_core::deal::NewDeal;
 use livestock_core::event::EventLog;
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
-use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
-use livestock::wal::checkpoint::{self, CheckpointBody};
-use livestock::wal::record::{encode_frame, encode_payload, KeptReply, Record};
-use livestock::wal::segment::segment_header;
+use livestock_core::limits::{
+    DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+};
 
 #[path = "../../tests/reference/mod.rs"]
 #[allow(dead_code)]

@@ -157,10 +157,6 @@ impl HoldShard {
         forgotten
     }
 
-    pub fn next_expiry(&self) -> Option<u64> {
-        self.expiries.first().map(|(at, _)| *at)
-    }
-
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.holds.values()
     }
@@ -186,6 +182,11 @@ impl Default for HoldTable {
 }
 
 impl HoldTable {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "only the low bits pick the shard (SHARDS is a small power of two), and a \
+                  cast to usize keeps the low bits"
+    )]
     pub fn shard_of(seq: HoldSeq) -> usize {
         (seq.0 as usize) & (SHARDS - 1)
     }

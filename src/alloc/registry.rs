@@ -32,10 +32,6 @@ impl Registry {
         self.with(id, Arc::clone)
     }
 
-    pub fn len(&self) -> usize {
-        self.map.load().len()
-    }
-
     /// All deals, sorted by id.
     pub fn all(&self) -> Vec<Arc<DealSlot>> {
         let map = self.map.load();

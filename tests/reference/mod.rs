@@ -331,6 +331,10 @@ impl Model {
         if !(HOLD_TTL_MS_MIN..=ttl_max).contains(&ttl) {
             return Err(ErrorCode::InvalidRequest);
         }
+        // A window already over at creation is a mistake, not a deal.
+        if ends_at_ms.is_some_and(|e| e <= self.now_ms) {
+            return Err(ErrorCode::InvalidRequest);
+        }
         if self.deals.contains_key(id) {
             return Err(ErrorCode::DealExists);
         }
@@ -828,15 +832,24 @@ pub fn config() -> AllocatorConfig {
 }
 
 pub fn deal_id(index: usize) -> DealId {
-    DealId::parse(DEAL_IDS[index]).expect("test deal ids are valid")
+    match DealId::parse(DEAL_IDS[index]) {
+        Ok(id) => id,
+        Err(e) => panic!("test deal ids are valid: {e}"),
+    }
 }
 
 pub fn user_id(index: usize) -> UserId {
-    UserId::parse(USER_IDS[index]).expect("test user ids are valid")
+    match UserId::parse(USER_IDS[index]) {
+        Ok(id) => id,
+        Err(e) => panic!("test user ids are valid: {e}"),
+    }
 }
 
 pub fn stream_id(index: usize) -> StreamId {
-    StreamId::parse(STREAM_IDS[index]).expect("test stream ids are valid")
+    match StreamId::parse(STREAM_IDS[index]) {
+        Ok(id) => id,
+        Err(e) => panic!("test stream ids are valid: {e}"),
+    }
 }
 
 /// Applies one op to both sides, then compares their answers and their whole state.

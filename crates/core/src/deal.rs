@@ -2,7 +2,7 @@
 //! reservation right now.
 
 use crate::counters::Counters;
-use crate::error::{Invalid, ReserveError};
+use crate::error::{CreateDealError, Invalid, ReserveError};
 use crate::ids::{DealId, StreamId};
 use crate::limits::{
     DEAL_STOCK_UNITS_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX,
@@ -46,8 +46,22 @@ fn check_timestamp(field: &str, ms: u64) -> Result<(), Invalid> {
 }
 
 impl DealSpec {
-    /// Validates a new deal and fills its defaults.
-    pub fn new(new: &NewDeal, now_ms: u64) -> Result<Self, Invalid> {
+    /// Validates a deal being created at `now_ms` and fills its defaults: its shape (see
+    /// `shaped`), and that its window is not already over. A deal whose `ends_at` has passed
+    /// could only ever be `ended`; accepting it would hide a caller's mistake (a wrong year, a
+    /// local time read as UTC) behind a deal that silently refuses every reserve.
+    pub fn new(new: &NewDeal, now_ms: u64) -> Result<Self, CreateDealError> {
+        let spec = Self::shaped(new, now_ms)?;
+        if let Some(ends_at_ms) = spec.ends_at_ms.filter(|ends| *ends <= now_ms) {
+            return Err(CreateDealError::EndsInPast { ends_at_ms, now_ms });
+        }
+        Ok(spec)
+    }
+
+    /// The checks that hold whenever the deal is read, at any later time: its fields and their
+    /// relations, with `created_at_ms` as given. Not the window against the clock: that holds
+    /// only at creation, and a recorded deal is checked against a later clock.
+    fn shaped(new: &NewDeal, created_at_ms: u64) -> Result<Self, Invalid> {
         if new.stock > DEAL_STOCK_UNITS_MAX {
             return Err(Invalid(format!("stock: at most {DEAL_STOCK_UNITS_MAX} units per deal")));
         }
@@ -83,12 +97,13 @@ impl DealSpec {
             per_user_limit: new.per_user_limit,
             hold_ttl_ms: ttl,
             hold_ttl_ms_max: ttl_max,
-            created_at_ms: now_ms,
+            created_at_ms,
         })
     }
 
     /// Whether a spec read from outside (log, checkpoint) is one `new` could have made: the
-    /// pair to the validation on the way in.
+    /// pair to the validation on the way in. Only the shape: a log may hold a deal created,
+    /// before `new` refused it, with its window already over (it replays as `ended`).
     pub fn is_valid(&self, stock: u64) -> bool {
         let new = NewDeal {
             id: self.id.clone(),
@@ -100,7 +115,7 @@ impl DealSpec {
             hold_ttl_ms: Some(self.hold_ttl_ms),
             hold_ttl_ms_max: Some(self.hold_ttl_ms_max),
         };
-        DealSpec::new(&new, self.created_at_ms).as_ref() == Ok(self)
+        DealSpec::shaped(&new, self.created_at_ms).as_ref() == Ok(self)
     }
 
     /// The TTL of a new hold: the request's, or the deal's default.
@@ -279,6 +294,40 @@ mod tests {
         let mut bad = new_deal();
         bad.starts_at_ms = Some(5);
         assert!(DealSpec::new(&bad, T0).is_err());
+    }
+
+    #[test]
+    fn a_deal_whose_window_is_over_is_refused_at_creation() {
+        let mut over = new_deal();
+        over.starts_at_ms = None;
+        over.ends_at_ms = Some(T0);
+        let refused = DealSpec::new(&over, T0);
+        assert_eq!(refused, Err(CreateDealError::EndsInPast { ends_at_ms: T0, now_ms: T0 }));
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            message,
+            "ends_at: 2027-01-15T08:00:00.000Z is not after the time of creation \
+             (2027-01-15T08:00:00.000Z)"
+        );
+        assert!(matches!(
+            DealSpec::new(&over, T0 + 1),
+            Err(CreateDealError::EndsInPast { ends_at_ms: T0, now_ms })
+                if now_ms == T0 + 1
+        ));
+        // One millisecond of window left is a window.
+        assert!(DealSpec::new(&over, T0 - 1).is_ok());
+    }
+
+    #[test]
+    fn a_recorded_deal_whose_window_was_over_at_creation_stays_valid() {
+        // Logs written before creation refused such deals hold them; replay must take them.
+        let mut over = new_deal();
+        over.starts_at_ms = None;
+        over.ends_at_ms = Some(T0);
+        let Ok(mut spec) = DealSpec::new(&over, T0 - 1) else { panic!("a valid deal") };
+        spec.created_at_ms = T0 + 5_000;
+        assert!(spec.is_valid(over.stock));
+        assert_eq!(spec.state(Lifecycle::Open, T0 + 5_000), DealState::Ended);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`ErrorCode`], and the HTTP layer maps codes to statuses in one place.
 
 use crate::ids::InvalidId;
+use crate::time::Rfc3339;
 
 /// The stable, machine-readable codes of the API. Their strings are a contract: never rename.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +129,9 @@ pub enum CreateDealError {
     Exists(String),
     #[error("too many deals (at most {0})")]
     TooMany(usize),
+    /// The whole sale window is already in the past: such a deal could only ever be `ended`.
+    #[error("ends_at: {} is not after the time of creation ({})", Rfc3339(*.ends_at_ms), Rfc3339(*.now_ms))]
+    EndsInPast { ends_at_ms: u64, now_ms: u64 },
     #[error(transparent)]
     Invalid(#[from] Invalid),
 }
@@ -152,7 +156,7 @@ pub enum DealAdminError {
 pub enum ReserveError {
     #[error("no deal with id {0:?}")]
     UnknownDeal(String),
-    #[error("the deal {deal_id:?} starts at {starts_at_ms} (ms since epoch)")]
+    #[error("the deal {deal_id:?} starts at {}", Rfc3339(*.starts_at_ms))]
     NotStarted { deal_id: String, starts_at_ms: u64 },
     #[error("the deal {0:?} has ended")]
     Ended(String),
@@ -205,6 +209,7 @@ impl CommandError {
             CommandError::CreateDeal(e) => match e {
                 CreateDealError::Exists(_) => ErrorCode::DealExists,
                 CreateDealError::TooMany(_) => ErrorCode::TooManyDeals,
+                CreateDealError::EndsInPast { .. } => ErrorCode::InvalidRequest,
                 CreateDealError::Invalid(_) => ErrorCode::InvalidRequest,
             },
             CommandError::DealAdmin(e) => match e {
@@ -233,5 +238,33 @@ impl CommandError {
                 HoldError::Invalid(_) => ErrorCode::InvalidRequest,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-05T15:00:00Z.
+    const T_MS: u64 = 1_796_482_800_000;
+
+    #[test]
+    fn times_in_messages_are_rfc3339_utc() {
+        let not_started = ReserveError::NotStarted { deal_id: "d1".into(), starts_at_ms: T_MS };
+        assert_eq!(not_started.to_string(), "the deal \"d1\" starts at 2026-12-05T15:00:00.000Z");
+        let over = CreateDealError::EndsInPast { ends_at_ms: T_MS, now_ms: T_MS + 1_500 };
+        assert_eq!(
+            over.to_string(),
+            "ends_at: 2026-12-05T15:00:00.000Z is not after the time of creation \
+             (2026-12-05T15:00:01.500Z)"
+        );
+    }
+
+    #[test]
+    fn a_deal_ending_in_the_past_is_a_bad_request() {
+        let over = CreateDealError::EndsInPast { ends_at_ms: T_MS, now_ms: T_MS };
+        assert_eq!(CommandError::from(over).code(), ErrorCode::InvalidRequest);
+        let not_started = ReserveError::NotStarted { deal_id: "d1".into(), starts_at_ms: T_MS };
+        assert_eq!(CommandError::from(not_started).code(), ErrorCode::DealNotStarted);
     }
 }

@@ -16,6 +16,7 @@
 //! | `command.rs` | what a client asks for, and the outcomes |
 //! | `event.rs` | decided changes: what the log records and replay applies |
 //! | `error.rs` | every refusal as an enum with a stable machine code |
+//! | `time.rs` | instants in messages, as RFC 3339 UTC |
 
 pub mod command;
 pub mod counters;
@@ -25,3 +26,4 @@ pub mod event;
 pub mod hold;
 pub mod ids;
 pub mod limits;
+pub mod time;

@@ -1,0 +1,257 @@
+//! The admin commands: create a deal, pause, resume, change its stock, end it or a whole
+//! stream. Each takes the deal's admin lock, so its event is ordered with the change it
+//! describes; none is on the reserve path.
+
+use std::collections::BTreeSet;
+
+use livestock_core::command::Outcome;
+use livestock_core::counters::{Counters, Shortage};
+use livestock_core::deal::{DealSpec, DealView, Lifecycle, NewDeal};
+use livestock_core::error::{CreateDealError, DealAdminError, Invalid};
+use livestock_core::event::{Event, EventSink};
+use livestock_core::hold::HoldState;
+use livestock_core::ids::{DealId, HoldSeq, StreamId};
+use livestock_core::limits::{DEALS_MAX, DEAL_STOCK_UNITS_MAX};
+
+use super::holds::Resolved;
+use super::{Allocator, DealSlot};
+use crate::sync::Arc;
+
+impl Allocator {
+    pub(super) fn create_deal(
+        &self,
+        new: &NewDeal,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, CreateDealError> {
+        let spec = DealSpec::new(new, now_ms)?;
+        let stock = new.stock;
+        let mut outcome = None;
+        self.deals.insert(
+            &spec.id,
+            DEALS_MAX,
+            || CreateDealError::Exists(new.id.to_string()),
+            || CreateDealError::TooMany(DEALS_MAX),
+            || {
+                let slot =
+                    Arc::new(DealSlot::new(spec.clone(), Counters::new(stock), Lifecycle::Open));
+                // Logged before the deal is visible (this runs under the registry's write lock,
+                // before the insert is published): a reserve of it is always logged after it.
+                let view = Outcome::Deal(slot.view(now_ms));
+                sink.append(Event::DealCreated { spec: spec.clone(), stock }, &view);
+                outcome = Some(view);
+                Ok(slot)
+            },
+        )?;
+        match outcome {
+            Some(outcome) => Ok(outcome),
+            None => panic!("deal inserted without its event"),
+        }
+    }
+
+    fn slot(&self, id: &DealId) -> Result<Arc<DealSlot>, DealAdminError> {
+        self.deals.get(id.as_str()).ok_or_else(|| DealAdminError::UnknownDeal(id.to_string()))
+    }
+
+    pub(super) fn pause(
+        &self,
+        id: &DealId,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, DealAdminError> {
+        let slot = self.slot(id)?;
+        let _admin = slot.lock_admin();
+        match slot.lifecycle() {
+            Lifecycle::Ended => return Err(DealAdminError::Ended),
+            Lifecycle::Paused => return Ok(Outcome::Deal(slot.view(now_ms))),
+            Lifecycle::Open => {}
+        }
+        slot.set_lifecycle(Lifecycle::Paused);
+        let outcome = Outcome::Deal(slot.view(now_ms));
+        sink.append(Event::DealPaused { deal_id: id.clone(), at_ms: now_ms }, &outcome);
+        Ok(outcome)
+    }
+
+    pub(super) fn resume(
+        &self,
+        id: &DealId,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, DealAdminError> {
+        let slot = self.slot(id)?;
+        let _admin = slot.lock_admin();
+        match slot.lifecycle() {
+            Lifecycle::Ended => return Err(DealAdminError::Ended),
+            Lifecycle::Open => return Ok(Outcome::Deal(slot.view(now_ms))),
+            Lifecycle::Paused => {}
+        }
+        // Reopening frees the stock to reserves: log first, then open.
+        let mut view = slot.view(now_ms);
+        view.state = view.spec.state(Lifecycle::Open, now_ms);
+        view.counters = view.counters.with_shut(false);
+        sink.append(
+            Event::DealResumed { deal_id: id.clone(), at_ms: now_ms },
+            &Outcome::Deal(view),
+        );
+        slot.set_lifecycle(Lifecycle::Open);
+        Ok(Outcome::Deal(slot.view(now_ms)))
+    }
+
+    pub(super) fn adjust_stock(
+        &self,
+        id: &DealId,
+        delta: i64,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, DealAdminError> {
+        if delta == 0 {
+            return Err(Invalid("delta: must not be zero".into()).into());
+        }
+        let slot = self.slot(id)?;
+        let _admin = slot.lock_admin();
+        if slot.lifecycle() == Lifecycle::Ended {
+            return Err(DealAdminError::Ended);
+        }
+        let event = Event::StockAdjusted { deal_id: id.clone(), delta, at_ms: now_ms };
+        let units = delta.unsigned_abs();
+        if delta > 0 {
+            // Added units are freed units: log first, then make them available. Check the
+            // limit on a copy first so that a refusal logs nothing.
+            let mut view = slot.view(now_ms);
+            view.counters = view.counters.add_stock(units).ok_or_else(|| {
+                Invalid(format!("delta: a deal holds at most {DEAL_STOCK_UNITS_MAX} units"))
+            })?;
+            sink.append(event, &Outcome::Deal(view));
+            // Only admin changes add stock, and we hold the admin lock: the check above holds.
+            if slot.add_stock(units).is_none() {
+                panic!("stock limit passed under the admin lock");
+            }
+        } else {
+            slot.remove_stock(units).map_err(|shortage| match shortage {
+                Shortage::SoldOut => DealAdminError::InsufficientStock { available: 0 },
+                Shortage::Insufficient { available } => {
+                    DealAdminError::InsufficientStock { available }
+                }
+            })?;
+            sink.append(event, &Outcome::Deal(slot.view(now_ms)));
+        }
+        Ok(Outcome::Deal(slot.view(now_ms)))
+    }
+
+    pub(super) fn end_deal(
+        &self,
+        id: &DealId,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, DealAdminError> {
+        let slot = self.slot(id)?;
+        let (mut views, _released) =
+            self.end_deals(vec![slot], now_ms, sink, |views, _| Outcome::Deal(views[0].clone()));
+        Ok(Outcome::Deal(views.remove(0)))
+    }
+
+    pub(super) fn end_stream(
+        &self,
+        stream: &StreamId,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, DealAdminError> {
+        let slots: Vec<_> = self
+            .deals
+            .all()
+            .into_iter()
+            .filter(|slot| slot.spec.stream_id.as_ref() == Some(stream))
+            .collect();
+        if slots.is_empty() {
+            return Err(DealAdminError::UnknownStream(stream.to_string()));
+        }
+        let outcome = |views: &[DealView], released: usize| Outcome::StreamEnded {
+            stream_id: stream.clone(),
+            deals: views.to_vec(),
+            holds_released: released,
+        };
+        let (views, released) = self.end_deals(slots, now_ms, sink, outcome);
+        Ok(outcome(&views, released))
+    }
+
+    /// Ends deals (sorted by id, so two concurrent stream ends lock in one order) and releases
+    /// their open holds. Deals already ended are left as they are.
+    fn end_deals(
+        &self,
+        slots: Vec<Arc<DealSlot>>,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+        outcome: impl Fn(&[DealView], usize) -> Outcome,
+    ) -> (Vec<DealView>, usize) {
+        let guards: Vec<_> = slots.iter().map(|slot| slot.lock_admin()).collect();
+        let ending: Vec<&Arc<DealSlot>> =
+            slots.iter().filter(|slot| slot.lifecycle() != Lifecycle::Ended).collect();
+        if ending.is_empty() {
+            drop(guards);
+            return (slots.iter().map(|s| s.view(now_ms)).collect(), 0);
+        }
+        // Shut first: from here no reserve passes, and a reserve that took units before this
+        // point re-checks the lifecycle under its hold shard lock (see `reserve`), so the scan
+        // below sees every hold of these deals.
+        for slot in &ending {
+            slot.set_lifecycle(Lifecycle::Ended);
+        }
+        let ids: BTreeSet<&str> = ending.iter().map(|slot| slot.spec.id.as_str()).collect();
+        let mut released: Vec<(HoldSeq, Resolved)> = Vec::new();
+        for index in 0..self.holds.shard_count() {
+            let mut shard = self.holds.lock_index(index);
+            // Holds already past their expiry are the reaper's: to a caller they are expired,
+            // and ending the deal must not turn them into "released".
+            let open: Vec<HoldSeq> = shard
+                .entries()
+                .filter(|e| ids.contains(e.hold.deal_id.as_str()))
+                .filter(|e| e.hold.state_at(now_ms) == HoldState::Held)
+                .map(|e| e.hold.seq)
+                .collect();
+            for seq in open {
+                let settlement = shard.get(seq).map(|e| e.hold.full_return());
+                let resolved = settlement.and_then(|s| {
+                    shard.resolve(
+                        seq,
+                        HoldState::Released,
+                        s,
+                        now_ms,
+                        self.config.resolved_hold_retention_ms,
+                    )
+                });
+                if let Some(resolved) = resolved {
+                    released.push((seq, resolved));
+                }
+            }
+        }
+        let deals = ending
+            .iter()
+            .map(|slot| {
+                let seqs = released
+                    .iter()
+                    .filter(|(_, r)| Arc::ptr_eq(&r.deal, slot))
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                (slot.spec.id.clone(), seqs)
+            })
+            .collect();
+        // The answer shows the counters as they are once the released units are back.
+        let views: Vec<DealView> = slots
+            .iter()
+            .map(|slot| {
+                let mut view = slot.view(now_ms);
+                for (_, r) in released.iter().filter(|(_, r)| Arc::ptr_eq(&r.deal, slot)) {
+                    view.counters = view.counters.put_back(u64::from(r.settlement.returned));
+                }
+                view
+            })
+            .collect();
+        sink.append(Event::DealsEnded { at_ms: now_ms, deals }, &outcome(&views, released.len()));
+        let count = released.len();
+        for (_, resolved) in released {
+            self.settle(&resolved);
+        }
+        drop(guards);
+        (views, count)
+    }
+}

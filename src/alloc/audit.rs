@@ -1,0 +1,103 @@
+//! The invariants across the allocator's structures, checked on a quiescent allocator: by tests
+//! after every step, and by `restore` on a checkpoint (outside input). Not on the live path:
+//! the check reads every structure, which no concurrent command may change meanwhile.
+
+use std::collections::HashMap;
+
+use livestock_core::deal::Lifecycle;
+use livestock_core::hold::HoldState;
+use livestock_core::ids::UserId;
+
+use super::{users, Allocator};
+
+impl Allocator {
+    /// Checks every cross-structure invariant; panics with the first violation. O(holds):
+    /// tests call it after every step. Only valid while quiescent.
+    pub fn check_invariants(&self) {
+        if let Err(violation) = self.audit() {
+            panic!("invariant violated: {violation}");
+        }
+    }
+
+    /// The invariants as a result, for state read from outside (a checkpoint).
+    pub fn audit(&self) -> Result<(), String> {
+        macro_rules! ensure {
+            ($cond:expr, $($msg:tt)+) => {
+                if !$cond {
+                    return Err(format!($($msg)+));
+                }
+            };
+        }
+        let snapshot = self.snapshot();
+        let mut held: HashMap<&str, u64> = HashMap::new();
+        let mut sold: HashMap<&str, u64> = HashMap::new();
+        let mut per_user: HashMap<(&str, &str), u32> = HashMap::new();
+        for hold in &snapshot.holds {
+            ensure!(hold.seq.0 < snapshot.next_hold_seq, "hold {:?} above the sequence", hold.seq);
+            let deal = hold.deal_id.as_str();
+            match hold.state {
+                HoldState::Held => {
+                    *held.entry(deal).or_default() += u64::from(hold.qty);
+                    *per_user.entry((deal, hold.user_id.as_str())).or_default() += hold.qty;
+                    let shard = self.holds.lock(hold.seq);
+                    ensure!(
+                        shard.has_timer(hold.seq, hold.expires_at_ms),
+                        "open hold {:?} has no expiry timer",
+                        hold.seq
+                    );
+                }
+                HoldState::Confirmed => {
+                    ensure!(
+                        hold.confirmed_qty >= 1 && hold.confirmed_qty <= hold.qty,
+                        "hold {:?} confirmed_qty out of range",
+                        hold.seq
+                    );
+                    *sold.entry(deal).or_default() += u64::from(hold.confirmed_qty);
+                    *per_user.entry((deal, hold.user_id.as_str())).or_default() +=
+                        hold.confirmed_qty;
+                }
+                HoldState::Released | HoldState::Expired => {
+                    ensure!(
+                        hold.confirmed_qty == 0,
+                        "hold {:?} unsold but confirmed_qty",
+                        hold.seq
+                    );
+                }
+            }
+        }
+        for deal in &snapshot.deals {
+            let id = deal.spec.id.as_str();
+            let c = deal.counters;
+            ensure!(c.shut() == (deal.lifecycle != Lifecycle::Open), "deal {id} shut flag");
+            ensure!(c.held() == held.get(id).copied().unwrap_or(0), "deal {id} held vs holds");
+            // Forgotten confirmed holds leave their units in `sold`: at least what we see.
+            ensure!(c.sold() >= sold.get(id).copied().unwrap_or(0), "deal {id} sold vs holds");
+            ensure!(c.held() + c.sold() <= c.stock(), "deal {id} oversold");
+            let Some(limit) = deal.spec.per_user_limit else {
+                continue;
+            };
+            for index in 0..self.users.shard_count() {
+                let shard = self.users.lock(index);
+                let Some(users) = shard.get(id) else { continue };
+                for (user, count) in users {
+                    ensure!(*count <= limit, "user {user} over the limit in deal {id}");
+                    let from_holds = per_user.get(&(id, user.as_str())).copied().unwrap_or(0);
+                    // Forgotten confirmed holds still count against the user.
+                    ensure!(*count >= from_holds, "user {user} count below its holds in {id}");
+                }
+            }
+            for ((deal_id, user), qty) in &per_user {
+                if *deal_id == id {
+                    let Ok(user_id) = UserId::parse(user) else {
+                        return Err(format!("bad user id {user:?}"));
+                    };
+                    let counted = self.users.with(&deal.spec.id, &user_id, |s| {
+                        users::taken(s, &deal.spec.id, &user_id)
+                    });
+                    ensure!(counted >= *qty, "user {user} count misses holds in {id}");
+                }
+            }
+        }
+        Ok(())
+    }
+}

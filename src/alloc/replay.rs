@@ -1,0 +1,168 @@
+//! Replay: applying events decided earlier, by this process before a crash (recovery) or by the
+//! live allocator (the log writer's shadow copy, which the checkpointer snapshots). Nothing is
+//! decided again and no rule is re-run against the replaying clock: an event says what
+//! happened, and a log is checked only for consistency with the state it builds.
+
+use livestock_core::counters::Counters;
+use livestock_core::deal::Lifecycle;
+use livestock_core::event::Event;
+use livestock_core::hold::{Hold, HoldState, Settlement};
+use livestock_core::ids::{DealId, HoldSeq};
+
+use super::holds::Entry;
+use super::{users, Allocator, DealSlot};
+use crate::sync::{Arc, Ordering};
+
+/// Why an event could not be replayed: the log and the state disagree. Recovery reports it
+/// instead of guessing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot apply event: {0}")]
+pub struct ReplayError(pub String);
+
+impl Allocator {
+    /// Applies an event decided earlier (by this process before a crash, or by the log writer's
+    /// shadow copy) without deciding anything again. Single-threaded use.
+    pub fn apply(&self, event: &Event) -> Result<(), ReplayError> {
+        let err = |what: String| Err(ReplayError(what));
+        match event {
+            Event::DealCreated { spec, stock } => {
+                if !spec.is_valid(*stock) {
+                    return err(format!("deal {} has an invalid spec", spec.id));
+                }
+                let result = self.deals.insert(
+                    &spec.id,
+                    usize::MAX,
+                    || ReplayError(format!("deal {} created twice", spec.id)),
+                    || ReplayError("too many deals".into()),
+                    || {
+                        Ok(Arc::new(DealSlot::new(
+                            spec.clone(),
+                            Counters::new(*stock),
+                            Lifecycle::Open,
+                        )))
+                    },
+                );
+                result.map(|_| ())
+            }
+            Event::DealPaused { deal_id, .. } => {
+                self.replay_slot(deal_id)?.set_lifecycle(Lifecycle::Paused);
+                Ok(())
+            }
+            Event::DealResumed { deal_id, .. } => {
+                self.replay_slot(deal_id)?.set_lifecycle(Lifecycle::Open);
+                Ok(())
+            }
+            Event::StockAdjusted { deal_id, delta, .. } => {
+                let slot = self.replay_slot(deal_id)?;
+                let units = delta.unsigned_abs();
+                let ok = if *delta > 0 {
+                    slot.add_stock(units).is_some()
+                } else {
+                    slot.remove_stock(units).is_ok()
+                };
+                if !ok {
+                    return err(format!("stock change {delta} does not fit deal {deal_id}"));
+                }
+                Ok(())
+            }
+            Event::DealsEnded { at_ms, deals } => {
+                for (deal_id, seqs) in deals {
+                    self.replay_slot(deal_id)?.set_lifecycle(Lifecycle::Ended);
+                    for seq in seqs {
+                        self.replay_resolve(*seq, HoldState::Released, None, *at_ms)?;
+                    }
+                }
+                Ok(())
+            }
+            Event::Reserved { holds } => {
+                for hold in holds {
+                    self.replay_reserve(hold)?;
+                }
+                Ok(())
+            }
+            Event::Confirmed { seq, qty, at_ms } => {
+                self.replay_resolve(*seq, HoldState::Confirmed, Some(*qty), *at_ms)
+            }
+            Event::Released { seq, at_ms } => {
+                self.replay_resolve(*seq, HoldState::Released, None, *at_ms)
+            }
+            Event::Expired { seq, at_ms } => {
+                self.replay_resolve(*seq, HoldState::Expired, None, *at_ms)
+            }
+            Event::Answered { .. } => Ok(()),
+            Event::Extended { seq, expires_at_ms, .. } => {
+                let mut shard = self.holds.lock(*seq);
+                match shard.get(*seq) {
+                    Some(e) if e.hold.state == HoldState::Held => {}
+                    _ => return err(format!("extend of hold {} that is not held", seq.0)),
+                }
+                shard.extend(*seq, *expires_at_ms);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn replay_slot(&self, id: &DealId) -> Result<Arc<DealSlot>, ReplayError> {
+        self.deals.get(id.as_str()).ok_or_else(|| ReplayError(format!("unknown deal {id}")))
+    }
+
+    fn replay_reserve(&self, hold: &Hold) -> Result<(), ReplayError> {
+        let slot = self.replay_slot(&hold.deal_id)?;
+        if hold.state != HoldState::Held || hold.qty == 0 {
+            return Err(ReplayError(format!("hold {} is not a fresh hold", hold.seq.0)));
+        }
+        let mut shard = self.holds.lock(hold.seq);
+        if shard.contains(hold.seq) {
+            return Err(ReplayError(format!("hold {} reserved twice", hold.seq.0)));
+        }
+        slot.force_take(hold.qty).map_err(|shortage| {
+            ReplayError(format!("hold {} takes {} units: {shortage:?}", hold.seq.0, hold.qty))
+        })?;
+        if slot.spec.per_user_limit.is_some() {
+            self.users.with(&hold.deal_id, &hold.user_id, |users| {
+                users::add(users, &hold.deal_id, &hold.user_id, hold.qty)
+            });
+        }
+        shard.insert(Entry { hold: hold.clone(), deal: slot }, 0);
+        self.next_hold_seq.fetch_max(hold.seq.0 + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn replay_resolve(
+        &self,
+        seq: HoldSeq,
+        state: HoldState,
+        sold: Option<u32>,
+        at_ms: u64,
+    ) -> Result<(), ReplayError> {
+        let resolved = {
+            let mut shard = self.holds.lock(seq);
+            let Some(entry) = shard.get(seq) else {
+                return Err(ReplayError(format!("unknown hold {}", seq.0)));
+            };
+            if entry.hold.state != HoldState::Held {
+                return Err(ReplayError(format!("hold {} resolved twice", seq.0)));
+            }
+            let qty = entry.hold.qty;
+            let sold = sold.unwrap_or(0);
+            if sold > qty || (state == HoldState::Confirmed && sold == 0) {
+                return Err(ReplayError(format!("hold {} confirms {sold} of {qty}", seq.0)));
+            }
+            let settlement = Settlement { sold, returned: qty - sold };
+            let retention_ms = self.config.resolved_hold_retention_ms;
+            shard.resolve(seq, state, settlement, at_ms, retention_ms)
+        };
+        if let Some(resolved) = resolved {
+            self.settle(&resolved);
+        }
+        Ok(())
+    }
+
+    /// Forgets resolved holds whose retention has passed (the reaper does this as part of
+    /// `expire_due`; the log writer's shadow copy, which never decides expiries, calls this).
+    pub fn forget_due(&self, now_ms: u64) {
+        for index in 0..self.holds.shard_count() {
+            self.holds.lock_index(index).forget_due(now_ms);
+        }
+    }
+}

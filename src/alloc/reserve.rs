@@ -1,0 +1,198 @@
+//! Reserve and cart: the hot path. Find the deals, run the rules on one load of each (the
+//! sold-out path ends there having written nothing), take the units by compare-and-swap with
+//! the per-user limits held, number the holds, log, and insert them.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use smallvec::SmallVec;
+
+use livestock_core::command::{HoldView, Line, Outcome, Reserve};
+use livestock_core::deal::Lifecycle;
+use livestock_core::error::{Invalid, ReserveError};
+use livestock_core::event::{Event, EventSink};
+use livestock_core::hold::{Hold, HoldState, Settlement};
+use livestock_core::ids::{HoldSeq, UserId};
+use livestock_core::limits::{CART_LINES_MAX, HOLD_QTY_MAX};
+
+use super::holds::{Entry, HoldTable};
+use super::{users, Allocator, DealSlot};
+use crate::sync::{Arc, Ordering};
+
+/// A line of a reserve after lines for one deal were summed and the deal was found.
+struct Take {
+    deal: Arc<DealSlot>,
+    qty: u32,
+    ttl_ms: u64,
+}
+
+impl Allocator {
+    /// Sums lines per deal (first-mention order) and checks each summed line: a cart that asks
+    /// 600 + 600 of one deal is a request for 1,200, checked as such.
+    ///
+    /// Borrows the lines when no deal repeats (every single reserve): cloning a line would
+    /// bump its deal id's shared reference count, a write the sold-out path must not make.
+    fn summed_lines(lines: &[Line]) -> Result<Cow<'_, [Line]>, Invalid> {
+        if lines.is_empty() {
+            return Err(Invalid("lines: at least one line is required".into()));
+        }
+        if lines.len() > CART_LINES_MAX {
+            return Err(Invalid(format!("lines: at most {CART_LINES_MAX} lines")));
+        }
+        if let Some(line) = lines.iter().find(|l| l.qty == 0 || l.qty > HOLD_QTY_MAX) {
+            return Err(Invalid(format!(
+                "qty: must be between 1 and {HOLD_QTY_MAX} (deal {} asks {})",
+                line.deal_id, line.qty
+            )));
+        }
+        let repeats = lines
+            .iter()
+            .enumerate()
+            .any(|(i, l)| lines[..i].iter().any(|e| e.deal_id == l.deal_id));
+        if !repeats {
+            return Ok(Cow::Borrowed(lines));
+        }
+        let mut summed: Vec<Line> = Vec::with_capacity(lines.len());
+        for line in lines {
+            match summed.iter_mut().find(|l| l.deal_id == line.deal_id) {
+                Some(l) => l.qty += line.qty,
+                None => summed.push(line.clone()),
+            }
+        }
+        if let Some(line) = summed.iter().find(|l| l.qty > HOLD_QTY_MAX) {
+            return Err(Invalid(format!(
+                "qty: lines for deal {} add up to {}, over {HOLD_QTY_MAX}",
+                line.deal_id, line.qty
+            )));
+        }
+        Ok(Cow::Owned(summed))
+    }
+
+    pub(super) fn reserve(
+        &self,
+        request: &Reserve,
+        cart: bool,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, ReserveError> {
+        let lines = Self::summed_lines(&request.lines)?;
+        if !cart && lines.len() != 1 {
+            panic!("a single reserve carries one line");
+        }
+        // Find the deals and run the rules on one load of each: the sold-out path ends here
+        // having written nothing.
+        let mut takes: SmallVec<[Take; 1]> = SmallVec::with_capacity(lines.len());
+        for line in lines.iter() {
+            let taken = self.deals.with(line.deal_id.as_str(), |slot| {
+                let counters = slot.counters();
+                slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms)?;
+                slot.spec.take(counters, line.qty)?;
+                let ttl_ms = slot.spec.hold_ttl(request.ttl_ms)?;
+                Ok::<_, ReserveError>(Take { deal: slot.clone(), qty: line.qty, ttl_ms })
+            });
+            match taken {
+                None => return Err(ReserveError::UnknownDeal(line.deal_id.to_string())),
+                Some(take) => takes.push(take?),
+            }
+        }
+        self.take_units(&takes, &request.user_id, now_ms)?;
+
+        // Number the holds and lock their shards (in index order: no lock-order cycles).
+        let first = self.next_hold_seq.fetch_add(takes.len() as u64, Ordering::Relaxed);
+        // (SmallVecs: a single reserve, the hot path, allocates none of this.)
+        let seqs: SmallVec<[HoldSeq; 1]> =
+            (0..takes.len() as u64).map(|i| HoldSeq(first + i)).collect();
+        let mut shard_indices: SmallVec<[usize; 1]> =
+            seqs.iter().map(|s| HoldTable::shard_of(*s)).collect();
+        shard_indices.sort_unstable();
+        shard_indices.dedup();
+        let mut shards: SmallVec<[_; 1]> =
+            shard_indices.iter().map(|i| (*i, self.holds.lock_index(*i))).collect();
+        // An end of one of these deals may have begun after our units were taken; it scans the
+        // hold shards after shutting the deal, so checking here under the shard lock means it
+        // either sees our hold or we see its end (and give the units back).
+        if let Some(ended) = takes.iter().find(|t| t.deal.lifecycle() == Lifecycle::Ended) {
+            let deal_id = ended.deal.spec.id.to_string();
+            drop(shards);
+            self.untake_units(&takes, &request.user_id);
+            return Err(ReserveError::Ended(deal_id));
+        }
+        let holds: Vec<Hold> = takes
+            .iter()
+            .zip(&seqs)
+            .map(|(take, seq)| Hold {
+                seq: *seq,
+                deal_id: take.deal.spec.id.clone(),
+                user_id: request.user_id.clone(),
+                qty: take.qty,
+                created_at_ms: now_ms,
+                expires_at_ms: now_ms.saturating_add(take.ttl_ms),
+                state: HoldState::Held,
+                confirmed_qty: 0,
+                resolved_at_ms: None,
+            })
+            .collect();
+        let outcome =
+            Outcome::Holds(holds.iter().map(|h| HoldView::at(h.clone(), now_ms)).collect());
+        sink.append(Event::Reserved { holds: holds.clone() }, &outcome);
+        for (hold, take) in holds.into_iter().zip(&takes) {
+            let index = HoldTable::shard_of(hold.seq);
+            let Some((_, shard)) = shards.iter_mut().find(|(i, _)| *i == index) else {
+                panic!("hold shard {index} not locked");
+            };
+            shard.insert(Entry { hold, deal: take.deal.clone() }, 0);
+        }
+        Ok(outcome)
+    }
+
+    /// Takes the units of every line, all or nothing, with the per-user limits held across
+    /// the check and the change.
+    fn take_units(&self, takes: &[Take], user: &UserId, now_ms: u64) -> Result<(), ReserveError> {
+        let limited: BTreeSet<usize> = takes
+            .iter()
+            .filter(|t| t.deal.spec.per_user_limit.is_some())
+            .map(|t| self.users.shard_of(&t.deal.spec.id, user))
+            .collect();
+        let mut user_shards: Vec<_> = limited.iter().map(|i| (*i, self.users.lock(*i))).collect();
+        let shard_for = |shards: &mut Vec<(usize, _)>, take: &Take| {
+            let index = self.users.shard_of(&take.deal.spec.id, user);
+            shards.iter().position(|(i, _)| *i == index)
+        };
+        for take in takes.iter().filter(|t| t.deal.spec.per_user_limit.is_some()) {
+            let Some(pos) = shard_for(&mut user_shards, take) else {
+                panic!("user shard not locked");
+            };
+            let taken = users::taken(&user_shards[pos].1, &take.deal.spec.id, user);
+            take.deal.spec.check_user_limit(taken, take.qty)?;
+        }
+        for (done, take) in takes.iter().enumerate() {
+            if let Err(e) = take.deal.try_take(take.qty, now_ms) {
+                // Give back what this cart took so far. No event was logged for those units,
+                // and giving back is safe: they were never visible as held by anyone.
+                for earlier in &takes[..done] {
+                    earlier.deal.settle(Settlement { sold: 0, returned: earlier.qty });
+                }
+                return Err(e);
+            }
+        }
+        for take in takes.iter().filter(|t| t.deal.spec.per_user_limit.is_some()) {
+            let Some(pos) = shard_for(&mut user_shards, take) else {
+                panic!("user shard not locked");
+            };
+            users::add(&mut user_shards[pos].1, &take.deal.spec.id, user, take.qty);
+        }
+        Ok(())
+    }
+
+    /// Undoes `take_units` for a reserve that lost a race with an end (nothing was logged).
+    fn untake_units(&self, takes: &[Take], user: &UserId) {
+        for take in takes {
+            take.deal.settle(Settlement { sold: 0, returned: take.qty });
+            if take.deal.spec.per_user_limit.is_some() {
+                self.users.with(&take.deal.spec.id, user, |shard| {
+                    users::sub(shard, &take.deal.spec.id, user, take.qty)
+                });
+            }
+        }
+    }
+}
