@@ -608,11 +608,29 @@ fn a_deal_takes_no_reservation_before_starts_at() {
     assert_eq!(deal["state"], "scheduled");
     assert_eq!(deal["starts_at"], "2027-01-15T08:01:00.000Z");
     refused(&api, 409, "deal_not_started", &[], || api.reserve_reply("later", "u", 1));
+    let early = api.reserve_reply("later", "u", 1);
+    let message = early.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("starts at 2027-01-15T08:01:00.000Z"), "RFC 3339: {message}");
     api.clock.advance_ms(59_999);
     refused(&api, 409, "deal_not_started", &[], || api.reserve_reply("later", "u", 1));
     api.clock.advance_ms(1);
     assert_eq!(api.deal("later")["state"], "live");
     api.reserve("later", "u", 1);
+}
+
+#[test]
+fn a_deal_whose_window_is_over_at_creation_is_refused() {
+    let api = Api::start();
+    for ends_at in ["2027-01-15T08:00:00Z", "2027-01-15T07:59:59.999Z", "2026-01-01T00:00:00Z"] {
+        let body = json!({ "id": "gone", "stock": 5, "ends_at": ends_at });
+        let reply = api.post_json("/v1/deals", &body);
+        assert_error(&reply, 400, "invalid_request");
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("ends_at: "), "{message}");
+        assert!(message.contains(T0_TEXT), "names the creation time in RFC 3339: {message}");
+    }
+    assert_eq!(api.deals()["deals"], json!([]), "a refusal creates nothing");
+    api.create_deal(json!({ "id": "gone", "stock": 5, "ends_at": "2027-01-15T08:00:00.001Z" }));
 }
 
 #[test]
