@@ -7,6 +7,7 @@
 //! request floods, connection floods, 10,000 idle sockets) are cut off or turned away at a
 //! bounded cost while others keep being served.
 
+mod faulty;
 mod ops_support;
 
 use std::io::{ErrorKind, Write};
@@ -16,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use faulty::{FaultyStorage, Op};
 use livestock::clock::ManualClock;
 use livestock::config::{Config, Secret};
 use livestock::http::routes::ROUTES;
 use livestock::node::Node;
-use livestock::wal::faulty::{FaultyStorage, Op};
 use livestock::wal::{DirStorage, Durability, WalConfig};
 use ops_support::{
     livestock, node_config, open_files_soft_limit, run, Exposition, Http, Proc, Raw, Served,

@@ -157,7 +157,8 @@ fn regression_seed_5002_idempotent_reply_changed() {
 }
 
 /// The first start-up: an injected EIO reading the newest checkpoint makes recovery report
-/// `corrupt log: ckpt-...: cannot read` (from `checkpoint::load_newest`), not a storage error.
+/// `corrupt log: ckpt-...: cannot read` (from `load_newest_checkpoint` in `wal/recovery.rs`),
+/// not a storage error.
 #[test]
 fn regression_seed_7_read_error_reported_as_corruption() {
     regression(7, 5);

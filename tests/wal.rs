@@ -6,6 +6,8 @@
 //! [`recover`] makes of it against the node's own state after each record. Faults are injected
 //! with [`FaultyStorage`]; a "crash" is dropping everything and recovering from the directory.
 
+mod faulty;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::future::Future;
@@ -24,11 +26,11 @@ use livestock::http::error::ApiError;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Executed, Keyed, KeyedResult, Node, NodeConfig};
 use livestock::wal::checkpoint::{self, checkpoint_name, CheckpointBody, Step};
-use livestock::wal::faulty::{FaultyStorage, Op};
 use livestock::wal::record::{check_header, FRAME_HEADER_BYTES};
 use livestock::wal::recovery::Recovered;
 use livestock::wal::segment::{parse_segment_name, SEGMENT_HEADER_BYTES};
 use livestock::wal::storage::AppendFile;
+use faulty::{FaultyStorage, Op};
 use livestock::wal::{
     recover, DirStorage, Durability, LogState, RecoveryError, Storage, Wal, WalConfig,
 };
@@ -843,6 +845,27 @@ fn a_failed_checkpoint_on_close_costs_nothing() {
     assert_eq!(r.report.checkpoint_lsn, Some(0));
     assert_eq!(r.report.last_lsn, last);
     assert_eq!(r.allocator.snapshot(), live);
+}
+
+/// In debug builds (which the tests are) the checkpointer audits its shadow's invariants after
+/// every batch it applies, one per fsync that made records durable; release builds never do.
+#[test]
+fn the_shadow_is_audited_after_every_durable_batch_in_debug_builds() {
+    let dir = TempDir::new("audit");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let storage = Arc::new(dir.storage());
+    let (node, _) =
+        Node::open(node_config(), clock.clone(), storage, wal_config(), KEY).expect("open");
+    let states = BTreeMap::from([(0, node.allocator().snapshot())]);
+    let mut driver = Driver::new(&node, &clock, states);
+    block_on(workload(&mut driver, 0));
+    node.close().expect("close");
+    let stats = node.wal().expect("logged").stats();
+    // The driver waits for each record to be durable: about one batch per record.
+    let batches = stats.fsync_seconds.count();
+    assert!(batches >= 20, "the workload is many batches: {batches}");
+    let audits = stats.shadow_audits.load(Ordering::Relaxed);
+    assert_eq!(audits, if cfg!(debug_assertions) { batches } else { 0 });
 }
 
 // ----------------------------------------------------------------------------- poisoning
