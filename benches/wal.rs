@@ -10,6 +10,12 @@
 //!
 //! Quick run: `cargo bench --bench wal -- --quick`.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "bench code: a failed set-up stops the bench; casts are of indices below a Vec length"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,15 +24,15 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use livestock::alloc::{Allocator, AllocatorConfig, Snapshot};
+use livestock::wal::checkpoint::{self, CheckpointBody};
+use livestock::wal::record::{encode_frame, encode_payload};
+use livestock::wal::segment::{segment_header, segment_name};
+use livestock::wal::{recover, DirStorage, Durability, Record, Storage, Wal, WalConfig, WalStart};
 use livestock_core::deal::{DealSpec, NewDeal};
 use livestock_core::event::Event;
 use livestock_core::hold::{Hold, HoldState};
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, UserId};
 use livestock_core::limits::DEAL_STOCK_UNITS_MAX;
-use livestock::wal::checkpoint::{self, CheckpointBody};
-use livestock::wal::record::{encode_frame, encode_payload};
-use livestock::wal::segment::{segment_header, segment_name};
-use livestock::wal::{recover, DirStorage, Durability, Record, Storage, Wal, WalConfig, WalStart};
 
 const T0_MS: u64 = 1_800_000_000_000;
 const KEY: HoldIdKey = HoldIdKey(0xBE7C_4000_0000_0001);

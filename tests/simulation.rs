@@ -20,6 +20,14 @@
 //!
 //! `scripts/simulate.sh N [FIRST_SEED]` runs N seeds in release mode and prints the tally.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    reason = "test code: a failed expectation is a failed test; casts are of small random draws, indices and post-2000 timestamps"
+)]
+
 mod sim;
 
 use std::io::Write;

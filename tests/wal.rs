@@ -6,6 +6,12 @@
 //! [`recover`] makes of it against the node's own state after each record. Faults are injected
 //! with [`FaultyStorage`]; a "crash" is dropping everything and recovering from the directory.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "test code: a failed expectation is a failed test; casts are of small test-sized counts"
+)]
+
 mod faulty;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,12 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use faulty::{FaultyStorage, Op};
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
-use livestock_core::command::{Command, Line, Outcome, Reserve};
-use livestock_core::deal::NewDeal;
-use livestock_core::error::CommandError;
-use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock::http::error::ApiError;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Executed, Keyed, KeyedResult, Node, NodeConfig};
@@ -30,10 +33,13 @@ use livestock::wal::record::{check_header, FRAME_HEADER_BYTES};
 use livestock::wal::recovery::Recovered;
 use livestock::wal::segment::{parse_segment_name, SEGMENT_HEADER_BYTES};
 use livestock::wal::storage::AppendFile;
-use faulty::{FaultyStorage, Op};
 use livestock::wal::{
     recover, DirStorage, Durability, LogState, RecoveryError, Storage, Wal, WalConfig,
 };
+use livestock_core::command::{Command, Line, Outcome, Reserve};
+use livestock_core::deal::NewDeal;
+use livestock_core::error::CommandError;
+use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 
 const T0_MS: u64 = 1_800_000_000_000;
 const KEY: HoldIdKey = HoldIdKey(0x3A1_D00D_FEED_F00D);

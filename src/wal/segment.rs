@@ -138,9 +138,9 @@ pub fn scan_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::record::{encode_frame, encode_payload};
     use livestock_core::event::Event;
     use livestock_core::ids::HoldSeq;
-    use crate::wal::record::{encode_frame, encode_payload};
 
     fn segment(first: u64, n: u64) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = segment_header(first).to_vec();

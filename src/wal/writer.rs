@@ -375,7 +375,11 @@ pub(super) struct SegmentWriter {
 
 impl SegmentWriter {
     /// Writes one batch (one `write`), starting a new segment first if this one is full.
-    pub(super) fn write(&mut self, frames: &[u8], records: Vec<(u64, Record)>) -> Result<(), String> {
+    pub(super) fn write(
+        &mut self,
+        frames: &[u8],
+        records: Vec<(u64, Record)>,
+    ) -> Result<(), String> {
         let Some((first, _)) = records.first() else { return Ok(()) };
         let batch_bytes = frames.len() as u64;
         if self.segment_bytes + batch_bytes > self.segment_bytes_max

@@ -27,11 +27,11 @@ use std::sync::Arc;
 
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
-use livestock_core::ids::HoldSeq;
 use livestock::idempotency::StoredReply;
 use livestock::node::{Keyed, KeyedResult, Node, NodeConfig, OpenError};
 use livestock::wal::recovery::Recovered;
 use livestock::wal::{recover, Durability, LogState, RecoveryError, Storage, Wal, WalConfig};
+use livestock_core::ids::HoldSeq;
 
 use super::check;
 use super::ledger::{holds_in, KeyEntry, Keys, Ledger};

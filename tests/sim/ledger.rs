@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 
+use livestock::idempotency::StoredReply;
 use livestock_core::hold::HoldState;
 use livestock_core::ids::HoldSeq;
-use livestock::idempotency::StoredReply;
 use serde_json::Value;
 
 use super::workload::{Req, KEY};

@@ -5,12 +5,12 @@
 use std::sync::OnceLock;
 
 use livestock::config::Config;
-use livestock_core::command::{Command, Outcome};
-use livestock_core::error::CommandError;
-use livestock_core::ids::{HoldIdKey, HoldSeq};
 use livestock::http::error::ApiError;
 use livestock::http::wire;
 use livestock::idempotency::{fingerprint, StoredReply};
+use livestock_core::command::{Command, Outcome};
+use livestock_core::error::CommandError;
+use livestock_core::ids::{HoldIdKey, HoldSeq};
 use serde_json::{json, Map, Value};
 
 use super::rng::Rng;
