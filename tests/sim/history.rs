@@ -20,6 +20,10 @@
 //! still unsynced when the power failed is `recovery-trusts-unsynced-log`. The ledger's and
 //! the idempotency model's checks (`ledger`, `replay-differs`, `remembered-answer-forgotten`,
 //! `idempotent-reply-changed`) run after every start and on every answer.
+//!
+//! Why one file past 600 lines: it is one state machine (`Sim`), whose steps, crashes and
+//! recoveries all read and update the same bookkeeping (what was sent, answered, fsynced and
+//! declared durable); the checks themselves live in `check.rs`, the workload in `workload.rs`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
