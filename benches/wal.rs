@@ -10,6 +10,12 @@
 //!
 //! Quick run: `cargo bench --bench wal -- --quick`.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "bench code: a failed set-up stops the bench; casts are of indices below a Vec length"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -13,6 +13,12 @@
 //! `LIVESTOCK_KILL_CYCLES` (default 30) sets the number of kills, `LIVESTOCK_KILL_SEED` the seed
 //! of the test's own choices. `scripts/kill-loop.sh` runs many cycles in release mode.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    reason = "test code: a failed expectation is a failed test; casts are of random indices below a Vec length"
+)]
+
 mod support;
 
 use std::collections::HashMap;

@@ -3,6 +3,8 @@
 //! Needs root (to mount a 1 MiB tmpfs); elsewhere the test says why it skipped and passes.
 //! tmpfs never fails an fsync: the error comes from `write()`, which is what poisons the log.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expectation is a failed test")]
+
 mod support;
 
 use std::path::{Path, PathBuf};

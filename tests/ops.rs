@@ -15,6 +15,7 @@
     reason = "test code: a failed expect is a failed test; casts of small measured values"
 )]
 
+mod faulty;
 mod ops_support;
 
 use std::io::{ErrorKind, Write};
@@ -24,11 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use faulty::{FaultyStorage, Op};
 use livestock::clock::ManualClock;
 use livestock::config::{Config, Secret};
 use livestock::http::endpoints::ENDPOINTS;
 use livestock::node::Node;
-use livestock::wal::faulty::{FaultyStorage, Op};
 use livestock::wal::{DirStorage, Durability, WalConfig};
 use ops_support::{
     livestock, node_config, open_files_soft_limit, run, Exposition, Http, Proc, Raw, Served,

@@ -20,6 +20,14 @@
 //!
 //! `scripts/simulate.sh N [FIRST_SEED]` runs N seeds in release mode and prints the tally.
 
+#![allow(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    reason = "test code: a failed expectation is a failed test; casts are of small random draws, indices and post-2000 timestamps"
+)]
+
 mod sim;
 
 use std::io::Write;
@@ -157,7 +165,8 @@ fn regression_seed_5002_idempotent_reply_changed() {
 }
 
 /// The first start-up: an injected EIO reading the newest checkpoint makes recovery report
-/// `corrupt log: ckpt-...: cannot read` (from `checkpoint::load_newest`), not a storage error.
+/// `corrupt log: ckpt-...: cannot read` (from `load_newest_checkpoint` in `wal/recovery.rs`),
+/// not a storage error.
 #[test]
 fn regression_seed_7_read_error_reported_as_corruption() {
     regression(7, 5);

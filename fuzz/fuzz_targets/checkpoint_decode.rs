@@ -8,8 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use livestock::alloc::{Allocator, AllocatorConfig};
-use livestock_core::ids::HoldIdKey;
 use livestock::wal::checkpoint::{decode, decode_body, encode, CheckpointBody};
+use livestock_core::ids::HoldIdKey;
 
 fn round_trip(lsn: u64, body: &CheckpointBody) {
     let bytes = encode(lsn, body);

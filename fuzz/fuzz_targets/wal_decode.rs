@@ -7,12 +7,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use livestock::alloc::{Allocator, AllocatorConfig};
+use livestock::wal::record::{decode_frame, decode_payload, encode_frame, encode_payload, Record};
+use livestock::wal::segment::{scan_segment, segment_header};
 use livestock_core::command::{Command, Line, Reserve};
 use livestock_core::deal::NewDeal;
 use livestock_core::event::EventLog;
 use livestock_core::ids::{DealId, HoldIdKey, UserId};
-use livestock::wal::record::{decode_frame, decode_payload, encode_frame, encode_payload, Record};
-use livestock::wal::segment::{scan_segment, segment_header};
 
 const T0_MS: u64 = 1_800_000_000_000;
 

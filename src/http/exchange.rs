@@ -295,7 +295,7 @@ async fn settle(node: &Node, answered: Answered) -> Result<StoredReply, ApiError
 /// Which answers a retry gets back: decided outcomes (success, and refusals by the state such
 /// as `sold_out`), not malformed requests (nothing was decided) or server trouble. Only
 /// successes are kept in the log; remembered refusals last until a restart.
-fn remembered(reply: &StoredReply) -> bool {
+pub fn remembered(reply: &StoredReply) -> bool {
     matches!(reply.status, 200..=299 | 404 | 409)
 }
 

@@ -18,12 +18,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use livestock_core::limits::CHECKPOINT_BYTES_MAX;
+
 use crate::alloc::Snapshot;
 use crate::wal::record::KeptReply;
-use crate::wal::recovery::RecoveryError;
-use crate::wal::segment::{parse_segment_name, Corruption};
+use crate::wal::segment::parse_segment_name;
 use crate::wal::storage::Storage;
-use livestock_core::limits::CHECKPOINT_BYTES_MAX;
 
 const MAGIC: &[u8; 8] = b"LVSTKCKP";
 const VERSION: u32 = 1;
@@ -52,7 +52,7 @@ pub fn parse_checkpoint_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub fn is_temp_name(name: &str) -> bool {
+fn is_temp_name(name: &str) -> bool {
     name.starts_with("ckpt-") && name.ends_with(".tmp")
 }
 
@@ -87,7 +87,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
     if &bytes[0..8] != MAGIC || word(16, 4) != u64::from(VERSION) {
         return Err((0, "not a checkpoint of this version".into()));
     }
-    if crc32c::crc32c(&bytes[0..32]) as u64 != word(32, 4) {
+    if u64::from(crc32c::crc32c(&bytes[0..32])) != word(32, 4) {
         return Err((0, "checkpoint header checksum mismatch".into()));
     }
     let lsn = word(8, 8);
@@ -96,7 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
         return Err((20, format!("checkpoint length {len} does not match the file")));
     }
     let payload = &bytes[HEADER_BYTES..];
-    if crc32c::crc32c(payload) as u64 != word(28, 4) {
+    if u64::from(crc32c::crc32c(payload)) != word(28, 4) {
         return Err((HEADER_BYTES as u64, "checkpoint payload checksum mismatch".into()));
     }
     let body = decode_body(payload).map_err(|e| (HEADER_BYTES as u64, e))?;
@@ -159,28 +159,4 @@ fn delete_covered(storage: &dyn Storage, lsn: u64) -> std::io::Result<()> {
         }
     }
     storage.sync_dir()
-}
-
-/// The newest checkpoint, if any. A newest checkpoint that does not check is corruption: the
-/// log segments it covered may be gone, so falling back to an older one could lose records.
-pub fn load_newest(storage: &dyn Storage) -> Result<Option<(u64, CheckpointBody)>, RecoveryError> {
-    // A failure to list or read is the disk's, not the data's: an I/O error, not corruption.
-    let io = |file: String| move |error| RecoveryError::Io { file, error };
-    let names = storage.list().map_err(io(storage.describe("")))?;
-    let Some(lsn) = names.iter().filter_map(|n| parse_checkpoint_name(n)).max() else {
-        return Ok(None);
-    };
-    let name = checkpoint_name(lsn);
-    let file = storage.describe(&name);
-    let bytes = storage.read(&name).map_err(io(file.clone()))?;
-    let (found, body) = decode(&bytes).map_err(|(offset, reason)| Corruption {
-        file: file.clone(),
-        offset,
-        reason,
-    })?;
-    if found != lsn {
-        let reason = format!("names lsn {lsn}, holds {found}");
-        return Err(Corruption { file, offset: 8, reason }.into());
-    }
-    Ok(Some((lsn, body)))
 }

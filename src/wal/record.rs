@@ -103,10 +103,13 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
 /// Appends one frame to `out`. Panics on a payload over the limit: records are bounded by
 /// construction (see `limits`), so a larger one is a bug.
 pub fn encode_frame(lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
-    assert!(payload.len() <= WAL_RECORD_BYTES_MAX, "record of {} bytes", payload.len());
+    let len = match u32::try_from(payload.len()) {
+        Ok(len) if payload.len() <= WAL_RECORD_BYTES_MAX => len,
+        _ => panic!("record of {} bytes", payload.len()),
+    };
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     let header_crc = crc32c::crc32c(&out[start + 4..start + FRAME_HEADER_BYTES]);

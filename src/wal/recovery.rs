@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 
+use livestock_core::ids::HoldIdKey;
+
 use crate::alloc::{Allocator, AllocatorConfig, Snapshot};
 use crate::wal::checkpoint::{self, CheckpointBody};
 use crate::wal::record::KeptReply;
 use crate::wal::segment::{parse_segment_name, scan_segment, Corruption, SegmentEnd, SegmentScan};
 use crate::wal::storage::Storage;
-use livestock_core::ids::HoldIdKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -89,6 +90,31 @@ fn io(storage: &dyn Storage, name: &str) -> impl Fn(std::io::Error) -> RecoveryE
     move |error| RecoveryError::Io { file: file.clone(), error }
 }
 
+/// The newest checkpoint, if any. A newest checkpoint that does not check is corruption: the
+/// log segments it covered may be gone, so falling back to an older one could lose records.
+fn load_newest_checkpoint(
+    storage: &dyn Storage,
+) -> Result<Option<(u64, CheckpointBody)>, RecoveryError> {
+    // A failure to list or read is the disk's, not the data's: an I/O error, not corruption.
+    let names = storage.list().map_err(io(storage, ""))?;
+    let Some(lsn) = names.iter().filter_map(|n| checkpoint::parse_checkpoint_name(n)).max() else {
+        return Ok(None);
+    };
+    let name = checkpoint::checkpoint_name(lsn);
+    let bytes = storage.read(&name).map_err(io(storage, &name))?;
+    let file = storage.describe(&name);
+    let (found, body) = checkpoint::decode(&bytes).map_err(|(offset, reason)| Corruption {
+        file: file.clone(),
+        offset,
+        reason,
+    })?;
+    if found != lsn {
+        let reason = format!("names lsn {lsn}, holds {found}");
+        return Err(Corruption { file, offset: 8, reason }.into());
+    }
+    Ok(Some((lsn, body)))
+}
+
 /// Recovers the state in `storage`. `repair`: cut a torn tail and write the first checkpoint of
 /// a new directory (`serve`); without it nothing is written (`verify`). `new_key` is the hold
 /// id secret a new directory gets.
@@ -106,7 +132,7 @@ pub fn recover(
         .collect();
     segments.sort();
 
-    let (checkpoint_lsn, body) = match checkpoint::load_newest(storage)? {
+    let (checkpoint_lsn, body) = match load_newest_checkpoint(storage)? {
         Some((lsn, body)) => {
             report.checkpoint_lsn = Some(lsn);
             (lsn, body)
@@ -215,7 +241,7 @@ pub fn recover(
     Ok(Recovered { allocator, replies, report })
 }
 
-/// A copy of the recovered state for the log writer's shadow (see `writer.rs`).
+/// A copy of the recovered state for the checkpointer's shadow (see `checkpointer.rs`).
 pub fn shadow_of(recovered: &Recovered) -> Result<Allocator, crate::alloc::ReplayError> {
     let snapshot: Snapshot = recovered.allocator.snapshot();
     Allocator::restore(recovered.allocator.config(), &snapshot)

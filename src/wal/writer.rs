@@ -1,4 +1,5 @@
-//! The log writer: group commit, durability modes, poisoning, and the checkpointer.
+//! The log writer: the append queue, group commit, the strict and relaxed write loops, the
+//! relaxed syncer, and poisoning. Also the [`Wal`] handle requests append to and wait on.
 //!
 //! Requests append records to one queue (the LSN is assigned there, in append order, which is
 //! the order the allocator decided them in). One writer thread takes everything queued, issues
@@ -20,44 +21,25 @@
 //! every waiting request is told `storage_unavailable`, and the process exits so a supervisor
 //! restarts it into recovery, which reads what really reached the disk.
 //!
-//! The checkpointer thread keeps a *shadow* allocator: every durable record is applied to it
-//! (the same `Allocator::apply` as recovery), so at any moment it holds the state as of an exact
-//! LSN. A checkpoint writes that state; the reserve path never waits for it.
+//! Each durable batch goes on to the checkpointer (`checkpointer.rs`) through a channel. In
+//! manual mode (`manual.rs`) no thread runs: the simulator steps the same [`SegmentWriter`]
+//! and checkpointer itself.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{self, Sender};
+use livestock_core::limits::RELAXED_WRITE_GATHER_US;
 use tokio::sync::watch;
 
-use crate::alloc::Allocator;
-use crate::metrics::AtomicHistogram;
 use crate::sync::os::{Condvar, Mutex};
-use crate::wal::checkpoint::{self, CheckpointBody};
-use crate::wal::record::{encode_frame, encode_payload, KeptReply, Record};
+use crate::wal::checkpointer::{checkpoint_loop, Batch, Checkpointer};
+use crate::wal::config::{Durability, WalConfig, WalStart};
+use crate::wal::record::{encode_frame, encode_payload, Record};
 use crate::wal::segment::{segment_header, segment_name, SEGMENT_HEADER_BYTES};
+use crate::wal::stats::WalStats;
 use crate::wal::storage::{AppendFile, FileSync, Storage};
-use livestock_core::limits::{RELAXED_WRITE_GATHER_US, SHADOW_APPLY_PERIOD_MS};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    Strict,
-    Relaxed { fsync_interval_ms: u64 },
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct WalConfig {
-    pub durability: Durability,
-    pub segment_bytes_max: u64,
-    pub checkpoint_interval_ms: u64,
-    pub checkpoint_log_bytes: u64,
-    pub idempotency_window_ms: u64,
-    /// No threads: the owner drives the log with [`Wal::step`] and [`Wal::checkpoint_now`]
-    /// (the deterministic fault simulator). Servers run with `false`.
-    pub manual: bool,
-}
 
 /// What is known about the log: records up to an LSN are durable, or it is poisoned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +57,7 @@ struct Queue {
     closing: bool,
 }
 
-struct Shared {
+pub(super) struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     state: watch::Sender<LogState>,
@@ -87,57 +69,20 @@ struct Shared {
     syncer_wake: Condvar,
     /// Records up to this LSN were handed to the kernel (`write` returned): they survive a crash
     /// of the process, not of the machine. Relaxed durability answers at this point.
-    written: watch::Sender<u64>,
+    pub(super) written: watch::Sender<u64>,
 }
 
-/// What the log measures, for `/metrics`.
-pub struct WalStats {
-    pub checkpoints_written: std::sync::atomic::AtomicU64,
-    pub checkpoint_failures: std::sync::atomic::AtomicU64,
-    pub last_checkpoint_lsn: std::sync::atomic::AtomicU64,
-    /// The node clock of the newest record the last checkpoint covers (Unix ms; 0: none since
-    /// start). `now - this` is how stale the checkpoint is.
-    pub last_checkpoint_at_ms: std::sync::atomic::AtomicU64,
-    /// Records per group commit (per `write`).
-    pub batch_records: AtomicHistogram,
-    /// Seconds per log `fdatasync`.
-    pub fsync_seconds: AtomicHistogram,
-    /// Seconds per checkpoint written.
-    pub checkpoint_seconds: AtomicHistogram,
-}
-
-impl Default for WalStats {
-    fn default() -> Self {
-        WalStats {
-            checkpoints_written: Default::default(),
-            checkpoint_failures: Default::default(),
-            last_checkpoint_lsn: Default::default(),
-            last_checkpoint_at_ms: Default::default(),
-            batch_records: AtomicHistogram::new((0..14).map(|i| f64::from(1u32 << i)).collect()),
-            fsync_seconds: AtomicHistogram::latency(),
-            checkpoint_seconds: AtomicHistogram::latency(),
-        }
-    }
-}
-
+/// The log, as requests see it: append a record, wait for it to be durable (or written).
 pub struct Wal {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     durability: Durability,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Manual mode's writer and checkpointer (no threads).
-    manual: Mutex<Option<(SegmentWriter, Checkpointer)>>,
+    /// Manual mode's writer and checkpointer (no threads; see `manual.rs`).
+    pub(super) manual: Mutex<Option<(SegmentWriter, Checkpointer)>>,
     stats: Arc<WalStats>,
 }
 
-/// Where the log starts and what the checkpointer starts from (the result of recovery).
-pub struct WalStart {
-    pub next_lsn: u64,
-    pub checkpoint_lsn: u64,
-    pub shadow: Allocator,
-    pub replies: Vec<KeptReply>,
-}
-
-fn poison(shared: &Shared, reason: String) {
+pub(super) fn poison(shared: &Shared, reason: String) {
     tracing::error!(%reason, "write-ahead log poisoned: no further writes; exiting for recovery");
     shared.state.send_replace(LogState::Poisoned(reason.clone()));
     shared.poison.send_if_modified(|poison| {
@@ -151,7 +96,7 @@ fn poison(shared: &Shared, reason: String) {
 
 /// Publishes a new durable LSN unless the log is poisoned or closed (the relaxed syncer and
 /// writer run apart: one may have poisoned the log while the other finished an fsync).
-fn publish_durable(shared: &Shared, lsn: u64) {
+pub(super) fn publish_durable(shared: &Shared, lsn: u64) {
     shared.state.send_if_modified(|state| match state {
         LogState::DurableUpTo(durable) if *durable < lsn => {
             *durable = lsn;
@@ -176,7 +121,7 @@ impl Shared {
 
     /// Takes everything queued: the frames to write, their records, and whether the log is
     /// closing.
-    fn take_queued(&self) -> (Vec<u8>, Vec<(u64, Record)>, bool) {
+    pub(super) fn take_queued(&self) -> (Vec<u8>, Vec<(u64, Record)>, bool) {
         let mut queue = self.queue.lock();
         (std::mem::take(&mut queue.frames), std::mem::take(&mut queue.records), queue.closing)
     }
@@ -285,49 +230,6 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Manual mode: one writer iteration, as the writer thread would run it: write everything
-    /// queued as one batch, fsync it, publish it as durable, hand it to the shadow. Returns the
-    /// durable LSN. Single-threaded and deterministic: the fault simulator drives the log with
-    /// it. Panics outside manual mode.
-    pub fn step(&self) -> Result<u64, String> {
-        let mut manual = self.manual.lock();
-        let Some((writer, checkpointer)) = manual.as_mut() else {
-            panic!("Wal::step outside manual mode");
-        };
-        if let LogState::Poisoned(reason) = self.state() {
-            return Err(reason);
-        }
-        let (frames, records, _) = self.shared.take_queued();
-        let synced = writer
-            .write(&frames, records)
-            .inspect(|()| {
-                self.shared.written.send_replace(writer.written_lsn);
-            })
-            .and_then(|()| writer.sync());
-        match synced {
-            Err(reason) => {
-                poison(&self.shared, reason.clone());
-                Err(reason)
-            }
-            Ok(batch) => {
-                if let Some(batch) = batch {
-                    publish_durable(&self.shared, writer.synced_lsn);
-                    checkpointer.apply(batch);
-                }
-                Ok(writer.synced_lsn)
-            }
-        }
-    }
-
-    /// Manual mode: write a checkpoint of everything stepped so far.
-    pub fn checkpoint_now(&self) -> Result<(), (checkpoint::Step, std::io::Error)> {
-        let mut manual = self.manual.lock();
-        let Some((_, checkpointer)) = manual.as_mut() else {
-            panic!("Wal::checkpoint_now outside manual mode");
-        };
-        checkpointer.checkpoint()
-    }
-
     pub fn durability(&self) -> Durability {
         self.durability
     }
@@ -427,11 +329,7 @@ impl Wal {
     /// Flushes and fsyncs everything queued, writes a final checkpoint, and stops the threads.
     /// `Err` if the log was poisoned (some records may not be durable). Idempotent.
     pub fn close(&self) -> Result<(), String> {
-        if self.manual.lock().is_some() {
-            self.step()?;
-            // As the checkpointer thread: a failed final checkpoint leaves the log intact.
-            let _ = self.checkpoint_now();
-        }
+        self.close_manual()?;
         self.shared.queue.lock().closing = true;
         self.shared.wake.notify_one();
         for thread in self.threads.lock().drain(..) {
@@ -459,16 +357,9 @@ fn create_segment(storage: &dyn Storage, first_lsn: u64) -> std::io::Result<Box<
     Ok(file)
 }
 
-/// A durable batch on its way to the checkpointer, with its size in the log.
-#[derive(Default)]
-struct Batch {
-    records: Vec<(u64, Record)>,
-    log_bytes: u64,
-}
-
 /// The open segment and what was written to it but not yet fsynced. Owned by the writer
 /// thread, or by the simulator in manual mode.
-struct SegmentWriter {
+pub(super) struct SegmentWriter {
     storage: Arc<dyn Storage>,
     stats: Arc<WalStats>,
     file: Box<dyn AppendFile>,
@@ -477,14 +368,18 @@ struct SegmentWriter {
     /// Segments started since the log opened: tells the relaxed writer to hand the syncer a
     /// handle on the new one.
     segments_started: u64,
-    written_lsn: u64,
-    synced_lsn: u64,
+    pub(super) written_lsn: u64,
+    pub(super) synced_lsn: u64,
     unsynced: Batch,
 }
 
 impl SegmentWriter {
     /// Writes one batch (one `write`), starting a new segment first if this one is full.
-    fn write(&mut self, frames: &[u8], records: Vec<(u64, Record)>) -> Result<(), String> {
+    pub(super) fn write(
+        &mut self,
+        frames: &[u8],
+        records: Vec<(u64, Record)>,
+    ) -> Result<(), String> {
         let Some((first, _)) = records.first() else { return Ok(()) };
         let batch_bytes = frames.len() as u64;
         if self.segment_bytes + batch_bytes > self.segment_bytes_max
@@ -499,7 +394,9 @@ impl SegmentWriter {
             self.segments_started += 1;
         }
         self.file.append(frames).map_err(|e| format!("log write failed: {e}"))?;
-        self.stats.batch_records.observe(records.len() as f64);
+        // Past u32::MAX records the histogram's top bucket counts it all the same.
+        let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+        self.stats.batch_records.observe(f64::from(count));
         self.segment_bytes += batch_bytes;
         self.written_lsn = records.last().map_or(self.written_lsn, |(lsn, _)| *lsn);
         self.unsynced.records.extend(records);
@@ -508,7 +405,7 @@ impl SegmentWriter {
     }
 
     /// One `fdatasync` for everything written; returns the newly durable batch, if any.
-    fn sync(&mut self) -> Result<Option<Batch>, String> {
+    pub(super) fn sync(&mut self) -> Result<Option<Batch>, String> {
         if self.written_lsn == self.synced_lsn {
             return Ok(None);
         }
@@ -633,128 +530,6 @@ fn sync_loop(
         }
         last_sync = Instant::now();
         if writer_done && shared.unsynced.lock().batch.records.is_empty() {
-            return;
-        }
-    }
-}
-
-/// The shadow state and the checkpoints written from it.
-struct Checkpointer {
-    storage: Arc<dyn Storage>,
-    shadow: Allocator,
-    replies: HashMap<(String, String), KeptReply>,
-    checkpoint_lsn: u64,
-    applied_lsn: u64,
-    log_bytes_since: u64,
-    /// The newest record's clock: the shadow ages things by it, never by a clock of its own.
-    now_ms: u64,
-    idempotency_window_ms: u64,
-    stats: Arc<WalStats>,
-}
-
-impl Checkpointer {
-    fn new(
-        storage: Arc<dyn Storage>,
-        start: WalStart,
-        config: WalConfig,
-        stats: Arc<WalStats>,
-    ) -> Self {
-        Checkpointer {
-            storage,
-            shadow: start.shadow,
-            replies: start
-                .replies
-                .into_iter()
-                .map(|r| ((r.scope.clone(), r.key.clone()), r))
-                .collect(),
-            checkpoint_lsn: start.checkpoint_lsn,
-            applied_lsn: start.next_lsn - 1,
-            log_bytes_since: 0,
-            now_ms: 0,
-            idempotency_window_ms: config.idempotency_window_ms,
-            stats,
-        }
-    }
-
-    fn apply(&mut self, batch: Batch) {
-        for (lsn, record) in batch.records {
-            if let Err(e) = self.shadow.apply(&record.event) {
-                // The live allocator decided this event from the same state: a refusal here
-                // means the two diverged, which is a bug, not bad input.
-                panic!("shadow state refused record {lsn}: {e}");
-            }
-            if let Some(reply) = record.reply {
-                self.replies.insert((reply.scope.clone(), reply.key.clone()), reply);
-            }
-            self.now_ms = self.now_ms.max(record.at_ms);
-            self.applied_lsn = lsn;
-        }
-        self.log_bytes_since += batch.log_bytes;
-    }
-
-    /// Writes a checkpoint of the shadow if it is ahead of the last one. A failure is counted
-    /// and logged, and the next call tries again: the log still holds everything, so a failed
-    /// checkpoint costs a longer recovery, not data.
-    fn checkpoint(&mut self) -> Result<(), (checkpoint::Step, std::io::Error)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.applied_lsn <= self.checkpoint_lsn {
-            return Ok(());
-        }
-        self.shadow.forget_due(self.now_ms);
-        let (window_ms, now_ms) = (self.idempotency_window_ms, self.now_ms);
-        self.replies.retain(|_, r| r.seen_ms.saturating_add(window_ms) > now_ms);
-        let body = CheckpointBody {
-            snapshot: self.shadow.snapshot(),
-            replies: self.replies.values().cloned().collect(),
-        };
-        let started = Instant::now();
-        match checkpoint::write(&*self.storage, self.applied_lsn, &body) {
-            Ok(()) => {
-                self.checkpoint_lsn = self.applied_lsn;
-                self.log_bytes_since = 0;
-                self.stats.checkpoints_written.fetch_add(1, Relaxed);
-                self.stats.last_checkpoint_lsn.store(self.checkpoint_lsn, Relaxed);
-                self.stats.checkpoint_seconds.observe_duration(started.elapsed());
-                self.stats.last_checkpoint_at_ms.store(self.now_ms, Relaxed);
-                let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(lsn = self.checkpoint_lsn, ms, "checkpoint written");
-                Ok(())
-            }
-            Err((step, e)) => {
-                self.stats.checkpoint_failures.fetch_add(1, Relaxed);
-                tracing::warn!(?step, error = %e, "checkpoint failed; the log is intact");
-                Err((step, e))
-            }
-        }
-    }
-}
-
-fn checkpoint_loop(mut checkpointer: Checkpointer, batches: Receiver<Batch>, config: WalConfig) {
-    let mut last_attempt = Instant::now();
-    let interval = Duration::from_millis(config.checkpoint_interval_ms);
-    loop {
-        let closing = match batches.recv_timeout(interval) {
-            Ok(batch) => {
-                checkpointer.apply(batch);
-                // Let batches gather before taking them: one wake-up per period instead of one
-                // per group commit keeps this thread off a core the requests need (on a
-                // one-core server it took 6% of the core, most of it in switching).
-                std::thread::sleep(Duration::from_millis(SHADOW_APPLY_PERIOD_MS));
-                for batch in batches.try_iter() {
-                    checkpointer.apply(batch);
-                }
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        let due = last_attempt.elapsed() >= interval
-            || checkpointer.log_bytes_since >= config.checkpoint_log_bytes;
-        if due || closing {
-            let _ = checkpointer.checkpoint();
-            last_attempt = Instant::now();
-        }
-        if closing {
             return;
         }
     }

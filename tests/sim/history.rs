@@ -20,6 +20,10 @@
 //! still unsynced when the power failed is `recovery-trusts-unsynced-log`. The ledger's and
 //! the idempotency model's checks (`ledger`, `replay-differs`, `remembered-answer-forgotten`,
 //! `idempotent-reply-changed`) run after every start and on every answer.
+//!
+//! Why one file past 600 lines: it is one state machine (`Sim`), whose steps, crashes and
+//! recoveries all read and update the same bookkeeping (what was sent, answered, fsynced and
+//! declared durable); the checks themselves live in `check.rs`, the workload in `workload.rs`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -27,10 +31,12 @@ use std::sync::Arc;
 
 use livestock::alloc::{AllocatorConfig, Snapshot};
 use livestock::clock::{Clock, ManualClock};
+use livestock::http::error::ApiError;
 use livestock::idempotency::StoredReply;
-use livestock::node::{Keyed, KeyedResult, Node, NodeConfig, OpenError};
+use livestock::node::{Answered, Keyed, KeyedResult, Node, NodeConfig, OpenError, Unavailable};
 use livestock::wal::recovery::Recovered;
 use livestock::wal::{recover, Durability, LogState, RecoveryError, Storage, Wal, WalConfig};
+use livestock_core::error::ErrorCode;
 use livestock_core::ids::HoldSeq;
 
 use super::check;
@@ -356,18 +362,27 @@ impl Sim {
         let writable = self.wal().is_writable();
         let before = self.wal().last_appended_lsn();
         let render = |result: &_| req.render(result);
+        // A log that cannot take the change answers 503, as the HTTP layer does.
+        let unavailable = |e: Unavailable| Answered {
+            reply: ApiError::new(ErrorCode::StorageUnavailable, e.to_string()).reply(),
+            lsn: None,
+        };
         let (executed, replayed) = {
             let node = self.node();
             match &key {
-                None => (node.execute(&command, &render), false),
+                None => match node.execute(&command) {
+                    Ok(done) => (Answered { reply: render(&done.result), lsn: done.lsn }, false),
+                    Err(e) => (unavailable(e), false),
+                },
                 Some(k) => {
                     let keyed = Keyed { scope: &scope, key: k, fingerprint: req.fingerprint() };
                     match node.execute_keyed(&keyed, &command, &render, remembered) {
-                        KeyedResult::Ran(executed) => (executed, false),
-                        KeyedResult::Replayed(executed) => (executed, true),
-                        KeyedResult::Mismatch => return fail(format!("key {k}: mismatch")),
-                        KeyedResult::InFlight => return fail(format!("key {k}: in flight")),
-                        KeyedResult::Full => return fail("idempotency table full"),
+                        Ok(KeyedResult::Ran(answered)) => (answered, false),
+                        Ok(KeyedResult::Replayed(answered)) => (answered, true),
+                        Ok(KeyedResult::Mismatch) => return fail(format!("key {k}: mismatch")),
+                        Ok(KeyedResult::InFlight) => return fail(format!("key {k}: in flight")),
+                        Ok(KeyedResult::Full) => return fail("idempotency table full"),
+                        Err(e) => (unavailable(e), false),
                     }
                 }
             }

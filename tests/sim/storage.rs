@@ -34,6 +34,9 @@
 //!   may leave a prefix in the cache) and every operation after it fails. The simulator then
 //!   drops the node and calls `power_loss` or `restart_process`.
 //! - **A corrupted sector**: [`SimStorage::corrupt`] flips one byte of a file's durable content.
+//!
+//! One file (past 600 lines) because it is one model: the page cache, the pending directory
+//! operations, the faults and the crash points all act on the same inodes under one lock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use livestock::config::Config;
 use livestock::http::error::ApiError;
+use livestock::http::handlers::{self, Answer};
 use livestock::http::wire;
 use livestock::idempotency::{fingerprint, StoredReply};
 use livestock_core::command::{Command, Outcome};
@@ -71,14 +72,6 @@ pub enum Req {
         deal: String,
         delta: i64,
     },
-}
-
-/// The kind of success answer a route gives (as `http::server`).
-#[derive(Clone, Copy)]
-enum Answer {
-    CreatedDeal,
-    ReservedHold,
-    Plain,
 }
 
 fn object(fields: Vec<(&str, Option<Value>)>) -> Value {
@@ -148,7 +141,7 @@ impl Req {
         }
     }
 
-    /// Where the server keeps this request's idempotency key (`http::server::dispatch`).
+    /// Where the server keeps this request's idempotency key (`http::handlers`).
     pub fn scope(&self) -> String {
         match self {
             Req::Reserve { user, .. } | Req::Cart { user, .. } => format!("user:{user}"),
@@ -209,18 +202,9 @@ impl Req {
         parsed.map_err(bad)
     }
 
-    /// The answer to `result`, byte for byte as `http::server::answer_reply` renders it.
+    /// The answer to `result`, rendered by the server's own code (`http::handlers::render`).
     pub fn render(&self, result: &Result<Outcome, CommandError>) -> StoredReply {
-        match (self.answer(), result) {
-            (_, Err(e)) => ApiError::from(e).reply(),
-            (Answer::CreatedDeal, Ok(Outcome::Deal(view))) => {
-                wire::reply(201, &wire::deal_json(view))
-            }
-            (Answer::ReservedHold, Ok(Outcome::Holds(holds))) if holds.len() == 1 => {
-                wire::reply(201, &wire::hold_json(&holds[0], KEY))
-            }
-            (_, Ok(outcome)) => wire::outcome_reply(outcome, KEY),
-        }
+        handlers::render(self.answer(), result, KEY)
     }
 
     pub fn describe(&self) -> String {
@@ -237,11 +221,8 @@ fn defaults() -> (u64, u64) {
     })
 }
 
-/// Which answers a retry gets back (`http::server::remembered`): decided outcomes, not
-/// malformed requests or server trouble.
-pub fn remembered(reply: &StoredReply) -> bool {
-    matches!(reply.status, 200..=299 | 404 | 409)
-}
+/// Which answers a retry gets back: the server's own rule.
+pub use livestock::http::exchange::remembered;
 
 /// Draws a new request. `holds`: hold numbers the clients have seen, newest last.
 pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64) -> Req {

@@ -1,7 +1,9 @@
 //! Test support: a [`Storage`] that fails the operation a test picks.
 //!
-//! Used by the crash tests (`tests/wal.rs`), the fault simulation and the benches; production
-//! never builds one. It wraps any storage and counts each kind of write-side operation
+//! Used by the crash tests (`tests/wal.rs`) and the operations tests (`tests/ops.rs`), each
+//! declaring it with `mod faulty;`; it lives beside them, not in the library, because
+//! production never builds one, and it sees the log only through the public [`Storage`] trait.
+//! It wraps any storage and counts each kind of write-side operation
 //! ([`Op`]); a test arms a fault ("the 3rd fsync fails with `StorageFull`"), runs, and the
 //! chosen operation returns that error *without reaching the inner storage*: a failed append
 //! writes nothing, a failed rename leaves both names as they were. Everything else (a
@@ -14,11 +16,12 @@
 //! Operations are numbered from 1, per kind, since the storage was made (recovery's and the
 //! log's alike, across every file it opened).
 
-use std::io;
-use std::sync::Arc;
+#![allow(dead_code, reason = "shared by several test crates, each using a part")]
 
-use crate::sync::Mutex;
-use crate::wal::storage::{AppendFile, FileSync, Storage};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use livestock::wal::storage::{AppendFile, FileSync, Storage};
 
 /// The operations that can be failed. `SyncDir` stays last: it sizes the counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,9 +46,8 @@ const OP_KINDS: usize = Op::SyncDir as usize + 1;
 #[derive(Clone, Copy, Debug)]
 struct Fault {
     op: Op,
-    /// The 1-based counts of `op` that fail, inclusive.
-    from: u64,
-    to: u64,
+    /// The 1-based count of `op` that fails.
+    nth: u64,
     kind: io::ErrorKind,
 }
 
@@ -61,7 +63,7 @@ impl Faults {
     fn check(&mut self, op: Op, name: &str) -> io::Result<()> {
         self.counts[op as usize] += 1;
         let n = self.counts[op as usize];
-        let hit = self.armed.iter().find(|f| f.op == op && (f.from..=f.to).contains(&n));
+        let hit = self.armed.iter().find(|f| f.op == op && f.nth == n);
         match hit {
             Some(fault) => {
                 self.failed += 1;
@@ -70,6 +72,12 @@ impl Faults {
             None => Ok(()),
         }
     }
+}
+
+/// Locks the fault table. A test that panicked while holding it has failed already; the
+/// table itself is never left half updated, so the others may go on reading it.
+fn lock(faults: &Mutex<Faults>) -> MutexGuard<'_, Faults> {
+    faults.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A storage that fails chosen operations; see the module docs.
@@ -87,38 +95,28 @@ impl FaultyStorage {
     /// The `nth` (1-based, counted since creation) `op` fails with `kind`; the ones after it
     /// succeed again.
     pub fn fail(&self, op: Op, nth: u64, kind: io::ErrorKind) {
-        self.faults.lock().armed.push(Fault { op, from: nth, to: nth, kind });
-    }
-
-    /// Every `op` from the `nth` on fails with `kind` (a disk that stays full or broken).
-    pub fn fail_from(&self, op: Op, nth: u64, kind: io::ErrorKind) {
-        self.faults.lock().armed.push(Fault { op, from: nth, to: u64::MAX, kind });
+        lock(&self.faults).armed.push(Fault { op, nth, kind });
     }
 
     /// The next `op` (and only it) fails with `kind`.
     pub fn fail_next(&self, op: Op, kind: io::ErrorKind) {
-        let mut faults = self.faults.lock();
+        let mut faults = lock(&self.faults);
         let nth = faults.counts[op as usize] + 1;
-        faults.armed.push(Fault { op, from: nth, to: nth, kind });
-    }
-
-    /// Disarms every fault; counts go on.
-    pub fn heal(&self) {
-        self.faults.lock().armed.clear();
+        faults.armed.push(Fault { op, nth, kind });
     }
 
     /// How many `op`s were attempted so far (failed ones included).
     pub fn count(&self, op: Op) -> u64 {
-        self.faults.lock().counts[op as usize]
+        lock(&self.faults).counts[op as usize]
     }
 
     /// How many operations failed by injection so far.
     pub fn failures(&self) -> u64 {
-        self.faults.lock().failed
+        lock(&self.faults).failed
     }
 
     fn check(&self, op: Op, name: &str) -> io::Result<()> {
-        self.faults.lock().check(op, name)
+        lock(&self.faults).check(op, name)
     }
 
     fn wrap(&self, name: &str, inner: Box<dyn AppendFile>) -> Box<dyn AppendFile> {
@@ -134,12 +132,12 @@ struct FaultyFile {
 
 impl AppendFile for FaultyFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.faults.lock().check(Op::Append, &self.name)?;
+        lock(&self.faults).check(Op::Append, &self.name)?;
         self.inner.append(bytes)
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.faults.lock().check(Op::Sync, &self.name)?;
+        lock(&self.faults).check(Op::Sync, &self.name)?;
         self.inner.sync()
     }
 
@@ -161,7 +159,7 @@ struct FaultySync {
 
 impl FileSync for FaultySync {
     fn sync(&self) -> io::Result<()> {
-        self.faults.lock().check(Op::Sync, &self.name)?;
+        lock(&self.faults).check(Op::Sync, &self.name)?;
         self.inner.sync()
     }
 }

@@ -1,0 +1,241 @@
+//! Checkpoints: failing or crashing at any step of writing one loses nothing, any checkpoint
+//! plus the log after it is the same state, and the checkpointer's shadow is audited.
+
+use super::*;
+
+// ----------------------------------------------------------------------------- checkpoints
+
+/// A storage that remembers which files recovery read.
+struct Watched {
+    inner: DirStorage,
+    reads: Mutex<Vec<String>>,
+}
+
+impl Storage for Watched {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.reads.lock().expect("lock").push(name.to_owned());
+        self.inner.read(name)
+    }
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn AppendFile>> {
+        self.inner.create(name)
+    }
+    fn open_append(&self, name: &str) -> std::io::Result<Box<dyn AppendFile>> {
+        self.inner.open_append(name)
+    }
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(name, len)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn describe(&self, name: &str) -> String {
+        self.inner.describe(name)
+    }
+}
+
+/// Recovers `dir` as after a crash: must succeed with exactly `built`'s final state, from
+/// the old checkpoint or the new one, and without reading a `.tmp`.
+fn assert_recovers_whole(dir: &TempDir, built: &Built, replies: usize, context: &str) -> u64 {
+    let watched = Watched { inner: dir.storage(), reads: Mutex::new(Vec::new()) };
+    let r = recovered(&watched, context);
+    let reads = watched.reads.into_inner().expect("lock");
+    assert!(reads.iter().all(|n| !n.ends_with(".tmp")), "{context}: read {reads:?}");
+    assert_eq!(r.report.last_lsn, built.last_lsn, "{context}: records lost");
+    assert_eq!(&r.allocator.snapshot(), built.state(built.last_lsn), "{context}");
+    assert_eq!(r.replies.len(), replies, "{context}: remembered answers");
+    let from = r.report.checkpoint_lsn.expect("a checkpoint");
+    assert!(from == built.checkpoint_lsn || from == built.last_lsn, "{context}: from {from}");
+    from
+}
+
+#[test]
+fn a_checkpoint_failing_at_any_step_loses_nothing() {
+    let built = build(2);
+    assert!(built.checkpoint_lsn > 0, "a previous checkpoint");
+    let fresh = TempDir::with("ckpt-clean", &built.files);
+    let r = recovered(&fresh.storage(), "golden");
+    let replies = r.replies.len();
+    assert!(replies >= 2, "the keyed requests of both rounds are remembered");
+    let lsn = r.report.last_lsn;
+    let body = CheckpointBody { snapshot: r.allocator.snapshot(), replies: r.replies };
+
+    // A clean run counts each operation; then each one fails in turn.
+    let faulty = FaultyStorage::new(Arc::new(fresh.storage()));
+    checkpoint::write(&faulty, lsn, &body).expect("a clean checkpoint");
+    let ops = [Op::Create, Op::Append, Op::Sync, Op::Rename, Op::SyncDir, Op::Remove];
+    let counts: Vec<(Op, u64)> = ops.iter().map(|op| (*op, faulty.count(*op))).collect();
+    assert!(faulty.count(Op::Remove) >= 3, "covered segments and the old checkpoint: {counts:?}");
+    drop(fresh);
+
+    let mut steps = BTreeSet::new();
+    for (op, count) in counts {
+        for nth in 1..=count {
+            let context = format!("{op:?} #{nth} fails");
+            let kind = if nth % 2 == 0 { ErrorKind::StorageFull } else { ErrorKind::Other };
+            let dir = TempDir::with("ckpt-fault", &built.files);
+            let faulty = FaultyStorage::new(Arc::new(dir.storage()));
+            faulty.fail(op, nth, kind);
+            let result = checkpoint::write(&faulty, lsn, &body);
+            assert_eq!(faulty.failures(), 1, "{context}");
+            match (op, nth) {
+                // Removing a stale temp that is not there is allowed to fail.
+                (Op::Remove, 1) => assert!(result.is_ok(), "{context}: {result:?}"),
+                _ => {
+                    let Err((step, e)) = result else { panic!("{context}: no error") };
+                    assert_eq!(e.kind(), kind, "{context}");
+                    let expected = match (op, nth) {
+                        (Op::Create | Op::Append, _) => Step::WriteTemp,
+                        (Op::Sync, _) => Step::SyncTemp,
+                        (Op::Rename, _) => Step::Rename,
+                        (Op::SyncDir, 1) => Step::SyncDir,
+                        _ => Step::DeleteCovered,
+                    };
+                    assert_eq!(step, expected, "{context}");
+                    steps.insert(format!("{step:?}"));
+                }
+            }
+            drop(faulty);
+            // Crash: recover from what is on disk.
+            let from = assert_recovers_whole(&dir, &built, replies, &context);
+            let renamed = matches!(op, Op::SyncDir | Op::Remove);
+            let expected_from = if renamed { lsn } else { built.checkpoint_lsn };
+            assert_eq!(from, expected_from, "{context}: the rename is the commit point");
+            // The next attempt succeeds over whatever this one left.
+            checkpoint::write(&dir.storage(), lsn, &body).expect("retry");
+            assert_eq!(assert_recovers_whole(&dir, &built, replies, &context), lsn);
+            let left: Vec<String> = dir
+                .names()
+                .into_iter()
+                .filter(|n| n.ends_with(".tmp") || n.ends_with(".ckpt"))
+                .collect();
+            assert_eq!(left, vec![checkpoint_name(lsn)], "{context}: leftovers");
+        }
+    }
+    let all = ["WriteTemp", "SyncTemp", "Rename", "SyncDir", "DeleteCovered"];
+    assert_eq!(steps, all.iter().map(|s| s.to_string()).collect(), "every step was failed");
+}
+
+#[test]
+fn a_crash_between_checkpoint_steps_loses_nothing() {
+    let built = build(2);
+    let fresh = TempDir::with("ckpt-steps", &built.files);
+    let r = recovered(&fresh.storage(), "golden");
+    let replies = r.replies.len();
+    let lsn = r.report.last_lsn;
+    let body = CheckpointBody { snapshot: r.allocator.snapshot(), replies: r.replies };
+    let encoded = checkpoint::encode(lsn, &body);
+    let temp = format!("ckpt-{lsn:020}.tmp");
+    let covered: Vec<String> = segment_names(&built.files)
+        .windows(2)
+        .filter(|pair| pair[1].0 <= lsn + 1)
+        .map(|pair| pair[0].1.clone())
+        .collect();
+    assert!(covered.len() >= 2, "segments a new checkpoint covers");
+    let old = checkpoint_name(built.checkpoint_lsn);
+
+    let mut cases: Vec<(String, Files)> = Vec::new();
+    for cut in [0, 1, 35, 36, encoded.len() / 2, encoded.len() - 1, encoded.len()] {
+        let mut files = built.files.clone();
+        files.insert(temp.clone(), encoded[..cut].to_vec());
+        cases.push((format!("temp written to {cut} bytes"), files));
+    }
+    // A temp that would change the state if it were read: a different state, a later LSN.
+    let mut files = built.files.clone();
+    let foreign = CheckpointBody { snapshot: built.state(0).clone(), replies: vec![] };
+    files.insert(format!("ckpt-{:020}.tmp", lsn + 5), checkpoint::encode(lsn + 5, &foreign));
+    cases.push(("a complete temp of another state".into(), files));
+    let mut renamed = built.files.clone();
+    renamed.insert(checkpoint_name(lsn), encoded.clone());
+    cases.push(("renamed, nothing deleted".into(), renamed.clone()));
+    for n in 1..=covered.len() {
+        let mut files = renamed.clone();
+        for name in &covered[..n] {
+            files.remove(name);
+        }
+        cases.push((format!("renamed, {n} covered segments deleted"), files.clone()));
+        files.remove(&old);
+        cases
+            .push((format!("renamed, {n} covered segments and the old checkpoint deleted"), files));
+    }
+    let mut files = renamed.clone();
+    files.remove(&old);
+    cases.push(("renamed, the old checkpoint deleted first".into(), files));
+
+    for (what, files) in cases {
+        let dir = TempDir::with("ckpt-step", &files);
+        let from = assert_recovers_whole(&dir, &built, replies, &what);
+        let expected =
+            if files.contains_key(&checkpoint_name(lsn)) { lsn } else { built.checkpoint_lsn };
+        assert_eq!(from, expected, "{what}");
+    }
+}
+
+#[test]
+fn a_checkpoint_at_any_lsn_plus_the_log_after_it_is_the_same_state() {
+    let built = build(1);
+    for lsn in 0..=built.last_lsn {
+        let Some(state) = built.states.get(&lsn) else { continue };
+        let dir = TempDir::with("ckpt-any", &built.files);
+        let storage = dir.storage();
+        let body = CheckpointBody { snapshot: state.clone(), replies: vec![] };
+        checkpoint::write(&storage, lsn, &body).expect("checkpoint");
+        let context = format!("checkpoint at {lsn}");
+        let r = recovered(&storage, &context);
+        assert_eq!(r.report.checkpoint_lsn, Some(lsn), "{context}");
+        assert_eq!(r.report.replayed, built.last_lsn - lsn, "{context}");
+        assert_eq!(&r.allocator.snapshot(), built.state(built.last_lsn), "{context}");
+    }
+}
+
+#[test]
+fn a_failed_checkpoint_on_close_costs_nothing() {
+    let dir = TempDir::new("close-fail");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let faulty = Arc::new(FaultyStorage::new(Arc::new(dir.storage())));
+    let (node, _) =
+        Node::open(node_config(), clock.clone(), faulty.clone(), wal_config(), KEY).expect("open");
+    let states = BTreeMap::from([(0, node.allocator().snapshot())]);
+    let mut driver = Driver::new(&node, &clock, states);
+    block_on(workload(&mut driver, 0));
+    let last = driver.acked;
+    let live = node.allocator().snapshot();
+    faulty.fail_next(Op::Rename, ErrorKind::StorageFull);
+    node.close().expect("a failed checkpoint does not fail the close");
+    let wal = node.wal().expect("logged");
+    assert_eq!(wal.stats().checkpoint_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(wal.state(), LogState::Closed(last));
+    let r = recovered(&dir.storage(), "after a failed checkpoint");
+    assert_eq!(r.report.checkpoint_lsn, Some(0));
+    assert_eq!(r.report.last_lsn, last);
+    assert_eq!(r.allocator.snapshot(), live);
+}
+
+/// In debug builds (which the tests are) the checkpointer audits its shadow's invariants after
+/// every batch it applies, one per fsync that made records durable; release builds never do.
+#[test]
+fn the_shadow_is_audited_after_every_durable_batch_in_debug_builds() {
+    let dir = TempDir::new("audit");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let storage = Arc::new(dir.storage());
+    let (node, _) =
+        Node::open(node_config(), clock.clone(), storage, wal_config(), KEY).expect("open");
+    let states = BTreeMap::from([(0, node.allocator().snapshot())]);
+    let mut driver = Driver::new(&node, &clock, states);
+    block_on(workload(&mut driver, 0));
+    node.close().expect("close");
+    let stats = node.wal().expect("logged").stats();
+    // The driver waits for each record to be durable: about one batch per record.
+    let batches = stats.fsync_seconds.count();
+    assert!(batches >= 20, "the workload is many batches: {batches}");
+    let audits = stats.shadow_audits.load(Ordering::Relaxed);
+    assert_eq!(audits, if cfg!(debug_assertions) { batches } else { 0 });
+}
