@@ -9,6 +9,8 @@
 //! The imports are read from the source text (`crate::a::b` paths outside comments), which is
 //! what a reader sees; a `use` hidden in a macro would escape it, and none exists.
 
+#![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
