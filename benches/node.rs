@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo bench --bench node` (add `-- --quick` for a fast, rougher pass).
 
+#![allow(clippy::expect_used, reason = "bench set-up: a failed expect is a broken bench")]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
