@@ -311,7 +311,7 @@ impl<'a> Driver<'a> {
             reply_of(result)
         };
         let executed = match key {
-            None => execute_with(&self.node, &command, &render),
+            None => execute_with(self.node, &command, &render),
             Some(key) => {
                 let keyed = Keyed { scope: "user:keyed", key, fingerprint: 7 };
                 match self.node.execute_keyed(&keyed, &command, &render, |_| true) {
@@ -373,7 +373,7 @@ impl<'a> Driver<'a> {
                 self.states.insert(lsn, after);
             }
         }
-        let ran = match durable(&self.node, Some(lsn)).await {
+        let ran = match durable(self.node, Some(lsn)).await {
             Ok(()) => {
                 assert!(!self.poisoned(), "{what} acknowledged after the log failed");
                 self.acked = self.acked.max(lsn);
