@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
 use crate::driver::{Deals, Driver, Mode, Plan};
+use crate::limits::ARRIVALS_MAX;
 use crate::schedule::{steady_segments, Schedule, Timing};
 use crate::Settings;
+use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
 
 /// Bisection stops when the bracket is narrower than this fraction of the good rate.
 const BRACKET_MIN_FRACTION: f64 = 0.02;
@@ -237,7 +238,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 settings.choices.clone(),
                 settings.seed.wrapping_add(n),
                 phase_us,
-                crate::ARRIVALS_MAX,
+                ARRIVALS_MAX,
             );
             let plan = Plan {
                 backend: settings.backend.clone(),

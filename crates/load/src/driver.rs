@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, Conn, Reserved};
 use crate::client::Outcome;
 use crate::ledger::{Answered, Fate, HoldRecord, Ledger};
-use crate::report::{Op, Recorder};
+use crate::recorder::{Op, Recorder};
 use crate::schedule::{After, Arrival, Schedule};
 
 /// How often the available stock is sampled for the burn-down chart.

@@ -10,7 +10,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::{RunReport, SeriesPoint};
+use crate::recorder::SeriesPoint;
+use crate::report::RunReport;
 
 const WIDTH_PX: u32 = 1_100;
 const HEIGHT_PX: u32 = 960;
