@@ -6,7 +6,9 @@
 //! refuse by its own limits. Names here say what they bound for the *tool* (`RUN_DEALS_MAX`,
 //! not `DEALS_MAX`) so they cannot be mistaken for the server's.
 
-use livestock_core::limits::{DEALS_MAX, EXPIRY_TICK_MS, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN};
+use livestock_core::limits::{
+    DEALS_MAX, DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+};
 
 /// The arrival phase (of a run, or of one capacity step) is at most this long.
 pub const ARRIVAL_PHASE_MS_MAX: u64 = 10 * 60 * 1_000;
@@ -15,8 +17,7 @@ pub const DURATION_MS_DEFAULT: u64 = 10_000;
 /// Arrivals of one run or step, at most.
 pub const ARRIVALS_MAX: u64 = 5_000_000;
 /// [`ARRIVALS_MAX`] as a float, to compare with an expected count.
-#[expect(clippy::cast_precision_loss, reason = "ARRIVALS_MAX is below 2^53 (asserted): exact")]
-pub const ARRIVALS_MAX_F64: f64 = ARRIVALS_MAX as f64;
+pub const ARRIVALS_MAX_F64: f64 = exact_f64(ARRIVALS_MAX);
 /// `--rate`, `--max-rate`: arrivals per second, at most.
 pub const RATE_PER_S_MAX: f64 = 1_000_000.0;
 /// `--connections`, `--concurrency`: at most.
@@ -46,6 +47,9 @@ pub const WAIT_MS_MAX: u64 = 10 * 60 * 1_000;
 pub const WAIT_RETRY_MS: u64 = 100;
 /// Latencies above this are recorded as this (an hour: past any run's deadline, see below).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Integers up to this convert to `f64` exactly. Every count, unit and µs of a run stays
+/// below it (asserted below), which is why the statistics may turn them into floats.
+pub const EXACT_F64_MAX: u64 = 1 << f64::MANTISSA_DIGITS;
 
 /// Capacity mode: steps of one search, at most.
 pub const CAPACITY_STEPS_MAX: u32 = 30;
@@ -57,7 +61,9 @@ pub const CAPACITY_STEP_MS_MIN: u64 = 100;
 pub const CAPACITY_RATE_FACTOR_MAX: f64 = 10.0;
 
 const _: () = assert!(DURATION_MS_DEFAULT <= ARRIVAL_PHASE_MS_MAX);
-const _: () = assert!(ARRIVALS_MAX < 1 << f64::MANTISSA_DIGITS);
+const _: () = assert!(ARRIVALS_MAX < EXACT_F64_MAX);
+const _: () = assert!(LATENCY_US_MAX < EXACT_F64_MAX);
+const _: () = assert!(DEAL_STOCK_UNITS_MAX * (RUN_DEALS_MAX as u64) < EXACT_F64_MAX);
 const _: () = assert!(CAPACITY_STEP_MS_MIN <= ARRIVAL_PHASE_MS_MAX);
 const _: () = assert!(WAIT_MS_DEFAULT <= WAIT_MS_MAX);
 const _: () = assert!(WAIT_RETRY_MS < WAIT_MS_DEFAULT);
@@ -78,3 +84,11 @@ const _: () = assert!(
         <= LATENCY_US_MAX
 );
 const _: () = assert!(1.0 < CAPACITY_RATE_FACTOR_MAX);
+
+/// A count, a number of units or of µs of a run, as a float for a rate, a share or a mean.
+/// Exact: such numbers stay below [`EXACT_F64_MAX`] (asserted in debug builds).
+#[expect(clippy::cast_precision_loss, reason = "n <= EXACT_F64_MAX fits the mantissa exactly")]
+pub const fn exact_f64(n: u64) -> f64 {
+    debug_assert!(n <= EXACT_F64_MAX, "a run's count is beyond 2^53");
+    n as f64
+}

@@ -26,6 +26,7 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)`, 53 bits.
+    #[expect(clippy::cast_precision_loss, reason = "53-bit integers and 2^53 are exact in f64")]
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
@@ -64,6 +65,7 @@ pub struct Zipf {
 }
 
 impl Zipf {
+    #[expect(clippy::cast_precision_loss, reason = "k <= n, a number of deals: far below 2^53")]
     pub fn new(n: usize, exponent: f64) -> Zipf {
         assert!(n > 0, "Zipf over no items");
         assert!(exponent.is_finite() && exponent >= 0.0, "Zipf exponent {exponent}");

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::Outcome;
-use crate::limits::LATENCY_US_MAX;
+use crate::limits::{exact_f64, LATENCY_US_MAX};
 
 /// The width of one time-series bucket.
 pub const BUCKET_US: u64 = 100_000;
@@ -79,7 +79,7 @@ struct Bucket {
 
 /// µs as ms, for reports and plots.
 pub fn us_to_ms(us: u64) -> f64 {
-    us as f64 / 1e3
+    exact_f64(us) / 1e3
 }
 
 /// Everything measured during a run.

@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use crate::limits::exact_f64;
 use crate::random::{Rng, Zipf};
 
 /// A stretch of time whose arrival rate moves linearly from `rate_start_per_s` to
@@ -26,7 +27,7 @@ pub struct Segment {
 impl Segment {
     /// The expected number of arrivals in the segment.
     pub fn expected(&self) -> f64 {
-        (self.rate_start_per_s + self.rate_end_per_s) / 2.0 * self.duration_us as f64 / 1e6
+        (self.rate_start_per_s + self.rate_end_per_s) / 2.0 * exact_f64(self.duration_us) / 1e6
     }
 
     /// The instant (µs from the segment's start) at which the expected count reaches `lambda`
@@ -34,12 +35,12 @@ impl Segment {
     /// solving for `t` in the form `2 lambda / (a + sqrt(a^2 + 2 k lambda))` stays accurate
     /// when `k` is tiny or negative and when `a` is zero.
     fn instant_of(&self, lambda: f64) -> f64 {
-        let d = self.duration_us as f64 / 1e6;
+        let d = exact_f64(self.duration_us) / 1e6;
         let a = self.rate_start_per_s;
         let k = (self.rate_end_per_s - a) / d;
         let root = (a * a + 2.0 * k * lambda).max(0.0).sqrt();
         let t = if a + root > 0.0 { 2.0 * lambda / (a + root) } else { 0.0 };
-        (t * 1e6).clamp(0.0, self.duration_us as f64)
+        (t * 1e6).clamp(0.0, exact_f64(self.duration_us))
     }
 }
 
@@ -117,6 +118,11 @@ pub fn parse_replay(text: &str) -> Result<Vec<ReplayLine>, String> {
             .ok()
             .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0 && *ms < 1e12)
             .ok_or_else(|| format!("line {n}: offset_ms {offset:?} is not a number >= 0"))?;
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "offset_ms is finite and in [0, 1e12) (checked above): the µs fit a u64"
+        )]
         let offset_us = (offset_ms * 1_000.0).round() as u64;
         if offset_us < last_us {
             return Err(format!("line {n}: offset {offset_ms} ms goes back in time"));
@@ -225,8 +231,13 @@ impl Cursor {
             let segment = segments.get(self.segment)?;
             let expected = segment.expected();
             if self.lambda <= expected {
-                let t = segment.instant_of(self.lambda);
-                return Some(self.segment_start_us + t as u64);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "instant_of clamps to [0, duration_us], a u64"
+                )]
+                let t_us = segment.instant_of(self.lambda) as u64;
+                return Some(self.segment_start_us + t_us);
             }
             self.lambda -= expected;
             self.segment_start_us += segment.duration_us;
@@ -258,7 +269,7 @@ impl Schedule {
     pub fn expected(timing: &Timing) -> Option<f64> {
         match timing {
             Timing::Shaped { segments, .. } => Some(segments.iter().map(Segment::expected).sum()),
-            Timing::Replay(lines) => Some(lines.len() as f64),
+            Timing::Replay(lines) => Some(u64::try_from(lines.len()).map_or(f64::MAX, exact_f64)),
             Timing::Unpaced => None,
         }
     }
@@ -374,7 +385,7 @@ mod tests {
         assert_eq!(Schedule::span_us(&timing, u64::MAX), 3_000_000);
         let arrivals: Vec<Arrival> =
             Schedule::new(timing, choices(1, 1.0), 42, u64::MAX, u64::MAX).collect();
-        let n = arrivals.len() as f64;
+        let n = f64::from(u32::try_from(arrivals.len()).unwrap());
         assert!((n - 20_000.0).abs() < 600.0, "{n} arrivals");
         assert!(arrivals.windows(2).all(|w| w[0].offset_us <= w[1].offset_us));
         assert!(arrivals.iter().all(|a| a.offset_us < 3_000_000));
