@@ -29,10 +29,10 @@ use crate::redis::RedisConn;
 /// Up to this many deals are polled one by one over HTTP; more are read with one list request.
 const STOCK_POLL_SINGLY_MAX: usize = 16;
 
-/// Which system `livestock load` drives.
+/// Which system `livestock-load` drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// livestock's HTTP/JSON API (or the `livestock ceiling` server).
+    /// livestock's HTTP/JSON API (or the `livestock-ceiling` server).
     Http,
     /// redis-server: Lua scripts loaded with SCRIPT LOAD and called with EVALSHA.
     Redis,

@@ -164,7 +164,7 @@ impl CapacityReport {
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "livestock load --find-capacity: open loop, steady steps of {} ms, reserve p99 from \
+            "livestock-load --find-capacity: open loop, steady steps of {} ms, reserve p99 from \
              intended send time; req/s count reserves and their confirms and releases\n\
              {:>10} {:>13} {:>12} {:>10} {:>10} {:>10}  verdict\n",
             self.step_duration_ms,

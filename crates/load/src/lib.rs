@@ -1,6 +1,7 @@
 //! `livestock-load` drives a running livestock server (or a peer of the benchmark) over
 //! loopback and reports honest latencies, the server's correctness under the burst, and a
-//! picture; `livestock-ceiling` is the peer benchmark's ceiling. Neither links into the server.
+//! picture; `livestock-ceiling` is the peer benchmark's ceiling. The server's binary links none
+//! of this (no redis, PostgreSQL or plotting crate).
 //!
 //! | file | concept |
 //! |---|---|
@@ -42,6 +43,6 @@ pub mod run;
 pub mod schedule;
 pub mod settings;
 
-pub use args::{LoadArgs, MsRange, ProfileArg, SpacingArg};
+pub use args::LoadArgs;
 pub use run::{main, run, LoadOutcome};
-pub use settings::{settings, CapacitySettings, Settings};
+pub use settings::{settings, Settings};

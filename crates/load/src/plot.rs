@@ -41,7 +41,7 @@ fn draw<DB: DrawingBackend>(r: &RunReport, root: &DrawingArea<DB, Shift>) -> Res
     } else {
         "open loop: latency from intended send time"
     };
-    let title = format!("livestock load: {}", r.profile);
+    let title = format!("livestock-load: {}", r.profile);
     let (header, body) = root.split_vertically(62);
     header.draw(&Text::new(title, (16, 8), (FONT, 24).into_font())).map_err(err)?;
     let subtitle = format!(

@@ -61,7 +61,7 @@ pub fn render(r: &RunReport) -> String {
     let m = &r.measured;
     let mut out = String::new();
     let label = if r.mode == "closed_loop" { CLOSED_LOOP_LABEL } else { OPEN_LOOP_LABEL };
-    let _ = writeln!(out, "livestock load: {label}");
+    let _ = writeln!(out, "livestock-load: {label}");
     let _ = writeln!(out, "target {} ({})  run {}  seed {}", r.target, r.backend, r.run_id, r.seed);
     let _ = writeln!(
         out,
