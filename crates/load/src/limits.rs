@@ -67,7 +67,7 @@ const _: () = assert!(DEAL_STOCK_UNITS_MAX * (RUN_DEALS_MAX as u64) < EXACT_F64_
 const _: () = assert!(CAPACITY_STEP_MS_MIN <= ARRIVAL_PHASE_MS_MAX);
 const _: () = assert!(WAIT_MS_DEFAULT <= WAIT_MS_MAX);
 const _: () = assert!(WAIT_RETRY_MS < WAIT_MS_DEFAULT);
-// The tool never creates more deals than the server keeps.
+// One run never creates more deals than the server keeps alive at once.
 const _: () = assert!(RUN_DEALS_MAX <= DEALS_MAX);
 // Every TTL the tool may ask for is one the server accepts, and a payment delay never
 // outlasts the longest hold.
