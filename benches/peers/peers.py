@@ -226,7 +226,7 @@ def summarize(args):
       f"{args.run_ms} ms). Figures are medians over the repetitions, with the min–max in "
       "parentheses.")
     w("")
-    w("**Method.** The same client (`livestock load`, open loop: latency from each request's "
+    w("**Method.** The same client (`livestock-load`, open loop: latency from each request's "
       "intended send time) with the same seeded schedule drives every system, speaking its own "
       "protocol (`--backend http|redis|postgres`). Each server runs pinned to core 0, the load "
       "to core 1, on 127.0.0.1, freshly started (fresh data) for every run. A reserve is the "

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The peer benchmark: the same open-loop workload, from the same client (`livestock load`) with
+# The peer benchmark: the same open-loop workload, from the same client (`livestock-load`) with
 # the same schedule, against
 #   livestock-strict    livestock serve --durability strict   (fsync before every ack)
 #   livestock-relaxed   livestock serve --durability relaxed  (fsync every 10 ms)
-#   ceiling             livestock ceiling: bare hyper, fixed answers, same runtime settings
+#   ceiling             livestock-ceiling: bare hyper, fixed answers, same runtime settings
 #   redis-always        redis-server + Lua scripts, appendfsync always
 #   redis-everysec      redis-server + Lua scripts, appendfsync everysec
 #   redis-off           redis-server + Lua scripts, no AOF, no snapshots
@@ -116,9 +116,15 @@ if needs postgres; then
     fi
 fi
 
-log "building the release binary"
-timeout 1800 cargo build --release --quiet
-BIN=$ROOT/target/release/livestock
+log "building the release binaries"
+timeout 1800 cargo build --release --quiet -p livestock -p livestock-load
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/livestock
+LOAD=$TARGET_DIR/release/livestock-load
+CEILING=$TARGET_DIR/release/livestock-ceiling
+for bin in "$BIN" "$LOAD" "$CEILING"; do
+    [ -x "$bin" ] || die "$bin was not built"
+done
 
 # ------------------------------------------------------------------ servers
 
@@ -174,7 +180,7 @@ start_server() {
             ;;
         ceiling)
             BACKEND=http
-            taskset -c "$SERVER_CPU" "$BIN" ceiling --listen "127.0.0.1:$PORT" \
+            taskset -c "$SERVER_CPU" "$CEILING" --listen "127.0.0.1:$PORT" \
                 >"$WORK/server.log" 2>&1 &
             ;;
         redis-always | redis-everysec | redis-off)
@@ -233,7 +239,7 @@ phase() {
     if [ "$WARMUP_MS" -gt 0 ]; then
         # Every hold confirmed or released: the warm-up ends without waiting for expiries.
         taskset -c "$LOAD_CPU" timeout --signal=INT --kill-after=10 "$RUN_BOUND_S" \
-            "$BIN" load --backend "$BACKEND" --target "127.0.0.1:$PORT" "${COMMON[@]}" \
+            "$LOAD" --backend "$BACKEND" --target "127.0.0.1:$PORT" "${COMMON[@]}" \
             --seed "$((SEED + 1000 + rep))" --profile steady --rate "$warmup_rate" \
             --duration-ms "$WARMUP_MS" --confirm-ratio 0.8 --release-ratio 0.2 \
             --stock "$(python3 -c "print(int($warmup_rate * $WARMUP_MS / 1000 * 1.2) + 100)")" \
@@ -242,7 +248,7 @@ phase() {
     cpu0=$(python3 "$HERE/peers.py" cpu "$SERVER_PID")
     t0=$(date +%s.%N)
     taskset -c "$LOAD_CPU" timeout --signal=INT --kill-after=10 "$bound" \
-        "$BIN" load --backend "$BACKEND" --target "127.0.0.1:$PORT" "${COMMON[@]}" \
+        "$LOAD" --backend "$BACKEND" --target "127.0.0.1:$PORT" "${COMMON[@]}" \
         --seed "$((SEED + rep))" --json "$WORK/$name.load.json" "$@" \
         >"$OUT/$name.txt" 2>"$WORK/$name.err" || rc=$?
     t1=$(date +%s.%N)

@@ -12,7 +12,7 @@
 //! connection, at livestock's reaper tick.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::ValueEnum;
@@ -20,18 +20,19 @@ use http::Method;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, Outcome, Target};
+use crate::client::{Client, Outcome, Target, Unhealthy};
 use crate::ledger::Counters;
+use crate::limits::WAIT_RETRY_MS;
 use crate::postgres::{PgConn, PgSettings};
 use crate::redis::RedisConn;
 
 /// Up to this many deals are polled one by one over HTTP; more are read with one list request.
 const STOCK_POLL_SINGLY_MAX: usize = 16;
 
-/// Which system `livestock load` drives.
+/// Which system `livestock-load` drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// livestock's HTTP/JSON API (or the `livestock ceiling` server).
+    /// livestock's HTTP/JSON API (or the `livestock-ceiling` server).
     Http,
     /// redis-server: Lua scripts loaded with SCRIPT LOAD and called with EVALSHA.
     Redis,
@@ -80,13 +81,58 @@ impl Backend {
     /// scripts installed: the admin connection of a run.
     pub async fn admin(&self) -> Result<Conn, String> {
         let mut admin = self.conn();
-        admin.health().await?;
+        admin.health().await.map_err(|u| u.message().to_owned())?;
         match &mut admin {
             Conn::Http(_) => {}
             Conn::Redis(redis) => redis.load_scripts().await?,
             Conn::Postgres(pg) => pg.install_schema().await?,
         }
         Ok(admin)
+    }
+
+    /// Waits up to `wait` for the target to answer a health check (`GET /healthz`, a redis
+    /// PING, a PostgreSQL login and `SELECT 1`): a server started a moment ago may not listen
+    /// yet. Says once, on stderr, that it is waiting. Only silence is waited out: a target that
+    /// answers wrongly fails at once. A zero `wait` is one try.
+    pub async fn wait_until_answering(&self, wait: Duration) -> Result<(), String> {
+        let retry = Duration::from_millis(WAIT_RETRY_MS);
+        let deadline = Instant::now() + wait;
+        let mut conn = self.conn();
+        let mut said = false;
+        loop {
+            // One try never outlasts the wait (nor, with no wait, the request timeout).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let budget = if wait.is_zero() { self.timeout } else { left.min(self.timeout) };
+            let silence = match tokio::time::timeout(budget, conn.health()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(Unhealthy::Answered(wrong))) => return Err(wrong),
+                Ok(Err(Unhealthy::Silent(silence))) => silence,
+                Err(_) => {
+                    format!("no answer from {} within {} ms", self.target, budget.as_millis())
+                }
+            };
+            if wait.is_zero() {
+                return Err(silence);
+            }
+            if Instant::now() + retry >= deadline {
+                return Err(format!(
+                    "nothing answered at {} ({}) within --wait-ms {} ms: {silence}",
+                    self.target,
+                    self.kind,
+                    wait.as_millis()
+                ));
+            }
+            if !said {
+                said = true;
+                eprintln!(
+                    "waiting up to {} ms for {} ({}) to answer...",
+                    wait.as_millis(),
+                    self.target,
+                    self.kind
+                );
+            }
+            tokio::time::sleep(retry).await;
+        }
     }
 
     /// The peers' expiry timer: expires due holds every `tick`, on a connection of its own,
@@ -160,7 +206,7 @@ impl Conn {
     }
 
     /// Checks that the server answers.
-    pub async fn health(&mut self) -> Result<(), String> {
+    pub async fn health(&mut self) -> Result<(), Unhealthy> {
         match self {
             Conn::Http(c) => c.health().await,
             Conn::Redis(c) => c.health().await,
@@ -274,8 +320,6 @@ async fn http_outcome(client: &mut Client, path: &str) -> Outcome {
     }
 }
 
-/// A peer's answer to an operation, in the API's terms: `ok`, or a refusal code with the status
-/// livestock gives it.
 /// Awaits a peer's call with the request deadline; an error becomes the outcome `failure`
 /// names. The caller drops its connection when this is a transport failure, so a late answer
 /// is never read as the next request's.
@@ -291,6 +335,8 @@ pub async fn within_deadline<T, E>(
     }
 }
 
+/// A peer's answer to an operation, in the API's terms: `ok`, or a refusal code with the status
+/// livestock gives it.
 pub fn peer_outcome(code: &str) -> Outcome {
     match code {
         "ok" => Outcome::Ok,

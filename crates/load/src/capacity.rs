@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::driver::{Deals, Driver, Mode, Plan};
+use crate::limits::{exact_f64, ARRIVALS_MAX};
+use crate::recorder::us_to_ms;
 use crate::schedule::{steady_segments, Schedule, Timing};
 use crate::Settings;
 use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
@@ -162,7 +164,7 @@ impl CapacityReport {
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "livestock load --find-capacity: open loop, steady steps of {} ms, reserve p99 from \
+            "livestock-load --find-capacity: open loop, steady steps of {} ms, reserve p99 from \
              intended send time; req/s count reserves and their confirms and releases\n\
              {:>10} {:>13} {:>12} {:>10} {:>10} {:>10}  verdict\n",
             self.step_duration_ms,
@@ -219,8 +221,14 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 spacing: settings.spacing,
             };
             let expected = Schedule::expected(&timing).unwrap_or(0.0);
-            let stock =
-                ((expected * f64::from(settings.qty) * 1.2) as u64 + 100).min(DEAL_STOCK_UNITS_MAX);
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a non-negative expected count, far below 2^64 (rate and step are \
+                          bounded); `as` saturates, and the stock is capped next"
+            )]
+            let units = (expected * f64::from(settings.qty) * 1.2) as u64;
+            let stock = (units + 100).min(DEAL_STOCK_UNITS_MAX);
             let run_id = format!("{}-s{n}", settings.run_id);
             let mut ids = Vec::new();
             for i in 0..settings.deals {
@@ -237,7 +245,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 settings.choices.clone(),
                 settings.seed.wrapping_add(n),
                 phase_us,
-                crate::ARRIVALS_MAX,
+                ARRIVALS_MAX,
             );
             let plan = Plan {
                 backend: settings.backend.clone(),
@@ -260,8 +268,9 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
             }
             let requests = figures.requests + driven.abandoned;
             let errors = figures.errors + driven.abandoned;
-            let error_rate = if requests == 0 { 0.0 } else { errors as f64 / requests as f64 };
-            let p99_ms = figures.p99_us as f64 / 1e3;
+            let error_rate =
+                if requests == 0 { 0.0 } else { exact_f64(errors) / exact_f64(requests) };
+            let p99_ms = us_to_ms(figures.p99_us);
             let step = Step {
                 rate_per_s: rate,
                 offered_per_s: figures.offered_per_s,

@@ -1,4 +1,4 @@
-//! `livestock ceiling` (hidden): the ceiling of the peer benchmark (`benches/peers/`). A bare
+//! `livestock-ceiling`: the ceiling of the peer benchmark (`benches/peers/`). A bare
 //! hyper server, on the same tokio runtime settings and hyper connection settings as `serve`,
 //! that reads each request whole and answers every POST with one fixed 201 JSON body shaped
 //! like a hold, and every GET with a fixed deal. No allocator, no log, no idempotency: what is
@@ -38,7 +38,7 @@ pub const DEAL_BODY: &str = concat!(
     r#""sold":0,"per_user_limit":null,"hold_ttl_ms":5000,"deals":[]}"#
 );
 
-/// `livestock ceiling`: the bare-hyper ceiling of the peer benchmark.
+/// `livestock-ceiling`: the bare-hyper ceiling of the peer benchmark.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CeilingArgs {
     /// Address to listen on (loopback only).
@@ -119,7 +119,7 @@ pub fn main(args: CeilingArgs) -> ExitCode {
             }
         };
         let addr = listener.local_addr().map_or(args.listen, |a| a);
-        println!("livestock ceiling listening on http://{addr}");
+        println!("livestock-ceiling listening on http://{addr}");
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(term) => term,

@@ -139,6 +139,23 @@ impl Outcome {
     }
 }
 
+/// Why a health check failed: the difference between "not yet" and "wrong".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Nothing answered (refused, reset, timed out): the server may not be listening yet.
+    Silent(String),
+    /// Something answered, but not as a healthy server does: waiting will not change that.
+    Answered(String),
+}
+
+impl Unhealthy {
+    pub fn message(&self) -> &str {
+        match self {
+            Unhealthy::Silent(m) | Unhealthy::Answered(m) => m,
+        }
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection. Dropping it closes the socket.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
@@ -262,12 +279,24 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| format!("{what}: the answer is not JSON: {e}"))
     }
 
-    /// Checks that a livestock server answers.
-    pub async fn health(&mut self) -> Result<(), String> {
-        self.call_json(Method::GET, "/healthz", Bytes::new())
-            .await
+    /// Checks that a livestock server answers `GET /healthz` with a 2xx JSON body.
+    pub async fn health(&mut self) -> Result<(), Unhealthy> {
+        let (status, bytes) =
+            self.call(Method::GET, "/healthz", None, Bytes::new()).await.map_err(|o| {
+                Unhealthy::Silent(format!(
+                    "GET /healthz: no answer from {} ({}); is a server running? start one with \
+                     `livestock serve`",
+                    self.target,
+                    o.label()
+                ))
+            })?;
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(Unhealthy::Answered(format!("GET /healthz: {status} {text}")));
+        }
+        serde_json::from_slice::<Value>(&bytes)
             .map(|_| ())
-            .map_err(|e| format!("{e}\n(is a server running? start one with `livestock serve`)"))
+            .map_err(|e| Unhealthy::Answered(format!("GET /healthz: the answer is not JSON: {e}")))
     }
 
     pub async fn create_deal(

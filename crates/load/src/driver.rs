@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, Conn, Reserved};
 use crate::client::Outcome;
 use crate::ledger::{Answered, Fate, HoldRecord, Ledger};
-use crate::report::{Op, Recorder};
+use crate::recorder::{Op, Recorder};
 use crate::schedule::{After, Arrival, Schedule};
 
 /// How often the available stock is sampled for the burn-down chart.
@@ -406,8 +406,6 @@ pub struct Driver {
 pub struct Driven {
     pub recorder: Recorder,
     pub ledger: Ledger,
-    /// Every request was answered (or timed out) before the deadline.
-    pub completed: bool,
     /// Requests still queued or in flight when the deadline stopped the run.
     pub abandoned: u64,
 }
@@ -492,11 +490,6 @@ impl Driver {
         Ok(Driver { shared, workers, feeder, watchers, pacer: Some(pacer), progress })
     }
 
-    /// µs since the start of the run.
-    pub fn now_us(&self) -> u64 {
-        self.shared.us(Instant::now())
-    }
-
     /// Waits until every request of the run (reserves and their follow-ups) is answered, or
     /// until `deadline_us` (µs since the start), then stops the senders. The stock poller and
     /// the progress line keep going until [`Driver::stop`].
@@ -527,6 +520,6 @@ impl Driver {
         let abandoned = if completed { 0 } else { self.shared.outstanding.load(Ordering::SeqCst) };
         let recorder = std::mem::replace(&mut *self.shared.recorder.lock(), Recorder::new(0));
         let ledger = std::mem::take(&mut *self.shared.ledger.lock());
-        Driven { recorder, ledger, completed, abandoned }
+        Driven { recorder, ledger, abandoned }
     }
 }

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::limits::exact_f64;
+
 /// Slack subtracted from a hold's TTL when deciding until when it surely lived: the server
 /// times the TTL with its own clock from the moment it created the hold.
 pub const SURE_MARGIN_US: u64 = 10_000;
@@ -200,7 +202,7 @@ impl Ledger {
         Fairness {
             first_arrivals,
             won,
-            share: (first_arrivals > 0).then(|| won as f64 / first_arrivals as f64),
+            share: (first_arrivals > 0).then(|| exact_f64(won) / exact_f64(first_arrivals)),
         }
     }
 }

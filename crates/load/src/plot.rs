@@ -10,7 +10,9 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::{RunReport, SeriesPoint};
+use crate::limits::exact_f64;
+use crate::recorder::{us_to_ms, SeriesPoint};
+use crate::report::RunReport;
 
 const WIDTH_PX: u32 = 1_100;
 const HEIGHT_PX: u32 = 960;
@@ -39,7 +41,7 @@ fn draw<DB: DrawingBackend>(r: &RunReport, root: &DrawingArea<DB, Shift>) -> Res
     } else {
         "open loop: latency from intended send time"
     };
-    let title = format!("livestock load: {}", r.profile);
+    let title = format!("livestock-load: {}", r.profile);
     let (header, body) = root.split_vertically(62);
     header.draw(&Text::new(title, (16, 8), (FONT, 24).into_font())).map_err(err)?;
     let subtitle = format!(
@@ -98,7 +100,7 @@ fn draw<DB: DrawingBackend>(r: &RunReport, root: &DrawingArea<DB, Shift>) -> Res
     legend(&mut chart)?;
 
     // 2. Reserve latency, log scale.
-    let ms = |us: u64| (us.max(1) as f64) / 1e3;
+    let ms = |us: u64| us_to_ms(us.max(1));
     let lat_max = series.iter().filter_map(|p| p.reserve_p99_us).map(ms).fold(1.0_f64, f64::max);
     let lat_min = series.iter().filter_map(|p| p.reserve_p50_us).map(ms).fold(lat_max, f64::min);
     let mut chart = ChartBuilder::on(&panels[1])
@@ -140,7 +142,7 @@ fn draw<DB: DrawingBackend>(r: &RunReport, root: &DrawingArea<DB, Shift>) -> Res
     legend(&mut chart)?;
 
     // 3. The stock burning down.
-    let units_max = stock.iter().map(|p| p.available).max().unwrap_or(0).max(1) as f64 * 1.1;
+    let units_max = exact_f64(stock.iter().map(|p| p.available).max().unwrap_or(0).max(1)) * 1.1;
     let mut chart = ChartBuilder::on(&panels[2])
         .caption("available stock, polled every 100 ms", (FONT, 19))
         .margin(10)
@@ -157,7 +159,7 @@ fn draw<DB: DrawingBackend>(r: &RunReport, root: &DrawingArea<DB, Shift>) -> Res
         .draw()
         .map_err(err)?;
     let points: Vec<(f64, f64)> =
-        stock.iter().map(|p| (p.t_ms / 1e3, p.available as f64)).collect();
+        stock.iter().map(|p| (p.t_ms / 1e3, exact_f64(p.available))).collect();
     chart
         .draw_series(LineSeries::new(points, STOCK.stroke_width(2)))
         .map_err(err)?

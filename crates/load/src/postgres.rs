@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use crate::backend::{
     counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
 };
-use crate::client::{Outcome, Target};
+use crate::client::{Outcome, Target, Unhealthy};
 use crate::ledger::Counters;
 
 /// The schema and the functions; every statement is idempotent.
@@ -157,15 +157,25 @@ impl PgConn {
             .map_err(|o| format!("cannot connect to postgres: {}", o.label()))
     }
 
-    pub async fn health(&mut self) -> Result<(), String> {
+    /// Checks that PostgreSQL accepts the connection and answers `SELECT 1`. A refused login
+    /// counts as no answer: a server that is still starting refuses logins too.
+    pub async fn health(&mut self) -> Result<(), Unhealthy> {
         let live = self.open().await.map_err(|o| {
-            format!("cannot connect to postgres ({}); is the server running?", o.label())
+            Unhealthy::Silent(format!(
+                "cannot connect to postgres ({}); is the server running?",
+                o.label()
+            ))
         })?;
         let client = Arc::clone(&live.client);
-        self.finish(async move { client.simple_query("SELECT 1").await })
-            .await
-            .map(|_| ())
-            .map_err(|o| format!("postgres does not answer SELECT 1: {}", o.label()))
+        self.finish(async move { client.simple_query("SELECT 1").await }).await.map(|_| ()).map_err(
+            |o| {
+                let message = format!("postgres does not answer SELECT 1: {}", o.label());
+                match o {
+                    Outcome::Transport(_) => Unhealthy::Silent(message),
+                    _ => Unhealthy::Answered(message),
+                }
+            },
+        )
     }
 
     /// Creates the tables and functions (idempotent).

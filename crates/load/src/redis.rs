@@ -13,7 +13,7 @@ use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, Script};
 use crate::backend::{
     counters_from, peer_failure, peer_outcome, within_deadline, Reserved, EXPIRE_BATCH,
 };
-use crate::client::{Outcome, Target};
+use crate::client::{Outcome, Target, Unhealthy};
 use crate::ledger::Counters;
 
 const COMMON_LUA: &str = include_str!("peers/redis-common.lua");
@@ -126,12 +126,16 @@ impl RedisConn {
             .map_err(|o| format!("cannot connect to redis: {}", o.label()))
     }
 
-    pub async fn health(&mut self) -> Result<(), String> {
+    /// Checks that redis answers PING.
+    pub async fn health(&mut self) -> Result<(), Unhealthy> {
         self.with(async |c| redis::cmd("PING").query_async::<String>(c).await)
             .await
             .map(|_| ())
-            .map_err(|o| {
-                format!("redis does not answer PING ({}); is redis-server running?", o.label())
+            .map_err(|o| match o {
+                Outcome::Transport(kind) => Unhealthy::Silent(format!(
+                    "redis does not answer PING ({kind}); is redis-server running?"
+                )),
+                refused => Unhealthy::Answered(format!("redis PING: {}", refused.label())),
             })
     }
 

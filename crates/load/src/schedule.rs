@@ -12,104 +12,8 @@
 
 use std::fmt;
 
-/// A small, fast, seedable generator (xorshift64*, seeded through splitmix64). Not for secrets:
-/// for reproducible workloads.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        // splitmix64 spreads similar seeds apart; xorshift must not start at zero.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_F491_4F6C_DD1D } else { z })
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, 1)`, 53 bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `[0, n)`; `n` must be positive. Lemire's multiply-shift: no division, and a
-    /// bias of at most n / 2^64, far below anything a load test can see.
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "below(0)");
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `[lo, hi]`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "between({lo}, {hi})");
-        match (hi - lo).checked_add(1) {
-            Some(span) => lo + self.below(span),
-            None => self.next_u64(),
-        }
-    }
-
-    /// An exponential variate with mean 1 (the gap between arrivals of a unit-rate Poisson
-    /// process).
-    pub fn exp1(&mut self) -> f64 {
-        // 1 - u is in (0, 1], so the logarithm is finite.
-        -(1.0 - self.next_f64()).ln()
-    }
-}
-
-/// Picks deal indexes with a Zipf skew: index `k` (0-based) has weight `1 / (k + 1)^s`. `s = 0`
-/// is uniform; `s = 1` is the classic "a few deals take most of the traffic". Index 0 is the
-/// hottest deal.
-#[derive(Clone, Debug)]
-pub struct Zipf {
-    /// Cumulative weights, normalized so the last is 1.
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    pub fn new(n: usize, exponent: f64) -> Zipf {
-        assert!(n > 0, "Zipf over no items");
-        assert!(exponent.is_finite() && exponent >= 0.0, "Zipf exponent {exponent}");
-        let mut total = 0.0;
-        let mut cdf: Vec<f64> = (1..=n)
-            .map(|k| {
-                total += (k as f64).powf(-exponent);
-                total
-            })
-            .collect();
-        for c in &mut cdf {
-            *c /= total;
-        }
-        Zipf { cdf }
-    }
-
-    pub fn len(&self) -> usize {
-        self.cdf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cdf.is_empty()
-    }
-
-    /// The probability of index `k`.
-    pub fn p(&self, k: usize) -> f64 {
-        let below = if k == 0 { 0.0 } else { self.cdf[k - 1] };
-        self.cdf[k] - below
-    }
-
-    pub fn sample(&self, rng: &mut Rng) -> usize {
-        let u = rng.next_f64();
-        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
-    }
-}
+use crate::limits::exact_f64;
+use crate::random::{Rng, Zipf};
 
 /// A stretch of time whose arrival rate moves linearly from `rate_start_per_s` to
 /// `rate_end_per_s`.
@@ -123,7 +27,7 @@ pub struct Segment {
 impl Segment {
     /// The expected number of arrivals in the segment.
     pub fn expected(&self) -> f64 {
-        (self.rate_start_per_s + self.rate_end_per_s) / 2.0 * self.duration_us as f64 / 1e6
+        (self.rate_start_per_s + self.rate_end_per_s) / 2.0 * exact_f64(self.duration_us) / 1e6
     }
 
     /// The instant (µs from the segment's start) at which the expected count reaches `lambda`
@@ -131,12 +35,12 @@ impl Segment {
     /// solving for `t` in the form `2 lambda / (a + sqrt(a^2 + 2 k lambda))` stays accurate
     /// when `k` is tiny or negative and when `a` is zero.
     fn instant_of(&self, lambda: f64) -> f64 {
-        let d = self.duration_us as f64 / 1e6;
+        let d = exact_f64(self.duration_us) / 1e6;
         let a = self.rate_start_per_s;
         let k = (self.rate_end_per_s - a) / d;
         let root = (a * a + 2.0 * k * lambda).max(0.0).sqrt();
         let t = if a + root > 0.0 { 2.0 * lambda / (a + root) } else { 0.0 };
-        (t * 1e6).clamp(0.0, self.duration_us as f64)
+        (t * 1e6).clamp(0.0, exact_f64(self.duration_us))
     }
 }
 
@@ -214,6 +118,11 @@ pub fn parse_replay(text: &str) -> Result<Vec<ReplayLine>, String> {
             .ok()
             .filter(|ms: &f64| ms.is_finite() && *ms >= 0.0 && *ms < 1e12)
             .ok_or_else(|| format!("line {n}: offset_ms {offset:?} is not a number >= 0"))?;
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "offset_ms is finite and in [0, 1e12) (checked above): the µs fit a u64"
+        )]
         let offset_us = (offset_ms * 1_000.0).round() as u64;
         if offset_us < last_us {
             return Err(format!("line {n}: offset {offset_ms} ms goes back in time"));
@@ -322,8 +231,13 @@ impl Cursor {
             let segment = segments.get(self.segment)?;
             let expected = segment.expected();
             if self.lambda <= expected {
-                let t = segment.instant_of(self.lambda);
-                return Some(self.segment_start_us + t as u64);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "instant_of clamps to [0, duration_us], a u64"
+                )]
+                let t_us = segment.instant_of(self.lambda) as u64;
+                return Some(self.segment_start_us + t_us);
             }
             self.lambda -= expected;
             self.segment_start_us += segment.duration_us;
@@ -355,7 +269,7 @@ impl Schedule {
     pub fn expected(timing: &Timing) -> Option<f64> {
         match timing {
             Timing::Shaped { segments, .. } => Some(segments.iter().map(Segment::expected).sum()),
-            Timing::Replay(lines) => Some(lines.len() as f64),
+            Timing::Replay(lines) => Some(u64::try_from(lines.len()).map_or(f64::MAX, exact_f64)),
             Timing::Unpaced => None,
         }
     }
@@ -451,48 +365,6 @@ mod tests {
     }
 
     #[test]
-    fn rng_is_reproducible_and_in_range() {
-        let a: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let c: Vec<u64> = (0..5).scan(Rng::new(8), |r, _| Some(r.next_u64())).collect();
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let mut rng = Rng::new(0);
-        for _ in 0..10_000 {
-            let f = rng.next_f64();
-            assert!((0.0..1.0).contains(&f));
-            assert!(rng.below(3) < 3);
-            assert!((5..=9).contains(&rng.between(5, 9)));
-            assert!(rng.exp1().is_finite());
-        }
-        assert_eq!(rng.between(4, 4), 4);
-    }
-
-    #[test]
-    fn zipf_weights_and_samples_follow_the_skew() {
-        let uniform = Zipf::new(4, 0.0);
-        for k in 0..4 {
-            assert!((uniform.p(k) - 0.25).abs() < 1e-12);
-        }
-        let zipf = Zipf::new(3, 1.0);
-        // Weights 1, 1/2, 1/3 over 11/6.
-        assert!((zipf.p(0) - 6.0 / 11.0).abs() < 1e-12);
-        assert!((zipf.p(2) - 2.0 / 11.0).abs() < 1e-12);
-        let mut rng = Rng::new(1);
-        let mut counts = [0u32; 3];
-        for _ in 0..60_000 {
-            counts[zipf.sample(&mut rng)] += 1;
-        }
-        for (k, &count) in counts.iter().enumerate() {
-            let share = f64::from(count) / 60_000.0;
-            assert!((share - zipf.p(k)).abs() < 0.01, "index {k}: {share} vs {}", zipf.p(k));
-        }
-        let one = Zipf::new(1, 1.2);
-        assert_eq!(one.sample(&mut rng), 0);
-        assert_eq!(one.len(), 1);
-    }
-
-    #[test]
     fn steady_even_schedule_is_a_metronome() {
         let timing = shaped(steady_segments(1_000.0, 100), Spacing::Even);
         let arrivals: Vec<Arrival> =
@@ -513,7 +385,7 @@ mod tests {
         assert_eq!(Schedule::span_us(&timing, u64::MAX), 3_000_000);
         let arrivals: Vec<Arrival> =
             Schedule::new(timing, choices(1, 1.0), 42, u64::MAX, u64::MAX).collect();
-        let n = arrivals.len() as f64;
+        let n = f64::from(u32::try_from(arrivals.len()).unwrap());
         assert!((n - 20_000.0).abs() < 600.0, "{n} arrivals");
         assert!(arrivals.windows(2).all(|w| w[0].offset_us <= w[1].offset_us));
         assert!(arrivals.iter().all(|a| a.offset_us < 3_000_000));

@@ -1,11 +1,17 @@
-//! Guards `livestock load` against false verdicts, missing reports and unlabelled closed loops.
+//! Guards `livestock-load` against false verdicts, missing reports, unlabelled closed loops and
+//! starting before the server listens.
 //!
 //! A short open-loop burst on an in-process server must sell out with no oversell, a balanced
 //! ledger and no per-user limit breach, and write its JSON report and SVG; a closed loop says
-//! so; capacity mode returns a number; a non-loopback target is refused.
+//! so; capacity mode returns a number; a non-loopback target is refused; a server that starts
+//! listening after the load still gets its run, and a target where nothing listens fails within
+//! `--wait-ms` with a message naming it.
+#![allow(clippy::expect_used, reason = "test code: a failed set-up is a failed test")]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
@@ -18,6 +24,11 @@ use serde_json::Value;
 /// A server on a free loopback port over the system clock (holds must really expire), on the
 /// caller's runtime.
 async fn server() -> Server {
+    server_at("127.0.0.1:0".parse().expect("address")).await
+}
+
+/// A server listening on `addr`.
+async fn server_at(addr: SocketAddr) -> Server {
     let config = NodeConfig {
         allocator: AllocatorConfig {
             hold_id_key: HoldIdKey(0x10AD_7E57),
@@ -27,7 +38,13 @@ async fn server() -> Server {
         idempotency_keys_max: 100_000,
     };
     let node = Arc::new(Node::new(config, Arc::new(SystemClock::default())));
-    Server::start("127.0.0.1:0".parse().expect("address"), node).await.expect("server starts")
+    Server::start(addr, node).await.expect("server starts")
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -45,7 +62,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn args(target: &str, extra: &[&str]) -> LoadArgs {
-    let mut argv = vec!["load", "--target", target, "--quiet"];
+    let mut argv = vec!["livestock-load", "--target", target, "--quiet"];
     argv.extend_from_slice(extra);
     LoadArgs::parse_from_args(argv).expect("arguments parse")
 }
@@ -111,7 +128,7 @@ fn a_short_burst_sells_out_and_the_ledger_balances() {
         let count = |outcome: &str| {
             m.latency
                 .iter()
-                .find(|l| l.op == load::report::Op::Reserve && l.outcome == outcome)
+                .find(|l| l.op == load::recorder::Op::Reserve && l.outcome == outcome)
                 .map_or(0, |l| l.latency.count)
         };
         assert!(count("ok") >= 100, "the whole stock was reserved at least once");
@@ -217,4 +234,65 @@ fn only_loopback_targets_are_driven() {
         .block_on(load::run(&args("192.168.1.10:8080", &[])))
         .expect_err("a private address is refused");
     assert!(e.contains("refusing") && e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn the_load_waits_for_a_server_that_starts_late() {
+    runtime().block_on(async {
+        let addr = free_port();
+        // `livestock serve & livestock-load ...`: the server listens a moment after the load
+        // has started.
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server_at(addr).await
+        });
+        let args = args(
+            &addr.to_string(),
+            &[
+                "--profile",
+                "steady",
+                "--rate",
+                "200",
+                "--duration-ms",
+                "300",
+                "--stock",
+                "20",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "10..50",
+                "--wait-ms",
+                "10000",
+            ],
+        );
+        let started = Instant::now();
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the load waits") else {
+            panic!("not a capacity run");
+        };
+        assert!(started.elapsed() >= Duration::from_millis(500), "the run began after the server");
+        assert!(report.verification.passed, "{:?}", report.verification.problems);
+        assert!(report.measured.requests.answered > 0);
+        late.await.expect("the server task").shutdown().await;
+    });
+}
+
+#[test]
+fn nothing_listening_fails_within_the_wait_and_names_the_target() {
+    let target = free_port().to_string();
+    let started = Instant::now();
+    let e = runtime()
+        .block_on(load::run(&args(&target, &["--wait-ms", "700"])))
+        .expect_err("nothing listens");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "it waited: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "within the bound: {waited:?}");
+    assert!(e.contains(&target) && e.contains("--wait-ms 700 ms") && e.contains("http"), "{e}");
+
+    // --wait-ms 0: one try, no wait.
+    let started = Instant::now();
+    let e = runtime()
+        .block_on(load::run(&args(&target, &["--wait-ms", "0"])))
+        .expect_err("nothing listens");
+    assert!(started.elapsed() < Duration::from_millis(500), "no wait");
+    assert!(e.contains(&target) && e.contains("no answer"), "{e}");
 }

@@ -1,4 +1,4 @@
--- The PostgreSQL peer of livestock (src/load/postgres.rs installs it; every statement is
+-- The PostgreSQL peer of livestock (crates/load/src/postgres.rs installs it; every statement is
 -- idempotent). Each operation is one function call: one round trip and one transaction, as a
 -- Redis script is one EVALSHA. Invariant, per deal: stock = available + held + sold.
 --

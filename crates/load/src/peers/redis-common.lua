@@ -1,4 +1,4 @@
--- Shared by every livestock peer script (prepended to each; see src/load/redis.rs).
+-- Shared by every livestock peer script (prepended to each; see crates/load/src/redis.rs).
 --
 -- Keys, all under "ls:":
 --   ls:deal:{deal}   hash  stock, available, held, sold, limit (0: none), ttl_ms

@@ -1,0 +1,94 @@
+//! Every bound of the load tool in one place: what a run may ask for, and how long it may take.
+//!
+//! A load run is bounded in time and size so it always stops by itself and its histograms and
+//! time series stay small. Where a bound meets one of the server's (`livestock_core::limits`),
+//! a `const` assert below relates the two: the tool never asks for something the server would
+//! refuse by its own limits. Names here say what they bound for the *tool* (`RUN_DEALS_MAX`,
+//! not `DEALS_MAX`) so they cannot be mistaken for the server's.
+
+use livestock_core::limits::{
+    DEALS_MAX, DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+};
+
+/// The arrival phase (of a run, or of one capacity step) is at most this long.
+pub const ARRIVAL_PHASE_MS_MAX: u64 = 10 * 60 * 1_000;
+/// Steady runs and closed loops without `--duration-ms` last this long.
+pub const DURATION_MS_DEFAULT: u64 = 10_000;
+/// Arrivals of one run or step, at most.
+pub const ARRIVALS_MAX: u64 = 5_000_000;
+/// [`ARRIVALS_MAX`] as a float, to compare with an expected count.
+pub const ARRIVALS_MAX_F64: f64 = exact_f64(ARRIVALS_MAX);
+/// `--rate`, `--max-rate`: arrivals per second, at most.
+pub const RATE_PER_S_MAX: f64 = 1_000_000.0;
+/// `--connections`, `--concurrency`: at most.
+pub const CONNECTIONS_MAX: usize = 4_096;
+/// Deals one run creates (`--deals`) or drives (`--deal`), at most.
+pub const RUN_DEALS_MAX: usize = 10_000;
+/// `--zipf`: the skew's exponent, at most (past 10 deal 0 takes everything anyway).
+pub const ZIPF_EXPONENT_MAX: f64 = 10.0;
+/// `--payment-delay-ms`: the upper end, at most.
+pub const PAYMENT_DELAY_MS_MAX: u64 = 60_000;
+/// `--hold-ttl-ms`: at most. A hold left to expire holds up the drain this long, so the bound
+/// stays near the payment delay rather than at the server's day.
+pub const RUN_HOLD_TTL_MS_MAX: u64 = 2 * PAYMENT_DELAY_MS_MAX;
+/// `--request-timeout-ms`: at most.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
+/// `--threads`: worker threads of the client's runtime, at most.
+pub const CLIENT_THREADS_MAX: usize = 64;
+/// After the last request, holds left to expire need their TTL plus this to come back: a few
+/// of the server's reaper ticks, and the read of the counters.
+pub const DRAIN_GRACE_MS: u64 = 1_000;
+/// `--wait-ms` when absent: how long the tool waits for the target to answer before the run
+/// (a server started in the same breath needs a moment to listen).
+pub const WAIT_MS_DEFAULT: u64 = 10_000;
+/// `--wait-ms`: at most.
+pub const WAIT_MS_MAX: u64 = 10 * 60 * 1_000;
+/// While waiting for the target, it is asked again this often.
+pub const WAIT_RETRY_MS: u64 = 100;
+/// Latencies above this are recorded as this (an hour: past any run's deadline, see below).
+pub const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Integers up to this convert to `f64` exactly. Every count, unit and µs of a run stays
+/// below it (asserted below), which is why the statistics may turn them into floats.
+pub const EXACT_F64_MAX: u64 = 1 << f64::MANTISSA_DIGITS;
+
+/// Capacity mode: steps of one search, at most.
+pub const CAPACITY_STEPS_MAX: u32 = 30;
+/// Capacity mode: tries of one step beyond the first, at most.
+pub const CAPACITY_STEP_RETRIES_MAX: u32 = 3;
+/// Capacity mode: `--step-duration-ms`, at least (shorter steps measure the ramp, not a rate).
+pub const CAPACITY_STEP_MS_MIN: u64 = 100;
+/// Capacity mode: `--rate-factor`, at most.
+pub const CAPACITY_RATE_FACTOR_MAX: f64 = 10.0;
+
+const _: () = assert!(DURATION_MS_DEFAULT <= ARRIVAL_PHASE_MS_MAX);
+const _: () = assert!(ARRIVALS_MAX < EXACT_F64_MAX);
+const _: () = assert!(LATENCY_US_MAX < EXACT_F64_MAX);
+const _: () = assert!(DEAL_STOCK_UNITS_MAX * (RUN_DEALS_MAX as u64) < EXACT_F64_MAX);
+const _: () = assert!(CAPACITY_STEP_MS_MIN <= ARRIVAL_PHASE_MS_MAX);
+const _: () = assert!(WAIT_MS_DEFAULT <= WAIT_MS_MAX);
+const _: () = assert!(WAIT_RETRY_MS < WAIT_MS_DEFAULT);
+// One run never creates more deals than the server keeps alive at once.
+const _: () = assert!(RUN_DEALS_MAX <= DEALS_MAX);
+// Every TTL the tool may ask for is one the server accepts, and a payment delay never
+// outlasts the longest hold.
+const _: () = assert!(HOLD_TTL_MS_MIN <= RUN_HOLD_TTL_MS_MAX);
+const _: () = assert!(RUN_HOLD_TTL_MS_MAX <= HOLD_TTL_MS_MAX);
+const _: () = assert!(PAYMENT_DELAY_MS_MAX <= RUN_HOLD_TTL_MS_MAX);
+// The drain outlasts several reaper ticks.
+const _: () = assert!(10 * EXPIRY_TICK_MS <= DRAIN_GRACE_MS);
+// No request of a run can take longer than the run's deadline (`Settings::deadline_us`), so
+// the histograms never clamp a real latency.
+const _: () = assert!(
+    (ARRIVAL_PHASE_MS_MAX + PAYMENT_DELAY_MS_MAX + 2 * REQUEST_TIMEOUT_MS_MAX + DRAIN_GRACE_MS)
+        * 1_000
+        <= LATENCY_US_MAX
+);
+const _: () = assert!(1.0 < CAPACITY_RATE_FACTOR_MAX);
+
+/// A count, a number of units or of µs of a run, as a float for a rate, a share or a mean.
+/// Exact: such numbers stay below [`EXACT_F64_MAX`] (asserted in debug builds).
+#[expect(clippy::cast_precision_loss, reason = "n <= EXACT_F64_MAX fits the mantissa exactly")]
+pub const fn exact_f64(n: u64) -> f64 {
+    debug_assert!(n <= EXACT_F64_MAX, "a run's count is beyond 2^53");
+    n as f64
+}

@@ -1,0 +1,221 @@
+//! One invocation of `livestock-load`, from set-up to verdict: wait for the target, create or
+//! read the deals, drive the load, drain the holds left to expire, verify the counters against
+//! the client's ledger, write the report and the plot, and pick the exit code.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use livestock_core::limits::EXPIRY_TICK_MS;
+
+use crate::args::LoadArgs;
+use crate::backend::Conn;
+use crate::capacity::{self, CapacityReport};
+use crate::driver::{self, Deals, Driver, Mode, Plan};
+use crate::ledger::{verify, Counters, DealState};
+use crate::limits::{ARRIVALS_MAX, CLIENT_THREADS_MAX, DRAIN_GRACE_MS};
+use crate::plot;
+use crate::recorder::us_to_ms;
+use crate::report::{self, RunReport, SellOut};
+use crate::schedule::Schedule;
+use crate::settings::{settings, Settings};
+
+/// What `livestock-load` produced.
+#[derive(Clone, Debug)]
+pub enum LoadOutcome {
+    Run(Box<RunReport>),
+    Capacity(CapacityReport),
+}
+
+/// Runs the load the arguments describe, writes `--json` and `--plot` if asked, and returns
+/// the report. Errors are set-up problems (bad arguments, no server, a deal that cannot be
+/// created); a server that misbehaves under load is a report whose verification failed.
+pub async fn run(args: &LoadArgs) -> Result<LoadOutcome, String> {
+    let settings = settings(args)?;
+    // `livestock serve & livestock-load ...` starts both at once: give the server a moment.
+    settings.backend.wait_until_answering(settings.wait).await?;
+    let outcome = if settings.capacity.is_some() {
+        LoadOutcome::Capacity(capacity::find_capacity(&settings).await?)
+    } else {
+        LoadOutcome::Run(Box::new(single(&settings).await?))
+    };
+    if let Some(path) = &args.json {
+        let json = match &outcome {
+            LoadOutcome::Run(report) => serde_json::to_string_pretty(report),
+            LoadOutcome::Capacity(report) => serde_json::to_string_pretty(report),
+        }
+        .map_err(|e| format!("cannot encode the report: {e}"))?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("cannot write --json {}: {e}", path.display()))?;
+    }
+    if let (Some(path), LoadOutcome::Run(report)) = (&args.plot, &outcome) {
+        plot::write_svg(report, path)?;
+    }
+    Ok(outcome)
+}
+
+/// Reads the counters of every deal.
+async fn read_all(admin: &mut Conn, ids: &[String]) -> Result<Vec<Counters>, String> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(admin.deal(id).await?.0);
+    }
+    Ok(out)
+}
+
+/// One run: set up the deals, drive the load, drain the holds, verify, report.
+async fn single(s: &Settings) -> Result<RunReport, String> {
+    let started = Instant::now();
+    let mut admin = s.backend.admin().await?;
+    // A peer's hold expiry (livestock runs its own), through the drain.
+    let _reaper = s.backend.start_reaper(Duration::from_millis(EXPIRY_TICK_MS)).await?;
+    let (ids, limits) = if s.existing_deals.is_empty() {
+        let mut ids = Vec::new();
+        for i in 0..s.deals {
+            let id = format!("{}-d{i}", s.run_id);
+            admin.create_deal(&id, s.stock, s.per_user_limit, s.hold_ttl_ms).await?;
+            ids.push(id);
+        }
+        (ids, vec![s.per_user_limit; s.deals])
+    } else {
+        let mut limits = Vec::new();
+        for id in &s.existing_deals {
+            limits.push(admin.deal(id).await?.1);
+        }
+        (s.existing_deals.clone(), limits)
+    };
+    let before = read_all(&mut admin, &ids).await?;
+    let deals = Deals { ids: ids.clone(), units: before.iter().map(|c| c.available).collect() };
+    let end_us = match s.mode {
+        Mode::Open => s.phase_us,
+        Mode::Closed { .. } => u64::MAX,
+    };
+    let schedule = Schedule::new(s.timing.clone(), s.choices.clone(), s.seed, end_us, ARRIVALS_MAX);
+    let plan = Plan {
+        backend: s.backend.clone(),
+        mode: s.mode,
+        connections: s.connections,
+        schedule,
+        phase_us: s.phase_us,
+        hold_ttl_ms: s.hold_ttl_ms,
+        run_id: s.run_id.clone(),
+        poll_stock: true,
+        progress: s.progress,
+    };
+    let mut driver = Driver::start(plan, &deals).await?;
+    let completed = driver.finish(s.deadline_us(s.phase_us)).await;
+    let arrival_phase_ms = us_to_ms(s.phase_us);
+
+    // Drain: holds left to expire come back within their TTL; wait (bounded) until every
+    // deal holds no more than it did before the run.
+    let drain_until = Instant::now() + Duration::from_millis(s.hold_ttl_ms + DRAIN_GRACE_MS);
+    let (after, drained) = loop {
+        let now = read_all(&mut admin, &ids).await?;
+        let drained = now.iter().zip(&before).all(|(a, b)| a.held <= b.held);
+        if drained || Instant::now() >= drain_until {
+            break (now, drained);
+        }
+        tokio::time::sleep(Duration::from_millis(driver::STOCK_POLL_MS)).await;
+    };
+    // One more stock sample at the end, then stop the watchers.
+    tokio::time::sleep(Duration::from_millis(driver::STOCK_POLL_MS)).await;
+    let driven = driver.stop(completed);
+
+    let states: Vec<DealState<'_>> = ids
+        .iter()
+        .zip(&before)
+        .zip(&after)
+        .zip(&limits)
+        .map(|(((id, b), a), l)| DealState { id, before: *b, after: *a, per_user_limit: *l })
+        .collect();
+    let mut verification = verify(&states, &driven.ledger, drained);
+    if !completed {
+        verification.passed = false;
+        verification.problems.push(format!(
+            "{} requests were still unanswered at the run's deadline; the ledger is incomplete",
+            driven.abandoned
+        ));
+    }
+    let sold_out_ms: Vec<Option<f64>> = driven
+        .ledger
+        .deals
+        .iter()
+        .map(|d| d.first_sold_out_us.map(|us| us_to_ms(us).round()))
+        .collect();
+    let (mode, latency_from) = match s.mode {
+        Mode::Open => ("open_loop", report::OPEN_LOOP_LABEL),
+        Mode::Closed { .. } => ("closed_loop", report::CLOSED_LOOP_LABEL),
+    };
+    Ok(RunReport {
+        mode,
+        latency_from,
+        target: s.backend.target.to_string(),
+        backend: s.backend.kind.as_str(),
+        run_id: s.run_id.clone(),
+        seed: s.seed,
+        profile: s.profile.clone(),
+        deals: ids.len(),
+        stock_units: before.iter().map(|c| c.available).sum(),
+        viewers: s.choices.viewers,
+        arrival_phase_ms,
+        wall_ms: (started.elapsed().as_secs_f64() * 1e3).round(),
+        measured: driven.recorder.measurements(),
+        sell_out: SellOut {
+            deals_sold_out: sold_out_ms.iter().filter(|t| t.is_some()).count(),
+            hot_deal_ms: sold_out_ms.first().copied().flatten(),
+            per_deal_ms: sold_out_ms.into_iter().take(100).collect(),
+        },
+        fairness: driven.ledger.fairness(),
+        verification,
+    })
+}
+
+/// `livestock-load`: runs, prints the summary, exits 0 if the verification passed (1 if not,
+/// 2 on a set-up error).
+pub fn main(args: LoadArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.clamp(1, CLIENT_THREADS_MAX))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Ok(LoadOutcome::Run(report)) => {
+            let mut text = report::render(&report);
+            if let Some(path) = &args.json {
+                text.push_str(&format!("report: {}\n", path.display()));
+            }
+            if let Some(path) = &args.plot {
+                text.push_str(&format!("plot: {}\n", path.display()));
+            }
+            say(&text);
+            if report.verification.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Ok(LoadOutcome::Capacity(report)) => {
+            say(&report.render());
+            if report.oversell_units > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
