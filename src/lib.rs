@@ -22,6 +22,8 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the invariants and the life of a reserve request.
 
+#![forbid(unsafe_code)]
+
 pub mod alloc;
 pub mod clock;
 #[cfg(not(loom))]

@@ -1,6 +1,8 @@
 //! `livestock`: parse the command line and configuration, recover, serve (or verify, or
 //! load-test). Nothing else lives here.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

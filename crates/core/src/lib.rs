@@ -18,6 +18,8 @@
 //! | `error.rs` | every refusal as an enum with a stable machine code |
 //! | `time.rs` | instants in messages, as RFC 3339 UTC |
 
+#![forbid(unsafe_code)]
+
 pub mod command;
 pub mod counters;
 pub mod deal;

@@ -25,6 +25,8 @@
 //!
 //! See `docs/load.md`, and `benches/peers/` for the peer benchmark.
 
+#![forbid(unsafe_code)]
+
 pub mod args;
 pub mod backend;
 pub mod capacity;

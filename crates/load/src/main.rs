@@ -2,6 +2,8 @@
 //! loopback: open-loop bursts, latency histograms, a verification of the server's counters
 //! against the client's ledger, a plot, capacity search. See `docs/load.md`.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,6 +1,8 @@
 //! `livestock-ceiling`: the peer benchmark's ceiling (benches/peers/): a bare hyper server on
 //! `livestock serve`'s runtime settings that answers every POST with a fixed hold.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
