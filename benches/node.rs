@@ -17,7 +17,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
-use livestock::http::handle;
+use livestock::http::{endpoints, handle};
 use livestock::node::{Node, NodeConfig};
 use livestock_core::ids::HoldIdKey;
 use livestock_core::limits::{
@@ -101,5 +101,11 @@ fn reserve_release(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sold_out, reserve_release);
+fn route(c: &mut Criterion) {
+    c.bench_function("http_route", |b| {
+        b.iter(|| endpoints::find(black_box(&Method::POST), black_box("/v1/deals/drop/reserve")));
+    });
+}
+
+criterion_group!(benches, sold_out, reserve_release, route);
 criterion_main!(benches);

@@ -94,10 +94,14 @@ where
 /// Whether a declared `Content-Type` is JSON (`application/json`, or a `+json` type, with any
 /// parameters). No `Content-Type` at all is accepted as JSON: many clients send none.
 fn is_json(content_type: &HeaderValue) -> bool {
-    let Ok(value) = content_type.to_str() else { return false };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json"
-        || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"))
+    // Compared without allocating: this runs on every mutation.
+    let value = content_type.as_bytes();
+    let essence = value.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+    let (prefix, suffix) = (b"application/".as_slice(), b"+json".as_slice());
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > prefix.len() + suffix.len()
+            && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
 async fn answer<B>(
