@@ -211,7 +211,7 @@ fn one_idempotency_key_executes_once() {
                     Begin::Execute(guard) => {
                         executions.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
                         let body = bytes::Bytes::from_static(b"{}");
-                        guard.finish(StoredReply { status: 201, body }, Some(1));
+                        guard.finish(StoredReply { status: 201, body, code: None }, Some(1));
                         "executed"
                     }
                     Begin::InFlight => "in flight",
