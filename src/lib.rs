@@ -17,6 +17,7 @@
 //! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
 //! | `http/` | routes, wire types, errors as status + JSON, auth, rate limits, the hyper server |
 //! | `wal/` | the write-ahead log, checkpoints, recovery, the storage trait |
+//! | `cluster/` | replication on openraft: log storage, state machine, peer network |
 //! | `config.rs` | the configuration: defaults < TOML file < environment < flags |
 //! | `metrics.rs` | counters and histograms for `/metrics` |
 //!
@@ -33,6 +34,8 @@ pub mod sync;
 
 // The shell's I/O modules are left out of loom builds: tokio drops its networking under
 // `--cfg loom`, and the models exercise the concurrent core, not sockets or files.
+#[cfg(not(loom))]
+pub mod cluster;
 #[cfg(not(loom))]
 pub mod http;
 #[cfg(not(loom))]

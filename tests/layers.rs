@@ -23,8 +23,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("idempotency", 1),
     ("alloc", 1),
     ("wal", 2),
-    ("node", 3),
-    ("http", 4),
+    ("cluster", 3),
+    ("node", 4),
+    ("http", 5),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

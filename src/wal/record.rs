@@ -45,6 +45,19 @@ pub struct Record {
     pub reply: Option<KeptReply>,
 }
 
+/// One line for logs (openraft prints the entries it handles).
+impl std::fmt::Display for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at {} ms: {:?}{}",
+            self.at_ms,
+            self.event,
+            if self.reply.is_some() { " (keyed)" } else { "" }
+        )
+    }
+}
+
 /// Why bytes are not a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameError {
