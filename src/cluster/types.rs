@@ -49,3 +49,9 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Membership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+
+/// A snapshot as it is built, sent and installed: the encoded checkpoint of the applied state
+/// (see `state_machine.rs`), in memory. One group's state is at most a few hundred MB at the
+/// limits in `livestock_core::limits`, and a snapshot is built off the request path.
+pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
