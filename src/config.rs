@@ -73,6 +73,49 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A cluster member as `--peers` names it: `id=host:port` (its peer address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, addr) =
+            s.split_once('=').ok_or_else(|| format!("peer {s:?}: expected id=host:port"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("peer {s:?}: id is not a number"))?;
+        if id == 0 {
+            return Err(format!("peer {s:?}: node ids start at 1"));
+        }
+        let addr = addr.trim();
+        if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(format!("peer {s:?}: expected host:port after '='"));
+        }
+        Ok(Peer { id, addr: addr.to_owned() })
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.id, self.addr)
+    }
+}
+
+impl Serialize for Peer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Peer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Every setting. Field docs give the unit and the default; the defaults live in `Default`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -126,6 +169,29 @@ pub struct Config {
     pub admin_tokens: Vec<Secret>,
     /// Tokens of the `client` role (reserve, cart, confirm, release, extend, reads).
     pub client_tokens: Vec<Secret>,
+    /// Cluster mode: this node's id (1, 2, ...). Absent: a single node (the default).
+    pub node_id: Option<u64>,
+    /// Cluster mode: where this node listens for its peers (raft and forwarded writes).
+    pub peer_listen: Option<SocketAddr>,
+    /// Cluster mode: every member, `id=host:port` (peer addresses), this node included.
+    pub peers: Vec<Peer>,
+    /// Cluster mode: the secret peers authenticate with. Required as soon as a peer address is
+    /// not loopback. Never printed.
+    pub cluster_secret: Option<Secret>,
+    /// Cluster mode: a follower answers `sold_out` itself while it is at most this far behind
+    /// the leader; otherwise it forwards. 0: always forward. Default 100.
+    pub stale_refusal_ms: u64,
+    /// Cluster mode: how long a write waits for its decision to commit before it gets 503
+    /// `no_leader` (its outcome then unknown: retry with the same key). Default 2000.
+    pub commit_timeout_ms: u64,
+    /// Cluster mode: the leader's heartbeat period. Default 100.
+    pub heartbeat_interval_ms: u64,
+    /// Cluster mode: a follower that hears no leader for a random time in
+    /// [election_timeout_min_ms, 2 x election_timeout_min_ms) starts an election. Default 400.
+    pub election_timeout_min_ms: u64,
+    /// Cluster mode: a snapshot is built after this many entries since the last one.
+    /// Default 50000.
+    pub snapshot_entries: u64,
 }
 
 impl Default for Config {
@@ -155,6 +221,15 @@ impl Default for Config {
             insecure: false,
             admin_tokens: Vec::new(),
             client_tokens: Vec::new(),
+            node_id: None,
+            peer_listen: None,
+            peers: Vec::new(),
+            cluster_secret: None,
+            stale_refusal_ms: 100,
+            commit_timeout_ms: 2_000,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            snapshot_entries: 50_000,
         }
     }
 }
@@ -239,6 +314,35 @@ pub struct ConfigArgs {
     /// client tokens, comma-separated.
     #[arg(long, env = "LIVESTOCK_CLIENT_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub client_tokens: Option<Vec<Secret>>,
+    /// Cluster mode: this node's id (1, 2, ...) [default: none, a single node].
+    #[arg(long, env = "LIVESTOCK_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: the address peers reach this node at.
+    #[arg(long, env = "LIVESTOCK_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Cluster mode: every member as id=host:port, comma-separated, this node included.
+    #[arg(long, env = "LIVESTOCK_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<Peer>>,
+    /// Cluster mode: the shared secret peers authenticate with (required off loopback).
+    #[arg(long, env = "LIVESTOCK_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+    /// Cluster mode: how stale a follower may be and still answer sold_out itself, ms
+    /// [default: 100; 0 = always forward].
+    #[arg(long, env = "LIVESTOCK_STALE_REFUSAL_MS")]
+    pub stale_refusal_ms: Option<u64>,
+    /// Cluster mode: how long a write waits for its commit before 503 no_leader, ms
+    /// [default: 2000].
+    #[arg(long, env = "LIVESTOCK_COMMIT_TIMEOUT_MS")]
+    pub commit_timeout_ms: Option<u64>,
+    /// Cluster mode: the leader's heartbeat period, ms [default: 100].
+    #[arg(long, env = "LIVESTOCK_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Cluster mode: the shortest election timeout, ms [default: 400].
+    #[arg(long, env = "LIVESTOCK_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Cluster mode: entries between snapshots [default: 50000].
+    #[arg(long, env = "LIVESTOCK_SNAPSHOT_ENTRIES")]
+    pub snapshot_entries: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +401,22 @@ impl Config {
             insecure,
             admin_tokens,
             client_tokens,
+            peers,
+            stale_refusal_ms,
+            commit_timeout_ms,
+            heartbeat_interval_ms,
+            election_timeout_min_ms,
+            snapshot_entries,
         );
+        if args.node_id.is_some() {
+            config.node_id = args.node_id;
+        }
+        if args.peer_listen.is_some() {
+            config.peer_listen = args.peer_listen;
+        }
+        if args.cluster_secret.is_some() {
+            config.cluster_secret = args.cluster_secret.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -349,12 +468,63 @@ impl Config {
         if seen.windows(2).any(|pair| pair[0] == pair[1]) {
             return fail("a token is listed twice (or under both roles)".into());
         }
+        self.validate_cluster()?;
         if self.tokens_configured() == 0 && !self.listen.ip().is_loopback() && !self.insecure {
             return fail(format!(
                 "listening on {} (not loopback) without tokens: configure admin_tokens and \
                  client_tokens, or pass --insecure to serve it unauthenticated",
                 self.listen
             ));
+        }
+        Ok(())
+    }
+
+    /// Cluster options come together or not at all; the secret is required off loopback.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Invalid(message));
+        let Some(node_id) = self.node_id else {
+            if self.peer_listen.is_some() || !self.peers.is_empty() {
+                return fail("peer_listen and peers need node_id (cluster mode)".into());
+            }
+            return Ok(());
+        };
+        if self.peer_listen.is_none() || self.peers.is_empty() {
+            return fail("cluster mode (node_id) needs peer_listen and peers".into());
+        }
+        if !self.peers.iter().any(|p| p.id == node_id) {
+            return fail(format!("node_id {node_id} is not among the peers"));
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return fail("a node id is listed twice in peers".into());
+        }
+        let loopback = |addr: &str| match addr.parse::<SocketAddr>() {
+            Ok(a) => a.ip().is_loopback(),
+            Err(_) => addr.starts_with("localhost:"),
+        };
+        let off_loopback = self.peers.iter().any(|p| !loopback(&p.addr))
+            || self.peer_listen.is_some_and(|a| !a.ip().is_loopback());
+        if off_loopback && self.cluster_secret.is_none() {
+            return fail(
+                "a peer address is not loopback: set LIVESTOCK_CLUSTER_SECRET (cluster_secret)"
+                    .into(),
+            );
+        }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return fail("cluster_secret must be at least 16 characters".into());
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_min_ms < 2 * self.heartbeat_interval_ms
+        {
+            return fail(
+                "heartbeat_interval_ms must be at least 1 and election_timeout_min_ms at least \
+                 twice it"
+                    .into(),
+            );
+        }
+        if self.commit_timeout_ms == 0 || self.snapshot_entries == 0 {
+            return fail("commit_timeout_ms and snapshot_entries must be at least 1".into());
         }
         Ok(())
     }

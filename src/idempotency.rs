@@ -216,6 +216,19 @@ impl IdempotencyTable {
         }
     }
 
+    /// Forgets every finished answer (keys in flight stay): a replica that stops leading
+    /// drops answers that may belong to decisions that never committed, then puts back the
+    /// committed ones with `restore`.
+    pub fn forget_answers(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.slots.len();
+            shard.slots.retain(|_, slot| matches!(slot.state, SlotState::InFlight));
+            let removed = before - shard.slots.len();
+            self.count.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
     /// Puts back a remembered answer (recovery from the log). Older than the window: ignored.
     pub fn restore(
         &self,

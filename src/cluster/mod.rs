@@ -10,4 +10,7 @@
 //!
 //! See docs/replication.md.
 
+pub mod replica;
+pub mod snapshot_file;
+pub mod state_machine;
 pub mod types;

@@ -33,7 +33,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::HoldTtlExceeded
         | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::IdempotencyCapacity | ErrorCode::StorageUnavailable => {
+        ErrorCode::IdempotencyCapacity | ErrorCode::StorageUnavailable | ErrorCode::NoLeader => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,

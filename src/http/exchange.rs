@@ -33,7 +33,10 @@ fn error(e: ApiError) -> Response<Full<Bytes>> {
 }
 
 fn unavailable(e: Unavailable) -> ApiError {
-    ApiError::new(ErrorCode::StorageUnavailable, e.to_string())
+    match e {
+        Unavailable::Storage(_) => ApiError::new(ErrorCode::StorageUnavailable, e.to_string()),
+        Unavailable::Cluster(_) => ApiError::new(ErrorCode::NoLeader, e.to_string()),
+    }
 }
 
 /// A request id: the caller's `x-request-id` if it is a sane token, else a new one.

@@ -14,6 +14,7 @@ use livestock_core::command::Outcome;
 use livestock_core::error::CommandError;
 use livestock_core::event::{Event, EventSink};
 
+use crate::cluster::replica::Replica;
 use crate::idempotency::StoredReply;
 use crate::metrics::Metrics;
 use crate::node::Keyed;
@@ -23,8 +24,16 @@ use crate::wal::{KeptReply, Record, Wal};
 /// calls it only for keyed commands, whose answers it must keep.
 pub type Render<'a> = &'a dyn Fn(&Result<Outcome, CommandError>) -> StoredReply;
 
+/// Where a command's records go: nowhere, the write-ahead log, or the replica's proposal
+/// queue (with the term the command decides in).
+pub(crate) enum Sink<'a> {
+    Memory,
+    Wal(&'a Wal),
+    Raft(&'a Replica, u64),
+}
+
 pub(crate) struct Journal<'a> {
-    pub wal: Option<&'a Wal>,
+    pub sink: Sink<'a>,
     pub metrics: &'a Metrics,
     pub now_ms: u64,
     /// `Some` for a keyed command: its answer is rendered and logged with its event.
@@ -36,8 +45,8 @@ pub(crate) struct Journal<'a> {
 }
 
 impl<'a> Journal<'a> {
-    pub fn new(wal: Option<&'a Wal>, metrics: &'a Metrics, now_ms: u64) -> Self {
-        Journal { wal, metrics, now_ms, keyed: None, outcome: None, reply: None, lsn: None }
+    pub fn new(sink: Sink<'a>, metrics: &'a Metrics, now_ms: u64) -> Self {
+        Journal { sink, metrics, now_ms, keyed: None, outcome: None, reply: None, lsn: None }
     }
 }
 
@@ -64,8 +73,11 @@ impl EventSink for Journal<'_> {
             }
             None => None,
         };
-        if let Some(wal) = self.wal {
-            self.lsn = Some(wal.append(Record { at_ms: self.now_ms, event, reply: kept }));
+        let record = Record { at_ms: self.now_ms, event, reply: kept };
+        match self.sink {
+            Sink::Memory => {}
+            Sink::Wal(wal) => self.lsn = Some(wal.append(record)),
+            Sink::Raft(replica, term) => self.lsn = Some(replica.propose(term, record)),
         }
         self.outcome = Some(outcome.clone());
     }

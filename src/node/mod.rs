@@ -27,9 +27,11 @@ use std::sync::Arc;
 
 use crate::alloc::{Allocator, AllocatorConfig};
 use crate::clock::Clock;
+use crate::cluster::replica::{NotDecided, Replica};
 use crate::idempotency::{Begin, IdempotencyTable, StoredReply};
 use crate::metrics::Metrics;
-use crate::node::journal::Journal;
+use crate::node::journal::{Journal, Sink};
+use crate::sync::ArcCell;
 use crate::wal::{self, Durability, RecoveryReport, Storage, Wal, WalConfig};
 use livestock_core::command::{Command, Outcome};
 use livestock_core::error::CommandError;
@@ -45,11 +47,29 @@ pub struct NodeConfig {
 
 pub struct Node {
     metrics: Metrics,
-    allocator: Allocator,
+    /// The live allocator. Swapped only in cluster mode, when a replica that stops leading
+    /// drops decisions that did not commit (see `cluster::state_machine`).
+    allocator: Arc<ArcCell<Allocator>>,
     clock: Arc<dyn Clock>,
-    idempotency: IdempotencyTable,
-    /// `None`: state lives in memory only (tests and tools that need no durability).
-    wal: Option<Wal>,
+    idempotency: Arc<IdempotencyTable>,
+    log: Log,
+}
+
+/// Where decided events go.
+enum Log {
+    /// Nowhere: state lives in memory only (tests and tools that need no durability).
+    Memory,
+    /// The single-node write-ahead log.
+    Wal(Wal),
+    /// A raft group: a decision is acknowledged once a majority has it durable.
+    Raft(Arc<Replica>),
+}
+
+/// The right to decide in cluster mode (held while a command runs), and the term it decides
+/// in. Outside a cluster it guards nothing.
+struct Decider<'a> {
+    _guard: Option<parking_lot::RwLockReadGuard<'a, Option<u64>>>,
+    sink_term: u64,
 }
 
 /// A keyed request's identity: where its key lives and what request it stands for.
@@ -93,8 +113,20 @@ pub enum KeyedResult {
 /// what was changed will not be acknowledged. The HTTP layer answers 503
 /// `storage_unavailable`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("storage unavailable: {0}")]
-pub struct Unavailable(pub String);
+pub enum Unavailable {
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// Cluster mode: this node may not decide now, or the decision did not commit (503
+    /// `no_leader`, or a forward to the leader).
+    #[error("{0}")]
+    Cluster(NotDecided),
+}
+
+impl From<NotDecided> for Unavailable {
+    fn from(e: NotDecided) -> Self {
+        Unavailable::Cluster(e)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -111,13 +143,13 @@ impl Node {
     pub fn new(config: NodeConfig, clock: Arc<dyn Clock>) -> Self {
         Node {
             metrics: Metrics::default(),
-            allocator: Allocator::new(config.allocator),
+            allocator: Arc::new(ArcCell::from_pointee(Allocator::new(config.allocator))),
             clock,
-            idempotency: IdempotencyTable::new(
+            idempotency: Arc::new(IdempotencyTable::new(
                 config.idempotency_window_ms,
                 config.idempotency_keys_max,
-            ),
-            wal: None,
+            )),
+            log: Log::Memory,
         }
     }
 
@@ -151,18 +183,52 @@ impl Node {
         let wal = Wal::start(storage, start, wal_config)?;
         let metrics = Metrics::default();
         let allocator = recovered.allocator;
-        let node = Node { metrics, allocator, clock, idempotency, wal: Some(wal) };
+        let node = Node {
+            metrics,
+            allocator: Arc::new(ArcCell::from_pointee(allocator)),
+            clock,
+            idempotency: Arc::new(idempotency),
+            log: Log::Wal(wal),
+        };
         node.expire_due();
         node.metrics.recovered_in(started.elapsed());
         Ok((node, recovered.report))
     }
 
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+    /// A node of a cluster: its state is the replica's (`cluster::open` recovers it).
+    pub fn clustered(metrics: Metrics, clock: Arc<dyn Clock>, replica: Arc<Replica>) -> Node {
+        Node {
+            metrics,
+            allocator: replica.shared.live.clone(),
+            clock,
+            idempotency: replica.shared.idempotency.clone(),
+            log: Log::Raft(replica),
+        }
     }
 
-    pub fn allocator(&self) -> &Allocator {
-        &self.allocator
+    /// The clock. In a cluster, never behind the newest time a leader stamped on an applied
+    /// entry: a new leader whose clock runs late does not decide in the past.
+    pub fn now_ms(&self) -> u64 {
+        let now_ms = self.clock.now_ms();
+        match &self.log {
+            Log::Raft(replica) => {
+                now_ms.max(replica.shared.stamped_ms.load(std::sync::atomic::Ordering::Relaxed))
+            }
+            _ => now_ms,
+        }
+    }
+
+    /// The live allocator (a cheap handle: one atomic load).
+    pub fn allocator(&self) -> arc_swap::Guard<Arc<Allocator>> {
+        self.allocator.load()
+    }
+
+    /// The raft replica, in cluster mode.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        match &self.log {
+            Log::Raft(replica) => Some(replica),
+            _ => None,
+        }
     }
 
     pub fn idempotency(&self) -> &IdempotencyTable {
@@ -174,15 +240,42 @@ impl Node {
     }
 
     pub fn wal(&self) -> Option<&Wal> {
-        self.wal.as_ref()
+        match &self.log {
+            Log::Wal(wal) => Some(wal),
+            _ => None,
+        }
     }
 
     fn check_writable(&self) -> Result<(), Unavailable> {
-        match &self.wal {
-            Some(wal) if !wal.is_writable() => {
-                Err(Unavailable("the log is not writable".to_owned()))
+        match &self.log {
+            Log::Wal(wal) if !wal.is_writable() => {
+                Err(Unavailable::Storage("the log is not writable".to_owned()))
             }
+            Log::Raft(replica) => match replica.stopped() {
+                None => Ok(()),
+                Some(why) => Err(Unavailable::Storage(format!("the replica stopped: {why}"))),
+            },
             _ => Ok(()),
+        }
+    }
+
+    /// In cluster mode, the right to decide (a read guard on the decider term) and the term.
+    fn decider(&self) -> Result<Decider<'_>, Unavailable> {
+        match &self.log {
+            Log::Raft(replica) => {
+                let guard = replica.decide()?;
+                let term = (*guard).unwrap_or_default();
+                Ok(Decider { _guard: Some(guard), sink_term: term })
+            }
+            _ => Ok(Decider { _guard: None, sink_term: 0 }),
+        }
+    }
+
+    fn sink(&self, term: u64) -> Sink<'_> {
+        match &self.log {
+            Log::Memory => Sink::Memory,
+            Log::Wal(wal) => Sink::Wal(wal),
+            Log::Raft(replica) => Sink::Raft(replica, term),
         }
     }
 
@@ -190,8 +283,10 @@ impl Node {
     /// decided), not a later read.
     pub fn execute(&self, command: &Command) -> Result<Executed, Unavailable> {
         self.check_writable()?;
-        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, self.now_ms());
-        let result = self.allocator.execute(command, journal.now_ms, &mut journal);
+        let decider = self.decider()?;
+        let mut journal = Journal::new(self.sink(decider.sink_term), &self.metrics, self.now_ms());
+        let result = self.allocator.load().execute(command, journal.now_ms, &mut journal);
+        drop(decider);
         let lsn = self.settled_lsn(journal.lsn, result.is_ok());
         let result = match journal.outcome.take() {
             Some(outcome) => Ok(outcome),
@@ -204,8 +299,9 @@ impl Node {
     /// acknowledges state another request changed, perhaps not yet durably. Answer it only
     /// once everything logged so far is durable (one group commit at most).
     fn settled_lsn(&self, logged: Option<u64>, ok: bool) -> Option<u64> {
-        match (logged, ok, &self.wal) {
-            (None, true, Some(wal)) => Some(wal.last_appended_lsn()),
+        match (logged, ok, &self.log) {
+            (None, true, Log::Wal(wal)) => Some(wal.last_appended_lsn()),
+            (None, true, Log::Raft(replica)) => Some(replica.last_proposed()),
             (lsn, _, _) => lsn,
         }
     }
@@ -220,6 +316,9 @@ impl Node {
         render: Render<'_>,
         remember: impl Fn(&StoredReply) -> bool,
     ) -> Result<KeyedResult, Unavailable> {
+        // Held from the key's lookup to its answer being kept: a replica that stops leading
+        // rebuilds its answers under the write side, so none of a lost decision survives.
+        let decider = self.decider()?;
         let now_ms = self.now_ms();
         let guard = match self.idempotency.begin(keyed.scope, keyed.key, keyed.fingerprint, now_ms)
         {
@@ -231,10 +330,10 @@ impl Node {
         };
         // An error here drops the guard: the key is forgotten and a retry executes.
         self.check_writable()?;
-        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, now_ms);
+        let mut journal = Journal::new(self.sink(decider.sink_term), &self.metrics, now_ms);
         journal.keyed = Some((keyed, render));
-        let result = self.allocator.execute(command, now_ms, &mut journal);
-        if journal.lsn.is_none() && self.wal.is_some() {
+        let result = self.allocator.load().execute(command, now_ms, &mut journal);
+        if journal.lsn.is_none() && !matches!(self.log, Log::Memory) {
             // A keyed success that changed nothing: log its answer all the same, or a retry
             // after a restart would execute again against a state that has moved on.
             if let Ok(outcome) = &result {
@@ -246,6 +345,7 @@ impl Node {
         if remember(&reply) {
             guard.finish(reply.clone(), lsn);
         }
+        drop(decider);
         Ok(KeyedResult::Ran(Answered { reply, lsn }))
     }
 
@@ -253,21 +353,32 @@ impl Node {
     /// kernel (relaxed: it then survives a crash of the process, and a crash of the machine
     /// loses at most the last fsync interval).
     pub async fn durable(&self, lsn: Option<u64>) -> Result<(), Unavailable> {
-        let (Some(wal), Some(lsn)) = (&self.wal, lsn) else { return Ok(()) };
+        let Some(lsn) = lsn else { return Ok(()) };
+        let wal = match &self.log {
+            Log::Memory => return Ok(()),
+            Log::Raft(replica) => return Ok(replica.wait_committed(lsn).await?),
+            Log::Wal(wal) => wal,
+        };
         let reached = match wal.durability() {
             Durability::Strict => wal.wait_durable(lsn).await,
             Durability::Relaxed { .. } => wal.wait_written(lsn).await,
         };
-        reached.map_err(Unavailable)
+        reached.map_err(Unavailable::Storage)
     }
 
     /// The reaper's tick: expire what is due now. Returns how many holds expired.
     pub fn expire_due(&self) -> usize {
-        if self.wal.as_ref().is_some_and(|wal| !wal.is_writable()) {
+        if self.check_writable().is_err() {
             return 0;
         }
-        let mut journal = Journal::new(self.wal.as_ref(), &self.metrics, self.now_ms());
-        let expired = self.allocator.expire_due(journal.now_ms, &mut journal);
+        // In a cluster only the leader decides expiries; a follower applies them.
+        let Ok(decider) = self.decider() else {
+            self.idempotency.expire_all(self.now_ms());
+            return 0;
+        };
+        let mut journal = Journal::new(self.sink(decider.sink_term), &self.metrics, self.now_ms());
+        let expired = self.allocator.load().expire_due(journal.now_ms, &mut journal);
+        drop(decider);
         // Keys past their window are also dropped as new keys arrive; this keeps the count
         // (and memory) honest while traffic is idle.
         self.idempotency.expire_all(journal.now_ms);
@@ -276,9 +387,10 @@ impl Node {
 
     /// Flushes the log and writes a final checkpoint. Call after the server stopped.
     pub fn close(&self) -> Result<(), String> {
-        match &self.wal {
-            Some(wal) => wal.close(),
-            None => Ok(()),
+        match &self.log {
+            Log::Wal(wal) => wal.close(),
+            // The replica's log is fsynced as it goes; `cluster::shutdown` stops raft.
+            Log::Raft(_) | Log::Memory => Ok(()),
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     IdempotencyKeyInUse,
     IdempotencyCapacity,
     StorageUnavailable,
+    /// A cluster without a reachable leader (an election, a minority side), or a decision that
+    /// did not commit in time: retry (with the same idempotency key).
+    NoLeader,
     /// The HTTP layer's own: no or an unknown bearer token, the wrong role, a rate limit.
     Unauthorized,
     Forbidden,
@@ -46,7 +49,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -71,6 +74,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyInUse,
         ErrorCode::IdempotencyCapacity,
         ErrorCode::StorageUnavailable,
+        ErrorCode::NoLeader,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::IdempotencyCapacity => "idempotency_capacity",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",

@@ -1,0 +1,389 @@
+//! The state machine: the allocator as of the last committed entry, and the node's live
+//! allocator kept in step with it.
+//!
+//! Two allocators per node:
+//! - the **applied** one (here, behind [`Shared::applied`]) holds exactly the committed entries,
+//!   in log order. Snapshots, linearizable reads and `state_digest` read it.
+//! - the **live** one (the node's, in [`Shared::live`]) is what commands run against. On a
+//!   follower it is the applied state (every committed entry is applied to both). On the
+//!   leader it runs ahead: the leader decides on it and proposes the decision, so it holds
+//!   decisions not yet committed. Entries of the leader's own term are therefore already in
+//!   it and are not applied twice.
+//!
+//! When the node stops deciding (it lost the leadership, or a proposal failed), the live
+//! allocator may hold decisions that will never commit: it is rebuilt from the applied one
+//! ([`rebuild_live`]), and with it the idempotency table's answers.
+//!
+//! Time: every record carries the leader's clock; the applied state ages by
+//! `max(previous, stamped)`, never by a clock of its own, so every replica makes the same
+//! forget decisions at the same entries whatever its clock says.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::{Allocator, AllocatorConfig, Snapshot as AllocatorSnapshot};
+use crate::cluster::snapshot_file;
+use crate::cluster::types::{
+    Applied, LogId, Membership, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
+};
+use crate::idempotency::{IdempotencyTable, StoredReply};
+use crate::sync::ArcCell;
+use crate::wal::{KeptReply, Storage};
+
+/// How far the stamped clock must move before resolved holds past their retention are
+/// forgotten: a function of the log alone, so every replica forgets at the same entries.
+const FORGET_STEP_MS: u64 = 1_000;
+
+/// The committed state.
+pub struct AppliedState {
+    pub allocator: Allocator,
+    /// Keyed answers still inside their window, by (scope, key).
+    pub replies: HashMap<(String, String), KeptReply>,
+    /// The newest stamped time applied.
+    pub now_ms: u64,
+    forgot_at_ms: u64,
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+    /// The newest snapshot, as built or installed (also on disk).
+    pub snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+}
+
+/// What a snapshot holds.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotBody {
+    pub allocator: AllocatorSnapshot,
+    pub replies: Vec<KeptReply>,
+    pub now_ms: u64,
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+}
+
+/// What the state machine, the node and the replica's tasks share.
+///
+/// Lock order: `applied` -> `decider` -> the live allocator's own locks -> the proposal queue.
+/// Commands take `decider` (read) without `applied`; the state machine and rebuilds take
+/// `applied` first.
+pub struct Shared {
+    pub node_id: NodeId,
+    pub allocator_config: AllocatorConfig,
+    pub idempotency_window_ms: u64,
+    pub applied: Mutex<AppliedState>,
+    /// `Some(term)`: this node is the leader of `term` and its live allocator holds its
+    /// decisions of that term (committed or not). Commands decide only under a read lock.
+    pub decider: RwLock<Option<u64>>,
+    pub live: Arc<ArcCell<Allocator>>,
+    pub idempotency: Arc<IdempotencyTable>,
+    /// The live allocator refused a committed entry (it held a decision that lost): rebuild.
+    pub live_dirty: AtomicBool,
+    /// The newest stamped time applied (read without the lock by `now_ms`).
+    pub stamped_ms: AtomicU64,
+    pub applied_index: AtomicU64,
+    /// Wakes the replica's watcher (a rebuild is due).
+    pub wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// A state digest: SHA-256 of the canonical encoding of the applied state, first 16 hex
+    /// digits. Equal on replicas at the same applied index.
+    pub fn state_digest(&self) -> (Option<u64>, String) {
+        let applied = self.applied.lock();
+        let index = applied.last_applied.as_ref().map(|id| id.index);
+        (index, digest_of(&applied))
+    }
+}
+
+fn digest_of(applied: &AppliedState) -> String {
+    use sha2::Digest;
+    let mut replies: Vec<&KeptReply> = applied.replies.values().collect();
+    replies.sort_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+    let bytes = postcard::to_stdvec(&(applied.allocator.snapshot(), replies, applied.now_ms));
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("the applied state always encodes: {e}"),
+    };
+    let hash = sha2::Sha256::digest(&bytes);
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Puts the live allocator and the idempotency answers back to the applied state, and stops
+/// deciding. Call with `applied` locked (the caller holds it, so no entry applies meanwhile).
+pub fn rebuild_live(shared: &Shared, applied: &AppliedState) {
+    let mut decider = shared.decider.write();
+    *decider = None;
+    let copy = match Allocator::restore(shared.allocator_config, &applied.allocator.snapshot()) {
+        Ok(copy) => copy,
+        Err(e) => panic!("the applied state restores into an allocator: {e}"),
+    };
+    shared.live.store(Arc::new(copy));
+    shared.idempotency.forget_answers();
+    for r in applied.replies.values() {
+        restore_reply(&shared.idempotency, r, applied.now_ms);
+    }
+    shared.live_dirty.store(false, Ordering::Release);
+}
+
+fn restore_reply(table: &IdempotencyTable, r: &KeptReply, now_ms: u64) {
+    let reply = StoredReply { status: r.status, body: r.body.clone().into(), code: None };
+    table.restore(&r.scope, &r.key, r.fingerprint, reply, r.seen_ms, now_ms);
+}
+
+impl AppliedState {
+    pub fn new(allocator: Allocator) -> Self {
+        AppliedState {
+            allocator,
+            replies: HashMap::new(),
+            now_ms: 0,
+            forgot_at_ms: 0,
+            last_applied: None,
+            membership: Membership::default(),
+            snapshot: None,
+        }
+    }
+
+    fn body(&mut self, window_ms: u64) -> SnapshotBody {
+        let now_ms = self.now_ms;
+        self.replies.retain(|_, r| r.seen_ms.saturating_add(window_ms) > now_ms);
+        SnapshotBody {
+            allocator: self.allocator.snapshot(),
+            replies: self.replies.values().cloned().collect(),
+            now_ms: self.now_ms,
+            last_applied: self.last_applied.clone(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    fn from_body(config: AllocatorConfig, body: SnapshotBody) -> io::Result<Self> {
+        let allocator = Allocator::restore(config, &body.allocator)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(AppliedState {
+            allocator,
+            replies: body
+                .replies
+                .into_iter()
+                .map(|r| ((r.scope.clone(), r.key.clone()), r))
+                .collect(),
+            now_ms: body.now_ms,
+            forgot_at_ms: body.now_ms,
+            last_applied: body.last_applied,
+            membership: body.membership,
+            snapshot: None,
+        })
+    }
+}
+
+/// openraft's state machine: applies committed entries to the applied state and, unless they
+/// are this leader's own, to the live one.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub shared: Arc<Shared>,
+    storage: Arc<dyn Storage>,
+}
+
+impl StateMachine {
+    /// The state machine over the snapshot in `storage` (if any). Entries after it are applied
+    /// again by openraft from the log, up to the committed index it persisted.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        node_id: NodeId,
+        allocator_config: AllocatorConfig,
+        idempotency: Arc<IdempotencyTable>,
+        idempotency_window_ms: u64,
+    ) -> io::Result<Self> {
+        let (applied, snapshot) = match snapshot_file::read(&*storage)? {
+            Some((meta, data)) => {
+                let body: SnapshotBody = postcard::from_bytes(&data)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let mut applied = AppliedState::from_body(allocator_config, body)?;
+                applied.snapshot = Some((meta, Arc::new(data)));
+                (applied, true)
+            }
+            None => (AppliedState::new(Allocator::new(allocator_config)), false),
+        };
+        tracing::info!(snapshot, index = ?applied.last_applied, "state machine opened");
+        let live = Arc::new(ArcCell::from_pointee(Allocator::new(allocator_config)));
+        let shared = Arc::new(Shared {
+            node_id,
+            allocator_config,
+            idempotency_window_ms,
+            stamped_ms: AtomicU64::new(applied.now_ms),
+            applied_index: AtomicU64::new(applied.last_applied.as_ref().map_or(0, |l| l.index)),
+            applied: Mutex::new(applied),
+            decider: RwLock::new(None),
+            live,
+            idempotency,
+            live_dirty: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        });
+        {
+            let applied = shared.applied.lock();
+            rebuild_live(&shared, &applied);
+        }
+        Ok(StateMachine { shared, storage })
+    }
+
+    fn apply_one(&self, applied: &mut AppliedState, entry: &crate::cluster::types::Entry) {
+        let log_id = entry.log_id.clone();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Membership(m) => {
+                applied.membership = Membership::new(Some(log_id.clone()), m.clone());
+            }
+            EntryPayload::Normal(record) => {
+                if let Err(e) = applied.allocator.apply(&record.event) {
+                    // The leader decided this event from the state every replica has at this
+                    // index: a refusal is divergence, a bug, never bad input.
+                    panic!("committed entry {log_id} does not apply: {e}");
+                }
+                if let Some(reply) = &record.reply {
+                    applied.replies.insert((reply.scope.clone(), reply.key.clone()), reply.clone());
+                }
+                applied.now_ms = applied.now_ms.max(record.at_ms);
+                let decider = self.shared.decider.read();
+                let own = *decider == Some(log_id.committed_leader_id().term);
+                if !own {
+                    let live = self.shared.live.load();
+                    if live.apply(&record.event).is_err() {
+                        // The live state held a decision this entry contradicts: it lost.
+                        self.shared.live_dirty.store(true, Ordering::Release);
+                        self.shared.wake.notify_one();
+                    }
+                    if let Some(r) = &record.reply {
+                        restore_reply(&self.shared.idempotency, r, applied.now_ms);
+                    }
+                }
+                drop(decider);
+                if applied.now_ms >= applied.forgot_at_ms.saturating_add(FORGET_STEP_MS) {
+                    applied.allocator.forget_due(applied.now_ms);
+                    if !own {
+                        self.shared.live.load().forget_due(applied.now_ms);
+                    }
+                    applied.forgot_at_ms = applied.now_ms;
+                }
+                self.shared.stamped_ms.fetch_max(applied.now_ms, Ordering::Relaxed);
+            }
+        }
+        self.shared.applied_index.store(log_id.index, Ordering::Release);
+        applied.last_applied = Some(log_id);
+    }
+
+    fn build(&self) -> io::Result<Snapshot> {
+        let (meta, data) = {
+            let mut applied = self.shared.applied.lock();
+            let body = applied.body(self.shared.idempotency_window_ms);
+            let data = postcard::to_stdvec(&body)
+                .map_err(|e| io::Error::other(format!("snapshot does not encode: {e}")))?;
+            let last = applied.last_applied.clone();
+            let meta =
+                SnapshotMeta { last_log_id: last, last_membership: applied.membership.clone() };
+            let data = Arc::new(data);
+            applied.snapshot = Some((meta.clone(), data.clone()));
+            (meta, data)
+        };
+        // Written outside the lock: entries keep applying while the file is written.
+        snapshot_file::write(&*self.storage, &meta, &data)?;
+        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: std::io::Cursor::new(data.to_vec()) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        // Encoding a large state takes a while: off the async workers.
+        match tokio::task::spawn_blocking(move || this.build()).await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(format!("snapshot task failed: {e}"))),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
+        let applied = self.shared.applied.lock();
+        Ok((applied.last_applied.clone(), applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.next().await {
+            batch.push(item?);
+        }
+        let mut responses = Vec::with_capacity(batch.len());
+        {
+            let mut applied = self.shared.applied.lock();
+            for (entry, responder) in batch {
+                self.apply_one(&mut applied, &entry);
+                if let Some(responder) = responder {
+                    responses.push((responder, entry.log_id.index));
+                }
+            }
+            if cfg!(debug_assertions) {
+                if let Err(violation) = applied.allocator.audit() {
+                    panic!("the applied state broke an invariant: {violation}");
+                }
+            }
+        }
+        for (responder, index) in responses {
+            responder.send(Applied { index });
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = postcard::from_bytes(&data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let mut installed = AppliedState::from_body(self.shared.allocator_config, body)?;
+        if installed.last_applied != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the snapshot says it holds {:?} but its body holds {:?}",
+                    meta.last_log_id, installed.last_applied
+                ),
+            ));
+        }
+        snapshot_file::write(&*self.storage, meta, &data)?;
+        installed.snapshot = Some((meta.clone(), Arc::new(data)));
+        let mut applied = self.shared.applied.lock();
+        *applied = installed;
+        self.shared.stamped_ms.fetch_max(applied.now_ms, Ordering::Relaxed);
+        let index = applied.last_applied.as_ref().map_or(0, |l| l.index);
+        self.shared.applied_index.store(index, Ordering::Release);
+        rebuild_live(&self.shared, &applied);
+        tracing::info!(last = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let applied = self.shared.applied.lock();
+        Ok(applied.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: std::io::Cursor::new(data.to_vec()),
+        }))
+    }
+}
