@@ -68,6 +68,21 @@ impl Allocator {
         Ok(Cow::Owned(summed))
     }
 
+    /// A single reserve's refusal for want of stock (`sold_out`, `insufficient_stock`), read
+    /// without changing anything; `None` if it might succeed or be refused for another reason.
+    /// A follower answers these from its own state while it is fresh (docs/replication.md): a
+    /// refusal changes nothing, and it is what most of a burst gets.
+    pub fn stock_refusal(&self, request: &Reserve, now_ms: u64) -> Option<ReserveError> {
+        let [line] = request.lines.as_slice() else { return None };
+        let slot = self.deals.get(line.deal_id.as_str())?;
+        let counters = slot.counters();
+        slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms).ok()?;
+        match slot.spec.take(counters, line.qty) {
+            Err(e @ (ReserveError::SoldOut(_) | ReserveError::InsufficientStock { .. })) => Some(e),
+            _ => None,
+        }
+    }
+
     pub(super) fn reserve(
         &self,
         request: &Reserve,

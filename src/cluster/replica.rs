@@ -22,6 +22,7 @@ use openraft::ServerState;
 use parking_lot::{Mutex, RwLockReadGuard};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::cluster::network::PeerNetwork;
 use crate::cluster::state_machine::{rebuild_live, Shared, StateMachine};
 use crate::cluster::types::{NodeId, PeerNode, TypeConfig};
 use crate::wal::Record;
@@ -66,6 +67,13 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
 }
 
+/// The replica's timing settings (from the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaTiming {
+    pub commit_timeout_ms: u64,
+    pub stale_refusal_ms: u64,
+}
+
 struct Proposal {
     seq: u64,
     term: u64,
@@ -75,7 +83,15 @@ struct Proposal {
 pub struct Replica {
     pub raft: Raft,
     pub shared: Arc<Shared>,
+    network: PeerNetwork,
     commit_timeout_ms: u64,
+    stale_refusal_ms: u64,
+    /// When this follower last heard the leader (ms on `clock_origin`), and the commit index
+    /// the leader said then: a follower is fresh while it heard the leader recently and has
+    /// applied that far.
+    heard_at_ms: AtomicU64,
+    heard_commit: AtomicU64,
+    clock_origin: std::time::Instant,
     queue: Mutex<VecDeque<Proposal>>,
     queued: Notify,
     last_seq: AtomicU64,
@@ -90,12 +106,22 @@ const FAILED_KEPT_MAX: usize = 1 << 16;
 
 impl Replica {
     /// Starts the replica's tasks (proposer, completion, watcher) on the current runtime.
-    pub fn start(raft: Raft, shared: Arc<Shared>, commit_timeout_ms: u64) -> Arc<Replica> {
+    pub fn start(
+        raft: Raft,
+        shared: Arc<Shared>,
+        network: PeerNetwork,
+        timing: ReplicaTiming,
+    ) -> Arc<Replica> {
         let (resolved, _) = watch::channel(0);
         let replica = Arc::new(Replica {
             raft,
             shared,
-            commit_timeout_ms,
+            network,
+            commit_timeout_ms: timing.commit_timeout_ms,
+            stale_refusal_ms: timing.stale_refusal_ms,
+            heard_at_ms: AtomicU64::new(0),
+            heard_commit: AtomicU64::new(u64::MAX),
+            clock_origin: std::time::Instant::now(),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             last_seq: AtomicU64::new(0),
@@ -111,6 +137,40 @@ impl Replica {
 
     pub fn node_id(&self) -> NodeId {
         self.shared.node_id
+    }
+
+    /// The peer network (forwarding writes to the leader).
+    pub fn network(&self) -> &PeerNetwork {
+        &self.network
+    }
+
+    /// How long a follower waits for the leader's answer to a forwarded request: the leader's
+    /// own commit wait, plus a margin for the two hops.
+    pub fn forward_timeout_ms(&self) -> u64 {
+        self.commit_timeout_ms + 500
+    }
+
+    fn since_origin_ms(&self) -> u64 {
+        u64::try_from(self.clock_origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The peer listener calls this for every append (or heartbeat) the leader sends.
+    pub fn heard_from_leader(&self, leader_commit: Option<u64>) {
+        self.heard_commit.store(leader_commit.unwrap_or(0), Ordering::Release);
+        self.heard_at_ms.store(self.since_origin_ms(), Ordering::Release);
+    }
+
+    /// Whether this follower may answer a refusal from its own state: it heard the leader
+    /// within `stale_refusal_ms` and has applied what the leader had committed then.
+    pub fn fresh(&self) -> bool {
+        if self.stale_refusal_ms == 0 {
+            return false;
+        }
+        let heard_at_ms = self.heard_at_ms.load(Ordering::Acquire);
+        let commit = self.heard_commit.load(Ordering::Acquire);
+        heard_at_ms > 0
+            && self.since_origin_ms().saturating_sub(heard_at_ms) <= self.stale_refusal_ms
+            && self.shared.applied_index.load(Ordering::Acquire) >= commit
     }
 
     /// A read lock under which a command may decide on the live allocator, with the term it

@@ -19,6 +19,7 @@ use livestock_core::limits::IDEMPOTENCY_WAIT_MS_MAX;
 use tracing::Instrument;
 
 use crate::http::auth::Denied;
+use crate::http::cluster;
 use crate::http::endpoints::{self, NoRoute};
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Answer, Call};
@@ -29,6 +30,9 @@ use crate::metrics::{Limit, Op};
 use crate::node::{Answered, Keyed, KeyedResult, Node, Unavailable};
 
 fn error(e: ApiError) -> Response<Full<Bytes>> {
+    if e.code == ErrorCode::NoLeader {
+        return cluster::no_leader(e.message);
+    }
     respond(e.reply())
 }
 
@@ -201,6 +205,11 @@ where
         },
     };
     let call = Call { node, options, param, body: &body };
+    if let Some(replica) = node.replica() {
+        if let Some(response) = cluster::route(replica, op, &parts, &body, &call).await {
+            return (op, response);
+        }
+    }
     let response = match (endpoint.handler)(&call) {
         Ok(Action::Reply(reply)) => respond(reply),
         Ok(Action::Response(response)) => response,

@@ -69,6 +69,9 @@ pub fn readyz(call: &Call<'_>) -> Result<Action, ApiError> {
     if call.node.wal().is_some_and(|wal| !wal.is_writable()) {
         return Err(ApiError::new(ErrorCode::StorageUnavailable, "the log is not writable"));
     }
+    if let Some(why) = call.node.replica().and_then(|r| r.stopped()) {
+        return Err(ApiError::new(ErrorCode::StorageUnavailable, why));
+    }
     Ok(Action::Reply(wire::reply(200, &json!({ "status": "ready" }))))
 }
 
@@ -81,18 +84,31 @@ pub fn metrics(call: &Call<'_>) -> Result<Action, ApiError> {
     Ok(Action::Response(response))
 }
 
+/// This node's view of the cluster. Outside cluster mode: 404 `unknown_route` (there is no
+/// cluster), so a script can tell the two apart.
+pub fn cluster(call: &Call<'_>) -> Result<Action, ApiError> {
+    let Some(replica) = call.node.replica() else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownRoute,
+            "this node runs alone (no --node-id): there is no cluster",
+        ));
+    };
+    let status = replica.status();
+    Ok(Action::Reply(wire::reply(200, &json!(status))))
+}
+
 pub fn list_deals(call: &Call<'_>) -> Result<Action, ApiError> {
-    let views = call.node.allocator().deals(call.node.now_ms());
+    let views = call.node.read(|allocator, now_ms| allocator.deals(now_ms));
     let deals: Vec<_> = views.iter().map(wire::deal_json).collect();
     Ok(Action::Reply(wire::reply(200, &json!({ "deals": deals }))))
 }
 
 pub fn get_deal(call: &Call<'_>) -> Result<Action, ApiError> {
     let id = wire::deal_id(call.param)?;
-    let view =
-        call.node.allocator().deal(id.as_str(), call.node.now_ms()).ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
-        })?;
+    let view = call.node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
+    let view = view.ok_or_else(|| {
+        ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
+    })?;
     Ok(Action::Reply(wire::reply(200, &wire::deal_json(&view))))
 }
 
@@ -103,7 +119,8 @@ fn hold_key(call: &Call<'_>) -> HoldIdKey {
 pub fn get_hold(call: &Call<'_>) -> Result<Action, ApiError> {
     let key = hold_key(call);
     let seq = wire::hold_seq(call.param, key)?;
-    let view = call.node.allocator().hold(seq, call.node.now_ms()).ok_or_else(|| {
+    let view = call.node.read(|allocator, now_ms| allocator.hold(seq, now_ms));
+    let view = view.ok_or_else(|| {
         ApiError::new(ErrorCode::UnknownHold, format!("no hold with id {:?}", call.param))
     })?;
     Ok(Action::Reply(wire::reply(200, &wire::hold_json(&view, key))))

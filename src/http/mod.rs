@@ -5,6 +5,7 @@
 //! | `endpoints.rs` | the endpoint table (method, path, access, operation, handler) and routing |
 //! | `handlers.rs` | one handler per endpoint: path and body to an answer or a command |
 //! | `exchange.rs` | one request start to answer: access, media type, size, idempotency, metrics |
+//! | `cluster.rs` | cluster mode: the leader answers, a follower forwards (or refuses sold-out) |
 //! | `server.rs` | the listener and connections, graceful shutdown |
 //! | `options.rs` | the HTTP layer's settings, from the configuration |
 //! | `response.rs` | an answer as a response, with its error code for the metrics |
@@ -14,6 +15,7 @@
 //! | `rate.rs` | the per-user rate limit |
 
 pub mod auth;
+pub mod cluster;
 pub mod endpoints;
 pub mod error;
 pub mod exchange;

@@ -43,12 +43,14 @@ pub enum Op {
     Extend,
     Health,
     Metrics,
+    /// Cluster status and membership (cluster mode).
+    Cluster,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -65,8 +67,15 @@ impl Op {
         Op::Extend,
         Op::Health,
         Op::Metrics,
+        Op::Cluster,
         Op::Unrouted,
     ];
+
+    /// Answered by whichever node gets the request, from its own state (health, metrics,
+    /// cluster status); every other operation goes to the leader in cluster mode.
+    pub const fn is_local(self) -> bool {
+        matches!(self, Op::Health | Op::Metrics | Op::Cluster | Op::Unrouted)
+    }
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -86,6 +95,7 @@ impl Op {
             Op::Extend => "extend",
             Op::Health => "health",
             Op::Metrics => "metrics",
+            Op::Cluster => "cluster",
             Op::Unrouted => "unrouted",
         }
     }

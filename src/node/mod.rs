@@ -223,6 +223,17 @@ impl Node {
         self.allocator.load()
     }
 
+    /// Runs a read against the state a read may see: the live allocator on a single node; in a
+    /// cluster the applied (committed) state, never a decision that may still be lost. In a
+    /// cluster, call after `Replica::read_barrier` for a linearizable read.
+    pub fn read<R>(&self, f: impl FnOnce(&Allocator, u64) -> R) -> R {
+        let now_ms = self.now_ms();
+        match &self.log {
+            Log::Raft(replica) => f(&replica.shared.applied.lock().allocator, now_ms),
+            _ => f(&self.allocator.load(), now_ms),
+        }
+    }
+
     /// The raft replica, in cluster mode.
     pub fn replica(&self) -> Option<&Arc<Replica>> {
         match &self.log {
