@@ -10,4 +10,5 @@
 //!
 //! See docs/replication.md.
 
+pub mod peer_server;
 pub mod types;
