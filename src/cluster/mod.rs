@@ -10,5 +10,6 @@
 //!
 //! See docs/replication.md.
 
+pub mod network;
 pub mod peer_server;
 pub mod types;
