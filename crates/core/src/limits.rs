@@ -92,3 +92,46 @@ const _: () = assert!(3 * COUNTER_BITS < 64);
 // A cart can never take more than one deal could hold, so summing its lines cannot overflow.
 const _: () = assert!((CART_LINES_MAX as u64) * (HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
 const _: () = assert!(EXPIRY_TICK_MS < HOLD_TTL_MS_MIN);
+
+// Peers: the raft network between cluster members (`src/cluster/network.rs`,
+// `src/cluster/peer_server.rs`). Kept in a block of their own with their relations below it.
+
+/// A raft RPC body (an append, a vote, a leadership transfer) and its answer. One append must
+/// carry the largest record with room beside it; openraft's `max_payload_entries` bounds how
+/// many entries an append carries, and the node's configuration keeps entries x their usual
+/// size far under this (an append over it is refused with 413, and replication backs off).
+pub const PEER_RPC_BYTES_MAX: usize = 2 * WAL_RECORD_BYTES_MAX;
+/// A snapshot sent to a follower that fell behind the purged log: the encoded checkpoint plus
+/// its metadata and the leader's vote (a few hundred bytes; 1 MiB of room). u64: it passes the
+/// 32-bit range.
+pub const PEER_SNAPSHOT_BYTES_MAX: u64 = CHECKPOINT_BYTES_MAX as u64 + 1024 * 1024;
+/// A snapshot is sent with a deadline of at least this long...
+pub const PEER_SNAPSHOT_TIMEOUT_MS_MIN: u64 = 10_000;
+/// ...plus its size at this rate (a 300 MB snapshot: 10 s + 37 s): openraft's own RPC timeout
+/// (`install_snapshot_timeout`) is sized for votes, not for hundreds of megabytes.
+pub const PEER_SNAPSHOT_BYTES_PER_S_MIN: u64 = 8 * 1024 * 1024;
+/// A client write forwarded by a follower to the leader, and the leader's answer: a request
+/// body with its headers, an answer with its own.
+pub const PEER_FORWARD_BYTES_MAX: usize = 1024 * 1024;
+/// Forwarded writes one node has in flight at once: HTTP/1.1 takes one connection per request
+/// in flight, so this bounds the connections a follower opens to the leader for its clients.
+pub const PEER_FORWARDS_IN_FLIGHT_MAX: usize = 64;
+/// Connections the peer listener serves at once; past it a new one is closed at once.
+pub const PEER_CONNECTIONS_MAX: usize = 512;
+/// An idle peer connection is closed by the listener after this long...
+pub const PEER_IDLE_MS_MAX: u64 = 30_000;
+/// ...and dropped by the client's pool sooner, so that a request never races the close.
+pub const PEER_POOL_IDLE_MS: u64 = 20_000;
+/// An unreachable peer is retried after this long, doubling up to the max: a dead node is not
+/// hammered, and one that is back is found within half a second.
+pub const PEER_BACKOFF_MS_MIN: u64 = 50;
+pub const PEER_BACKOFF_MS_MAX: u64 = 500;
+
+const _: () = assert!(PEER_RPC_BYTES_MAX > WAL_RECORD_BYTES_MAX);
+const _: () = assert!(PEER_SNAPSHOT_BYTES_MAX > CHECKPOINT_BYTES_MAX as u64);
+const _: () = assert!(PEER_FORWARD_BYTES_MAX >= 8 * REQUEST_BODY_BYTES_MAX);
+// Every other member forwarding at its bound still leaves room for raft's own connections
+// (replication, heartbeats, snapshots, votes: a handful per member), for clusters of up to 7.
+const _: () = assert!(6 * (PEER_FORWARDS_IN_FLIGHT_MAX + 8) <= PEER_CONNECTIONS_MAX);
+const _: () = assert!(PEER_POOL_IDLE_MS < PEER_IDLE_MS_MAX);
+const _: () = assert!(PEER_BACKOFF_MS_MIN < PEER_BACKOFF_MS_MAX);
