@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
 use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
+use livestock::http::cluster::ClusterNode;
 use livestock::http::Server;
 use livestock::http::ServerOptions;
 use livestock::node::{Node, NodeConfig};
@@ -160,6 +161,9 @@ fn verify(data_dir: &Path) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
+    if config.node_id.is_some() {
+        return serve_cluster(config);
+    }
     let data_dir = config.data_dir.clone();
     let storage = match DirStorage::open(&data_dir) {
         Ok(storage) => Arc::new(storage),
@@ -277,6 +281,78 @@ fn serve(config: Config) -> ExitCode {
                 exit_now(1)
             }
         }
+    })
+}
+
+/// Cluster mode: the replica in `data_dir/raft`, the HTTP API and the peer listener.
+fn serve_cluster(config: Config) -> ExitCode {
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("error: cannot create {}: {e}", config.data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let storage = match DirStorage::open(&config.data_dir) {
+        Ok(storage) => storage,
+        Err(e) => {
+            eprintln!("error: cannot open data directory {}: {e}", config.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let _lock = match storage.lock_exclusive() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: cannot lock the data directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let clock = Arc::new(SystemClock::default());
+        let cluster = match ClusterNode::start(&config, clock).await {
+            Ok(cluster) => cluster,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let node_id = config.node_id.unwrap_or_default();
+        println!("livestock listening on http://{}", cluster.server.local_addr());
+        println!("cluster node {node_id}; peers reach it at {}", cluster.peer_addr);
+        println!("data directory: {}", config.data_dir.display());
+        let Some(replica) = cluster.node.replica().cloned() else {
+            return ExitCode::FAILURE;
+        };
+        let stopped = async {
+            loop {
+                if let Some(why) = replica.stopped() {
+                    return why;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            why = stopped => {
+                // A storage error stops raft: exit so a supervisor restarts us into recovery.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                eprintln!("error: the replica stopped ({why}); exiting for recovery");
+                return ExitCode::FAILURE;
+            }
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "shutting down: finishing requests in flight");
+            }
+        }
+        cluster.shutdown().await;
+        tracing::info!("stopped; bye");
+        exit_now(0)
     })
 }
 

@@ -14,6 +14,7 @@
 //! See docs/replication.md.
 
 pub mod network;
+pub mod open;
 pub mod peer_server;
 pub mod replica;
 pub mod snapshot_file;

@@ -218,7 +218,12 @@ where
     /// loopback cluster, see `network::secret_required`).
     authorization: Option<Vec<u8>>,
     forward: ForwardFn,
+    on_append: Option<AppendHook>,
 }
+
+/// Told of every append the leader sent that this node accepted, with the leader's commit
+/// index then: a follower's freshness for answering refusals itself (`Replica::fresh`).
+pub type AppendHook = Arc<dyn Fn(Option<u64>) + Send + Sync>;
 
 /// Serves peers on `listener` until `shutdown` completes: raft's RPCs to `raft`, forwarded
 /// client requests to `forward`. With `secret`, a request without it is refused with 401.
@@ -231,8 +236,22 @@ pub async fn serve_peers<SM>(
 ) where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {
+    serve_peers_with(listener, raft, secret, forward, None, shutdown).await;
+}
+
+/// [`serve_peers`], also telling `on_append` of every accepted append.
+pub async fn serve_peers_with<SM>(
+    listener: TcpListener,
+    raft: Raft<TypeConfig, SM>,
+    secret: Option<Arc<str>>,
+    forward: ForwardFn,
+    on_append: Option<AppendHook>,
+    shutdown: impl Future<Output = ()> + Send,
+) where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
+{
     let authorization = secret.map(|s| format!("{AUTH_SCHEME}{s}").into_bytes());
-    let shared = Arc::new(Shared { raft, authorization, forward });
+    let shared = Arc::new(Shared { raft, authorization, forward, on_append });
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -364,7 +383,17 @@ where
     })?;
     let raft = &shared.raft;
     Ok(match route {
-        PeerRoute::Append => encode(&raft.append_entries(decode(route, &body)?).await),
+        PeerRoute::Append => {
+            let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(route, &body)?;
+            let leader_commit = rpc.leader_commit.as_ref().map(|id| id.index);
+            let answer = raft.append_entries(rpc).await;
+            if let (Some(hook), Ok(openraft::raft::AppendEntriesResponse::Success)) =
+                (&shared.on_append, &answer)
+            {
+                hook(leader_commit);
+            }
+            encode(&answer)
+        }
         PeerRoute::Vote => encode(&raft.vote(decode(route, &body)?).await),
         PeerRoute::PreVote => encode(&raft.pre_vote(decode(route, &body)?).await),
         PeerRoute::Snapshot => {

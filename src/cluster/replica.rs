@@ -363,6 +363,10 @@ async fn completion(
 /// live state was found to hold a decision that lost.
 async fn watcher(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
+    // The term of the last rebuild: deciding restarts only in a later term. Entries of that
+    // term proposed before the rebuild may still commit; the live state no longer holds them,
+    // so they must apply to it, and the state machine skips only the decider term's entries.
+    let mut rebuilt_in: u64 = 0;
     loop {
         let m = metrics.borrow_and_update().clone();
         if m.state == ServerState::Shutdown {
@@ -378,16 +382,27 @@ async fn watcher(replica: Arc<Replica>) {
         };
         let current = *replica.shared.decider.read();
         let dirty = replica.shared.live_dirty.load(Ordering::Acquire);
-        if current.is_some() && (current != leading_term || dirty) {
-            let applied = replica.shared.applied.lock();
-            rebuild_live(&replica.shared, &applied);
+        if (current.is_some() && current != leading_term) || dirty {
+            {
+                let applied = replica.shared.applied.lock();
+                rebuild_live(&replica.shared, &applied);
+            }
+            rebuilt_in = m.current_term;
             tracing::info!(term = ?current, "stopped deciding; live state rebuilt from the applied state");
-        } else if current.is_none() && dirty {
-            let applied = replica.shared.applied.lock();
-            rebuild_live(&replica.shared, &applied);
-        } else if current.is_none() && applied_own_term {
-            // The live state is the applied state (no decisions of ours are pending: the
-            // last term we decided in ended with a rebuild), so deciding may start.
+            if leading_term == Some(m.current_term) {
+                // Still leading the term whose decisions were dropped (a write was refused,
+                // say while the new leadership was not yet acknowledged): start a new term to
+                // decide in, rather than stay a leader that cannot decide.
+                if let Err(e) = replica.raft.trigger().elect(false).await {
+                    tracing::warn!(error = %e, "cannot start an election after a rebuild");
+                }
+            }
+        } else if current.is_none()
+            && applied_own_term
+            && leading_term.is_some_and(|t| t > rebuilt_in)
+        {
+            // The live state is the applied state plus nothing (no decision of ours pending:
+            // the last term we decided in ended with a rebuild), so deciding may start.
             *replica.shared.decider.write() = leading_term;
             tracing::info!(term = ?leading_term, "leading: deciding");
         }

@@ -1,0 +1,119 @@
+//! Starting a replica: the raft log and the state machine from `<data-dir>/raft/`, the peer
+//! network, openraft itself, and (first start of a new cluster) its formation.
+//!
+//! Formation: nodes started with empty directories and the same `--peers` form the cluster
+//! by themselves. The member with the smallest id initializes it with every peer as a voter;
+//! the others wait to be contacted. A restarted node finds its vote and log and rejoins. A node
+//! added later (`livestock cluster add`) starts empty and is brought in by the leader.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use openraft::{Config, SnapshotPolicy};
+
+use crate::alloc::AllocatorConfig;
+use crate::cluster::log_store::{RaftLog, RaftLogConfig};
+use crate::cluster::network::PeerNetwork;
+use crate::cluster::replica::{Raft, Replica, ReplicaTiming};
+use crate::cluster::state_machine::StateMachine;
+use crate::cluster::types::{NodeId, PeerNode};
+use crate::idempotency::IdempotencyTable;
+use crate::wal::{DirStorage, Storage};
+
+/// What a replica is started with.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// Every member at formation: id and peer address.
+    pub peers: Vec<(NodeId, String)>,
+    pub secret: Option<Arc<str>>,
+    pub allocator: AllocatorConfig,
+    pub idempotency_window_ms: u64,
+    pub idempotency_keys_max: usize,
+    pub timing: ReplicaTiming,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub snapshot_entries: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot open the raft directory: {0}")]
+    Io(#[from] io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// The directory the replica keeps its log, vote and snapshot in.
+pub const RAFT_DIR: &str = "raft";
+
+/// openraft's settings from ours. Elections: a follower waits a random time in
+/// [min, 2 x min) without a heartbeat before it campaigns; pre-vote keeps a node that was cut
+/// off from raising the term when it comes back.
+fn raft_config(config: &ReplicaConfig) -> Result<Config, ClusterError> {
+    let raft = Config {
+        cluster_name: "livestock".to_owned(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_min_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        // Keep some log behind a snapshot: a follower a little behind catches up from the log,
+        // not with a whole snapshot.
+        max_in_snapshot_log_to_keep: config.snapshot_entries.min(10_000),
+        ..Default::default()
+    };
+    raft.validate().map_err(|e| ClusterError::Raft(e.to_string()))
+}
+
+/// Opens (or creates) the replica in `data_dir/raft` and starts raft. Call inside a tokio
+/// runtime. Returns once raft runs; formation, if this node forms the cluster, is under way.
+pub async fn open(
+    data_dir: &std::path::Path,
+    config: ReplicaConfig,
+) -> Result<Arc<Replica>, ClusterError> {
+    let dir = data_dir.join(RAFT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let storage: Arc<dyn Storage> = Arc::new(DirStorage::open(&dir)?);
+    open_in(storage, config).await
+}
+
+/// As [`open`], over any storage (tests use a faulty one).
+pub async fn open_in(
+    storage: Arc<dyn Storage>,
+    config: ReplicaConfig,
+) -> Result<Arc<Replica>, ClusterError> {
+    let idempotency =
+        Arc::new(IdempotencyTable::new(config.idempotency_window_ms, config.idempotency_keys_max));
+    let state_machine = StateMachine::open(
+        storage.clone(),
+        config.node_id,
+        config.allocator,
+        idempotency,
+        config.idempotency_window_ms,
+    )?;
+    let shared = state_machine.shared.clone();
+    let log = RaftLog::open(storage, RaftLogConfig::default())?;
+    let network = PeerNetwork::new(config.node_id, config.secret.clone())
+        .map_err(|e| ClusterError::Raft(format!("cluster secret: {e}")))?;
+    let raft_config = Arc::new(raft_config(&config)?);
+    let raft: Raft =
+        openraft::Raft::new(config.node_id, raft_config, network.clone(), log, state_machine)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+    let formed = raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+    let smallest = config.peers.iter().map(|(id, _)| *id).min();
+    if !formed && smallest == Some(config.node_id) {
+        let members: BTreeMap<NodeId, PeerNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, PeerNode { peer_addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(members = config.peers.len(), "cluster formed"),
+            // Another start already formed it (a race on a restart): nothing to do.
+            Err(e) => tracing::info!(error = %e, "cluster not formed here"),
+        }
+    }
+    Ok(Replica::start(raft, shared, network, config.timing))
+}
