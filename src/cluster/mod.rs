@@ -10,4 +10,5 @@
 //!
 //! See docs/replication.md.
 
+pub mod log_store;
 pub mod types;
