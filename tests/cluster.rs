@@ -88,11 +88,8 @@ impl Cluster {
         loop {
             let statuses: Vec<(u64, Value)> =
                 self.nodes.keys().filter_map(|id| self.status(*id).map(|s| (*id, s))).collect();
-            let leaders: Vec<u64> = statuses
-                .iter()
-                .filter(|(_, s)| s["role"] == "leader")
-                .map(|(id, _)| *id)
-                .collect();
+            let leaders: Vec<u64> =
+                statuses.iter().filter(|(_, s)| s["role"] == "leader").map(|(id, _)| *id).collect();
             if let [leader] = leaders.as_slice() {
                 let agreed = statuses.iter().all(|(_, s)| s["leader_id"] == json!(leader));
                 if agreed && statuses.len() == self.nodes.len() {

@@ -13,6 +13,7 @@
 //!
 //! See docs/replication.md.
 
+pub mod log_store;
 pub mod network;
 pub mod open;
 pub mod peer_server;

@@ -116,7 +116,9 @@ async fn forward(
     let NotDecided::Follower(leader_id, leader) = why else { return not_decided(&why) };
     let headers = FORWARDED_HEADERS
         .iter()
-        .filter_map(|name| parts.headers.get(*name).map(|v| ((*name).to_owned(), v.as_bytes().to_vec())))
+        .filter_map(|name| {
+            parts.headers.get(*name).map(|v| ((*name).to_owned(), v.as_bytes().to_vec()))
+        })
         .collect();
     let request = ForwardRequest {
         method: parts.method.as_str().to_owned(),

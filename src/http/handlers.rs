@@ -106,9 +106,8 @@ pub fn list_deals(call: &Call<'_>) -> Result<Action, ApiError> {
 pub fn get_deal(call: &Call<'_>) -> Result<Action, ApiError> {
     let id = wire::deal_id(call.param)?;
     let view = call.node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
-    let view = view.ok_or_else(|| {
-        ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
-    })?;
+    let view = view
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}")))?;
     Ok(Action::Reply(wire::reply(200, &wire::deal_json(&view))))
 }
 

@@ -116,9 +116,16 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
 /// Appends one frame to `out`. Panics on a payload over the limit: records are bounded by
 /// construction (see `limits`), so a larger one is a bug.
 pub fn encode_frame(lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
+    encode_frame_within(lsn, payload, WAL_RECORD_BYTES_MAX, out);
+}
+
+/// [`encode_frame`] for a log whose payloads have another bound (the raft log's entries carry
+/// an envelope around the record; see `cluster/log_store`). Panics on a payload over
+/// `payload_bytes_max`, which must fit the `u32` length field.
+pub fn encode_frame_within(lsn: u64, payload: &[u8], payload_bytes_max: usize, out: &mut Vec<u8>) {
     let len = match u32::try_from(payload.len()) {
-        Ok(len) if payload.len() <= WAL_RECORD_BYTES_MAX => len,
-        _ => panic!("record of {} bytes", payload.len()),
+        Ok(len) if payload.len() <= payload_bytes_max => len,
+        _ => panic!("frame payload of {} bytes", payload.len()),
     };
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
@@ -132,6 +139,14 @@ pub fn encode_frame(lsn: u64, payload: &[u8], out: &mut Vec<u8>) {
 
 /// Checks only the header at `bytes[0..]`: its checksum and length. `Ok((lsn, len))`.
 pub fn check_header(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
+    check_header_within(bytes, WAL_RECORD_BYTES_MAX)
+}
+
+/// [`check_header`] against another payload bound.
+pub fn check_header_within(
+    bytes: &[u8],
+    payload_bytes_max: usize,
+) -> Result<(u64, usize), FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {
         return Err(FrameError::Short);
     }
@@ -139,7 +154,7 @@ pub fn check_header(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
         return Err(FrameError::HeaderChecksum);
     }
     let len = u32_at(bytes, 4);
-    if len as usize > WAL_RECORD_BYTES_MAX {
+    if len as usize > payload_bytes_max {
         return Err(FrameError::TooLong(len));
     }
     Ok((u64_at(bytes, 8), len as usize))
@@ -148,7 +163,19 @@ pub fn check_header(bytes: &[u8]) -> Result<(u64, usize), FrameError> {
 /// Decodes the frame at the start of `bytes`, which must carry `expected_lsn`. Returns the
 /// record and the frame's length.
 pub fn decode_frame(bytes: &[u8], expected_lsn: u64) -> Result<(Record, usize), FrameError> {
-    let (lsn, len) = check_header(bytes)?;
+    let (payload, len) = frame_payload(bytes, expected_lsn, WAL_RECORD_BYTES_MAX)?;
+    Ok((decode_payload(payload)?, len))
+}
+
+/// Checks the frame at the start of `bytes` (both checksums, the bound, `expected_lsn`) and
+/// returns its payload, undecoded, and the frame's length. For logs of other payloads than
+/// [`Record`] in the same frames (the raft log).
+pub fn frame_payload(
+    bytes: &[u8],
+    expected_lsn: u64,
+    payload_bytes_max: usize,
+) -> Result<(&[u8], usize), FrameError> {
+    let (lsn, len) = check_header_within(bytes, payload_bytes_max)?;
     if lsn != expected_lsn {
         return Err(FrameError::Sequence { expected: expected_lsn, found: lsn });
     }
@@ -160,7 +187,7 @@ pub fn decode_frame(bytes: &[u8], expected_lsn: u64) -> Result<(Record, usize), 
     if crc32c::crc32c(payload) != u32_at(bytes, 16) {
         return Err(FrameError::PayloadChecksum);
     }
-    Ok((decode_payload(payload)?, end))
+    Ok((payload, end))
 }
 
 #[cfg(test)]

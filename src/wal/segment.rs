@@ -21,7 +21,11 @@
 //! it anywhere in the file (a torn write has nothing valid after it; a flipped byte in the
 //! middle of the log has the rest of the log after it).
 
-use crate::wal::record::{check_header, decode_frame, Record, FRAME_HEADER_BYTES};
+use livestock_core::limits::WAL_RECORD_BYTES_MAX;
+
+use crate::wal::record::{
+    check_header_within, decode_payload, frame_payload, FrameError, Record, FRAME_HEADER_BYTES,
+};
 
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 const MAGIC: &[u8; 8] = b"LVSTKWAL";
@@ -41,18 +45,19 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 pub fn segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    segment_header_with(MAGIC, first_lsn)
+}
+
+/// A segment header with another magic, for another log in the same layout (the raft log's
+/// segments say `LVSTRAFT`, so neither log ever reads the other's files as its own).
+pub fn segment_header_with(magic: &[u8; 8], first_lsn: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    header[0..8].copy_from_slice(MAGIC);
+    header[0..8].copy_from_slice(magic);
     header[8..16].copy_from_slice(&first_lsn.to_le_bytes());
     header[16..20].copy_from_slice(&VERSION.to_le_bytes());
     let crc = crc32c::crc32c(&header[0..20]);
     header[20..24].copy_from_slice(&crc.to_le_bytes());
     header
-}
-
-fn header_ok(bytes: &[u8], first_lsn: u64) -> bool {
-    bytes.len() >= SEGMENT_HEADER_BYTES
-        && bytes[..SEGMENT_HEADER_BYTES] == segment_header(first_lsn)
 }
 
 /// A checksum or sequence failure before the tail: where, and why.
@@ -81,10 +86,19 @@ pub struct SegmentScan {
     pub end: SegmentEnd,
 }
 
+/// How the frames of a segment ended, for a log of any payload (see [`scan_frames`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameScan {
+    /// Whole frames read, from `first_lsn` on.
+    pub frames: u64,
+    pub end: SegmentEnd,
+}
+
 /// Whether any valid frame header with an LSN at or after `lsn` starts after `from`.
-fn valid_frame_after(bytes: &[u8], from: usize, lsn: u64) -> bool {
-    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1))
-        .any(|at| matches!(check_header(&bytes[at..]), Ok((found, _)) if found >= lsn))
+fn valid_frame_after(bytes: &[u8], from: usize, lsn: u64, payload_bytes_max: usize) -> bool {
+    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
+        matches!(check_header_within(&bytes[at..], payload_bytes_max), Ok((found, _)) if found >= lsn)
+    })
 }
 
 /// Reads a segment's records in order, handing each to `on_record`. `describe` names the file
@@ -96,6 +110,35 @@ pub fn scan_segment(
     is_last: bool,
     mut on_record: impl FnMut(u64, Record) -> Result<(), String>,
 ) -> Result<SegmentScan, Corruption> {
+    let scan = scan_frames(
+        describe,
+        bytes,
+        &segment_header(first_lsn),
+        first_lsn,
+        is_last,
+        WAL_RECORD_BYTES_MAX,
+        decode_payload,
+        |lsn, _offset, record| on_record(lsn, record),
+    )?;
+    Ok(SegmentScan { last_lsn: first_lsn - 1 + scan.frames, records: scan.frames, end: scan.end })
+}
+
+/// The scan behind [`scan_segment`], for any log in this layout: the segment must start with
+/// `header`, its frames carry consecutive LSNs from `first_lsn` (which may be 0) with payloads
+/// of at most `payload_bytes_max`; `decode` turns a checked payload into a `T` (a payload that
+/// does not decode counts as a bad frame, torn or corrupt by the rule in the module docs), and
+/// `on_frame` gets each one with the frame's byte offset in the file.
+#[expect(clippy::too_many_arguments, reason = "one scan, its inputs named where it is called")]
+pub fn scan_frames<T>(
+    describe: &str,
+    bytes: &[u8],
+    header: &[u8; SEGMENT_HEADER_BYTES],
+    first_lsn: u64,
+    is_last: bool,
+    payload_bytes_max: usize,
+    mut decode: impl FnMut(&[u8]) -> Result<T, FrameError>,
+    mut on_frame: impl FnMut(u64, u64, T) -> Result<(), String>,
+) -> Result<FrameScan, Corruption> {
     let corrupt = |offset: usize, reason: String| Corruption {
         file: describe.to_owned(),
         offset: offset as u64,
@@ -105,34 +148,32 @@ pub fn scan_segment(
         offset: offset as u64,
         len: (bytes.len() - offset) as u64,
     };
-    if !header_ok(bytes, first_lsn) {
-        if is_last && !valid_frame_after(bytes, 0, first_lsn) {
-            return Ok(SegmentScan { last_lsn: first_lsn - 1, records: 0, end: torn(0) });
+    if bytes.len() < SEGMENT_HEADER_BYTES || bytes[..SEGMENT_HEADER_BYTES] != header[..] {
+        if is_last && !valid_frame_after(bytes, 0, first_lsn, payload_bytes_max) {
+            return Ok(FrameScan { frames: 0, end: torn(0) });
         }
         return Err(corrupt(0, "bad segment header".into()));
     }
     let mut at = SEGMENT_HEADER_BYTES;
     let mut lsn = first_lsn;
     while at < bytes.len() {
-        match decode_frame(&bytes[at..], lsn) {
-            Ok((record, len)) => {
-                on_record(lsn, record).map_err(|e| corrupt(at, e))?;
+        let frame = frame_payload(&bytes[at..], lsn, payload_bytes_max)
+            .and_then(|(payload, len)| Ok((decode(payload)?, len)));
+        match frame {
+            Ok((value, len)) => {
+                on_frame(lsn, at as u64, value).map_err(|e| corrupt(at, e))?;
                 at += len;
                 lsn += 1;
             }
             Err(e) => {
-                if is_last && !valid_frame_after(bytes, at + 1, lsn) {
-                    return Ok(SegmentScan {
-                        last_lsn: lsn - 1,
-                        records: lsn - first_lsn,
-                        end: torn(at),
-                    });
+                if is_last && !valid_frame_after(bytes, at + 1, lsn, payload_bytes_max) {
+                    return Ok(FrameScan { frames: lsn - first_lsn, end: torn(at) });
                 }
                 return Err(corrupt(at, e.to_string()));
             }
         }
     }
-    Ok(SegmentScan { last_lsn: lsn - 1, records: lsn - first_lsn, end: SegmentEnd::Clean })
+    Ok(FrameScan { frames: lsn - first_lsn, end: SegmentEnd::Clean })
 }
 
 #[cfg(test)]

@@ -54,6 +54,17 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 pub const WAL_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A log segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// A raft log segment (`cluster/log_store`) is closed and a new one started past this size.
+pub const RAFT_LOG_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// What a raft log entry adds around its record: the log id, the committed log id the frame
+/// carries, the payload's tag, or a whole membership config (node ids and peer addresses).
+pub const RAFT_ENTRY_ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+/// One raft log entry's encoded payload.
+pub const RAFT_ENTRY_BYTES_MAX: usize = WAL_RECORD_BYTES_MAX + RAFT_ENTRY_ENVELOPE_BYTES_MAX;
+/// The raft log writer lets a new committed log id ride on the next batch's fsync; when no
+/// batch comes for this long, it writes the id to its meta file instead. Bounds how long a
+/// committed id stays volatile on an idle log (see `cluster/log_store.rs`, "Committed").
+pub const RAFT_COMMITTED_IDLE_PERSIST_MS: u64 = 20;
 /// Checkpoints are written at least this often while the log grows...
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// ...and as soon as this much log was written since the last one.
@@ -135,3 +146,5 @@ const _: () = assert!(PEER_FORWARD_BYTES_MAX >= 8 * REQUEST_BODY_BYTES_MAX);
 const _: () = assert!(6 * (PEER_FORWARDS_IN_FLIGHT_MAX + 8) <= PEER_CONNECTIONS_MAX);
 const _: () = assert!(PEER_POOL_IDLE_MS < PEER_IDLE_MS_MAX);
 const _: () = assert!(PEER_BACKOFF_MS_MIN < PEER_BACKOFF_MS_MAX);
+// A raft entry's length must fit a frame's u32 length field.
+const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= u32::MAX as usize);
