@@ -155,7 +155,7 @@ impl AppliedState {
             allocator: self.allocator.snapshot(),
             replies: self.replies.values().cloned().collect(),
             now_ms: self.now_ms,
-            last_applied: self.last_applied.clone(),
+            last_applied: self.last_applied,
             membership: self.membership.clone(),
         }
     }
@@ -230,11 +230,11 @@ impl StateMachine {
     }
 
     fn apply_one(&self, applied: &mut AppliedState, entry: &crate::cluster::types::Entry) {
-        let log_id = entry.log_id.clone();
+        let log_id = entry.log_id;
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
-                applied.membership = Membership::new(Some(log_id.clone()), m.clone());
+                applied.membership = Membership::new(Some(log_id), m.clone());
             }
             EntryPayload::Normal(record) => {
                 if let Err(e) = applied.allocator.apply(&record.event) {
@@ -280,7 +280,7 @@ impl StateMachine {
             let body = applied.body(self.shared.idempotency_window_ms);
             let data = postcard::to_stdvec(&body)
                 .map_err(|e| io::Error::other(format!("snapshot does not encode: {e}")))?;
-            let last = applied.last_applied.clone();
+            let last = applied.last_applied;
             let meta =
                 SnapshotMeta { last_log_id: last, last_membership: applied.membership.clone() };
             let data = Arc::new(data);
@@ -313,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), io::Error> {
         let applied = self.shared.applied.lock();
-        Ok((applied.last_applied.clone(), applied.membership.clone()))
+        Ok((applied.last_applied, applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>

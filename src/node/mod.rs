@@ -59,8 +59,9 @@ pub struct Node {
 enum Log {
     /// Nowhere: state lives in memory only (tests and tools that need no durability).
     Memory,
-    /// The single-node write-ahead log.
-    Wal(Wal),
+    /// The single-node write-ahead log (boxed: the variants differ in size by hundreds of
+    /// bytes, and a node has one).
+    Wal(Box<Wal>),
     /// A raft group: a decision is acknowledged once a majority has it durable.
     Raft(Arc<Replica>),
 }
@@ -188,7 +189,7 @@ impl Node {
             allocator: Arc::new(ArcCell::from_pointee(allocator)),
             clock,
             idempotency: Arc::new(idempotency),
-            log: Log::Wal(wal),
+            log: Log::Wal(Box::new(wal)),
         };
         node.expire_due();
         node.metrics.recovered_in(started.elapsed());
