@@ -25,6 +25,7 @@ use crate::cluster::peer_server::{
     serve_peers_with, AppendHook, ForwardFn, ForwardRequest, ForwardResponse,
 };
 use crate::cluster::replica::{NotDecided, Replica, ReplicaTiming};
+use crate::cluster::types::{NodeId, PeerNode};
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Call};
@@ -33,6 +34,7 @@ use crate::http::response::respond;
 use crate::http::server::Server;
 use crate::metrics::{Metrics, Op};
 use crate::node::Node;
+use openraft::ChangeMembers;
 
 /// Marks a request a follower forwarded to the leader.
 pub const FORWARDED: &str = "x-livestock-forwarded";
@@ -66,17 +68,24 @@ pub async fn route(
     if op.is_local() {
         return None;
     }
+    if op == Op::ClusterMembers {
+        return Some(match replica.decide().map(drop) {
+            Ok(()) => change_membership(replica, call).await,
+            Err(why) => forward(replica, why, parts, body).await,
+        });
+    }
+    if parts.method == Method::GET {
+        // A read needs no right to decide, only the leadership confirmed by a quorum and the
+        // applied state caught up to it: a newly elected leader serves reads before it decides.
+        if replica.raft.as_leader().is_ok() {
+            return replica.read_barrier().await.err().map(|e| not_decided(&e));
+        }
+        return Some(forward(replica, replica.not_leader(), parts, body).await);
+    }
     // The guard is dropped at once: it must not be held across an `.await`.
     let leading = replica.decide().map(drop);
     match leading {
-        Ok(()) => {
-            if parts.method == Method::GET {
-                if let Err(e) = replica.read_barrier().await {
-                    return Some(not_decided(&e));
-                }
-            }
-            None
-        }
+        Ok(()) => None,
         Err(why) => {
             if op == Op::Reserve {
                 if let Some(answer) = stale_refusal(replica, call) {
@@ -85,6 +94,58 @@ pub async fn route(
             }
             Some(forward(replica, why, parts, body).await)
         }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: NodeId,
+    peer_addr: String,
+}
+
+/// Adds a node (`POST /v1/cluster/members {id, peer_addr}`: first as a learner that catches up
+/// from a snapshot and the log, then as a voter, through joint consensus) or removes one
+/// (`POST /v1/cluster/members/{id}/remove`). Answers with the cluster status after the change.
+async fn change_membership(replica: &Replica, call: &Call<'_>) -> Response<Full<Bytes>> {
+    let invalid = |message: String| respond(ApiError::invalid(message).reply());
+    let voters: std::collections::BTreeSet<NodeId> =
+        replica.status().members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let changed = if call.param.is_empty() {
+        let add: AddMember = match serde_json::from_slice(call.body) {
+            Ok(add) => add,
+            Err(e) => return invalid(format!("body: {e}")),
+        };
+        if add.id == 0 || add.peer_addr.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("id must be at least 1 and peer_addr an ip:port".into());
+        }
+        if voters.contains(&add.id) {
+            return invalid(format!("node {} is already a voter", add.id));
+        }
+        let node = PeerNode { peer_addr: add.peer_addr };
+        match replica.raft.add_learner(add.id, node, true).await {
+            Ok(_) => {
+                let ids = std::collections::BTreeSet::from([add.id]);
+                replica.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let Ok(id) = call.param.parse::<NodeId>() else {
+            return invalid(format!("{:?} is not a node id", call.param));
+        };
+        if !voters.contains(&id) {
+            return invalid(format!("node {id} is not a voter"));
+        }
+        if voters.len() == 1 {
+            return invalid("the last voter cannot be removed".into());
+        }
+        let ids = std::collections::BTreeSet::from([id]);
+        replica.raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await
+    };
+    match changed {
+        Ok(_) => respond(crate::http::wire::reply(200, &serde_json::json!(replica.status()))),
+        Err(e) => no_leader(format!("the membership change did not complete: {e}")),
     }
 }
 

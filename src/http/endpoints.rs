@@ -37,7 +37,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 18] = [
+pub static ENDPOINTS: [Endpoint; 20] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -56,6 +56,8 @@ pub static ENDPOINTS: [Endpoint; 18] = [
     endpoint!(GET "/readyz", Access::Public, Health, handlers::readyz),
     endpoint!(GET "/metrics", Access::AdminUnlessPublic, Metrics, handlers::metrics),
     endpoint!(GET "/v1/cluster", Access::AdminUnlessPublic, Cluster, handlers::cluster),
+    endpoint!(POST "/v1/cluster/members", ADMIN, ClusterMembers, handlers::no_cluster),
+    endpoint!(POST "/v1/cluster/members/{id}/remove", ADMIN, ClusterMembers, handlers::no_cluster),
 ];
 
 /// Why a request matches no endpoint.

@@ -97,6 +97,14 @@ pub fn cluster(call: &Call<'_>) -> Result<Action, ApiError> {
     Ok(Action::Reply(wire::reply(200, &json!(status))))
 }
 
+/// Membership changes outside cluster mode (in cluster mode `cluster::route` serves them).
+pub fn no_cluster(_: &Call<'_>) -> Result<Action, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::UnknownRoute,
+        "this node runs alone (no --node-id): there is no cluster to change",
+    ))
+}
+
 pub fn list_deals(call: &Call<'_>) -> Result<Action, ApiError> {
     let views = call.node.read(|allocator, now_ms| allocator.deals(now_ms));
     let deals: Vec<_> = views.iter().map(wire::deal_json).collect();

@@ -43,14 +43,16 @@ pub enum Op {
     Extend,
     Health,
     Metrics,
-    /// Cluster status and membership (cluster mode).
+    /// Cluster status (cluster mode).
     Cluster,
+    /// Membership changes: add or remove a node (cluster mode, admin).
+    ClusterMembers,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 19] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -68,6 +70,7 @@ impl Op {
         Op::Health,
         Op::Metrics,
         Op::Cluster,
+        Op::ClusterMembers,
         Op::Unrouted,
     ];
 
@@ -96,6 +99,7 @@ impl Op {
             Op::Health => "health",
             Op::Metrics => "metrics",
             Op::Cluster => "cluster",
+            Op::ClusterMembers => "cluster_members",
             Op::Unrouted => "unrouted",
         }
     }
