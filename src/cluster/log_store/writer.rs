@@ -91,17 +91,14 @@ pub(super) struct Writer {
     parked: Vec<IOFlushed<TypeConfig>>,
     /// The newest committed id the parked appends' frames carry.
     parked_carries: Option<LogId>,
+    /// Set once poisoned.
+    poisoned: bool,
 }
 
 /// Whether the loop goes on after a job.
 enum Flow {
     Continue,
     Close,
-}
-
-/// Copies an error for a second listener (`io::Error` is not `Clone`).
-fn copy_error(error: &io::Error) -> io::Error {
-    io::Error::new(error.kind(), error.to_string())
 }
 
 impl Writer {
@@ -123,6 +120,7 @@ impl Writer {
             committed_idle_persist,
             parked: Vec::new(),
             parked_carries: None,
+            poisoned: false,
         }
     }
 
@@ -193,7 +191,7 @@ impl Writer {
                 let result = self
                     .sync_parked()
                     .and_then(|()| write_state_file(&*self.storage, VOTE_FILE, &vote));
-                answer(done, result, "raft vote write failed")?;
+                self.answer(done, result, "raft vote write failed")?;
             }
             Job::TruncateAfter { after, done } => {
                 let result = self.sync_parked().and_then(|()| {
@@ -204,7 +202,7 @@ impl Writer {
                     }
                     Ok(())
                 });
-                answer(done, result, "raft log truncation failed")?;
+                self.answer(done, result, "raft log truncation failed")?;
             }
             Job::Purge { upto, done } => {
                 let result = self.sync_parked().and_then(|()| {
@@ -214,7 +212,7 @@ impl Writer {
                     self.persist_meta()?;
                     self.segments.purge(upto.index)
                 });
-                answer(done, result, "raft log purge failed")?;
+                self.answer(done, result, "raft log purge failed")?;
             }
             Job::Close => return Ok(Flow::Close),
         }
@@ -269,8 +267,30 @@ impl Writer {
         }
     }
 
-    /// Marks the log poisoned and fails every parked append.
+    /// Sends a waiting job's result; `Err(reason)` if it failed, after poisoning the log: the
+    /// log is poisoned before the caller hears of the failure, so its next call fails too.
+    fn answer(&mut self, done: Done, result: io::Result<()>, what: &str) -> Result<(), String> {
+        match result {
+            Ok(()) => {
+                let _ = done.send(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("{what}: {e}");
+                self.poison(&reason);
+                let _ = done.send(Err(e));
+                Err(reason)
+            }
+        }
+    }
+
+    /// Marks the log poisoned (before anyone is told of the failure) and fails every parked
+    /// append. Once.
     fn poison(&mut self, reason: &str) {
+        if self.poisoned {
+            return;
+        }
+        self.poisoned = true;
         tracing::error!(%reason, "raft log poisoned: no further writes; restart to recover");
         self.shared.set_health(Health::Poisoned(reason.to_owned()));
         for callback in self.parked.drain(..) {
@@ -287,21 +307,6 @@ impl Writer {
             if close {
                 return;
             }
-        }
-    }
-}
-
-/// Sends a waiting job's result; `Err(reason)` to poison the log if it failed.
-fn answer(done: Done, result: io::Result<()>, what: &str) -> Result<(), String> {
-    match result {
-        Ok(()) => {
-            let _ = done.send(Ok(()));
-            Ok(())
-        }
-        Err(e) => {
-            let reason = format!("{what}: {e}");
-            let _ = done.send(Err(copy_error(&e)));
-            Err(reason)
         }
     }
 }
