@@ -52,3 +52,22 @@ impl Clock for ManualClock {
         self.now_ms.load(Ordering::SeqCst)
     }
 }
+
+/// The wall clock, off by a fixed amount: the cluster tests run a replica whose clock is
+/// ahead or behind the others (`--clock-skew-ms`, hidden), as a misconfigured machine would.
+pub struct SkewedClock {
+    inner: SystemClock,
+    skew_ms: i64,
+}
+
+impl SkewedClock {
+    pub fn new(skew_ms: i64) -> Self {
+        SkewedClock { inner: SystemClock::default(), skew_ms }
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms().saturating_add_signed(self.skew_ms)
+    }
+}

@@ -192,6 +192,9 @@ pub struct Config {
     /// Cluster mode: a snapshot is built after this many entries since the last one.
     /// Default 50000.
     pub snapshot_entries: u64,
+    /// Testing only: this node's clock reads this many ms ahead (or behind, negative) of the
+    /// machine's. Default 0.
+    pub clock_skew_ms: i64,
 }
 
 impl Default for Config {
@@ -230,6 +233,7 @@ impl Default for Config {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 400,
             snapshot_entries: 50_000,
+            clock_skew_ms: 0,
         }
     }
 }
@@ -343,6 +347,9 @@ pub struct ConfigArgs {
     /// Cluster mode: entries between snapshots [default: 50000].
     #[arg(long, env = "LIVESTOCK_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
+    /// Testing only: skew this node's clock by this many ms.
+    #[arg(long, env = "LIVESTOCK_CLOCK_SKEW_MS", hide = true, allow_hyphen_values = true)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +414,7 @@ impl Config {
             heartbeat_interval_ms,
             election_timeout_min_ms,
             snapshot_entries,
+            clock_skew_ms,
         );
         if args.node_id.is_some() {
             config.node_id = args.node_id;

@@ -316,7 +316,10 @@ fn serve_cluster(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let clock = Arc::new(SystemClock::default());
+        let clock: Arc<dyn livestock::clock::Clock> = match config.clock_skew_ms {
+            0 => Arc::new(SystemClock::default()),
+            skew_ms => Arc::new(livestock::clock::SkewedClock::new(skew_ms)),
+        };
         let cluster = match ClusterNode::start(&config, clock).await {
             Ok(cluster) => cluster,
             Err(e) => {

@@ -28,6 +28,8 @@ struct Cluster {
     peer_ports: BTreeMap<u64, u16>,
     nodes: BTreeMap<u64, Server>,
     extra: Vec<String>,
+    /// Per node: how far its clock is off (`--clock-skew-ms`).
+    skew_ms: BTreeMap<u64, i64>,
 }
 
 impl Cluster {
@@ -40,7 +42,40 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut cluster = Cluster { scratch, peers, peer_ports, nodes: BTreeMap::new(), extra };
+        let mut cluster = Cluster {
+            scratch,
+            peers,
+            peer_ports,
+            nodes: BTreeMap::new(),
+            extra,
+            skew_ms: BTreeMap::new(),
+        };
+        cluster.start_all();
+        cluster
+    }
+
+    fn start_all(&mut self) {
+        for id in 1..=NODES {
+            self.start_node(id);
+        }
+    }
+
+    fn start_skewed(label: &str, skew_ms: &[(u64, i64)]) -> Cluster {
+        let scratch = Scratch::new(label);
+        let peer_ports: BTreeMap<u64, u16> = (1..=NODES).map(|id| (id, free_port())).collect();
+        let peers = peer_ports
+            .iter()
+            .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            scratch,
+            peers,
+            peer_ports,
+            nodes: BTreeMap::new(),
+            extra: Vec::new(),
+            skew_ms: skew_ms.iter().copied().collect(),
+        };
         for id in 1..=NODES {
             cluster.start_node(id);
         }
@@ -52,6 +87,7 @@ impl Cluster {
         let log = self.scratch.join(&format!("n{id}.log"));
         let peer_listen = format!("127.0.0.1:{}", self.peer_ports[&id]);
         let id_text = id.to_string();
+        let skew = format!("--clock-skew-ms={}", self.skew_ms.get(&id).copied().unwrap_or(0));
         let mut args = vec![
             "--node-id",
             id_text.as_str(),
@@ -59,6 +95,7 @@ impl Cluster {
             peer_listen.as_str(),
             "--peers",
             self.peers.as_str(),
+            skew.as_str(),
         ];
         args.extend(self.extra.iter().map(String::as_str));
         let server = Server::start(&data, &log, &args);
@@ -455,4 +492,51 @@ fn a_node_is_added_and_another_removed() {
     // A bad request changes nothing.
     let bad = Request::post("/v1/cluster/members", "bad", &json!({ "id": 0, "peer_addr": "x" }));
     assert_eq!(cluster.client(leader).send(&bad).error_code().as_deref(), Some("invalid_request"));
+}
+
+/// Replicas whose clocks are 500 ms ahead and behind make identical expiry decisions: only the
+/// leader decides an expiry, it is logged with the leader's stamp, and a new leader never
+/// reads a clock earlier than the newest stamp it applied.
+#[test]
+fn skewed_clocks_make_identical_expiry_decisions() {
+    let mut cluster = Cluster::start_skewed("cluster-skew", &[(1, 0), (2, 500), (3, -500)]);
+    let leader = cluster.leader(ELECTION);
+    let body = json!({ "id": "d1", "stream_id": "s1", "stock": 10, "hold_ttl_ms": 1000 });
+    assert!(cluster
+        .write_until_ok(leader, &Request::post("/v1/deals", "c", &body), ELECTION)
+        .is_success());
+    let mut holds = Vec::new();
+    for n in 0..3 {
+        let answer = cluster.write_until_ok(
+            leader,
+            &reserve("d1", &format!("u{n}"), &format!("k{n}")),
+            ELECTION,
+        );
+        holds.push(answer.json()["hold_id"].as_str().expect("hold id").to_owned());
+    }
+    cluster.kill(leader);
+    let new_leader = cluster.leader(ELECTION);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let deal = cluster.client(new_leader).get_json("/v1/deals/d1").expect("deal");
+        if deal["held"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never expired: {deal}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.start_node(leader);
+    cluster.converged(ELECTION);
+    // The same decisions everywhere: each hold expired at the same instant on every replica,
+    // never before its expiry time.
+    for hold in &holds {
+        let seen: Vec<Value> = cluster
+            .nodes
+            .keys()
+            .map(|id| cluster.client(*id).get_json(&format!("/v1/holds/{hold}")).expect("hold"))
+            .collect();
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        assert_eq!(seen[0]["state"], "expired");
+        assert!(seen[0]["resolved_at"].as_str() >= seen[0]["expires_at"].as_str(), "{}", seen[0]);
+    }
 }
