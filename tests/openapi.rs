@@ -265,7 +265,11 @@ fn operations_have_ids_links_resolve_and_mutations_take_idempotency_keys() {
             op.get("parameters").and_then(Value::as_sequence).into_iter().flatten().any(|p| {
                 resolve(&doc, p).get("name").and_then(Value::as_str) == Some("Idempotency-Key")
             });
-        assert_eq!(keyed, method == "POST", "{method} {path}: Idempotency-Key iff a mutation");
+        // Membership changes say `x-no-idempotency-key`: a retry learns the outcome from the
+        // state (adding a voter twice, or removing one that is gone, is refused with the reason).
+        let exempt = op.get("x-no-idempotency-key").and_then(Value::as_bool) == Some(true);
+        let mutation = method == "POST" && !exempt;
+        assert_eq!(keyed, mutation, "{method} {path}: Idempotency-Key iff a keyed mutation");
         let responses = op.get("responses").and_then(Value::as_mapping).expect("responses");
         for response in responses.values() {
             let links = resolve(&doc, response).get("links").and_then(Value::as_mapping);
