@@ -184,10 +184,10 @@ pub struct Config {
     /// Cluster mode: how long a write waits for its decision to commit before it gets 503
     /// `no_leader` (its outcome then unknown: retry with the same key). Default 2000.
     pub commit_timeout_ms: u64,
-    /// Cluster mode: the leader's heartbeat period. Default 100.
+    /// Cluster mode: the leader's heartbeat period. Default 50.
     pub heartbeat_interval_ms: u64,
     /// Cluster mode: a follower that hears no leader for a random time in
-    /// [election_timeout_min_ms, 2 x election_timeout_min_ms) starts an election. Default 400.
+    /// [election_timeout_min_ms, 2 x election_timeout_min_ms) starts an election. Default 250.
     pub election_timeout_min_ms: u64,
     /// Cluster mode: a snapshot is built after this many entries since the last one.
     /// Default 50000.
@@ -230,8 +230,8 @@ impl Default for Config {
             cluster_secret: None,
             stale_refusal_ms: 100,
             commit_timeout_ms: 2_000,
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
             snapshot_entries: 50_000,
             clock_skew_ms: 0,
         }
@@ -338,10 +338,10 @@ pub struct ConfigArgs {
     /// [default: 2000].
     #[arg(long, env = "LIVESTOCK_COMMIT_TIMEOUT_MS")]
     pub commit_timeout_ms: Option<u64>,
-    /// Cluster mode: the leader's heartbeat period, ms [default: 100].
+    /// Cluster mode: the leader's heartbeat period, ms [default: 50].
     #[arg(long, env = "LIVESTOCK_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// Cluster mode: the shortest election timeout, ms [default: 400].
+    /// Cluster mode: the shortest election timeout, ms [default: 250].
     #[arg(long, env = "LIVESTOCK_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
     /// Cluster mode: entries between snapshots [default: 50000].

