@@ -187,7 +187,7 @@ pub struct Config {
     /// Cluster mode: the leader's heartbeat period. Default 50.
     pub heartbeat_interval_ms: u64,
     /// Cluster mode: a follower that hears no leader for a random time in
-    /// [election_timeout_min_ms, 2 x election_timeout_min_ms) starts an election. Default 250.
+    /// [election_timeout_min_ms, 2 x election_timeout_min_ms) starts an election. Default 200.
     pub election_timeout_min_ms: u64,
     /// Cluster mode: a snapshot is built after this many entries since the last one.
     /// Default 50000.
@@ -231,7 +231,7 @@ impl Default for Config {
             stale_refusal_ms: 100,
             commit_timeout_ms: 2_000,
             heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 250,
+            election_timeout_min_ms: 200,
             snapshot_entries: 50_000,
             clock_skew_ms: 0,
         }
@@ -341,7 +341,7 @@ pub struct ConfigArgs {
     /// Cluster mode: the leader's heartbeat period, ms [default: 50].
     #[arg(long, env = "LIVESTOCK_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// Cluster mode: the shortest election timeout, ms [default: 250].
+    /// Cluster mode: the shortest election timeout, ms [default: 200].
     #[arg(long, env = "LIVESTOCK_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
     /// Cluster mode: entries between snapshots [default: 50000].
