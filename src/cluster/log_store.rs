@@ -253,13 +253,15 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.check()?;
+        let mut mem = self.shared.mem.lock();
+        mem.check()?;
         // Only ever forward: openraft may repeat an id, never take one back.
         let Some(committed) = committed.filter(|c| Some(c) > self.committed.as_ref()) else {
             return Ok(());
         };
+        mem.committed = Some(committed);
+        drop(mem);
         self.committed = Some(committed);
-        self.shared.mem.lock().committed = Some(committed);
         self.send(Job::Committed(committed))
     }
 
@@ -278,7 +280,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.check()?;
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut frames = Vec::new();
         let mut starts = Vec::with_capacity(entries.len());
@@ -309,10 +310,10 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.check()?;
         let after = last_log_id.map(|id| id.index);
         {
             let mut mem = self.shared.mem.lock();
+            mem.check()?;
             while mem
                 .entries
                 .back()

@@ -225,14 +225,16 @@ impl Writer {
             self.segments.sync()?;
             self.committed_durable = self.committed_durable.take().max(self.parked_carries.take());
         }
+        // Counted before the callbacks run, so whoever hears of an acknowledgement sees it
+        // counted.
         let acknowledged = self.parked.len() as u64;
-        for callback in self.parked.drain(..) {
-            callback.io_completed(Ok(()));
-        }
         self.shared
             .stats
             .appends_acknowledged
             .fetch_add(acknowledged, std::sync::atomic::Ordering::Relaxed);
+        for callback in self.parked.drain(..) {
+            callback.io_completed(Ok(()));
+        }
         Ok(())
     }
 
