@@ -41,7 +41,7 @@ figures() {
     python3 - "$1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-m = r["measured"]
+m = r
 p99 = next((row["p99_us"] for row in m["latency"]
             if row["op"] == "reserve" and row["outcome"] == "all"), 0)
 print(f'{m["rates"]["served_per_s"]:.0f} {p99 / 1000:.2f}')
@@ -86,14 +86,14 @@ stop_all() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done;
 declare -A results
 for rep in $(seq 1 "$REPS"); do
     addr=$(start_single "$rep")
-    load "$addr" 100000000 "$work/single-reserve-$rep.json"
+    load "$addr" 2000000 "$work/single-reserve-$rep.json"
     results[single-reserve]+="$(figures "$work/single-reserve-$rep.json");"
     load "$addr" 1 "$work/single-soldout-$rep.json"
     results[single-soldout]+="$(figures "$work/single-soldout-$rep.json");"
     stop_all
     read -r a1 a2 a3 < <(start_cluster "$rep")
     leader=$(leader_of "$a1" "$a2" "$a3")
-    load "$leader" 100000000 "$work/cluster-reserve-$rep.json"
+    load "$leader" 2000000 "$work/cluster-reserve-$rep.json"
     results[cluster-reserve]+="$(figures "$work/cluster-reserve-$rep.json");"
     load "$leader" 1 "$work/cluster-soldout-$rep.json"
     results[cluster-soldout]+="$(figures "$work/cluster-soldout-$rep.json");"
