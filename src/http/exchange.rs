@@ -206,7 +206,9 @@ where
     };
     let call = Call { node, options, param, body: &body };
     if let Some(replica) = node.replica() {
-        if let Some(response) = cluster::route(replica, op, &parts, &body, &call).await {
+        // Boxed: the cluster path's future (forwarding, read barriers) is large, and inline it
+        // made every request's future bigger to move: +8% on the single-node sold-out answer.
+        if let Some(response) = Box::pin(cluster::route(replica, op, &parts, &body, &call)).await {
             return (op, response);
         }
     }
