@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
 use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
-use livestock::http::cluster::ClusterNode;
+use livestock::http::cluster_node::ClusterNode;
 use livestock::http::Server;
 use livestock::http::ServerOptions;
 use livestock::node::{Node, NodeConfig};

@@ -6,6 +6,7 @@
 //! | `handlers.rs` | one handler per endpoint: path and body to an answer or a command |
 //! | `exchange.rs` | one request start to answer: access, media type, size, idempotency, metrics |
 //! | `cluster.rs` | cluster mode: the leader answers, a follower forwards (or refuses sold-out) |
+//! | `cluster_node.rs` | serving a replica: API, peer listener, forwarded requests |
 //! | `server.rs` | the listener and connections, graceful shutdown |
 //! | `options.rs` | the HTTP layer's settings, from the configuration |
 //! | `response.rs` | an answer as a response, with its error code for the metrics |
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod cluster_node;
 pub mod endpoints;
 pub mod error;
 pub mod exchange;
