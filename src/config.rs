@@ -347,8 +347,9 @@ pub struct ConfigArgs {
     /// Cluster mode: entries between snapshots [default: 50000].
     #[arg(long, env = "LIVESTOCK_SNAPSHOT_ENTRIES")]
     pub snapshot_entries: Option<u64>,
-    /// Testing only: skew this node's clock by this many ms.
-    #[arg(long, env = "LIVESTOCK_CLOCK_SKEW_MS", hide = true, allow_hyphen_values = true)]
+    /// Testing only: this node's clock reads this many ms ahead (negative: behind) of the
+    /// machine's [default: 0].
+    #[arg(long, env = "LIVESTOCK_CLOCK_SKEW_MS", allow_hyphen_values = true)]
     pub clock_skew_ms: Option<i64>,
 }
 
