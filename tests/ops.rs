@@ -627,7 +627,11 @@ fn every_route_needs_its_role() {
         let r = call(http, method, path, Some(&admin));
         assert!(![401, 403].contains(&r.status), "{method} {path} as admin: {r:?}");
     }
-    assert_eq!(counted, [2, 8, 10], "public, client and admin routes: a new route needs a row here");
+    assert_eq!(
+        counted,
+        [2, 8, 10],
+        "public, client and admin routes: a new route needs a row here"
+    );
 }
 
 #[test]
