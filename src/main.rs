@@ -229,17 +229,7 @@ fn serve(config: Config) -> ExitCode {
         tracing::warn!(%file, offset, len, "cut a torn log tail (an unacknowledged partial write)");
     }
     let node = Arc::new(node);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        runtime.worker_threads(config.worker_threads);
-    }
-    let runtime = match runtime.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime(&config) else { return ExitCode::FAILURE };
     let listen = config.listen;
     let options = ServerOptions::from_config(&config);
     runtime.block_on(async move {
@@ -284,6 +274,21 @@ fn serve(config: Config) -> ExitCode {
     })
 }
 
+/// The multi-threaded runtime both modes serve on (`worker_threads`, 0 = one per core).
+fn runtime(config: &Config) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Cluster mode: the replica in `data_dir/raft`, the HTTP API and the peer listener.
 fn serve_cluster(config: Config) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
@@ -304,17 +309,7 @@ fn serve_cluster(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        runtime.worker_threads(config.worker_threads);
-    }
-    let runtime = match runtime.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime(&config) else { return ExitCode::FAILURE };
     runtime.block_on(async move {
         let clock: Arc<dyn livestock::clock::Clock> = match config.clock_skew_ms {
             0 => Arc::new(SystemClock::default()),

@@ -34,33 +34,14 @@ struct Cluster {
 
 impl Cluster {
     fn start(label: &str, extra: &[&str]) -> Cluster {
-        let scratch = Scratch::new(label);
-        let peer_ports: BTreeMap<u64, u16> = (1..=NODES).map(|id| (id, free_port())).collect();
-        let peers = peer_ports
-            .iter()
-            .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut cluster = Cluster {
-            scratch,
-            peers,
-            peer_ports,
-            nodes: BTreeMap::new(),
-            extra,
-            skew_ms: BTreeMap::new(),
-        };
-        cluster.start_all();
-        cluster
-    }
-
-    fn start_all(&mut self) {
-        for id in 1..=NODES {
-            self.start_node(id);
-        }
+        Cluster::start_with(label, extra, &[])
     }
 
     fn start_skewed(label: &str, skew_ms: &[(u64, i64)]) -> Cluster {
+        Cluster::start_with(label, &[], skew_ms)
+    }
+
+    fn start_with(label: &str, extra: &[&str], skew_ms: &[(u64, i64)]) -> Cluster {
         let scratch = Scratch::new(label);
         let peer_ports: BTreeMap<u64, u16> = (1..=NODES).map(|id| (id, free_port())).collect();
         let peers = peer_ports
@@ -73,7 +54,7 @@ impl Cluster {
             peers,
             peer_ports,
             nodes: BTreeMap::new(),
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             skew_ms: skew_ms.iter().copied().collect(),
         };
         for id in 1..=NODES {
