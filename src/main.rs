@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::SystemClock;
 use livestock::config::{Config, ConfigArgs, DurabilityMode, LogFormat};
+use livestock::http::admin_client::{self, AdminCall};
 use livestock::http::cluster_node::ClusterNode;
 use livestock::http::Server;
 use livestock::http::ServerOptions;
@@ -41,6 +42,72 @@ enum Cmd {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// A cluster's membership and status, through any node's HTTP API (docs/operations.md,
+    /// "Running a cluster"). Prints the node's answer; exits 1 if it is an error.
+    Cluster(ClusterArgs),
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The HTTP API (`--listen`) of any node: a follower forwards changes to the leader.
+    #[arg(long, default_value = "127.0.0.1:8080", global = true)]
+    node: String,
+    /// An admin token (needed for changes, and for the status unless it is public).
+    #[arg(long, env = "LIVESTOCK_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// How long to wait for the answer: a new node catches up before it votes.
+    #[arg(long, default_value_t = 60_000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: ClusterCmd,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Role, leader, term, commit and applied indexes, state digest and members.
+    Status,
+    /// Add a node: it joins as a learner, catches up, then becomes a voter. Start it first,
+    /// with an empty data directory and every member (itself included) in --peers.
+    Add {
+        /// The new node's --node-id (never the id of a node that was removed).
+        #[arg(long)]
+        id: u64,
+        /// The new node's --peer-listen address.
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// Remove a voter (then stop it). Replacing a dead node: add its replacement, then remove it.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Save a backup of the cluster's state: every change acknowledged before it was asked
+    /// for. The cluster goes on serving.
+    Backup {
+        /// Where to write it (a new file; written whole, then renamed into place).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a backup into a new node's empty data directory, offline. Run it for every member
+    /// of the new cluster (each its own --data-dir, the same --peers), then start them all with
+    /// those --peers.
+    Restore {
+        /// The backup file (`livestock cluster backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node's data directory (its raft/ must not exist or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's --node-id.
+        #[arg(long, env = "LIVESTOCK_NODE_ID")]
+        node_id: u64,
+        /// Every member of the new cluster as id=host:port, comma-separated.
+        #[arg(long, env = "LIVESTOCK_PEERS", value_delimiter = ',', required = true)]
+        peers: Vec<livestock::config::Peer>,
+        /// The new cluster's secret: the same as the old cluster's (hold ids are keyed by it).
+        #[arg(long, env = "LIVESTOCK_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<livestock::config::Secret>,
+    },
 }
 
 /// The configuration layers without the flags: the environment over a file.
@@ -109,6 +176,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Cluster(args) => cluster(args),
         Cmd::Serve(args) => match Config::load(&args) {
             Ok(config) => {
                 init_logging(config.log_format);
@@ -119,6 +187,103 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn cluster(args: ClusterArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (call, out) = match args.command {
+        ClusterCmd::Status => (AdminCall::Status, None),
+        ClusterCmd::Add { id, peer_addr } => (AdminCall::Add { id, peer_addr }, None),
+        ClusterCmd::Remove { id } => (AdminCall::Remove { id }, None),
+        ClusterCmd::Backup { out } => (AdminCall::Backup, Some(out)),
+        ClusterCmd::Restore { from, data_dir, node_id, peers, cluster_secret } => {
+            let secret = cluster_secret.as_ref().map(|s| s.expose());
+            return runtime.block_on(restore(&from, &data_dir, node_id, &peers, secret));
+        }
+    };
+    let sent = admin_client::send(&args.node, args.token.as_deref(), &call, args.timeout_ms);
+    match runtime.block_on(sent) {
+        Ok(answer) if answer.status.is_success() => match out {
+            None => {
+                println!("{}", String::from_utf8_lossy(&answer.body));
+                ExitCode::SUCCESS
+            }
+            Some(out) => match write_new_file(&out, &answer.body) {
+                Ok(()) => {
+                    println!("backup: {} bytes to {}", answer.body.len(), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write {}: {e}", out.display());
+                    ExitCode::FAILURE
+                }
+            },
+        },
+        Ok(answer) => {
+            let body = String::from_utf8_lossy(&answer.body);
+            eprintln!("error: {} answered {}: {body}", args.node, answer.status);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` to a temporary name, fsyncs, and renames it to `path` (which must not
+/// exist): a backup on disk is whole or absent.
+fn write_new_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if path.exists() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it exists"));
+    }
+    let temp = path.with_extension("partial");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)
+}
+
+async fn restore(
+    from: &Path,
+    data_dir: &Path,
+    node_id: u64,
+    peers: &[livestock::config::Peer],
+    secret: Option<&str>,
+) -> ExitCode {
+    let backup = match std::fs::read(from) {
+        Ok(backup) => backup,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", from.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let peers: Vec<(u64, String)> = peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+    let key = livestock::http::cluster_node::cluster_hold_key(secret);
+    match livestock::cluster::restore::restore(&backup, data_dir, node_id, &peers, key).await {
+        Ok(restored) => {
+            println!(
+                "restored {} bytes into {}: {} deals, at raft index {:?}",
+                restored.bytes,
+                data_dir.display(),
+                restored.deals,
+                restored.index
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -16,6 +16,15 @@ use support::{Answer, Client, Request, Scratch, Server};
 
 const NODES: u64 = 3;
 
+/// `livestock cluster ARGS...`, its exit status and output.
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(support::BIN)
+        .arg("cluster")
+        .args(args)
+        .output()
+        .expect("run livestock cluster")
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("its address").port()
@@ -42,6 +51,15 @@ impl Cluster {
     }
 
     fn start_with(label: &str, extra: &[&str], skew_ms: &[(u64, i64)]) -> Cluster {
+        let mut cluster = Cluster::new(label, extra, skew_ms);
+        for id in 1..=NODES {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// A cluster's directories and ports, none of its nodes started.
+    fn new(label: &str, extra: &[&str], skew_ms: &[(u64, i64)]) -> Cluster {
         let scratch = Scratch::new(label);
         let peer_ports: BTreeMap<u64, u16> = (1..=NODES).map(|id| (id, free_port())).collect();
         let peers = peer_ports
@@ -49,18 +67,14 @@ impl Cluster {
             .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             scratch,
             peers,
             peer_ports,
             nodes: BTreeMap::new(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             skew_ms: skew_ms.iter().copied().collect(),
-        };
-        for id in 1..=NODES {
-            cluster.start_node(id);
         }
-        cluster
     }
 
     fn start_node(&mut self, id: u64) {
@@ -465,13 +479,24 @@ fn a_node_is_added_and_another_removed() {
     cluster.converged(ELECTION);
     let deal = cluster.client(4).get_json("/v1/deals/d1").expect("node 4 has the deal");
     assert_eq!(deal["held"], 1);
-    // Remove a follower other than node 4; the remaining three go on.
+    // Replace a dead node: a follower other than node 4 dies and is removed with the
+    // command-line tool (through another node); the remaining three go on.
     let gone = *cluster.nodes.keys().find(|id| **id != leader && **id != 4).expect("a follower");
-    let remove = Request::post(format!("/v1/cluster/members/{gone}/remove"), "rm", &json!({}));
-    let removed = cluster.write_until_ok(leader, &remove, ELECTION);
-    assert!(removed.is_success(), "{removed:?}");
-    assert_eq!(voters(&removed.json()), 3, "{removed:?}");
     cluster.kill(gone);
+    let via = cluster.nodes[&4].base();
+    let via = via.trim_start_matches("http://");
+    let removed = cli(&["remove", "--node", via, "--id", &gone.to_string()]);
+    assert!(removed.status.success(), "{removed:?}");
+    let answer: Value = serde_json::from_slice(&removed.stdout).expect("the status as JSON");
+    assert_eq!(voters(&answer), 3, "{answer}");
+    // A bad request changes nothing, and the tool says so with a failing exit.
+    let again = cli(&["remove", "--node", via, "--id", &gone.to_string()]);
+    assert!(!again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("invalid_request"), "{again:?}");
+    let status = cli(&["status", "--node", via]);
+    assert!(status.status.success(), "{status:?}");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("the status as JSON");
+    assert_eq!(voters(&status), 3, "{status}");
     let more = reserve("d1", "u2", "r2");
     assert!(cluster.write_until_ok(4, &more, ELECTION).is_success());
     cluster.converged(ELECTION);
@@ -525,4 +550,127 @@ fn skewed_clocks_make_identical_expiry_decisions() {
         assert_eq!(seen[0]["state"], "expired");
         assert!(seen[0]["resolved_at"].as_str() >= seen[0]["expires_at"].as_str(), "{}", seen[0]);
     }
+}
+
+/// A backup taken from a running cluster (through a follower) restores into a new cluster on
+/// other ports: it holds every change acknowledged before the backup and none after, keyed
+/// retries get the same answers, and the new cluster takes writes.
+#[test]
+fn a_backup_restores_into_a_new_cluster() {
+    let mut old = Cluster::start("cluster-backup", &[]);
+    let leader = old.leader(ELECTION);
+    assert!(old.write_until_ok(leader, &create_deal("d1", 10), ELECTION).is_success());
+    let before = reserve("d1", "u1", "k1");
+    let acknowledged = old.write_until_ok(leader, &before, ELECTION);
+    assert!(acknowledged.is_success(), "{acknowledged:?}");
+    let backup = old.scratch.join("backup.bin");
+    let via = old.nodes[&old.follower(leader)].base();
+    let taken =
+        cli(&["backup", "--node", via.trim_start_matches("http://"), "--out", &path(&backup)]);
+    assert!(taken.status.success(), "{taken:?}");
+    // A second backup to the same file is refused: a backup is never overwritten in place.
+    let again =
+        cli(&["backup", "--node", via.trim_start_matches("http://"), "--out", &path(&backup)]);
+    assert!(!again.status.success(), "{again:?}");
+    let after = reserve("d1", "u2", "k2");
+    assert!(old.write_until_ok(leader, &after, ELECTION).is_success());
+    for id in 1..=NODES {
+        old.kill(id);
+    }
+
+    let mut new = Cluster::new("cluster-restored", &[], &[]);
+    for id in 1..=NODES {
+        let dir = path(&new.scratch.join(&format!("n{id}")));
+        let id = id.to_string();
+        let restored = cli(&[
+            "restore",
+            "--from",
+            &path(&backup),
+            "--data-dir",
+            &dir,
+            "--node-id",
+            &id,
+            "--peers",
+            &new.peers,
+        ]);
+        assert!(restored.status.success(), "{restored:?}");
+    }
+    // A restore writes only a new node: a second one into the same directory is refused.
+    let dir = path(&new.scratch.join("n1"));
+    let twice = cli(&[
+        "restore",
+        "--from",
+        &path(&backup),
+        "--data-dir",
+        &dir,
+        "--node-id",
+        "1",
+        "--peers",
+        &new.peers,
+    ]);
+    assert!(!twice.status.success(), "{twice:?}");
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"), "{twice:?}");
+    // A backup taken under another secret, or a damaged one, is refused and writes nothing.
+    let elsewhere = path(&new.scratch.join("elsewhere"));
+    let secret = "another-cluster-secret-0123";
+    let refused = cli(&[
+        "restore",
+        "--from",
+        &path(&backup),
+        "--data-dir",
+        &elsewhere,
+        "--node-id",
+        "1",
+        "--peers",
+        &new.peers,
+        "--cluster-secret",
+        secret,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("another cluster secret"),
+        "{refused:?}"
+    );
+    let mut damaged = std::fs::read(&backup).expect("the backup");
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    let damaged_path = new.scratch.join("damaged.bin");
+    std::fs::write(&damaged_path, damaged).expect("write");
+    let refused = cli(&[
+        "restore",
+        "--from",
+        &path(&damaged_path),
+        "--data-dir",
+        &elsewhere,
+        "--node-id",
+        "1",
+        "--peers",
+        &new.peers,
+    ]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("checksum"), "{refused:?}");
+    let raft = new.scratch.join("elsewhere").join("raft");
+    let left = std::fs::read_dir(&raft).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "a refused restore wrote files in {}", raft.display());
+    for id in 1..=NODES {
+        new.start_node(id);
+    }
+    let leader = new.leader(ELECTION);
+    let deal = new.client(leader).get_json("/v1/deals/d1").expect("the restored deal");
+    assert_eq!((deal["held"].as_u64(), deal["available"].as_u64()), (Some(1), Some(9)), "{deal}");
+    let replay = new.write_until_ok(new.follower(leader), &before, ELECTION);
+    assert_eq!(replay, acknowledged, "a keyed retry after the restore gets the same answer");
+    let status = new.status(leader).expect("status");
+    let addresses: Vec<&str> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["peer_addr"].as_str())
+        .collect();
+    let expected: Vec<String> = new.peer_ports.values().map(|p| format!("127.0.0.1:{p}")).collect();
+    assert_eq!(addresses, expected, "the new cluster's members are its own");
+    assert!(new.write_until_ok(leader, &reserve("d1", "u3", "k3"), ELECTION).is_success());
+    new.converged(ELECTION);
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
 }

@@ -518,7 +518,8 @@ fn needs(method: &str, pattern: &str) -> Needs {
         | ("POST", "/v1/streams/{stream_id}/end")
         | ("GET", "/v1/cluster")
         | ("POST", "/v1/cluster/members")
-        | ("POST", "/v1/cluster/members/{id}/remove") => Needs::Admin,
+        | ("POST", "/v1/cluster/members/{id}/remove")
+        | ("GET", "/v1/cluster/backup") => Needs::Admin,
         _ => Needs::Client,
     }
 }
@@ -629,7 +630,7 @@ fn every_route_needs_its_role() {
     }
     assert_eq!(
         counted,
-        [2, 8, 10],
+        [2, 8, 11],
         "public, client and admin routes: a new route needs a row here"
     );
 }

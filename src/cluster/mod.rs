@@ -10,6 +10,7 @@
 //! | `replica.rs` | the node's handle: who decides, proposals in order, commit waits, rebuilds |
 //! | `network.rs` | raft RPCs to peers over HTTP/1.1, authenticated with the cluster secret |
 //! | `peer_server.rs` | the peer listener: raft RPCs and writes forwarded by followers |
+//! | `restore.rs` | a backup written into a new node's empty directory |
 //!
 //! See docs/replication.md.
 
@@ -18,6 +19,7 @@ pub mod network;
 pub mod open;
 pub mod peer_server;
 pub mod replica;
+pub mod restore;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;

@@ -28,20 +28,27 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{NAME}: {what}"))
 }
 
-pub fn write(storage: &dyn Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+/// The file's bytes for a snapshot: what `write` puts on disk, and what a backup is
+/// (`GET /v1/cluster/backup`).
+pub fn encode(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
     let meta_bytes = postcard::to_stdvec(meta).map_err(|e| io::Error::other(e.to_string()))?;
     let meta_len = u32::try_from(meta_bytes.len()).map_err(|_| invalid("meta too long".into()))?;
     let mut crc = crc32c::crc32c(&meta_bytes);
     crc = crc32c::crc32c_append(crc, data);
-    let mut header = Vec::with_capacity(HEADER_BYTES);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&meta_len.to_le_bytes());
-    header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    header.extend_from_slice(&crc.to_le_bytes());
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + meta_bytes.len() + data.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&meta_len.to_le_bytes());
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&meta_bytes);
+    bytes.extend_from_slice(data);
+    Ok(bytes)
+}
+
+pub fn write(storage: &dyn Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    let bytes = encode(meta, data)?;
     let mut file = storage.create(TEMP_NAME)?;
-    file.append(&header)?;
-    file.append(&meta_bytes)?;
-    file.append(data)?;
+    file.append(&bytes)?;
     file.sync()?;
     drop(file);
     storage.rename(TEMP_NAME, NAME)?;
@@ -53,7 +60,11 @@ pub fn read(storage: &dyn Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>
     if !storage.list()?.iter().any(|n| n == NAME) {
         return Ok(None);
     }
-    let bytes = storage.read(NAME)?;
+    decode(&storage.read(NAME)?).map(Some)
+}
+
+/// A snapshot from the file's bytes (`snapshot.bin`, or a backup), checked whole.
+pub fn decode(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
     if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
         return Err(invalid("not a snapshot file".into()));
     }
@@ -74,5 +85,5 @@ pub fn read(storage: &dyn Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>
         return Err(invalid("checksum mismatch".into()));
     }
     let meta = postcard::from_bytes(meta_bytes).map_err(|e| invalid(e.to_string()))?;
-    Ok(Some((meta, data.to_vec())))
+    Ok((meta, data.to_vec()))
 }

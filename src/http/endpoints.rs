@@ -37,7 +37,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 20] = [
+pub static ENDPOINTS: [Endpoint; 21] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -58,6 +58,7 @@ pub static ENDPOINTS: [Endpoint; 20] = [
     endpoint!(GET "/v1/cluster", Access::AdminUnlessPublic, Cluster, handlers::cluster),
     endpoint!(POST "/v1/cluster/members", ADMIN, ClusterMembers, handlers::no_cluster),
     endpoint!(POST "/v1/cluster/members/{id}/remove", ADMIN, ClusterMembers, handlers::no_cluster),
+    endpoint!(GET "/v1/cluster/backup", ADMIN, ClusterBackup, handlers::cluster_backup),
 ];
 
 /// Why a request matches no endpoint.

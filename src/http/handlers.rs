@@ -97,6 +97,28 @@ pub fn cluster(call: &Call<'_>) -> Result<Action, ApiError> {
     Ok(Action::Reply(wire::reply(200, &json!(status))))
 }
 
+/// A backup of the cluster's applied state (`livestock cluster backup`): the bytes
+/// `livestock cluster restore` takes. In cluster mode the request reaches the leader and passes
+/// its read barrier first (`cluster::route`), so the backup holds every change acknowledged
+/// before it was asked for. A node run alone has its data directory to copy instead
+/// (docs/operations.md, "Backup and restore").
+pub fn cluster_backup(call: &Call<'_>) -> Result<Action, ApiError> {
+    let Some(replica) = call.node.replica() else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownRoute,
+            "this node runs alone (no --node-id): copy its data directory to back it up",
+        ));
+    };
+    let bytes = replica.shared.backup().map_err(|e| {
+        ApiError::new(ErrorCode::StorageUnavailable, format!("the backup did not encode: {e}"))
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(Action::Response(response))
+}
+
 /// Membership changes outside cluster mode (in cluster mode `cluster::route` serves them).
 pub fn no_cluster(_: &Call<'_>) -> Result<Action, ApiError> {
     Err(ApiError::new(

@@ -14,7 +14,9 @@
 //! | `error.rs` | every error code's status, and the JSON error body |
 //! | `auth.rs` | bearer tokens and roles |
 //! | `rate.rs` | the per-user rate limit |
+//! | `admin_client.rs` | `livestock cluster ...`: the admin endpoints from the command line |
 
+pub mod admin_client;
 pub mod auth;
 pub mod cluster;
 pub mod cluster_node;

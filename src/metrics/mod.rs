@@ -47,12 +47,14 @@ pub enum Op {
     Cluster,
     /// Membership changes: add or remove a node (cluster mode, admin).
     ClusterMembers,
+    /// A backup of the applied state (cluster mode, admin).
+    ClusterBackup,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -71,6 +73,7 @@ impl Op {
         Op::Metrics,
         Op::Cluster,
         Op::ClusterMembers,
+        Op::ClusterBackup,
         Op::Unrouted,
     ];
 
@@ -100,6 +103,7 @@ impl Op {
             Op::Metrics => "metrics",
             Op::Cluster => "cluster",
             Op::ClusterMembers => "cluster_members",
+            Op::ClusterBackup => "cluster_backup",
             Op::Unrouted => "unrouted",
         }
     }
