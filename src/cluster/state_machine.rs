@@ -68,7 +68,8 @@ pub struct SnapshotBody {
 
 /// What the state machine, the node and the replica's tasks share.
 ///
-/// Lock order: `applied` -> `decider` -> the live allocator's own locks -> the proposal queue.
+/// Lock order: `applied` -> `decider` -> the live allocator's own locks -> the proposal queue;
+/// `digest` is a leaf, taken under `applied`.
 /// Commands take `decider` (read) without `applied`; the state machine and rebuilds take
 /// `applied` first.
 pub struct Shared {
@@ -88,15 +89,28 @@ pub struct Shared {
     pub applied_index: AtomicU64,
     /// Wakes the replica's watcher (a rebuild is due).
     pub wake: tokio::sync::Notify,
+    /// The newest state digest and the applied index it is of. The applied state changes
+    /// only with the index (entries, or a snapshot installed at a new index).
+    digest: Mutex<Option<(Option<u64>, String)>>,
 }
 
 impl Shared {
     /// A state digest: SHA-256 of the canonical encoding of the applied state, first 16 hex
     /// digits. Equal on replicas at the same applied index.
+    /// Computed at most once per applied index (the hash covers the whole state: a status
+    /// poll while nothing changes costs a lookup, not a pass over every hold).
     pub fn state_digest(&self) -> (Option<u64>, String) {
         let applied = self.applied.lock();
         let index = applied.last_applied.as_ref().map(|id| id.index);
-        (index, digest_of(&applied, self.idempotency_window_ms))
+        let mut cached = self.digest.lock();
+        if let Some((at, digest)) = cached.as_ref() {
+            if *at == index {
+                return (index, digest.clone());
+            }
+        }
+        let digest = digest_of(&applied, self.idempotency_window_ms);
+        *cached = Some((index, digest.clone()));
+        (index, digest)
     }
 
     /// A backup: the applied state now, as a snapshot file's bytes (`snapshot_file.rs`), for
@@ -251,6 +265,7 @@ impl StateMachine {
             idempotency,
             live_dirty: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            digest: Mutex::new(None),
         });
         {
             let applied = shared.applied.lock();
