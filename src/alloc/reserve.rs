@@ -106,7 +106,7 @@ impl Allocator {
                 Ok::<_, ReserveError>(Take { deal: slot.clone(), qty: line.qty, ttl_ms })
             });
             match taken {
-                None => return Err(ReserveError::UnknownDeal(line.deal_id.to_string())),
+                None => return Err(ReserveError::UnknownDeal(line.deal_id.clone())),
                 Some(take) => takes.push(take?),
             }
         }
@@ -127,7 +127,7 @@ impl Allocator {
         // hold shards after shutting the deal, so checking here under the shard lock means it
         // either sees our hold or we see its end (and give the units back).
         if let Some(ended) = takes.iter().find(|t| t.deal.lifecycle() == Lifecycle::Ended) {
-            let deal_id = ended.deal.spec.id.to_string();
+            let deal_id = ended.deal.spec.id.clone();
             drop(shards);
             self.untake_units(&takes, &request.user_id);
             return Err(ReserveError::Ended(deal_id));

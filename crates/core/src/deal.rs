@@ -141,16 +141,16 @@ impl DealSpec {
         // Ended (by an admin or by the clock) wins over paused, as in `state`.
         let lifecycle = shut.then(lifecycle);
         if lifecycle == Some(Lifecycle::Ended) || self.ends_at_ms.is_some_and(|e| now_ms >= e) {
-            return Err(ReserveError::Ended(self.id.to_string()));
+            return Err(ReserveError::Ended(self.id.clone()));
         }
         // Paused, or a resume in progress: it clears the lifecycle before the flag, so a reader
         // may briefly see the flag over an open lifecycle; the flag (the linearization point)
         // wins.
         if lifecycle.is_some() {
-            return Err(ReserveError::Paused(self.id.to_string()));
+            return Err(ReserveError::Paused(self.id.clone()));
         }
         if let Some(starts_at_ms) = self.starts_at_ms.filter(|starts| now_ms < *starts) {
-            return Err(ReserveError::NotStarted { deal_id: self.id.to_string(), starts_at_ms });
+            return Err(ReserveError::NotStarted { deal_id: self.id.clone(), starts_at_ms });
         }
         Ok(())
     }
@@ -159,7 +159,7 @@ impl DealSpec {
     pub fn check_user_limit(&self, taken: u32, qty: u32) -> Result<(), ReserveError> {
         match self.per_user_limit {
             Some(limit) if u64::from(taken) + u64::from(qty) > u64::from(limit) => {
-                Err(ReserveError::PerUserLimit { deal_id: self.id.to_string(), limit, taken })
+                Err(ReserveError::PerUserLimit { deal_id: self.id.clone(), limit, taken })
             }
             _ => Ok(()),
         }
@@ -169,9 +169,9 @@ impl DealSpec {
     pub fn take(&self, counters: Counters, qty: u32) -> Result<Counters, ReserveError> {
         use crate::counters::Shortage;
         counters.take(u64::from(qty)).map_err(|shortage| match shortage {
-            Shortage::SoldOut => ReserveError::SoldOut(self.id.to_string()),
+            Shortage::SoldOut => ReserveError::SoldOut(self.id.clone()),
             Shortage::Insufficient { available } => {
-                ReserveError::InsufficientStock { deal_id: self.id.to_string(), available }
+                ReserveError::InsufficientStock { deal_id: self.id.clone(), available }
             }
         })
     }

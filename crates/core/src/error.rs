@@ -4,7 +4,7 @@
 //! variants a reserve can never produce); every variant maps to one stable machine code in
 //! [`ErrorCode`], and the HTTP layer maps codes to statuses in one place.
 
-use crate::ids::InvalidId;
+use crate::ids::{DealId, InvalidId};
 use crate::time::Rfc3339;
 
 /// The stable, machine-readable codes of the API. Their strings are a contract: never rename.
@@ -160,19 +160,19 @@ pub enum DealAdminError {
 #[non_exhaustive]
 pub enum ReserveError {
     #[error("no deal with id {0:?}")]
-    UnknownDeal(String),
+    UnknownDeal(DealId),
     #[error("the deal {deal_id:?} starts at {}", Rfc3339(*.starts_at_ms))]
-    NotStarted { deal_id: String, starts_at_ms: u64 },
+    NotStarted { deal_id: DealId, starts_at_ms: u64 },
     #[error("the deal {0:?} has ended")]
-    Ended(String),
+    Ended(DealId),
     #[error("the deal {0:?} is paused")]
-    Paused(String),
+    Paused(DealId),
     #[error("the deal {0:?} is sold out")]
-    SoldOut(String),
+    SoldOut(DealId),
     #[error("the deal {deal_id:?} has {available} units left, fewer than asked")]
-    InsufficientStock { deal_id: String, available: u64 },
+    InsufficientStock { deal_id: DealId, available: u64 },
     #[error("user may hold or buy at most {limit} units of deal {deal_id:?}; has {taken}")]
-    PerUserLimit { deal_id: String, limit: u32, taken: u32 },
+    PerUserLimit { deal_id: DealId, limit: u32, taken: u32 },
     #[error(transparent)]
     Invalid(#[from] Invalid),
 }
@@ -255,7 +255,8 @@ mod tests {
 
     #[test]
     fn times_in_messages_are_rfc3339_utc() {
-        let not_started = ReserveError::NotStarted { deal_id: "d1".into(), starts_at_ms: T_MS };
+        let not_started =
+            ReserveError::NotStarted { deal_id: DealId::parse("d1").unwrap(), starts_at_ms: T_MS };
         assert_eq!(not_started.to_string(), "the deal \"d1\" starts at 2026-12-05T15:00:00.000Z");
         let over = CreateDealError::EndsInPast { ends_at_ms: T_MS, now_ms: T_MS + 1_500 };
         assert_eq!(
@@ -269,7 +270,8 @@ mod tests {
     fn a_deal_ending_in_the_past_is_a_bad_request() {
         let over = CreateDealError::EndsInPast { ends_at_ms: T_MS, now_ms: T_MS };
         assert_eq!(CommandError::from(over).code(), ErrorCode::InvalidRequest);
-        let not_started = ReserveError::NotStarted { deal_id: "d1".into(), starts_at_ms: T_MS };
+        let not_started =
+            ReserveError::NotStarted { deal_id: DealId::parse("d1").unwrap(), starts_at_ms: T_MS };
         assert_eq!(CommandError::from(not_started).code(), ErrorCode::DealNotStarted);
     }
 }
