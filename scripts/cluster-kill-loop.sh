@@ -176,7 +176,8 @@ for ((cycle = 1; cycle <= cycles; cycle++)); do
     oversold=$(jq -r '.verification.oversell_units + .verification.oversell_units_client' "$report")
     acked=$(jq -r '[.latency[] | select(.outcome == "ok") | .count] | add // 0' "$report")
     retries=$(jq -r .requests.retries "$report")
-    failover=$(jq -r '.marks[0].failover_ms // "none"' "$report")
+    failover=$(jq -r '.marks[0].failover_ms | if . == null then "none" else (. + 0.5 | floor) end' \
+        "$report")
     [[ $lost =~ ^[0-9]+$ ]] && lost_total=$((lost_total + lost))
     [[ $oversold =~ ^[0-9]+$ ]] && oversold_total=$((oversold_total + oversold))
     acked_total=$((acked_total + acked))
