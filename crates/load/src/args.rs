@@ -55,12 +55,21 @@ are ignored.
 
 Only loopback targets are accepted (localhost, 127.0.0.0/8, [::1]); every run is bounded in \
 time and stops by itself. Before the run the tool waits up to --wait-ms for the target to \
-answer, so `livestock serve & livestock-load ...` works.
+answer (with several targets: for their cluster to have a leader), so `livestock serve & \
+livestock-load ...` works.
+
+Several targets are the nodes of one cluster: connections are spread over them round-robin; a \
+request no node could serve is retried on the next one (--retries), and only an OK answer \
+counts as acknowledged. At the end every hold is read back from whichever node answers and \
+checked against what was acknowledged. `kill -USR1 <pid of livestock-load>` marks an instant \
+(say, right after killing the leader): the report gives the time from each mark to the first \
+write acknowledged after it.
 
 Examples:
   livestock-load --profile drop --rate 20000 --viewers 50000 --stock 5000 --plot target/drop.svg
   livestock-load --profile steady --rate 5000 --duration-ms 10000 --deals 100 --zipf 1.1
   livestock-load --find-capacity --p99-slo-ms 5
+  livestock-load --target 127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083 --rate 2000 --stock 2000
   livestock-load --backend redis --target 127.0.0.1:6379 --profile steady --rate 5000
 
 --backend redis|postgres drives a peer of the benchmark (benches/peers/) in its own protocol \
@@ -73,8 +82,10 @@ scripts or the schema and runs the peer's hold expiry every 10 ms.";
 #[derive(Parser, Clone, Debug)]
 #[command(name = "livestock-load", version, after_long_help = AFTER_HELP)]
 pub struct LoadArgs {
-    /// The server, host:port on this machine (localhost, 127.0.0.0/8 or [::1]).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The server, host:port on this machine (localhost, 127.0.0.0/8 or [::1]); or the nodes
+    /// of one livestock cluster, comma-separated (connections are spread over them, and move
+    /// on to the next node when theirs fails).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT[,HOST:PORT...]")]
     pub target: String,
     /// A bearer token for a server with access control (the admin role: the run creates its
     /// deals). Prefer the environment: flags show in `ps`.
@@ -165,13 +176,20 @@ pub struct LoadArgs {
     /// Closed loop: requests in flight.
     #[arg(long, default_value_t = 64, help_heading = "Client")]
     pub concurrency: usize,
-    /// A request without an answer after this many ms counts as a timeout.
+    /// A request without an answer after this many ms (its retries included) counts as a
+    /// timeout.
     #[arg(long, default_value_t = 5_000, help_heading = "Client")]
     pub request_timeout_ms: u64,
     /// Before the run, wait up to this many ms for the target to answer (a server that is
     /// still starting); 0: do not wait.
     #[arg(long, default_value_t = WAIT_MS_DEFAULT, help_heading = "Client")]
     pub wait_ms: u64,
+    /// Send a request that no node could serve (refused connection, reset, 503 no_leader)
+    /// again, on the next target, up to this many times within --request-timeout-ms, with the
+    /// same idempotency key (confirms and releases then carry keys too). Default: 0 with one
+    /// target, 20 with several.
+    #[arg(long, help_heading = "Client")]
+    pub retries: Option<u32>,
     /// Worker threads of the client's runtime (the server shares the machine).
     #[arg(long, default_value_t = 1, help_heading = "Client")]
     pub threads: usize,

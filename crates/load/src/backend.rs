@@ -60,19 +60,45 @@ impl fmt::Display for BackendKind {
 #[derive(Clone, Debug)]
 pub struct Backend {
     pub kind: BackendKind,
-    pub target: Target,
+    /// One server, or (HTTP only) the nodes of one cluster.
+    pub targets: Vec<Target>,
     pub timeout: Duration,
+    /// Retries of a request no node could serve (HTTP; see [`Client::retry_wait`]).
+    pub retries: u32,
     pub pg: PgSettings,
 }
 
 impl Backend {
+    /// The first target: the only one of a peer.
+    pub fn target(&self) -> &Target {
+        &self.targets[0]
+    }
+
+    /// Several targets: the nodes of a livestock cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.targets.len() > 1
+    }
+
+    /// The targets as `--target` names them.
+    pub fn targets_label(&self) -> String {
+        self.targets.iter().map(Target::to_string).collect::<Vec<_>>().join(",")
+    }
+
     /// A connection (not yet opened: [`Conn::connect`] opens it, or the first call does).
     pub fn conn(&self) -> Conn {
+        self.conn_at(0)
+    }
+
+    /// A connection that starts on target `i` (modulo their number): the driver spreads its
+    /// connections round-robin.
+    pub fn conn_at(&self, i: usize) -> Conn {
         match self.kind {
-            BackendKind::Http => Conn::Http(Client::new(&self.target, self.timeout)),
-            BackendKind::Redis => Conn::Redis(RedisConn::new(&self.target, self.timeout)),
+            BackendKind::Http => {
+                Conn::Http(Client::new(&self.targets, i, self.timeout, self.retries))
+            }
+            BackendKind::Redis => Conn::Redis(RedisConn::new(self.target(), self.timeout)),
             BackendKind::Postgres => {
-                Conn::Postgres(Box::new(PgConn::new(&self.target, &self.pg, self.timeout)))
+                Conn::Postgres(Box::new(PgConn::new(self.target(), &self.pg, self.timeout)))
             }
         }
     }
@@ -90,10 +116,29 @@ impl Backend {
         Ok(admin)
     }
 
+    /// One look at whether the target answers: a health check, or with several targets, a
+    /// leader in the cluster (`GET /v1/cluster` on each in turn until one names a leader).
+    async fn answers(&self, conn: &mut Conn) -> Result<(), Unhealthy> {
+        let Conn::Http(client) = conn else { return conn.health().await };
+        if !self.is_cluster() {
+            return client.health().await;
+        }
+        let mut silence = None;
+        for _ in 0..self.targets.len() {
+            match client.cluster_leader().await {
+                Ok(_) => return Ok(()),
+                Err(Unhealthy::Answered(wrong)) => return Err(Unhealthy::Answered(wrong)),
+                Err(Unhealthy::Silent(why)) => silence = Some(why),
+            }
+        }
+        Err(Unhealthy::Silent(silence.unwrap_or_default()))
+    }
+
     /// Waits up to `wait` for the target to answer a health check (`GET /healthz`, a redis
-    /// PING, a PostgreSQL login and `SELECT 1`): a server started a moment ago may not listen
-    /// yet. Says once, on stderr, that it is waiting. Only silence is waited out: a target that
-    /// answers wrongly fails at once. A zero `wait` is one try.
+    /// PING, a PostgreSQL login and `SELECT 1`), or with several targets for their cluster to
+    /// have a leader: a server started a moment ago may not listen yet, a cluster may still be
+    /// electing. Says once, on stderr, that it is waiting. Only silence is waited out: a
+    /// target that answers wrongly fails at once. A zero `wait` is one try.
     pub async fn wait_until_answering(&self, wait: Duration) -> Result<(), String> {
         let retry = Duration::from_millis(WAIT_RETRY_MS);
         let deadline = Instant::now() + wait;
@@ -103,31 +148,35 @@ impl Backend {
             // One try never outlasts the wait (nor, with no wait, the request timeout).
             let left = deadline.saturating_duration_since(Instant::now());
             let budget = if wait.is_zero() { self.timeout } else { left.min(self.timeout) };
-            let silence = match tokio::time::timeout(budget, conn.health()).await {
+            let silence = match tokio::time::timeout(budget, self.answers(&mut conn)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(Unhealthy::Answered(wrong))) => return Err(wrong),
                 Ok(Err(Unhealthy::Silent(silence))) => silence,
-                Err(_) => {
-                    format!("no answer from {} within {} ms", self.target, budget.as_millis())
-                }
+                Err(_) => format!(
+                    "no answer from {} within {} ms",
+                    self.targets_label(),
+                    budget.as_millis()
+                ),
             };
             if wait.is_zero() {
                 return Err(silence);
             }
             if Instant::now() + retry >= deadline {
+                let what = if self.is_cluster() { "no cluster leader" } else { "nothing answered" };
                 return Err(format!(
-                    "nothing answered at {} ({}) within --wait-ms {} ms: {silence}",
-                    self.target,
+                    "{what} at {} ({}) within --wait-ms {} ms: {silence}",
+                    self.targets_label(),
                     self.kind,
                     wait.as_millis()
                 ));
             }
             if !said {
                 said = true;
+                let what = if self.is_cluster() { "to have a leader" } else { "to answer" };
                 eprintln!(
-                    "waiting up to {} ms for {} ({}) to answer...",
+                    "waiting up to {} ms for {} ({}) {what}...",
                     wait.as_millis(),
-                    self.target,
+                    self.targets_label(),
                     self.kind
                 );
             }
@@ -202,6 +251,31 @@ impl Conn {
             Conn::Http(c) => c.connect().await,
             Conn::Redis(c) => c.connect().await,
             Conn::Postgres(c) => c.connect().await,
+        }
+    }
+
+    /// The index (into the backend's targets) of the node the last attempt went to.
+    pub fn last_target(&self) -> usize {
+        match self {
+            Conn::Http(c) => c.last_target(),
+            Conn::Redis(_) | Conn::Postgres(_) => 0,
+        }
+    }
+
+    /// Ends every attempt by `end` (a request's budget, retries included); HTTP only, the
+    /// peers are never retried.
+    pub fn set_budget_end(&mut self, end: Option<Instant>) {
+        if let Conn::Http(c) = self {
+            c.set_budget_end(end);
+        }
+    }
+
+    /// Whether, and after how long, to send again a request that ended in `outcome` after
+    /// `retry` retries ([`Client::retry_wait`]); never for a peer.
+    pub fn retry_wait(&self, retry: u32, outcome: &Outcome) -> Option<Duration> {
+        match self {
+            Conn::Http(c) => c.retry_wait(retry, outcome),
+            Conn::Redis(_) | Conn::Postgres(_) => None,
         }
     }
 
@@ -294,27 +368,27 @@ impl Conn {
         }
     }
 
-    /// Confirms the whole hold.
-    pub async fn confirm(&mut self, hold_id: &str) -> Outcome {
+    /// Confirms the whole hold (HTTP: with `key` if given).
+    pub async fn confirm(&mut self, hold_id: &str, key: Option<&str>) -> Outcome {
         match self {
-            Conn::Http(c) => http_outcome(c, &format!("/v1/holds/{hold_id}/confirm")).await,
+            Conn::Http(c) => http_outcome(c, &format!("/v1/holds/{hold_id}/confirm"), key).await,
             Conn::Redis(c) => c.resolve(hold_id, true).await,
             Conn::Postgres(c) => c.resolve(hold_id, true).await,
         }
     }
 
-    /// Releases the hold.
-    pub async fn release(&mut self, hold_id: &str) -> Outcome {
+    /// Releases the hold (HTTP: with `key` if given).
+    pub async fn release(&mut self, hold_id: &str, key: Option<&str>) -> Outcome {
         match self {
-            Conn::Http(c) => http_outcome(c, &format!("/v1/holds/{hold_id}/release")).await,
+            Conn::Http(c) => http_outcome(c, &format!("/v1/holds/{hold_id}/release"), key).await,
             Conn::Redis(c) => c.resolve(hold_id, false).await,
             Conn::Postgres(c) => c.resolve(hold_id, false).await,
         }
     }
 }
 
-async fn http_outcome(client: &mut Client, path: &str) -> Outcome {
-    match client.call(Method::POST, path, None, Bytes::new()).await {
+async fn http_outcome(client: &mut Client, path: &str, key: Option<&str>) -> Outcome {
+    match client.call(Method::POST, path, key, Bytes::new()).await {
         Ok((status, body)) => Outcome::of(status, &body),
         Err(transport) => transport,
     }

@@ -257,6 +257,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 run_id,
                 poll_stock: false,
                 progress: false,
+                marks: None,
             };
             let mut driver = Driver::start(plan, &deals).await?;
             let completed = driver.finish(settings.deadline_us(phase_us)).await;
@@ -310,7 +311,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
     }
     let best = search.capacity().copied();
     Ok(CapacityReport {
-        target: settings.backend.target.to_string(),
+        target: settings.backend.targets_label(),
         backend: settings.backend.kind.as_str(),
         run_id: settings.run_id.clone(),
         slo: c.slo,

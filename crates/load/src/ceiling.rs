@@ -152,8 +152,9 @@ mod tests {
         let server = tokio::spawn(run(listener, Config::default()));
         let backend = Backend {
             kind: BackendKind::Http,
-            target: Target::loopback(addr).unwrap(),
+            targets: vec![Target::loopback(addr).unwrap()],
             timeout: Duration::from_secs(5),
+            retries: 0,
             pg: PgSettings { user: String::new(), dbname: String::new() },
         };
         let mut admin = backend.admin().await.expect("GET /healthz answers");
@@ -163,7 +164,7 @@ mod tests {
         let reserved = conn.reserve("d", "key-1", "v1", 1, 1_000).await;
         assert_eq!(reserved.outcome, Outcome::Ok);
         assert_eq!(reserved.hold_id.as_deref(), Some("h0000000000000000"));
-        assert_eq!(conn.confirm("h0000000000000000").await, Outcome::Ok);
+        assert_eq!(conn.confirm("h0000000000000000", None).await, Outcome::Ok);
         assert_eq!(conn.available(&["d".to_owned()]).await, Some(0));
         server.abort();
     }

@@ -1,10 +1,17 @@
-//! The HTTP side of the load generator: the loopback-only target, one keep-alive HTTP/1.1
+//! The HTTP side of the load generator: the loopback-only targets, one keep-alive HTTP/1.1
 //! connection per worker (hyper's low-level client over a tokio `TcpStream`: no pool to hide
 //! queueing from us), and the few API calls the run needs besides the load itself.
+//!
+//! **Several targets** are the nodes of one cluster. A connection starts on one of them (the
+//! driver spreads connections round-robin) and moves on to the next when its node fails it: a
+//! refused connection, a broken one, a timeout, or 503 `no_leader`. Such an answer is never an
+//! acknowledgement; the caller may send the request again ([`Client::retry_wait`] says whether
+//! and when), with the same idempotency key, so the retry gets the first attempt's answer if
+//! that one was decided after all.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
@@ -15,7 +22,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::ledger::Counters;
+use crate::ledger::{Counters, HoldState, ServerHold};
+use crate::limits::{RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN, TARGETS_MAX};
 
 /// Where the load goes: an address on this machine, never anywhere else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +86,23 @@ impl Target {
         Target::loopback(SocketAddr::new(ip, port))
     }
 
+    /// Parses `--target`: one address, or the nodes of one cluster separated by commas
+    /// (`127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083`), each as [`Target::parse`] takes it.
+    pub fn parse_list(raw: &str) -> Result<Vec<Target>, String> {
+        let mut targets: Vec<Target> = Vec::new();
+        for part in raw.split(',') {
+            let target = Target::parse(part.trim())?;
+            if targets.iter().any(|t| t.addr == target.addr) {
+                return Err(format!("--target {raw:?} names {} twice", target.addr));
+            }
+            targets.push(target);
+        }
+        if targets.len() > TARGETS_MAX {
+            return Err(format!("--target: at most {TARGETS_MAX} nodes, {} given", targets.len()));
+        }
+        Ok(targets)
+    }
+
     /// A target from an address already known to be local (for tests that start a server).
     pub fn loopback(addr: SocketAddr) -> Result<Target, String> {
         if !addr.ip().is_loopback() {
@@ -124,6 +149,29 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Refused { code, .. } => code,
             Outcome::Transport(kind) => kind,
+        }
+    }
+
+    /// Says that no node could serve the request, so sending it again (to the next node, with
+    /// the same idempotency key) is what a client does: a refused or broken connection, 503
+    /// `no_leader`, or 409 `idempotency_key_in_use` (the first attempt is still running on a
+    /// node). A timeout is not retried: the request's time is up.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Outcome::Transport(kind) => matches!(*kind, "connect" | "io"),
+            Outcome::Refused { status: 503, code } => code == "no_leader",
+            Outcome::Refused { status: 409, code } => code == "idempotency_key_in_use",
+            Outcome::Ok | Outcome::Refused { .. } => false,
+        }
+    }
+
+    /// Whether the request surely did not change anything: a success did, a refusal by the
+    /// rules did not; no answer, a server error, `no_leader` (decided but not committed in
+    /// time?) or a key still in use leave it unknown.
+    pub fn is_known_refusal(&self) -> bool {
+        match self {
+            Outcome::Refused { status, code } => *status < 500 && code != "idempotency_key_in_use",
+            Outcome::Ok | Outcome::Transport(_) => false,
         }
     }
 
@@ -180,24 +228,104 @@ async fn connect(target: &Target) -> std::io::Result<Conn> {
     Ok(Conn { sender, driver })
 }
 
-/// A connection that reconnects when it breaks, with a deadline on every request.
+/// The wait before retry number `retry` (0 for the first) of a request that ended in
+/// `outcome`, with `targets` nodes to try. A refused connection sent nothing and the next node
+/// may well be up, so the first round of the targets goes at once; otherwise the wait doubles
+/// from [`RETRY_BACKOFF_MS_MIN`] to [`RETRY_BACKOFF_MS_MAX`] (an election takes a few hundred ms).
+pub fn retry_backoff(retry: u32, outcome: &Outcome, targets: usize) -> Duration {
+    let next_is_new = usize::try_from(retry).is_ok_and(|r| r + 1 < targets);
+    if next_is_new && *outcome == Outcome::Transport("connect") {
+        return Duration::ZERO;
+    }
+    let doubled = RETRY_BACKOFF_MS_MIN.saturating_mul(1u64 << retry.min(16));
+    Duration::from_millis(doubled.min(RETRY_BACKOFF_MS_MAX))
+}
+
+/// A connection to one of the targets that reconnects when it breaks and moves on to the next
+/// target when its node fails it, with a deadline on every request.
 pub struct Client {
-    target: Target,
+    targets: Vec<Target>,
+    /// Where the connection goes now.
+    at: usize,
+    /// Where the last attempt went (for per-target counts).
+    last: usize,
     timeout: Duration,
+    /// The end of the current request's time, retries included (the driver's budget); an
+    /// attempt never runs past it.
+    budget_end: Option<Instant>,
+    /// Retries of a request that found no node to serve it ([`Outcome::is_retryable`]).
+    retries: u32,
     conn: Option<Conn>,
 }
 
 impl Client {
-    pub fn new(target: &Target, timeout: Duration) -> Client {
-        Client { target: target.clone(), timeout, conn: None }
+    /// A client of `targets` whose connection starts on `targets[first % len]`.
+    pub fn new(targets: &[Target], first: usize, timeout: Duration, retries: u32) -> Client {
+        assert!(!targets.is_empty(), "a client has a target");
+        let at = first % targets.len();
+        Client {
+            targets: targets.to_vec(),
+            at,
+            last: at,
+            timeout,
+            budget_end: None,
+            retries,
+            conn: None,
+        }
     }
 
-    /// Opens the connection now (so the first measured request does not pay for it).
+    /// The index (into the targets) of the node the last attempt went to.
+    pub fn last_target(&self) -> usize {
+        self.last
+    }
+
+    /// Ends every attempt by `end` (the request's budget, retries included), until unset.
+    pub fn set_budget_end(&mut self, end: Option<Instant>) {
+        self.budget_end = end;
+    }
+
+    /// Whether to send a request that ended in `outcome` again after `retry` retries, and
+    /// after how long; `None` if not (it succeeded, was refused by the rules, or the retries
+    /// are spent).
+    pub fn retry_wait(&self, retry: u32, outcome: &Outcome) -> Option<Duration> {
+        (retry < self.retries && outcome.is_retryable())
+            .then(|| retry_backoff(retry, outcome, self.targets.len()))
+    }
+
+    fn target(&self) -> &Target {
+        &self.targets[self.at]
+    }
+
+    /// Drops the connection and moves on to the next target (the same one if there is one).
+    fn move_on(&mut self) {
+        self.conn = None;
+        self.at = (self.at + 1) % self.targets.len();
+    }
+
+    /// How long the next attempt may take.
+    fn attempt_timeout(&self) -> Duration {
+        match self.budget_end {
+            Some(end) => self.timeout.min(end.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        }
+    }
+
+    /// Opens the connection now (so the first measured request does not pay for it), on the
+    /// first target that accepts it.
     pub async fn connect(&mut self) -> Result<(), String> {
-        self.ready().await.map_err(|o| format!("cannot connect to {}: {}", self.target, o.label()))
+        let mut failures = Vec::new();
+        for _ in 0..self.targets.len() {
+            let target = self.target().to_string();
+            match self.ready(self.timeout).await {
+                Ok(()) => return Ok(()),
+                Err(o) => failures.push(format!("{target}: {}", o.label())),
+            }
+            self.move_on();
+        }
+        Err(format!("cannot connect to {}", failures.join(", ")))
     }
 
-    async fn ready(&mut self) -> Result<(), Outcome> {
+    async fn ready(&mut self, timeout: Duration) -> Result<(), Outcome> {
         // A connection the server closed while it was idle is replaced before anything is sent
         // on it: nothing was sent, so nothing is lost or doubled.
         if let Some(conn) = &mut self.conn {
@@ -206,7 +334,7 @@ impl Client {
             }
         }
         if self.conn.is_none() {
-            let conn = tokio::time::timeout(self.timeout, connect(&self.target))
+            let conn = tokio::time::timeout(timeout, connect(self.target()))
                 .await
                 .map_err(|_| Outcome::Transport("timeout"))?
                 .map_err(|_| Outcome::Transport("connect"))?;
@@ -215,9 +343,10 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one request and reads the whole answer. On any failure the connection is dropped
-    /// (a late answer must not be read as the next request's) and the error is an
-    /// [`Outcome::Transport`].
+    /// Sends one request (one attempt, to the current target) and reads the whole answer. On
+    /// a transport failure the connection is dropped (a late answer must not be read as the
+    /// next request's) and the error is an [`Outcome::Transport`]. After a failure or a 503
+    /// `no_leader` the client moves on to the next target.
     pub async fn call(
         &mut self,
         method: Method,
@@ -225,18 +354,25 @@ impl Client {
         key: Option<&str>,
         body: Bytes,
     ) -> Result<(u16, Bytes), Outcome> {
-        self.ready().await?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.target.host.clone());
+        self.last = self.at;
+        let timeout = self.attempt_timeout();
+        if timeout.is_zero() {
+            return Err(Outcome::Transport("timeout"));
+        }
+        if let Err(failure) = self.ready(timeout).await {
+            self.move_on();
+            return Err(failure);
+        }
+        let target = self.target();
+        let mut request =
+            Request::builder().method(method).uri(path).header(header::HOST, target.host.clone());
         if !body.is_empty() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        if let Some(authorization) = &self.target.authorization {
+        if let Some(authorization) = &target.authorization {
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = request.body(Full::new(body)).map_err(|_| Outcome::Transport("io"))?;
@@ -247,17 +383,54 @@ impl Client {
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok((status, body))) => {
+                // This node cannot serve writes now: the next request goes to another.
+                if status == 503 && Outcome::of(status, &body).label() == "no_leader" {
+                    self.move_on();
+                }
+                Ok((status, body))
+            }
             Ok(Err(_)) => {
-                self.conn = None;
+                self.move_on();
                 Err(Outcome::Transport("io"))
             }
             Err(_) => {
-                self.conn = None;
+                self.move_on();
                 Err(Outcome::Transport("timeout"))
             }
         }
+    }
+
+    /// [`Client::call`], sent again while [`Client::retry_wait`] says so, all within one
+    /// request timeout. The set-up and verification calls use it; the driver runs its own
+    /// loop, to count every attempt.
+    pub async fn call_retrying(
+        &mut self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), Outcome> {
+        let end = Instant::now() + self.timeout;
+        let outer = self.budget_end.replace(end);
+        let mut retry = 0;
+        let result = loop {
+            let result = self.call(method.clone(), path, key, body.clone()).await;
+            let outcome = match &result {
+                Ok((status, bytes)) => Outcome::of(*status, bytes),
+                Err(failure) => failure.clone(),
+            };
+            match self.retry_wait(retry, &outcome) {
+                Some(wait) if Instant::now() + wait < end => {
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                _ => break result,
+            }
+        };
+        self.budget_end = outer;
+        result
     }
 
     /// A call whose answer must be a 2xx JSON body.
@@ -265,13 +438,13 @@ impl Client {
         &mut self,
         method: Method,
         path: &str,
+        key: Option<&str>,
         body: Bytes,
     ) -> Result<Value, String> {
         let what = format!("{method} {path}");
-        let (status, bytes) = self
-            .call(method, path, None, body)
-            .await
-            .map_err(|o| format!("{what}: no answer from {} ({})", self.target, o.label()))?;
+        let (status, bytes) = self.call_retrying(method, path, key, body).await.map_err(|o| {
+            format!("{what}: no answer from {} ({})", self.targets[self.last], o.label())
+        })?;
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&bytes);
             return Err(format!("{what}: {status} {text}"));
@@ -282,11 +455,11 @@ impl Client {
     /// Checks that a livestock server answers `GET /healthz` with a 2xx JSON body.
     pub async fn health(&mut self) -> Result<(), Unhealthy> {
         let (status, bytes) =
-            self.call(Method::GET, "/healthz", None, Bytes::new()).await.map_err(|o| {
+            self.call_retrying(Method::GET, "/healthz", None, Bytes::new()).await.map_err(|o| {
                 Unhealthy::Silent(format!(
                     "GET /healthz: no answer from {} ({}); is a server running? start one with \
                      `livestock serve`",
-                    self.target,
+                    self.targets[self.last],
                     o.label()
                 ))
             })?;
@@ -297,6 +470,38 @@ impl Client {
         serde_json::from_slice::<Value>(&bytes)
             .map(|_| ())
             .map_err(|e| Unhealthy::Answered(format!("GET /healthz: the answer is not JSON: {e}")))
+    }
+
+    /// Asks the current target (one attempt) whether its cluster has a leader
+    /// (`GET /v1/cluster` shows a `leader_id`); moves on to the next target for the next ask.
+    pub async fn cluster_leader(&mut self) -> Result<u64, Unhealthy> {
+        let target = self.target().to_string();
+        let answer = self.call(Method::GET, "/v1/cluster", None, Bytes::new()).await;
+        if answer.is_ok() {
+            // (A failed call has moved on already.)
+            self.move_on();
+        }
+        let (status, bytes) = answer.map_err(|o| {
+            Unhealthy::Silent(format!("GET /v1/cluster: no answer from {target} ({})", o.label()))
+        })?;
+        if status == 404 {
+            return Err(Unhealthy::Answered(format!(
+                "{target} is not a node of a cluster (GET /v1/cluster: 404); several --target \
+                 are the nodes of one cluster (`livestock serve --node-id ...`)"
+            )));
+        }
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(Unhealthy::Answered(format!(
+                "GET /v1/cluster at {target}: {status} {text}"
+            )));
+        }
+        let status: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Unhealthy::Answered(format!("GET /v1/cluster at {target}: not JSON: {e}"))
+        })?;
+        status["leader_id"].as_u64().ok_or_else(|| {
+            Unhealthy::Silent(format!("{target}: the cluster has no leader yet ({status})"))
+        })
     }
 
     pub async fn create_deal(
@@ -310,14 +515,18 @@ impl Client {
         if let Some(limit) = per_user_limit {
             body["per_user_limit"] = json!(limit);
         }
-        let deal = self.call_json(Method::POST, "/v1/deals", Bytes::from(body.to_string())).await?;
+        // Keyed: a creation retried after a lost answer gets the same deal, not `deal_exists`.
+        let key = format!("create-{id}");
+        let deal = self
+            .call_json(Method::POST, "/v1/deals", Some(&key), Bytes::from(body.to_string()))
+            .await?;
         counters_of(&deal).ok_or_else(|| format!("POST /v1/deals: no counters in {deal}"))
     }
 
     /// A deal's counters and per-user limit.
     pub async fn deal(&mut self, id: &str) -> Result<(Counters, Option<u32>), String> {
         let path = format!("/v1/deals/{id}");
-        let deal = self.call_json(Method::GET, &path, Bytes::new()).await?;
+        let deal = self.call_json(Method::GET, &path, None, Bytes::new()).await?;
         let counters = counters_of(&deal).ok_or_else(|| format!("GET {path}: no counters"))?;
         let limit = deal["per_user_limit"].as_u64().and_then(|l| u32::try_from(l).ok());
         Ok((counters, limit))
@@ -325,12 +534,39 @@ impl Client {
 
     /// Every deal's id and counters (one request, for polling many deals).
     pub async fn deals(&mut self) -> Result<Vec<(String, Counters)>, String> {
-        let list = self.call_json(Method::GET, "/v1/deals", Bytes::new()).await?;
+        let list = self.call_json(Method::GET, "/v1/deals", None, Bytes::new()).await?;
         let deals = list["deals"].as_array().ok_or("GET /v1/deals: no deals array")?;
         Ok(deals
             .iter()
             .filter_map(|d| Some((d["id"].as_str()?.to_owned(), counters_of(d)?)))
             .collect())
+    }
+
+    /// A hold as the server has it (`GET /v1/holds/{id}`), `None` if it does not know it.
+    pub async fn hold(&mut self, id: &str) -> Result<Option<ServerHold>, String> {
+        let path = format!("/v1/holds/{id}");
+        let (status, bytes) =
+            self.call_retrying(Method::GET, &path, None, Bytes::new()).await.map_err(|o| {
+                format!("GET {path}: no answer from {} ({})", self.targets[self.last], o.label())
+            })?;
+        if status == 404 && Outcome::of(status, &bytes).label() == "unknown_hold" {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&bytes)));
+        }
+        let hold: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("GET {path}: the answer is not JSON: {e}"))?;
+        let field = |name: &str| hold[name].as_str().map(str::to_owned);
+        let parsed = (|| {
+            Some(ServerHold {
+                deal_id: field("deal_id")?,
+                user_id: field("user_id")?,
+                qty: u32::try_from(hold["qty"].as_u64()?).ok()?,
+                state: HoldState::parse(hold["state"].as_str()?)?,
+            })
+        })();
+        parsed.map(Some).ok_or_else(|| format!("GET {path}: not a hold: {hold}"))
     }
 }
 
@@ -400,5 +636,58 @@ mod tests {
         assert!(bare.is_error());
         assert!(Outcome::of(400, b"{}").is_error());
         assert!(Outcome::Transport("timeout").is_error());
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_distinct_loopback_nodes() {
+        let nodes = Target::parse_list("127.0.0.1:8081,localhost:8082, [::1]:8083").unwrap();
+        let addrs: Vec<String> = nodes.iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:8081", "127.0.0.1:8082", "[::1]:8083"]);
+        assert_eq!(Target::parse_list("127.0.0.1:1").unwrap().len(), 1);
+        assert!(Target::parse_list("127.0.0.1:1,localhost:1").unwrap_err().contains("twice"));
+        assert!(Target::parse_list("127.0.0.1:1,10.0.0.1:1").unwrap_err().contains("refusing"));
+        let ten = (1..=10).map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        assert!(Target::parse_list(&ten).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn only_a_missing_node_is_retried_and_never_a_refusal() {
+        let no_leader = Outcome::of(503, br#"{"error":{"code":"no_leader","message":"m"}}"#);
+        let in_use = Outcome::of(409, br#"{"error":{"code":"idempotency_key_in_use"}}"#);
+        let sold_out = Outcome::of(409, br#"{"error":{"code":"sold_out"}}"#);
+        let storage = Outcome::of(503, br#"{"error":{"code":"storage_unavailable"}}"#);
+        for retried in [&no_leader, &in_use, &Outcome::Transport("connect")] {
+            assert!(retried.is_retryable(), "{retried:?}");
+            assert!(!retried.is_known_refusal(), "{retried:?}: its outcome is unknown");
+        }
+        assert!(Outcome::Transport("io").is_retryable());
+        for final_ in [&sold_out, &storage, &Outcome::Ok, &Outcome::Transport("timeout")] {
+            assert!(!final_.is_retryable(), "{final_:?}");
+        }
+        assert!(sold_out.is_known_refusal());
+        assert!(!storage.is_known_refusal());
+        assert!(!Outcome::Ok.is_known_refusal());
+    }
+
+    #[test]
+    fn retries_go_round_the_targets_at_once_then_back_off() {
+        let ms = Duration::from_millis;
+        let connect = Outcome::Transport("connect");
+        let no_leader = Outcome::Refused { status: 503, code: "no_leader".into() };
+        assert_eq!(retry_backoff(0, &connect, 3), Duration::ZERO, "the next node may be up");
+        assert_eq!(retry_backoff(1, &connect, 3), Duration::ZERO);
+        assert_eq!(retry_backoff(2, &connect, 3), ms(80), "every node refused: back off");
+        assert_eq!(retry_backoff(0, &connect, 1), ms(20), "one target: never at once");
+        let waits: Vec<Duration> = (0..6).map(|r| retry_backoff(r, &no_leader, 3)).collect();
+        assert_eq!(waits, [ms(20), ms(40), ms(80), ms(160), ms(250), ms(250)]);
+        assert_eq!(retry_backoff(u32::MAX, &no_leader, 3), ms(RETRY_BACKOFF_MS_MAX));
+
+        let targets = Target::parse_list("127.0.0.1:1,127.0.0.1:2").unwrap();
+        let client = Client::new(&targets, 5, Duration::from_secs(1), 2);
+        assert_eq!(client.last_target(), 1, "starts on target 5 mod 2");
+        assert_eq!(client.retry_wait(0, &no_leader), Some(ms(20)));
+        assert_eq!(client.retry_wait(1, &connect), Some(ms(40)));
+        assert_eq!(client.retry_wait(2, &no_leader), None, "two retries at most");
+        assert_eq!(client.retry_wait(0, &Outcome::Ok), None);
     }
 }

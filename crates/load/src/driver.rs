@@ -14,6 +14,13 @@
 //!
 //! After a granted reserve the viewer's follow-up (confirm or release after a payment delay)
 //! goes back to the pacer with its own intended instant.
+//!
+//! **Several targets** (a cluster): connections are spread over the nodes round-robin. A
+//! request that no node could serve (refused connection, reset, 503 `no_leader`) is sent again
+//! on the next node, with the same idempotency key (follow-ups carry keys too when retries are
+//! on), after a short backoff, within one request timeout; every attempt is counted per target
+//! and outcome, and only an OK answer is booked as acknowledged. Its latency counts from its
+//! intended instant to the last attempt's answer, as a user would feel it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,7 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, Conn, Reserved};
 use crate::client::Outcome;
-use crate::ledger::{Answered, Fate, HoldRecord, Ledger};
+use crate::ledger::{user_id, Answered, Fate, HoldRecord, Ledger};
 use crate::recorder::{Op, Recorder};
 use crate::schedule::{After, Arrival, Schedule};
 
@@ -72,6 +79,9 @@ pub struct Plan {
     pub poll_stock: bool,
     /// Print a progress line every second.
     pub progress: bool,
+    /// SIGUSR1, listened to during the run: each signal marks an instant (a node's kill) for
+    /// the report's time to the first acknowledged write after it.
+    pub marks: Option<tokio::signal::unix::Signal>,
 }
 
 enum Task {
@@ -126,6 +136,10 @@ struct Shared {
     deal_ids: Vec<String>,
     ttl_ms: u64,
     run_id: String,
+    /// A request's whole time, retries included.
+    timeout: Duration,
+    /// Confirms and releases carry idempotency keys (when requests may be retried).
+    key_follow_ups: bool,
 }
 
 impl Shared {
@@ -163,33 +177,63 @@ impl Shared {
         }
     }
 
-    /// Runs one job on `conn` and books its answer.
-    async fn run(&self, conn: &mut Conn, job: Job) {
-        let started = Instant::now();
-        let (op, Reserved { outcome, hold_id }) = match &job.task {
+    /// One attempt of a job on `conn`.
+    async fn attempt(&self, conn: &mut Conn, task: &Task) -> (Op, Reserved) {
+        match task {
             Task::Reserve { arrival, .. } => {
                 let key = format!("{}-r{}", self.run_id, arrival.index);
-                let user = format!("v{}", arrival.viewer);
+                let user = user_id(arrival.viewer);
                 let deal = &self.deal_ids[arrival.deal];
                 (Op::Reserve, conn.reserve(deal, &key, &user, arrival.qty, self.ttl_ms).await)
             }
-            Task::Confirm { hold_id, .. } => {
-                (Op::Confirm, Reserved { outcome: conn.confirm(hold_id).await, hold_id: None })
+            Task::Confirm { hold, hold_id } => {
+                let key = self.key_follow_ups.then(|| format!("{}-c{hold}", self.run_id));
+                let outcome = conn.confirm(hold_id, key.as_deref()).await;
+                (Op::Confirm, Reserved { outcome, hold_id: None })
             }
-            Task::Release { hold_id, .. } => {
-                (Op::Release, Reserved { outcome: conn.release(hold_id).await, hold_id: None })
+            Task::Release { hold, hold_id } => {
+                let key = self.key_follow_ups.then(|| format!("{}-x{hold}", self.run_id));
+                let outcome = conn.release(hold_id, key.as_deref()).await;
+                (Op::Release, Reserved { outcome, hold_id: None })
+            }
+        }
+    }
+
+    /// Runs one job on `conn`, retried while the connection says so (within one request
+    /// timeout), and books its answer.
+    async fn run(&self, conn: &mut Conn, job: Job) {
+        let started = Instant::now();
+        conn.set_budget_end(Some(started + self.timeout));
+        let mut retry = 0;
+        let (op, Reserved { outcome, hold_id }, last_started) = loop {
+            let attempt_started = Instant::now();
+            let (op, answer) = self.attempt(conn, &job.task).await;
+            self.recorder.lock().attempt(conn.last_target(), &answer.outcome);
+            match conn.retry_wait(retry, &answer.outcome) {
+                Some(wait) if Instant::now() + wait < started + self.timeout => {
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                _ => break (op, answer, attempt_started),
             }
         };
+        conn.set_budget_end(None);
         let done = Instant::now();
         let from = if self.open_loop { job.intended } else { started };
         let latency_us =
             u64::try_from(done.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX);
         let (intended_us, started_us, done_us) =
             (self.us(job.intended), self.us(started), self.us(done));
-        self.recorder.lock().record(op, &outcome, intended_us, started_us, done_us, latency_us);
+        {
+            let mut recorder = self.recorder.lock();
+            recorder.record(op, &outcome, intended_us, started_us, done_us, latency_us);
+            if outcome == Outcome::Ok {
+                recorder.acknowledged(self.us(last_started), done_us);
+            }
+        }
         let answered = match &outcome {
             Outcome::Ok => Answered::Ok,
-            Outcome::Refused { status, .. } if *status < 500 => Answered::Refused,
+            refused if refused.is_known_refusal() => Answered::Refused,
             Outcome::Refused { .. } | Outcome::Transport(_) => Answered::Unknown,
         };
         match job.task {
@@ -215,7 +259,7 @@ impl Shared {
         let mut ledger = self.ledger.lock();
         let hold_id = match (outcome, hold_id) {
             (Outcome::Ok, Some(hold_id)) => hold_id,
-            (Outcome::Refused { status, code }, _) if *status < 500 => {
+            (Outcome::Refused { code, .. }, _) if outcome.is_known_refusal() => {
                 ledger.reserve_refused(arrival.deal, arrival.qty, code, sent_us, early);
                 return;
             }
@@ -227,6 +271,7 @@ impl Shared {
         };
         let hold = ledger.reserved(
             HoldRecord {
+                hold_id: hold_id.clone(),
                 deal: arrival.deal,
                 viewer: arrival.viewer,
                 qty: arrival.qty,
@@ -377,6 +422,14 @@ async fn poll_stock(shared: Arc<Shared>, mut conn: Conn, ids: Vec<String>) {
     }
 }
 
+/// Marks an instant in the recorder at each SIGUSR1.
+async fn listen_for_marks(shared: Arc<Shared>, mut signal: tokio::signal::unix::Signal) {
+    while signal.recv().await.is_some() {
+        let at_us = shared.us(Instant::now());
+        shared.recorder.lock().mark(at_us);
+    }
+}
+
 async fn show_progress(shared: Arc<Shared>) {
     let tty = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -423,14 +476,15 @@ impl Driver {
             run_id,
             poll_stock: poll,
             progress,
+            marks,
         } = plan;
         let workers_n = match mode {
             Mode::Open => connections,
             Mode::Closed { concurrency } => concurrency,
         };
         let mut conns = Vec::with_capacity(workers_n);
-        for _ in 0..workers_n {
-            let mut conn = backend.conn();
+        for i in 0..workers_n {
+            let mut conn = backend.conn_at(i);
             conn.connect().await?;
             conns.push(conn);
         }
@@ -441,7 +495,10 @@ impl Driver {
         let shared = Arc::new(Shared {
             t0,
             open_loop: mode == Mode::Open,
-            recorder: Mutex::new(Recorder::new(phase_us)),
+            recorder: Mutex::new(Recorder::new(
+                phase_us,
+                &backend.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )),
             ledger: Mutex::new(Ledger::new(deals.ids.len())),
             jobs: jobs_tx,
             follow_ups: follow_tx,
@@ -452,6 +509,8 @@ impl Driver {
             deal_ids: deals.ids.clone(),
             ttl_ms: hold_ttl_ms,
             run_id,
+            timeout: backend.timeout,
+            key_follow_ups: backend.retries > 0,
         });
         let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
         let workers = conns
@@ -487,6 +546,9 @@ impl Driver {
         if progress {
             watchers.push(tokio::spawn(show_progress(shared.clone())));
         }
+        if let Some(signal) = marks {
+            watchers.push(tokio::spawn(listen_for_marks(shared.clone(), signal)));
+        }
         Ok(Driver { shared, workers, feeder, watchers, pacer: Some(pacer), progress })
     }
 
@@ -518,7 +580,7 @@ impl Driver {
             eprintln!();
         }
         let abandoned = if completed { 0 } else { self.shared.outstanding.load(Ordering::SeqCst) };
-        let recorder = std::mem::replace(&mut *self.shared.recorder.lock(), Recorder::new(0));
+        let recorder = std::mem::replace(&mut *self.shared.recorder.lock(), Recorder::new(0, &[]));
         let ledger = std::mem::take(&mut *self.shared.ledger.lock());
         Driven { recorder, ledger, abandoned }
     }

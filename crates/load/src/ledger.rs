@@ -2,6 +2,15 @@
 //! verification of the server's counters against it. Pure: times are µs since the run's start,
 //! passed in by the driver.
 //!
+//! Hold by hold, every acknowledged change must be on the server: each granted hold exists
+//! (same deal, viewer and quantity), each acknowledged confirm left it confirmed and each
+//! acknowledged release left it released; and no hold is in a state that none of our requests
+//! explains. With several targets the holds are read from whichever node answers: reads are
+//! linearizable in a cluster, so this is the cluster's state, not one replica's.
+//!
+//! The file is past 600 lines because it is one concept: the records and the two checks that
+//! read them (the counters per deal, the holds one by one) share every type.
+//!
 //! The checks never accuse the server of something it may not have done. A hold is counted only
 //! over the interval in which it *surely* held its units (see [`HoldRecord::surely_counted`]);
 //! if the holds surely alive at one instant add up to more than the stock (or than a viewer's
@@ -36,9 +45,16 @@ pub enum Fate {
     ReleaseUnknown { sent_us: u64 },
 }
 
+/// The user id of viewer `viewer` on the wire.
+pub fn user_id(viewer: u64) -> String {
+    format!("v{viewer}")
+}
+
 /// A hold the server granted us.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HoldRecord {
+    /// The server's id of the hold.
+    pub hold_id: String,
     pub deal: usize,
     pub viewer: u64,
     pub qty: u32,
@@ -66,6 +82,47 @@ impl HoldRecord {
         };
         (self.acked_us < end_us).then_some((self.acked_us, end_us))
     }
+}
+
+/// A hold's state as the server reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    Held,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    pub fn parse(raw: &str) -> Option<HoldState> {
+        Some(match raw {
+            "held" => HoldState::Held,
+            "confirmed" => HoldState::Confirmed,
+            "released" => HoldState::Released,
+            "expired" => HoldState::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A hold read back from the server at the end of the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHold {
+    pub deal_id: String,
+    pub user_id: String,
+    pub qty: u32,
+    pub state: HoldState,
+}
+
+/// What reading one of our holds back gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldRead {
+    Found(ServerHold),
+    /// The server does not know the hold (404 `unknown_hold`).
+    Missing,
+    /// No node answered the read (the message says why): nothing can be concluded.
+    Unread(String),
 }
 
 /// How a follow-up (confirm or release) was answered.
@@ -288,10 +345,137 @@ pub struct Verification {
     pub unacknowledged_sold_units: u64,
     pub stuck_held_units: u64,
     pub per_user_limit_breaches: u64,
+    /// Acknowledged changes the server does not reflect, hold by hold: `holds.lost_reserves +
+    /// holds.lost_confirms + holds.lost_releases`. Must be 0. `None` if the holds were not read
+    /// back (the peers of the benchmark).
+    pub lost_changes: Option<u64>,
+    /// The hold-by-hold check, if the holds were read back.
+    pub holds: Option<HoldsCheck>,
     pub passed: bool,
     /// Each failed check, in words.
     pub problems: Vec<String>,
     pub deals: Vec<DealCheck>,
+}
+
+/// The hold-by-hold check: every hold the server granted us, read back at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HoldsCheck {
+    /// Holds read back.
+    pub read: u64,
+    /// Acknowledged holds the server does not have, or has for another deal, viewer or
+    /// quantity. Must be 0.
+    pub lost_reserves: u64,
+    /// Holds whose confirm was acknowledged and that are not confirmed. Must be 0.
+    pub lost_confirms: u64,
+    /// Holds whose release was acknowledged and that are not released. Must be 0.
+    pub lost_releases: u64,
+    /// Holds in a state none of our requests explains: confirmed or released though no confirm
+    /// or release was acknowledged or left unanswered. Must be 0.
+    pub unexplained: u64,
+    /// Holds no node answered for: the check is incomplete. Must be 0.
+    pub unread: u64,
+}
+
+/// What one hold's read says about the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldVerdict {
+    Fine,
+    LostReserve,
+    LostConfirm,
+    LostRelease,
+    Unexplained,
+    Unread,
+}
+
+/// Compares one hold of the ledger, granted on deal `deal_id`, with what the server has.
+pub fn check_hold(record: &HoldRecord, deal_id: &str, read: &HoldRead) -> HoldVerdict {
+    let found = match read {
+        HoldRead::Unread(_) => return HoldVerdict::Unread,
+        HoldRead::Missing => return HoldVerdict::LostReserve,
+        HoldRead::Found(found) => found,
+    };
+    if found.deal_id != deal_id
+        || found.user_id != user_id(record.viewer)
+        || found.qty != record.qty
+    {
+        return HoldVerdict::LostReserve;
+    }
+    use HoldState::{Confirmed, Expired, Held, Released};
+    match (record.fate, found.state) {
+        (Fate::Confirmed, Confirmed) | (Fate::Released { .. }, Released) => HoldVerdict::Fine,
+        (Fate::Confirmed, _) => HoldVerdict::LostConfirm,
+        (Fate::Released { .. }, _) => HoldVerdict::LostRelease,
+        // Left to expire, or its follow-up refused because it had expired: still held (the
+        // drain's counters judge that) or expired, never bought or released.
+        (Fate::Open | Fate::ConfirmRefused | Fate::ReleaseRefused, Held | Expired)
+        // A follow-up without an answer may or may not have happened.
+        | (Fate::ConfirmUnknown, Held | Expired | Confirmed)
+        | (Fate::ReleaseUnknown { .. }, Held | Expired | Released) => HoldVerdict::Fine,
+        _ => HoldVerdict::Unexplained,
+    }
+}
+
+/// Checks every hold of the ledger against its read (`reads[i]` is `ledger.holds[i]`'s);
+/// returns the tally and each problem in words (with a few hold ids as examples).
+pub fn check_holds(
+    deals: &[DealState<'_>],
+    ledger: &Ledger,
+    reads: &[HoldRead],
+) -> (HoldsCheck, Vec<String>) {
+    assert_eq!(reads.len(), ledger.holds.len(), "one read per hold");
+    const EXAMPLES: usize = 3;
+    let mut check = HoldsCheck::default();
+    let mut examples: HashMap<&'static str, Vec<String>> = HashMap::new();
+    for (record, read) in ledger.holds.iter().zip(reads) {
+        let verdict = check_hold(record, deals[record.deal].id, read);
+        let (counter, what) = match verdict {
+            HoldVerdict::Fine => {
+                check.read += 1;
+                continue;
+            }
+            HoldVerdict::LostReserve => (&mut check.lost_reserves, "lost_reserves"),
+            HoldVerdict::LostConfirm => (&mut check.lost_confirms, "lost_confirms"),
+            HoldVerdict::LostRelease => (&mut check.lost_releases, "lost_releases"),
+            HoldVerdict::Unexplained => (&mut check.unexplained, "unexplained"),
+            HoldVerdict::Unread => (&mut check.unread, "unread"),
+        };
+        *counter += 1;
+        if verdict != HoldVerdict::Unread {
+            check.read += 1;
+        }
+        let list = examples.entry(what).or_default();
+        if list.len() < EXAMPLES {
+            list.push(match read {
+                HoldRead::Found(h) => format!(
+                    "{} ({:?} in our ledger; the server has {:?}, deal {}, user {}, qty {})",
+                    record.hold_id, record.fate, h.state, h.deal_id, h.user_id, h.qty
+                ),
+                HoldRead::Missing => format!("{} (unknown to the server)", record.hold_id),
+                HoldRead::Unread(why) => format!("{} ({why})", record.hold_id),
+            });
+        }
+    }
+    let mut problems = Vec::new();
+    let mut say = |n: u64, what: &str, words: &str| {
+        if n > 0 {
+            let e = examples.get(what).map(|l| l.join("; ")).unwrap_or_default();
+            problems.push(format!("{n} {words}, e.g. {e}"));
+        }
+    };
+    say(check.lost_reserves, "lost_reserves", "acknowledged holds are missing or differ");
+    say(
+        check.lost_confirms,
+        "lost_confirms",
+        "holds whose confirm was acknowledged are not confirmed",
+    );
+    say(
+        check.lost_releases,
+        "lost_releases",
+        "holds whose release was acknowledged are not released",
+    );
+    say(check.unexplained, "unexplained", "holds are in a state none of our requests explains");
+    say(check.unread, "unread", "holds could not be read back (no node answered)");
+    (check, problems)
 }
 
 /// One deal as the verifier sees it: its id, its counters at the start and at the end (after
@@ -303,10 +487,16 @@ pub struct DealState<'a> {
     pub per_user_limit: Option<u32>,
 }
 
-/// Compares the server's counters with the ledger. `drained` says whether the final read came
+/// Compares the server's counters, and its holds if they were read back (`holds[i]` is
+/// `ledger.holds[i]`'s read), with the ledger. `drained` says whether the final read came
 /// after every hold had resolved; if not, the held units are not yet a verdict and are
 /// reported as a problem of their own.
-pub fn verify(deals: &[DealState<'_>], ledger: &Ledger, drained: bool) -> Verification {
+pub fn verify(
+    deals: &[DealState<'_>],
+    ledger: &Ledger,
+    drained: bool,
+    holds: Option<&[HoldRead]>,
+) -> Verification {
     assert_eq!(deals.len(), ledger.deals.len(), "one tally per deal");
     let mut by_deal: Vec<Vec<&HoldRecord>> = vec![Vec::new(); deals.len()];
     for hold in &ledger.holds {
@@ -329,6 +519,11 @@ pub fn verify(deals: &[DealState<'_>], ledger: &Ledger, drained: bool) -> Verifi
     if !drained {
         problems.push("holds were still open at the final read (drain timed out)".to_owned());
     }
+    let holds = holds.map(|reads| {
+        let (check, hold_problems) = check_holds(deals, ledger, reads);
+        problems.extend(hold_problems);
+        check
+    });
     Verification {
         drained,
         oversell_units: sum(|c| c.oversell_units),
@@ -337,6 +532,8 @@ pub fn verify(deals: &[DealState<'_>], ledger: &Ledger, drained: bool) -> Verifi
         unacknowledged_sold_units: sum(|c| c.unacknowledged_sold_units),
         stuck_held_units: sum(|c| c.stuck_held_units),
         per_user_limit_breaches: sum(|c| c.per_user_limit_breaches),
+        lost_changes: holds.as_ref().map(|h| h.lost_reserves + h.lost_confirms + h.lost_releases),
+        holds,
         passed: problems.is_empty(),
         problems,
         deals: checks,
@@ -434,7 +631,8 @@ mod tests {
     use super::*;
 
     fn hold(viewer: u64, sent_us: u64, acked_us: u64, fate: Fate) -> HoldRecord {
-        HoldRecord { deal: 0, viewer, qty: 1, sent_us, acked_us, ttl_us: 1_000_000, fate }
+        let hold_id = format!("h{viewer}-{sent_us}");
+        HoldRecord { hold_id, deal: 0, viewer, qty: 1, sent_us, acked_us, ttl_us: 1_000_000, fate }
     }
 
     fn counters(stock: u64, held: u64, sold: u64) -> Counters {
@@ -478,7 +676,7 @@ mod tests {
         ledger.confirmed(a, Answered::Ok);
         ledger.released(b, Answered::Ok, 500);
         ledger.let_expire(c);
-        let v = verify(&[state(counters(3, 0, 0), counters(3, 0, 1), None)], &ledger, true);
+        let v = verify(&[state(counters(3, 0, 0), counters(3, 0, 1), None)], &ledger, true, None);
         assert!(v.passed, "{:?}", v.problems);
         assert_eq!(v.deals[0].sold_units, 1);
         assert_eq!(ledger.deals[0].first_sold_out_us, Some(17));
@@ -494,13 +692,13 @@ mod tests {
         // Two units granted and surely alive together on a deal of one unit.
         ledger.reserved(hold(1, 0, 10, Fate::Open), false);
         ledger.reserved(hold(2, 0, 20, Fate::Open), false);
-        let v = verify(&[state(counters(1, 0, 0), counters(1, 0, 0), None)], &ledger, true);
+        let v = verify(&[state(counters(1, 0, 0), counters(1, 0, 0), None)], &ledger, true, None);
         assert!(!v.passed);
         assert_eq!(v.oversell_units_client, 1);
         assert!(v.problems[0].contains("beyond the stock"), "{:?}", v.problems);
 
         let bad = Counters { stock: 2, available: 0, held: 1, sold: 2 };
-        let v = verify(&[state(counters(2, 0, 0), bad, None)], &Ledger::new(1), true);
+        let v = verify(&[state(counters(2, 0, 0), bad, None)], &Ledger::new(1), true, None);
         assert_eq!(v.oversell_units, 1);
         assert!(!v.passed);
     }
@@ -511,7 +709,7 @@ mod tests {
         let a = ledger.reserved(hold(1, 0, 10, Fate::Open), false);
         ledger.released(a, Answered::Ok, 100);
         ledger.reserved(hold(2, 100, 120, Fate::Open), false);
-        let v = verify(&[state(counters(1, 0, 0), counters(1, 0, 0), None)], &ledger, true);
+        let v = verify(&[state(counters(1, 0, 0), counters(1, 0, 0), None)], &ledger, true, None);
         assert!(v.passed, "{:?}", v.problems);
     }
 
@@ -523,7 +721,7 @@ mod tests {
         ledger.confirmed(a, Answered::Ok);
         ledger.confirmed(b, Answered::Ok);
         // The server only counts one of the two acknowledged confirms.
-        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 1), None)], &ledger, true);
+        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 1), None)], &ledger, true, None);
         assert_eq!(v.lost_confirm_units, 1);
         assert!(!v.passed);
 
@@ -531,20 +729,29 @@ mod tests {
         let mut ledger = Ledger::new(1);
         let a = ledger.reserved(hold(1, 0, 10, Fate::Open), false);
         ledger.confirmed(a, Answered::Unknown);
-        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 1), None)], &ledger, true);
+        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 1), None)], &ledger, true, None);
         assert!(v.passed, "{:?}", v.problems);
-        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 2), None)], &ledger, true);
+        let v = verify(&[state(counters(5, 0, 0), counters(5, 0, 2), None)], &ledger, true, None);
         assert_eq!(v.unacknowledged_sold_units, 2);
         assert!(!v.passed);
     }
 
     #[test]
     fn stuck_holds_are_undersell() {
-        let v = verify(&[state(counters(5, 0, 0), counters(5, 2, 0), None)], &Ledger::new(1), true);
+        let v = verify(
+            &[state(counters(5, 0, 0), counters(5, 2, 0), None)],
+            &Ledger::new(1),
+            true,
+            None,
+        );
         assert_eq!(v.stuck_held_units, 2);
         assert!(v.problems[0].contains("after every hold resolved"));
-        let v =
-            verify(&[state(counters(5, 0, 0), counters(5, 0, 0), None)], &Ledger::new(1), false);
+        let v = verify(
+            &[state(counters(5, 0, 0), counters(5, 0, 0), None)],
+            &Ledger::new(1),
+            false,
+            None,
+        );
         assert!(!v.passed, "an undrained run is not a pass");
     }
 
@@ -565,10 +772,98 @@ mod tests {
         ledger.confirmed(c, Answered::Ok);
         let d = ledger.reserved(hold(3, 5_000_000, 5_000_010, Fate::Open), false);
         ledger.confirmed(d, Answered::Ok);
-        let v = verify(&[state(counters(9, 0, 0), counters(9, 0, 3), Some(1))], &ledger, true);
+        let v =
+            verify(&[state(counters(9, 0, 0), counters(9, 0, 3), Some(1))], &ledger, true, None);
         assert_eq!(v.per_user_limit_breaches, 2, "viewers 1 and 3");
-        let v = verify(&[state(counters(9, 0, 0), counters(9, 0, 3), Some(2))], &ledger, true);
+        let v =
+            verify(&[state(counters(9, 0, 0), counters(9, 0, 3), Some(2))], &ledger, true, None);
         assert_eq!(v.per_user_limit_breaches, 0);
         assert!(v.passed, "{:?}", v.problems);
+    }
+
+    fn found(record: &HoldRecord, state: HoldState) -> HoldRead {
+        HoldRead::Found(ServerHold {
+            deal_id: "d".to_owned(),
+            user_id: user_id(record.viewer),
+            qty: record.qty,
+            state,
+        })
+    }
+
+    #[test]
+    fn every_acknowledged_change_must_be_on_the_server() {
+        use HoldState::{Confirmed, Expired, Held, Released};
+        let mut ledger = Ledger::new(1);
+        let a = ledger.reserved(hold(1, 0, 10, Fate::Open), false);
+        let b = ledger.reserved(hold(2, 0, 10, Fate::Open), false);
+        let c = ledger.reserved(hold(3, 0, 10, Fate::Open), false);
+        let d = ledger.reserved(hold(4, 0, 10, Fate::Open), false);
+        ledger.confirmed(a, Answered::Ok);
+        ledger.released(b, Answered::Ok, 100);
+        ledger.let_expire(c);
+        ledger.confirmed(d, Answered::Unknown);
+        // The counters agree with the ledger throughout (one unit sold, by `a`): only the
+        // holds tell what is wrong.
+        let deals = [state(counters(9, 0, 0), counters(9, 0, 1), None)];
+        let h = |i: usize| ledger.holds[i].clone();
+        let good = vec![
+            found(&h(a), Confirmed),
+            found(&h(b), Released),
+            found(&h(c), Expired),
+            found(&h(d), Expired),
+        ];
+        let v = verify(&deals, &ledger, true, Some(&good));
+        assert!(v.passed, "{:?}", v.problems);
+        assert_eq!(v.lost_changes, Some(0));
+        assert_eq!(v.holds.as_ref().map(|c| c.read), Some(4));
+
+        let other_qty = HoldRead::Found(ServerHold {
+            deal_id: "d".into(),
+            user_id: user_id(3),
+            qty: 2,
+            state: Expired,
+        });
+        let other_deal = HoldRead::Found(ServerHold {
+            deal_id: "elsewhere".into(),
+            user_id: user_id(3),
+            qty: 1,
+            state: Expired,
+        });
+        for (i, read, lost, what) in [
+            (a, found(&h(a), Expired), 1, "lost_confirms"),
+            (a, found(&h(a), Held), 1, "lost_confirms"),
+            (b, found(&h(b), Expired), 1, "lost_releases"),
+            (b, found(&h(b), Confirmed), 1, "lost_releases"),
+            (c, HoldRead::Missing, 1, "lost_reserves"),
+            (c, other_qty, 1, "lost_reserves"),
+            (c, other_deal, 1, "lost_reserves"),
+            (c, found(&h(c), Confirmed), 0, "unexplained"),
+            (d, found(&h(d), Released), 0, "unexplained"),
+            (b, HoldRead::Unread("timeout".into()), 0, "unread"),
+        ] {
+            let mut reads = good.clone();
+            reads[i] = read.clone();
+            let v = verify(&deals, &ledger, true, Some(&reads));
+            assert!(!v.passed, "{read:?} on hold {i} passed");
+            assert_eq!(v.lost_changes, Some(lost), "{read:?}");
+            let check = v.holds.clone().expect("checked");
+            let counted = match what {
+                "lost_confirms" => check.lost_confirms,
+                "lost_releases" => check.lost_releases,
+                "lost_reserves" => check.lost_reserves,
+                "unexplained" => check.unexplained,
+                _ => check.unread,
+            };
+            assert_eq!(counted, 1, "{read:?}: {check:?}");
+            assert!(v.problems.iter().any(|p| p.contains(&ledger.holds[i].hold_id)), "{v:?}");
+        }
+
+        // A confirm that got no answer may have happened or not; both are fine.
+        let mut reads = good.clone();
+        reads[d] = found(&h(d), Confirmed);
+        let sold_two = [state(counters(9, 0, 0), counters(9, 0, 2), None)];
+        assert!(verify(&sold_two, &ledger, true, Some(&reads)).passed);
+        // Without the reads nothing is claimed about the holds.
+        assert_eq!(verify(&deals, &ledger, true, None).lost_changes, None);
     }
 }

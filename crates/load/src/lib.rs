@@ -13,12 +13,12 @@
 //! | `random.rs` | pure: the seeded PRNG and the Zipf deal picker |
 //! | `schedule.rs` | pure: arrival schedules (drop, steady, replay) and each arrival's choices |
 //! | `backend.rs` | what is driven: livestock over HTTP, or a peer (Redis, PostgreSQL) in its own protocol |
-//! | `client.rs` | the loopback-only target, keep-alive HTTP/1.1 connections, API calls |
+//! | `client.rs` | the loopback-only targets (one server, or a cluster's nodes), keep-alive HTTP/1.1 connections that move on to the next node, retries, API calls |
 //! | `redis.rs`, `postgres.rs` | the peers of the benchmark: Lua scripts, PL/pgSQL functions (`peers/`) |
 //! | `ceiling.rs` | `livestock-ceiling`: a bare hyper server with fixed answers, the benchmark's ceiling |
 //! | `driver.rs` | open loop (a pacer releases requests at their intended instants) and closed loop |
-//! | `ledger.rs` | pure: what the server acknowledged, and the end-of-run verification |
-//! | `recorder.rs` | pure: HdrHistogram per operation and outcome, the time series, the measured figures |
+//! | `ledger.rs` | pure: what the server acknowledged, and the end-of-run verification (counters, and every hold read back) |
+//! | `recorder.rs` | pure: HdrHistogram per operation and outcome, the time series, attempts per target, failover marks, the measured figures |
 //! | `report.rs` | pure: the run's report (the JSON) and its human summary |
 //! | `plot.rs` | the SVG: offered vs served, p50/p99 over time, the stock burning down |
 //! | `capacity.rs` | the step search for the highest rate that holds a p99 SLO |

@@ -45,6 +45,23 @@ pub const WAIT_MS_DEFAULT: u64 = 10_000;
 pub const WAIT_MS_MAX: u64 = 10 * 60 * 1_000;
 /// While waiting for the target, it is asked again this often.
 pub const WAIT_RETRY_MS: u64 = 100;
+/// `--target`: nodes of one cluster, at most (a raft group has 3, 5, at most a few more).
+pub const TARGETS_MAX: usize = 9;
+/// `--retries` when absent and several targets are given: a request that found no node able to
+/// serve it (a refused connection, a reset, 503 `no_leader`) is tried again this many times,
+/// on the next target, within its `--request-timeout-ms`. With one target the default is 0.
+pub const RETRIES_CLUSTER_DEFAULT: u32 = 20;
+/// `--retries`: at most.
+pub const RETRIES_MAX: u32 = 100;
+/// The wait before a retry: this, doubling with each retry of the same request...
+pub const RETRY_BACKOFF_MS_MIN: u64 = 20;
+/// ...up to this. A leader's failover takes several hundred ms (docs/replication.md); the
+/// server's `Retry-After` says 1 s, which is coarser than a load tool wants.
+pub const RETRY_BACKOFF_MS_MAX: u64 = 250;
+/// Connections that read the run's holds back for the verification, at most.
+pub const HOLD_READ_CONNECTIONS_MAX: usize = 16;
+/// Instants marked with SIGUSR1 (`kill -USR1`, e.g. at a node's kill) kept per run, at most.
+pub const MARKS_MAX: usize = 1_000;
 /// Latencies above this are recorded as this (an hour: past any run's deadline, see below).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Integers up to this convert to `f64` exactly. Every count, unit and µs of a run stays
@@ -84,6 +101,11 @@ const _: () = assert!(
         <= LATENCY_US_MAX
 );
 const _: () = assert!(1.0 < CAPACITY_RATE_FACTOR_MAX);
+const _: () = assert!(RETRIES_CLUSTER_DEFAULT <= RETRIES_MAX);
+const _: () = assert!(0 < RETRY_BACKOFF_MS_MIN && RETRY_BACKOFF_MS_MIN <= RETRY_BACKOFF_MS_MAX);
+// Several backoffs fit in the shortest sensible request budget (a second).
+const _: () = assert!(4 * RETRY_BACKOFF_MS_MAX <= 1_000);
+const _: () = assert!(HOLD_READ_CONNECTIONS_MAX <= CONNECTIONS_MAX);
 
 /// A count, a number of units or of µs of a run, as a float for a rate, a share or a mean.
 /// Exact: such numbers stay below [`EXACT_F64_MAX`] (asserted in debug builds).

@@ -1,5 +1,7 @@
 //! Measurements: HdrHistogram latencies per operation and outcome, the per-100 ms time series
-//! (offered vs served, reserve p50/p99, available stock), and the figures a report or a
+//! (offered vs served, reserve p50/p99, available stock), every attempt per target and
+//! outcome, the longest stretch without an acknowledged write, the time from each marked
+//! instant (SIGUSR1) to the first write acknowledged after it, and the figures a report or a
 //! capacity step is made of.
 //!
 //! Pure: the driver passes instants as µs since the run's start.
@@ -19,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::Outcome;
-use crate::limits::{exact_f64, LATENCY_US_MAX};
+use crate::limits::{exact_f64, LATENCY_US_MAX, MARKS_MAX};
 
 /// The width of one time-series bucket.
 pub const BUCKET_US: u64 = 100_000;
@@ -97,11 +99,37 @@ pub struct Recorder {
     transport_errors: u64,
     buckets: Vec<Bucket>,
     stock: Vec<StockPoint>,
+    /// Per target (by index): every attempt's outcome, retries included.
+    targets: Vec<TargetTally>,
+    attempts: u64,
+    /// The latest acknowledged write, and the longest stretch without one that began in the
+    /// arrival phase (`(from, to)`).
+    last_ack_us: u64,
+    longest_gap_us: Option<(u64, u64)>,
+    marks: Vec<Mark>,
+}
+
+/// An instant marked during the run, and the first write acknowledged after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mark {
+    at_us: u64,
+    /// The earliest answer to an attempt *started* after the mark (so never a straggler that
+    /// a node killed at the mark decided before it died).
+    first_ack_us: Option<u64>,
 }
 
 impl Recorder {
-    pub fn new(phase_end_us: u64) -> Recorder {
+    /// A recorder for a run whose arrival phase ends at `phase_end_us`, driving `targets`.
+    pub fn new(phase_end_us: u64, targets: &[String]) -> Recorder {
         Recorder {
+            targets: targets
+                .iter()
+                .map(|t| TargetTally { target: t.clone(), attempts: 0, outcomes: BTreeMap::new() })
+                .collect(),
+            attempts: 0,
+            last_ack_us: 0,
+            longest_gap_us: None,
+            marks: Vec::new(),
             phase_end_us,
             by_outcome: BTreeMap::new(),
             start_delay: histogram(),
@@ -165,6 +193,48 @@ impl Recorder {
                 .reserve
                 .get_or_insert_with(bucket_histogram)
                 .saturating_record(latency_us);
+        }
+    }
+
+    /// One attempt of a request went to target `target` and ended in `outcome` (every attempt,
+    /// the last one too; [`Recorder::record`] books the request once).
+    pub fn attempt(&mut self, target: usize, outcome: &Outcome) {
+        self.attempts += 1;
+        if let Some(tally) = self.targets.get_mut(target) {
+            tally.attempts += 1;
+            *tally.outcomes.entry(outcome.label().to_owned()).or_default() += 1;
+        }
+    }
+
+    /// A write (reserve, confirm or release) was acknowledged at `done_us`, answering an
+    /// attempt started at `attempt_us`.
+    pub fn acknowledged(&mut self, attempt_us: u64, done_us: u64) {
+        // Answers arrive from many connections; one booked a moment late is not a gap.
+        if done_us > self.last_ack_us {
+            let gap = done_us - self.last_ack_us;
+            let longest = self.longest_gap_us.map_or(0, |(from, to)| to - from);
+            if self.last_ack_us < self.phase_end_us && gap > longest {
+                self.longest_gap_us = Some((self.last_ack_us, done_us));
+            }
+            self.last_ack_us = done_us;
+        }
+        // Marks are in time order, and an earlier mark's first ack is never later than a later
+        // mark's: walk back from the newest until a mark already has an earlier ack.
+        for mark in self.marks.iter_mut().rev() {
+            if mark.at_us > attempt_us {
+                continue;
+            }
+            match mark.first_ack_us {
+                Some(first) if first <= done_us => break,
+                _ => mark.first_ack_us = Some(done_us),
+            }
+        }
+    }
+
+    /// Marks the instant `at_us` (SIGUSR1: e.g. the moment a node was killed).
+    pub fn mark(&mut self, at_us: u64) {
+        if self.marks.len() < MARKS_MAX {
+            self.marks.push(Mark { at_us, first_ack_us: None });
         }
     }
 
@@ -272,6 +342,7 @@ impl Recorder {
             requests: Requests {
                 offered: self.offered,
                 answered: self.answered,
+                retries: self.attempts.saturating_sub(self.answered),
                 errors: self.errors,
                 transport_errors: self.transport_errors,
                 started_late: self.started_late,
@@ -287,8 +358,51 @@ impl Recorder {
             latency,
             series,
             stock: self.stock.clone(),
+            targets: self.targets.clone(),
+            longest_write_gap: self.longest_gap_us.map(|(from, to)| WriteGap {
+                from_ms: us_to_ms(from),
+                to_ms: us_to_ms(to),
+                ms: us_to_ms(to - from),
+            }),
+            marks: self
+                .marks
+                .iter()
+                .map(|m| MarkReport {
+                    at_ms: us_to_ms(m.at_us),
+                    first_write_acked_ms: m.first_ack_us.map(us_to_ms),
+                    failover_ms: m.first_ack_us.map(|t| us_to_ms(t - m.at_us)),
+                })
+                .collect(),
         }
     }
+}
+
+/// Every attempt that went to one target, by outcome (`ok`, `sold_out`, `no_leader`,
+/// `connect`, ...), retries included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetTally {
+    pub target: String,
+    pub attempts: u64,
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The longest stretch without an acknowledged write that began in the arrival phase, ms
+/// from the start (a failover shows here).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WriteGap {
+    pub from_ms: f64,
+    pub to_ms: f64,
+    pub ms: f64,
+}
+
+/// An instant marked with SIGUSR1 and the first write acknowledged after it, answering an
+/// attempt started after it: `kill -9` a leader, then `kill -USR1` the load, and
+/// `failover_ms` is the time to the first write the new leader acknowledged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MarkReport {
+    pub at_ms: f64,
+    pub first_write_acked_ms: Option<f64>,
+    pub failover_ms: Option<f64>,
 }
 
 /// What a capacity step is judged on.
@@ -340,6 +454,9 @@ pub struct OpLatency {
 pub struct Requests {
     pub offered: u64,
     pub answered: u64,
+    /// Attempts beyond each request's first (after a refused connection, a reset or
+    /// `no_leader`, with several targets).
+    pub retries: u64,
     /// Transport failures, 5xx, and refusals other than 409 state conflicts.
     pub errors: u64,
     pub transport_errors: u64,
@@ -383,6 +500,9 @@ pub struct Measurements {
     pub latency: Vec<OpLatency>,
     pub series: Vec<SeriesPoint>,
     pub stock: Vec<StockPoint>,
+    pub targets: Vec<TargetTally>,
+    pub longest_write_gap: Option<WriteGap>,
+    pub marks: Vec<MarkReport>,
 }
 
 #[cfg(test)]
@@ -395,7 +515,7 @@ mod tests {
 
     #[test]
     fn histograms_summarize_per_op_and_outcome() {
-        let mut r = Recorder::new(1_000_000);
+        let mut r = Recorder::new(1_000_000, &[]);
         for i in 1..=100u64 {
             r.offered(i * 1_000);
             r.record(Op::Reserve, &Outcome::Ok, i * 1_000, i * 1_000, i * 1_000 + i, i);
@@ -437,7 +557,7 @@ mod tests {
 
     #[test]
     fn progress_line_covers_the_last_second() {
-        let mut r = Recorder::new(2_000_000);
+        let mut r = Recorder::new(2_000_000, &[]);
         for i in 0..1_000u64 {
             r.offered(i * 1_000);
             r.record(Op::Reserve, &Outcome::Ok, i * 1_000, i * 1_000, i * 1_000 + 200, 200);
@@ -447,5 +567,31 @@ mod tests {
         assert!(line.contains("offered    1000/s"), "{line}");
         assert!(line.contains("stock 42"), "{line}");
         assert!(line.contains("0.20 ms"), "{line}");
+    }
+
+    #[test]
+    fn attempts_gaps_and_marks_are_counted() {
+        let mut r = Recorder::new(1_000_000, &["a:1".to_owned(), "b:2".to_owned()]);
+        r.attempt(0, &Outcome::Transport("connect"));
+        r.attempt(1, &Outcome::Refused { status: 503, code: "no_leader".into() });
+        r.attempt(1, &Outcome::Ok);
+        r.record(Op::Reserve, &Outcome::Ok, 0, 0, 100, 100);
+        r.acknowledged(50, 100);
+        r.mark(200);
+        r.acknowledged(150, 300); // started before the mark: a straggler, not the failover
+        r.acknowledged(900, 1_000);
+        r.acknowledged(400, 950); // booked late: not a gap, but the first answer after the mark
+        r.mark(2_000);
+        r.acknowledged(2_500, 2_600);
+        r.mark(5_000);
+        let m = r.measurements();
+        assert_eq!(m.requests.retries, 2);
+        assert_eq!(m.targets[0].outcomes.get("connect"), Some(&1));
+        assert_eq!(m.targets[1].attempts, 2);
+        assert_eq!(m.targets[1].outcomes.get("no_leader"), Some(&1));
+        let gap = m.longest_write_gap.expect("a gap");
+        assert_eq!((gap.from_ms, gap.to_ms), (1.0, 2.6), "{gap:?}");
+        let marks: Vec<Option<f64>> = m.marks.iter().map(|k| k.failover_ms).collect();
+        assert_eq!(marks, [Some(0.75), Some(0.6), None]);
     }
 }

@@ -29,6 +29,7 @@ pub struct RunReport {
     pub mode: &'static str,
     /// What the latencies are measured from.
     pub latency_from: &'static str,
+    /// The target, or the nodes of a cluster, comma-separated.
     pub target: String,
     /// `http`, `redis` or `postgres`.
     pub backend: &'static str,
@@ -77,12 +78,13 @@ pub fn render(r: &RunReport) -> String {
     let q = &m.requests;
     let _ = writeln!(
         out,
-        "requests: {} offered, {} answered, {} errors ({} transport); {} started more than {} ms \
-         late (start delay p99 {} ms, max {} ms)",
+        "requests: {} offered, {} answered, {} errors ({} transport), {} retries; {} started more \
+         than {} ms late (start delay p99 {} ms, max {} ms)",
         q.offered,
         q.answered,
         q.errors,
         q.transport_errors,
+        q.retries,
         q.started_late,
         q.late_threshold_us / 1_000,
         ms(q.start_delay.p99_us),
@@ -117,6 +119,37 @@ pub fn render(r: &RunReport) -> String {
             l.p999_us,
             l.max_us
         );
+    }
+    if m.targets.len() > 1 {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "attempts per target (retries included), by outcome:");
+        for t in &m.targets {
+            let outcomes: Vec<String> =
+                t.outcomes.iter().map(|(label, n)| format!("{label} {n}")).collect();
+            let _ = writeln!(out, "  {:<22} {:>8}  {}", t.target, t.attempts, outcomes.join(", "));
+        }
+    }
+    if let Some(gap) = &m.longest_write_gap {
+        let _ = writeln!(
+            out,
+            "longest stretch without an acknowledged write: {:.0} ms (from {:.0} to {:.0} ms)",
+            gap.ms, gap.from_ms, gap.to_ms
+        );
+    }
+    for mark in &m.marks {
+        match mark.failover_ms {
+            Some(ms) => {
+                let _ = writeln!(
+                    out,
+                    "mark at {:.0} ms: first write acknowledged {ms:.0} ms after it",
+                    mark.at_ms
+                );
+            }
+            None => {
+                let _ =
+                    writeln!(out, "mark at {:.0} ms: no write acknowledged after it", mark.at_ms);
+            }
+        }
     }
     let _ = writeln!(out);
     match r.sell_out.hot_deal_ms {
@@ -158,6 +191,19 @@ pub fn render(r: &RunReport) -> String {
         if v.drained { "every hold resolved" } else { "the drain timed out" }
     );
     let _ = writeln!(out, "  per-user limit breaches: {} (must be 0)", v.per_user_limit_breaches);
+    match (&v.holds, v.lost_changes) {
+        (Some(h), Some(lost)) => {
+            let _ = writeln!(
+                out,
+                "  lost acknowledged changes: {lost} (holds {}, confirms {}, releases {}; must be \
+                 0) over {} holds read back; unexplained {}, unread {} (must be 0)",
+                h.lost_reserves, h.lost_confirms, h.lost_releases, h.read, h.unexplained, h.unread
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "  lost acknowledged changes: not checked hold by hold");
+        }
+    }
     for problem in &v.problems {
         let _ = writeln!(out, "  problem: {problem}");
     }

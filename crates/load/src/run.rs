@@ -1,18 +1,22 @@
-//! One invocation of `livestock-load`, from set-up to verdict: wait for the target, create or
-//! read the deals, drive the load, drain the holds left to expire, verify the counters against
-//! the client's ledger, write the report and the plot, and pick the exit code.
+//! One invocation of `livestock-load`, from set-up to verdict: wait for the target (or for a
+//! cluster's leader), create or read the deals, drive the load, drain the holds left to
+//! expire, read the counters and every hold back, verify them against the client's ledger,
+//! write the report and the plot, and pick the exit code.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livestock_core::limits::EXPIRY_TICK_MS;
 
 use crate::args::LoadArgs;
-use crate::backend::Conn;
+use crate::backend::{Backend, BackendKind, Conn};
 use crate::capacity::{self, CapacityReport};
+use crate::client::Client;
 use crate::driver::{self, Deals, Driver, Mode, Plan};
-use crate::ledger::{verify, Counters, DealState};
-use crate::limits::{ARRIVALS_MAX, CLIENT_THREADS_MAX, DRAIN_GRACE_MS};
+use crate::ledger::{verify, Counters, DealState, HoldRead};
+use crate::limits::{ARRIVALS_MAX, CLIENT_THREADS_MAX, DRAIN_GRACE_MS, HOLD_READ_CONNECTIONS_MAX};
 use crate::plot;
 use crate::recorder::us_to_ms;
 use crate::report::{self, RunReport, SellOut};
@@ -31,12 +35,15 @@ pub enum LoadOutcome {
 /// created); a server that misbehaves under load is a report whose verification failed.
 pub async fn run(args: &LoadArgs) -> Result<LoadOutcome, String> {
     let settings = settings(args)?;
+    // Listened to from the start: a SIGUSR1 ends a process that does not (a script marking a
+    // kill must not kill the load instead). Marks are taken during a single run.
+    let marks = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
     // `livestock serve & livestock-load ...` starts both at once: give the server a moment.
     settings.backend.wait_until_answering(settings.wait).await?;
     let outcome = if settings.capacity.is_some() {
         LoadOutcome::Capacity(capacity::find_capacity(&settings).await?)
     } else {
-        LoadOutcome::Run(Box::new(single(&settings).await?))
+        LoadOutcome::Run(Box::new(single(&settings, marks).await?))
     };
     if let Some(path) = &args.json {
         let json = match &outcome {
@@ -62,8 +69,47 @@ async fn read_all(admin: &mut Conn, ids: &[String]) -> Result<Vec<Counters>, Str
     Ok(out)
 }
 
+/// Reads every hold back (`GET /v1/holds/{id}`) on up to [`HOLD_READ_CONNECTIONS_MAX`]
+/// connections spread over the targets, each retried on the next node as the load's are;
+/// `reads[i]` is `ids[i]`'s.
+async fn read_holds(backend: &Backend, ids: Vec<String>) -> Vec<HoldRead> {
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicUsize::new(0));
+    let readers = HOLD_READ_CONNECTIONS_MAX.min(ids.len());
+    let tasks: Vec<_> = (0..readers)
+        .map(|i| {
+            let mut client = Client::new(&backend.targets, i, backend.timeout, backend.retries);
+            let (ids, next) = (ids.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                loop {
+                    let at = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(id) = ids.get(at) else { return read };
+                    let hold = match client.hold(id).await {
+                        Ok(Some(hold)) => HoldRead::Found(hold),
+                        Ok(None) => HoldRead::Missing,
+                        Err(why) => HoldRead::Unread(why),
+                    };
+                    read.push((at, hold));
+                }
+            })
+        })
+        .collect();
+    let mut reads = vec![HoldRead::Unread("not read".to_owned()); ids.len()];
+    for task in tasks {
+        // A reader that panicked leaves its holds unread, which fails the verification.
+        for (at, hold) in task.await.unwrap_or_default() {
+            reads[at] = hold;
+        }
+    }
+    reads
+}
+
 /// One run: set up the deals, drive the load, drain the holds, verify, report.
-async fn single(s: &Settings) -> Result<RunReport, String> {
+async fn single(
+    s: &Settings,
+    marks: Option<tokio::signal::unix::Signal>,
+) -> Result<RunReport, String> {
     let started = Instant::now();
     let mut admin = s.backend.admin().await?;
     // A peer's hold expiry (livestock runs its own), through the drain.
@@ -100,6 +146,7 @@ async fn single(s: &Settings) -> Result<RunReport, String> {
         run_id: s.run_id.clone(),
         poll_stock: true,
         progress: s.progress,
+        marks,
     };
     let mut driver = Driver::start(plan, &deals).await?;
     let completed = driver.finish(s.deadline_us(s.phase_us)).await;
@@ -127,7 +174,15 @@ async fn single(s: &Settings) -> Result<RunReport, String> {
         .zip(&limits)
         .map(|(((id, b), a), l)| DealState { id, before: *b, after: *a, per_user_limit: *l })
         .collect();
-    let mut verification = verify(&states, &driven.ledger, drained);
+    // Hold by hold (livestock only: the peers' holds are not read back).
+    let holds = match s.backend.kind {
+        BackendKind::Http => {
+            let ids = driven.ledger.holds.iter().map(|h| h.hold_id.clone()).collect();
+            Some(read_holds(&s.backend, ids).await)
+        }
+        BackendKind::Redis | BackendKind::Postgres => None,
+    };
+    let mut verification = verify(&states, &driven.ledger, drained, holds.as_deref());
     if !completed {
         verification.passed = false;
         verification.problems.push(format!(
@@ -148,7 +203,7 @@ async fn single(s: &Settings) -> Result<RunReport, String> {
     Ok(RunReport {
         mode,
         latency_from,
-        target: s.backend.target.to_string(),
+        target: s.backend.targets_label(),
         backend: s.backend.kind.as_str(),
         run_id: s.run_id.clone(),
         seed: s.seed,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MIN};
 
 use crate::args::{LoadArgs, ProfileArg, SpacingArg};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendKind};
 use crate::capacity::Slo;
 use crate::client::Target;
 use crate::driver::Mode;
@@ -14,7 +14,8 @@ use crate::limits::{
     ARRIVALS_MAX, ARRIVALS_MAX_F64, ARRIVAL_PHASE_MS_MAX, CAPACITY_RATE_FACTOR_MAX,
     CAPACITY_STEPS_MAX, CAPACITY_STEP_MS_MIN, CAPACITY_STEP_RETRIES_MAX, CLIENT_THREADS_MAX,
     CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX,
-    REQUEST_TIMEOUT_MS_MAX, RUN_DEALS_MAX, RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
+    REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX,
+    RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
 };
 use crate::postgres::PgSettings;
 use crate::random::Zipf;
@@ -97,7 +98,19 @@ fn check(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
 /// Validates the arguments: every number within its bound, the profile complete, the target
 /// on this machine.
 pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
-    let target = Target::parse(&args.target)?.with_token(args.token.as_deref())?;
+    let targets = Target::parse_list(&args.target)?
+        .into_iter()
+        .map(|t| t.with_token(args.token.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    check(args.backend == BackendKind::Http || targets.len() == 1, || {
+        format!("--backend {} drives one server: give one --target", args.backend)
+    })?;
+    let retries_default = if targets.len() > 1 { RETRIES_CLUSTER_DEFAULT } else { 0 };
+    let retries = args.retries.unwrap_or(retries_default);
+    check(retries <= RETRIES_MAX, || format!("--retries must be 0..={RETRIES_MAX}"))?;
+    check(args.backend == BackendKind::Http || retries == 0, || {
+        format!("--backend {} is not retried: drop --retries", args.backend)
+    })?;
     check(args.rate.is_finite() && args.rate > 0.0 && args.rate <= RATE_PER_S_MAX, || {
         format!("--rate must be in (0, {RATE_PER_S_MAX}]")
     })?;
@@ -267,8 +280,9 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
     let seed = args.seed.unwrap_or_else(random_u64);
     let backend = Backend {
         kind: args.backend,
-        target,
+        targets,
         timeout: Duration::from_millis(args.request_timeout_ms),
+        retries,
         pg: PgSettings { user: args.pg_user.clone(), dbname: args.pg_database.clone() },
     };
     Ok(Settings {
@@ -336,7 +350,6 @@ fn replay_timing(args: &LoadArgs, deals: usize) -> Result<Timing, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendKind;
     use crate::limits::WAIT_MS_DEFAULT;
 
     fn parse(extra: &[&str]) -> Result<Settings, String> {
@@ -349,7 +362,9 @@ mod tests {
     #[test]
     fn defaults_are_a_bounded_drop_on_loopback() {
         let s = parse(&[]).unwrap();
-        assert_eq!(s.backend.target.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.backend.targets.len(), 1);
+        assert_eq!(s.backend.target().addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.backend.retries, 0, "one target: no retries unless asked");
         assert_eq!(s.backend.kind, BackendKind::Http);
         let redis = parse(&["--backend", "redis", "--target", "127.0.0.1:6379"]).unwrap();
         assert_eq!(redis.backend.kind, BackendKind::Redis);
@@ -395,11 +410,31 @@ mod tests {
             (&["--payment-delay-ms", "9..3"][..], "MIN is above MAX"),
             (&["--wait-ms", "600001"][..], "--wait-ms"),
             (&["--deals", "10001"][..], "--deals"),
+            (&["--target", "127.0.0.1:1,10.0.0.1:2"][..], "refusing"),
+            (&["--target", "127.0.0.1:1,127.0.0.1:1"][..], "twice"),
+            (&["--target", "127.0.0.1:1,"][..], "refusing"),
+            (&["--backend", "redis", "--target", "127.0.0.1:1,127.0.0.1:2"][..], "one --target"),
+            (&["--backend", "redis", "--target", "127.0.0.1:1", "--retries", "1"][..], "retried"),
+            (&["--retries", "101"][..], "--retries"),
         ] {
             let e = parse(argv).err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
             assert!(e.contains(says), "{argv:?}: {e}");
         }
         assert!(parse(&["--find-capacity"]).is_err(), "capacity needs an SLO");
+    }
+
+    #[test]
+    fn several_targets_are_a_cluster_with_retries() {
+        let s = parse(&["--target", "127.0.0.1:8081, localhost:8082,[::1]:8083"]).unwrap();
+        let addrs: Vec<String> = s.backend.targets.iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:8081", "127.0.0.1:8082", "[::1]:8083"]);
+        assert!(s.backend.is_cluster());
+        assert_eq!(s.backend.targets_label(), "127.0.0.1:8081,127.0.0.1:8082,[::1]:8083");
+        assert_eq!(s.backend.retries, RETRIES_CLUSTER_DEFAULT);
+        let none = parse(&["--target", "127.0.0.1:8081,127.0.0.1:8082", "--retries", "0"]);
+        assert_eq!(none.unwrap().backend.retries, 0);
+        let one = parse(&["--target", "127.0.0.1:8081", "--retries", "3"]).unwrap();
+        assert_eq!((one.backend.is_cluster(), one.backend.retries), (false, 3));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! ledger and no per-user limit breach, and write its JSON report and SVG; a closed loop says
 //! so; capacity mode returns a number; a non-loopback target is refused; a server that starts
 //! listening after the load still gets its run, and a target where nothing listens fails within
-//! `--wait-ms` with a message naming it.
+//! `--wait-ms` with a message naming it. Several targets: a request whose node fails it
+//! (refused connection, `no_leader` after the decision was made) is retried on the next node
+//! with its idempotency key and booked once, and targets that are not a cluster are refused.
 #![allow(clippy::expect_used, reason = "test code: a failed set-up is a failed test")]
 
 use std::net::SocketAddr;
@@ -20,6 +22,80 @@ use livestock::node::{Node, NodeConfig};
 use livestock_core::ids::HoldIdKey;
 use livestock_load::{self as load, LoadArgs, LoadOutcome};
 use serde_json::Value;
+
+/// Hold ids the server granted, through the flaky node, whether or not the client saw them.
+type Granted = Arc<parking_lot::Mutex<std::collections::HashSet<String>>>;
+
+/// A node of a make-believe cluster in front of a real server: it says it has a leader, and
+/// forwards every request to the server, but answers every `every`-th write with 503
+/// `no_leader` *after* the server executed it, as a node whose leader died between deciding
+/// and answering would. A client that retried without its idempotency key would be granted a
+/// second hold; every hold the server granted is collected.
+async fn flaky_node(
+    server: SocketAddr,
+    every: u64,
+) -> (SocketAddr, Granted, tokio::task::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let writes = Arc::new(AtomicU64::new(0));
+    let granted = Granted::default();
+    let holds = granted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (writes, holds) = (writes.clone(), holds.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (writes, holds) = (writes.clone(), holds.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let reply = |status: u16, body: String| {
+                            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() =
+                                hyper::StatusCode::from_u16(status).expect("a status");
+                            Ok::<_, hyper::Error>(response)
+                        };
+                        if parts.uri.path() == "/v1/cluster" {
+                            return reply(200, r#"{"node_id":1,"leader_id":1}"#.to_owned());
+                        }
+                        let body = body.collect().await?.to_bytes();
+                        let stream = tokio::net::TcpStream::connect(server).await.expect("server");
+                        let (mut sender, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                        tokio::spawn(conn);
+                        let forwarded = hyper::Request::from_parts(parts, Full::new(body));
+                        let write = forwarded.method() == hyper::Method::POST
+                            && !forwarded.uri().path().ends_with("/v1/deals");
+                        let answer = sender.send_request(forwarded).await?;
+                        let status = answer.status().as_u16();
+                        let bytes = answer.into_body().collect().await?.to_bytes();
+                        if write && status == 201 {
+                            let hold: Value = serde_json::from_slice(&bytes).expect("JSON");
+                            let id = hold["hold_id"].as_str().expect("a hold id").to_owned();
+                            holds.lock().insert(id);
+                        }
+                        if write && writes.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+                            let lost = r#"{"error":{"code":"no_leader","message":"flaky"}}"#;
+                            return reply(503, lost.to_owned());
+                        }
+                        reply(status, String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, granted, task)
+}
 
 /// A server on a free loopback port over the system clock (holds must really expire), on the
 /// caller's runtime.
@@ -116,6 +192,10 @@ fn a_short_burst_sells_out_and_the_ledger_balances() {
         assert_eq!(v.unacknowledged_sold_units, 0);
         assert_eq!(v.stuck_held_units, 0);
         assert_eq!(v.per_user_limit_breaches, 0);
+        assert_eq!(v.lost_changes, Some(0), "every acknowledged change is on the server");
+        let holds = v.holds.as_ref().expect("livestock's holds are read back");
+        assert!(holds.read >= 100, "every granted hold was read back: {holds:?}");
+        assert_eq!((holds.unexplained, holds.unread), (0, 0), "{holds:?}");
         let deal = &v.deals[0];
         assert_eq!(deal.sold_units, deal.confirmed_units, "server sold == client confirmed");
         assert!(deal.sold_units > 0);
@@ -154,6 +234,78 @@ fn a_short_burst_sells_out_and_the_ledger_balances() {
         assert!(picture.contains(caption), "the plot has its {caption} panel");
     }
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_cluster_client_retries_on_the_next_node_and_books_each_change_once() {
+    runtime().block_on(async {
+        let server = server().await;
+        let (flaky, granted, proxy) = flaky_node(server.local_addr(), 4).await;
+        let dead = free_port();
+        let targets = format!("{flaky},{dead}");
+        let args = args(
+            &targets,
+            &[
+                "--profile",
+                "steady",
+                "--rate",
+                "300",
+                "--duration-ms",
+                "800",
+                "--stock",
+                "60",
+                "--viewers",
+                "200",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "20..200",
+                "--connections",
+                "8",
+                "--seed",
+                "11",
+            ],
+        );
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the run starts") else {
+            panic!("not a capacity run");
+        };
+        let v = &report.verification;
+        assert!(v.passed, "{:?}", v.problems);
+        assert_eq!(v.lost_changes, Some(0));
+        let read = v.holds.as_ref().expect("holds read back").read;
+        assert_eq!(
+            granted.lock().len(),
+            usize::try_from(read).expect("a count"),
+            "one hold per grant"
+        );
+        assert_eq!(v.oversell_units + v.oversell_units_client, 0);
+        assert_eq!(v.unacknowledged_sold_units, 0, "no confirm was booked twice or left unknown");
+        let m = &report.measured;
+        assert_eq!(m.requests.errors, 0, "every lost answer was recovered by a retry");
+        assert!(m.requests.retries > 0);
+        let [front, down] = &m.targets[..] else { panic!("two targets: {:?}", m.targets) };
+        assert!(front.outcomes.get("no_leader").is_some_and(|n| *n > 0), "{front:?}");
+        assert!(front.outcomes.get("ok").is_some_and(|n| *n > 0), "{front:?}");
+        assert_eq!(down.outcomes.keys().collect::<Vec<_>>(), ["connect"], "{down:?}");
+        assert_eq!(report.target, targets);
+        let summary = load::report::render(&report);
+        assert!(summary.contains("attempts per target"), "{summary}");
+        assert!(summary.contains("lost acknowledged changes: 0"), "{summary}");
+        proxy.abort();
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn several_targets_must_be_a_cluster() {
+    runtime().block_on(async {
+        let (a, b) = (server().await, server().await);
+        let targets = format!("{},{}", a.local_addr(), b.local_addr());
+        let e = load::run(&args(&targets, &["--wait-ms", "0"])).await.expect_err("not a cluster");
+        assert!(e.contains("not a node of a cluster"), "{e}");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
 }
 
 #[test]
