@@ -674,3 +674,21 @@ fn a_backup_restores_into_a_new_cluster() {
 fn path(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// A leader killed and restarted before anyone else was elected does not lead its old term
+/// again: that term's undecided tail belongs to the process that died (see `open.rs`,
+/// `enable_leader_restore`). Long election timeouts give the restart time to beat an election.
+#[test]
+fn a_restarted_leader_does_not_lead_its_old_term() {
+    let mut cluster = Cluster::start("cluster-restart", &["--election-timeout-min-ms", "1500"]);
+    let leader = cluster.leader(ELECTION);
+    assert!(cluster.write_until_ok(leader, &create_deal("d1", 10), ELECTION).is_success());
+    let term = cluster.status(leader).expect("status")["term"].as_u64().expect("a term");
+    cluster.kill(leader);
+    cluster.start_node(leader);
+    let next = cluster.leader(ELECTION);
+    let next_term = cluster.status(next).expect("status")["term"].as_u64().expect("a term");
+    assert!(next_term > term, "node {next} leads term {next_term}, the killed leader's was {term}");
+    assert!(cluster.write_until_ok(next, &reserve("d1", "u1", "k1"), ELECTION).is_success());
+    cluster.converged(ELECTION);
+}

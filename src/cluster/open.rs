@@ -61,6 +61,14 @@ fn raft_config(config: &ReplicaConfig) -> Result<Config, ClusterError> {
         // Keep some log behind a snapshot: a follower a little behind catches up from the log,
         // not with a whole snapshot.
         max_in_snapshot_log_to_keep: config.snapshot_entries.min(10_000),
+        // A leader restarted before anyone else was elected would otherwise lead its old term
+        // again without an election. Its log then holds that term's entries decided by the
+        // process that died, which the new process's live allocator never saw; the state
+        // machine would skip them as "already in live" once they commit, and the leader would
+        // decide against a state without them (found by the kill loop: a confirm committed
+        // while the restored leader answered `hold_expired` to its retry). A restarted node
+        // starts as a follower and leads only a term it won, whose entries are all its own.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     raft.validate().map_err(|e| ClusterError::Raft(e.to_string()))
