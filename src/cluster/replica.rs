@@ -91,7 +91,8 @@ pub struct Replica {
     /// applied that far.
     heard_at_ms: AtomicU64,
     heard_commit: AtomicU64,
-    clock_origin: std::time::Instant,
+    /// tokio's clock (the OS's monotonic clock, or a runtime's paused one in the simulation).
+    clock_origin: tokio::time::Instant,
     queue: Mutex<VecDeque<Proposal>>,
     queued: Notify,
     last_seq: AtomicU64,
@@ -121,7 +122,7 @@ impl Replica {
             stale_refusal_ms: timing.stale_refusal_ms,
             heard_at_ms: AtomicU64::new(0),
             heard_commit: AtomicU64::new(u64::MAX),
-            clock_origin: std::time::Instant::now(),
+            clock_origin: tokio::time::Instant::now(),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             last_seq: AtomicU64::new(0),
@@ -406,7 +407,10 @@ async fn watcher(replica: Arc<Replica>) {
             *replica.shared.decider.write() = leading_term;
             tracing::info!(term = ?leading_term, "leading: deciding");
         }
+        // Biased: polled in this order, not a random one, so a seeded simulation replays the
+        // same wake-ups (either branch only loops back to re-read the state).
         tokio::select! {
+            biased;
             changed = metrics.changed() => {
                 if changed.is_err() {
                     return;
