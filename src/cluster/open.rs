@@ -97,6 +97,13 @@ fn raft_config(
         // Keep some log behind a snapshot: a follower a little behind catches up from the log,
         // not with a whole snapshot.
         max_in_snapshot_log_to_keep: config.snapshot_entries.min(10_000),
+        // A restarted leader must win a new election, not resume its old term: the replica
+        // starts deciding once it applied an entry of the term it leads (the blank entry of
+        // its election), and a resumed term already has one, applied before the entries that
+        // committed after it but whose committed id was not yet persisted. Deciding then
+        // would run ahead of the committed state, and those entries, being of the decider's
+        // own term, would never reach the live state (found by tests/sim_cluster).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     raft.validate().map_err(|e| ClusterError::Raft(e.to_string()))

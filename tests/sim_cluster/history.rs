@@ -308,10 +308,12 @@ impl History {
                 }
             }
             2 => {
+                // Mostly short (a heartbeat or two), sometimes past every election timeout.
+                // Virtual time is what a history costs (openraft's core runs every tick).
                 let ms = if self.rng.chance(50) {
-                    self.rng.range(100, 400)
+                    self.rng.range(40, 150)
                 } else {
-                    self.rng.range(1, 30)
+                    self.rng.range(1, 12)
                 };
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -753,6 +755,10 @@ impl History {
 
     pub fn digests_compared(&self) -> u64 {
         self.digests.compared
+    }
+
+    pub fn virtual_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).expect("ms")
     }
 
     pub fn max_term(&self) -> u64 {
