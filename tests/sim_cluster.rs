@@ -26,14 +26,14 @@
     reason = "test code: a failed expectation is a failed test; casts are of small random draws and counts"
 )]
 
+#[path = "sim_cluster/mod.rs"]
+mod cluster;
 #[allow(
     dead_code,
     unused_imports,
     reason = "the single-node simulation's modules: this one uses its PRNG, disk, workload and ledger"
 )]
 mod sim;
-#[path = "sim_cluster/mod.rs"]
-mod cluster;
 
 use std::io::Write;
 

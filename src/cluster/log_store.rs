@@ -112,7 +112,10 @@ pub struct RaftLog {
 /// Who runs the jobs: the writer thread (production), or each caller in turn (inline mode).
 #[derive(Clone)]
 enum Backend {
-    Thread { jobs: Sender<Job>, thread: Arc<Mutex<Option<JoinHandle<()>>>> },
+    Thread {
+        jobs: Sender<Job>,
+        thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    },
     /// Locked only for one job's synchronous I/O, never across an `.await`.
     Inline(Arc<Mutex<Writer>>),
 }

@@ -91,8 +91,7 @@ fn raft_config(
         cluster_name: "livestock".to_owned(),
         heartbeat_interval: config.heartbeat_interval_ms,
         election_timeout_min: config.election_timeout_min_ms,
-        election_timeout_max: election_timeout_max_ms
-            .unwrap_or(config.election_timeout_min_ms * 2),
+        election_timeout_max: election_timeout_max_ms.unwrap_or(config.election_timeout_min_ms * 2),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
         // Keep some log behind a snapshot: a follower a little behind catches up from the log,
         // not with a whole snapshot.

@@ -403,7 +403,8 @@ async fn watcher(replica: Arc<Replica>) {
             tracing::info!(term = ?current, "stopped deciding; live state rebuilt from the applied state");
         } else if current.is_none()
             && applied_own_term
-            && leading_term.is_some_and(|t| t > rebuilt_in || (t == rebuilt_in && quiet(&replica, &m)))
+            && leading_term
+                .is_some_and(|t| t > rebuilt_in || (t == rebuilt_in && quiet(&replica, &m)))
         {
             // Still leading the term whose decisions were dropped (a write was refused, say
             // while the leader's lease had lapsed) resumes here: openraft ignores an election

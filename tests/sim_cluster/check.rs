@@ -30,10 +30,7 @@ pub struct Committed {
 
 pub fn committed(replica: &Replica) -> Committed {
     let applied = replica.shared.applied.lock();
-    Committed {
-        snapshot: applied.allocator.snapshot(),
-        now_ms: applied.now_ms,
-    }
+    Committed { snapshot: applied.allocator.snapshot(), now_ms: applied.now_ms }
 }
 
 /// The committed remembered answer of a key, if any.
@@ -51,7 +48,13 @@ pub struct Digests {
 
 impl Digests {
     /// Records `node`'s digest at `index`; `Err` if another report of that index differs.
-    pub fn observe(&mut self, node: NodeId, index: u64, digest: String, step: u64) -> Result<(), String> {
+    pub fn observe(
+        &mut self,
+        node: NodeId,
+        index: u64,
+        digest: String,
+        step: u64,
+    ) -> Result<(), String> {
         match self.by_index.get(&index) {
             Some((seen, by, at)) if *seen != digest => Err(format!(
                 "replicas diverged: at applied index {index} node {node} has state digest \

@@ -178,8 +178,11 @@ impl History {
     /// An election timeout for a new incarnation, at least 8 ms from the running nodes' (two
     /// nodes that time out together split their votes again and again).
     fn election_ms(&mut self) -> u64 {
-        let taken: Vec<u64> =
-            self.machines.iter().filter_map(|m| m.running.as_ref().map(|r| r.election_ms)).collect();
+        let taken: Vec<u64> = self
+            .machines
+            .iter()
+            .filter_map(|m| m.running.as_ref().map(|r| r.election_ms))
+            .collect();
         loop {
             let ms = self.rng.range(30, 90);
             if taken.iter().all(|t| t.abs_diff(ms) >= 8) {
@@ -240,11 +243,10 @@ impl History {
         let machine = self.machine(id);
         machine.kill(&net, power).await?;
         machine.restart_in = down_for;
-        self.note(format!("node {id} killed ({}), down for {down_for} steps", if power {
-            "power loss"
-        } else {
-            "process crash"
-        }));
+        self.note(format!(
+            "node {id} killed ({}), down for {down_for} steps",
+            if power { "power loss" } else { "process crash" }
+        ));
         Ok(())
     }
 
@@ -277,14 +279,14 @@ impl History {
 
     async fn act(&mut self) -> Step {
         let weights = [
-            40,                                  // a request
-            8,                                   // a retry
-            18,                                  // time passes
-            8,                                   // the reaper
-            if self.plan.net_faults { 7 } else { 0 }, // the network
-            if self.plan.kills { 3 } else { 0 }, // a kill
+            40,                                        // a request
+            8,                                         // a retry
+            18,                                        // time passes
+            8,                                         // the reaper
+            if self.plan.net_faults { 7 } else { 0 },  // the network
+            if self.plan.kills { 3 } else { 0 },       // a kill
             if self.plan.disk_faults { 2 } else { 0 }, // a disk
-            2,                                   // a snapshot
+            2,                                         // a snapshot
         ];
         match self.rng.weighted(&weights) {
             0 => {
@@ -419,7 +421,11 @@ impl History {
         let command = match req.command() {
             Ok(command) => command,
             Err(reply) => {
-                self.note(format!("{} -> {} (refused by the wire parsers)", req.describe(), reply.status));
+                self.note(format!(
+                    "{} -> {} (refused by the wire parsers)",
+                    req.describe(),
+                    reply.status
+                ));
                 return Ok(());
             }
         };
@@ -440,7 +446,10 @@ impl History {
                     Ok(KeyedResult::Replayed(a)) => Ok((a.reply, a.lsn, true)),
                     Ok(KeyedResult::InFlight) => {
                         // A client would wait for the first request's answer and ask again.
-                        self.note(format!("{} key={k} on node {target}: in flight", req.describe()));
+                        self.note(format!(
+                            "{} key={k} on node {target}: in flight",
+                            req.describe()
+                        ));
                         return Ok(());
                     }
                     Ok(KeyedResult::Mismatch) => {
@@ -590,7 +599,11 @@ impl History {
             if let Some(index) = index {
                 observed.push((machine.id, index, digest));
             }
-            running.node.allocator().audit().map_err(|e| format!("node {}: live state: {e}", machine.id))?;
+            running
+                .node
+                .allocator()
+                .audit()
+                .map_err(|e| format!("node {}: live state: {e}", machine.id))?;
         }
         for (id, index, digest) in observed {
             self.note(format!("node {id} applied {index} digest {digest}"));

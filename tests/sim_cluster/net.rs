@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use livestock::cluster::replica::Replica;
 use livestock::cluster::types::{NodeId, PeerNode, Snapshot, SnapshotData, TypeConfig, Vote};
-use openraft::errors::{
-    RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
-};
+use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -110,10 +108,7 @@ impl SimNet {
 
     pub fn describe(&self) -> String {
         let state = self.lock();
-        format!(
-            "cut={:?} drop={}‰ delay={:?}ms",
-            state.cut, state.drop_per_mille, state.delay_ms
-        )
+        format!("cut={:?} drop={}‰ delay={:?}ms", state.cut, state.drop_per_mille, state.delay_ms)
     }
 
     pub fn stats(&self) -> NetStats {
@@ -263,11 +258,10 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let send = self.exchange(RPCTypes::InstallSnapshot, option.soft_ttl() * 4, |target| {
-            async move {
+        let send =
+            self.exchange(RPCTypes::InstallSnapshot, option.soft_ttl() * 4, |target| async move {
                 target.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())
-            }
-        });
+            });
         tokio::select! {
             biased;
             closed = cancel => Err(StreamingError::Closed(closed)),
