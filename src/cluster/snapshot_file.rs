@@ -11,7 +11,8 @@
 //!   24+m    n  data
 //! ```
 //! Name: `snapshot.bin`, written as `snapshot.tmp`, fsynced, renamed, directory fsynced: a
-//! crash leaves the old snapshot or the new one, never a mix. A snapshot that fails its
+//! crash leaves the old snapshot or the new one, never a mix (and perhaps a `snapshot.tmp`,
+//! removed by the next write). A snapshot that fails its
 //! checksum is an error, not an empty state: the log before it may have been purged.
 
 use std::io;
@@ -38,6 +39,13 @@ pub fn write(storage: &dyn Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Res
     header.extend_from_slice(&meta_len.to_le_bytes());
     header.extend_from_slice(&(data.len() as u64).to_le_bytes());
     header.extend_from_slice(&crc.to_le_bytes());
+    // A write that failed or was cut short by a crash leaves its temporary behind; without
+    // this, every later snapshot would fail on it and stop raft (found by tests/sim_cluster).
+    match storage.remove(TEMP_NAME) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut file = storage.create(TEMP_NAME)?;
     file.append(&header)?;
     file.append(&meta_bytes)?;
