@@ -13,7 +13,7 @@
 //! SIM_SEED=N cargo test --test sim_cluster -- --nocapture     # replay one seed, with its trace
 //! ```
 //!
-//! Environment: `SIM_SEEDS` (default 150) seeds from `SIM_FIRST_SEED` (default 0), `SIM_STEPS`
+//! Environment: `SIM_SEEDS` (default 200) seeds from `SIM_FIRST_SEED` (default 0), `SIM_STEPS`
 //! steps each (default 100), on `SIM_THREADS` threads (default: up to 2).
 //! `scripts/simulate-cluster.sh N [FIRST_SEED]` runs N seeds in release mode and prints the
 //! tally.
@@ -38,7 +38,7 @@ mod sim;
 use std::io::Write;
 
 const STEPS_DEFAULT: u64 = 100;
-const SEEDS_DEFAULT: u64 = 150;
+const SEEDS_DEFAULT: u64 = 200;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
