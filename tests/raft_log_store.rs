@@ -101,11 +101,20 @@ impl Drop for TempDir {
 type Files = BTreeMap<String, Vec<u8>>;
 
 fn config() -> RaftLogConfig {
-    RaftLogConfig { segment_bytes_max: SEGMENT_BYTES, committed_idle_persist_ms: NEVER_MS }
+    RaftLogConfig {
+        segment_bytes_max: SEGMENT_BYTES,
+        committed_idle_persist_ms: NEVER_MS,
+        inline: false,
+    }
 }
 
 fn open(storage: Arc<dyn Storage>) -> RaftLog {
     RaftLog::open(storage, config()).expect("open the raft log")
+}
+
+/// The log in inline mode (each call does its own I/O; the cluster simulation's).
+fn open_inline(storage: Arc<dyn Storage>) -> RaftLog {
+    RaftLog::open(storage, RaftLogConfig { inline: true, ..config() }).expect("open inline")
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -271,6 +280,23 @@ impl StoreBuilder<TypeConfig, RaftLog, TestStateMachine, TempDir> for Builder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
     Suite::test_all(Builder).await.expect("openraft's log storage suite");
+}
+
+struct InlineBuilder;
+
+impl StoreBuilder<TypeConfig, RaftLog, TestStateMachine, TempDir> for InlineBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, RaftLog, TestStateMachine), StorageError<TypeConfig>> {
+        let dir = TempDir::new("suite-inline");
+        let log = open_inline(dir.storage());
+        Ok((dir, log, TestStateMachine::default()))
+    }
+}
+
+#[tokio::test]
+async fn openraft_storage_suite_passes_inline() {
+    Suite::test_all(InlineBuilder).await.expect("openraft's log storage suite, inline");
 }
 
 // ------------------------------------------------------------------ a storage that holds fsyncs
@@ -852,4 +878,52 @@ async fn a_failed_vote_write_poisons_the_log_and_keeps_the_old_vote() {
     drop(log);
     let mut recovered = open(dir.storage());
     assert_eq!(recovered.read_vote().await.expect("vote"), Some(vote(1, 1)));
+}
+
+// ---------------------------------------------------------------------------- inline mode
+
+/// Inline mode: an append is durable when its callback is told, which happens before `append`
+/// returns; what was acknowledged survives a crash copy; a close refuses later calls.
+#[tokio::test]
+async fn inline_mode_acknowledges_after_the_fsync_and_recovers() {
+    let dir = TempDir::new("inline");
+    let faulty = FaultyStorage::new(dir.storage());
+    let mut log = open_inline(Arc::new(faulty.clone()));
+    let handle = log.handle();
+    let syncs = faulty.count(Op::Sync);
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries(1, 0..3), IOFlushed::signal(tx)).await.expect("append");
+    assert!(faulty.count(Op::Sync) > syncs, "the fsync is done inside the call");
+    rx.await.expect("callback").expect("durable");
+    log.save_vote(&vote(1, 1)).await.expect("vote");
+    append_all(&mut log, 1, 3..20, 4).await;
+    log.save_committed(Some(log_id(1, 10))).await.expect("committed");
+    append(&mut log, entries(1, 20..22)).await.expect("append carrying the committed id");
+    let expected = all_entries(&mut log).await;
+
+    let crash = TempDir::with("inline-crash", &dir.files());
+    let mut recovered = open_inline(crash.storage());
+    assert_eq!(all_entries(&mut recovered).await, expected);
+    assert_eq!(recovered.read_vote().await.expect("vote"), Some(vote(1, 1)));
+    assert_eq!(recovered.read_committed().await.expect("committed"), Some(log_id(1, 10)));
+
+    handle.close().expect("close");
+    assert!(append(&mut log, entries(1, 22..23)).await.is_err(), "append after close");
+}
+
+#[tokio::test]
+async fn inline_mode_a_failed_fsync_poisons_the_log() {
+    let dir = TempDir::new("inline-poison");
+    let faulty = FaultyStorage::new(dir.storage());
+    let mut log = open_inline(Arc::new(faulty.clone()));
+    append_all(&mut log, 1, 0..3, 1).await;
+    faulty.fail_next(Op::Sync, io::ErrorKind::Other);
+    let err = append(&mut log, entries(1, 3..5)).await.expect_err("a failed fsync");
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    assert!(log.handle().poisoned().is_some());
+    assert_refuses_everything(&mut log, &faulty).await;
+    assert!(log.handle().close().is_err(), "close reports the poisoning");
+    drop(log);
+    let mut recovered = open(dir.storage());
+    assert_eq!(all_entries(&mut recovered).await[..3], entries(1, 0..3));
 }

@@ -31,7 +31,8 @@
 //!
 //! # Ordering and durability
 //! Calls come from the raft core one at a time and go to the writer thread in that order
-//! (`writer.rs`). `append` puts the entries in memory (readable at once, as openraft requires),
+//! (`writer.rs`; in inline mode, `RaftLogConfig::inline`, each call runs its job itself, in
+//! the same order). `append` puts the entries in memory (readable at once, as openraft requires),
 //! queues their frames and returns; its callback is told once one `fdatasync` covers them, and
 //! one fsync covers every append queued while the previous one ran (group commit). `save_vote`,
 //! `truncate_after` and `purge` queue behind the appends before them and return once durable
@@ -103,10 +104,33 @@ pub use shared::{RaftLogConfig, RaftLogStats};
 /// first to read its statistics and to close it.
 pub struct RaftLog {
     shared: Arc<Shared>,
-    jobs: Sender<Job>,
+    backend: Backend,
     /// The committed id the next append carries (see "Committed" in the module docs).
     committed: Option<LogId>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+/// Who runs the jobs: the writer thread (production), or each caller in turn (inline mode).
+#[derive(Clone)]
+enum Backend {
+    Thread {
+        jobs: Sender<Job>,
+        thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    },
+    /// Locked only for one job's synchronous I/O, never across an `.await`.
+    Inline(Arc<Mutex<Writer>>),
+}
+
+impl Backend {
+    /// Hands `job` to the writer: queued for the thread, or run now.
+    fn send(&self, job: Job) -> io::Result<()> {
+        match self {
+            Backend::Thread { jobs, .. } => jobs.send(job).map_err(|_| writer_gone()),
+            Backend::Inline(writer) => {
+                writer.lock().run_inline(job);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Reads the log (entries, vote) for openraft's replication tasks; cheap to clone, sees what
@@ -120,13 +144,13 @@ pub struct LogReader {
 #[derive(Clone)]
 pub struct RaftLogHandle {
     shared: Arc<Shared>,
-    jobs: Sender<Job>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    backend: Backend,
 }
 
 impl RaftLog {
     /// Opens the log in `storage` (creating nothing until the first append), recovering what
-    /// is on disk, and starts its writer thread. `InvalidData` if the files are corrupt.
+    /// is on disk, and starts its writer thread (none in inline mode). `InvalidData` if the
+    /// files are corrupt.
     pub fn open(storage: Arc<dyn Storage>, config: RaftLogConfig) -> io::Result<RaftLog> {
         let recovered = recovery::recover(&*storage)?;
         let shared = Arc::new(Shared {
@@ -153,15 +177,16 @@ impl RaftLog {
             recovered.committed,
             Duration::from_millis(config.committed_idle_persist_ms),
         );
-        let (jobs, queue) = channel::unbounded();
-        let thread =
-            std::thread::Builder::new().name("raft-log".into()).spawn(move || writer.run(queue))?;
-        Ok(RaftLog {
-            shared,
-            jobs,
-            committed: recovered.committed,
-            writer: Arc::new(Mutex::new(Some(thread))),
-        })
+        let backend = if config.inline {
+            Backend::Inline(Arc::new(Mutex::new(writer)))
+        } else {
+            let (jobs, queue) = channel::unbounded();
+            let thread = std::thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || writer.run(queue))?;
+            Backend::Thread { jobs, thread: Arc::new(Mutex::new(Some(thread))) }
+        };
+        Ok(RaftLog { shared, backend, committed: recovered.committed })
     }
 
     pub fn reader(&self) -> LogReader {
@@ -169,11 +194,7 @@ impl RaftLog {
     }
 
     pub fn handle(&self) -> RaftLogHandle {
-        RaftLogHandle {
-            shared: self.shared.clone(),
-            jobs: self.jobs.clone(),
-            writer: self.writer.clone(),
-        }
+        RaftLogHandle { shared: self.shared.clone(), backend: self.backend.clone() }
     }
 
     fn check(&self) -> io::Result<()> {
@@ -181,7 +202,7 @@ impl RaftLog {
     }
 
     fn send(&self, job: Job) -> io::Result<()> {
-        self.jobs.send(job).map_err(|_| writer_gone())
+        self.backend.send(job)
     }
 
     /// Queues a job that reports back, and waits for its report.
@@ -216,13 +237,18 @@ impl RaftLogHandle {
     /// `Err` if the log is poisoned (some acknowledged-looking writes may not be durable).
     /// Idempotent.
     pub fn close(&self) -> io::Result<()> {
-        // Fails only if the writer already stopped; the join below tells how.
-        let _ = self.jobs.send(Job::Close);
-        let thread = self.writer.lock().take();
-        if let Some(thread) = thread {
-            if thread.join().is_err() {
-                return Err(io::Error::other("the raft log writer panicked"));
+        match &self.backend {
+            Backend::Thread { jobs, thread } => {
+                // Fails only if the writer already stopped; the join below tells how.
+                let _ = jobs.send(Job::Close);
+                let thread = thread.lock().take();
+                if let Some(thread) = thread {
+                    if thread.join().is_err() {
+                        return Err(io::Error::other("the raft log writer panicked"));
+                    }
+                }
             }
+            Backend::Inline(writer) => writer.lock().run_inline(Job::Close),
         }
         let mem = self.shared.mem.lock();
         match &mem.health {

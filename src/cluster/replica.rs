@@ -91,7 +91,8 @@ pub struct Replica {
     /// applied that far.
     heard_at_ms: AtomicU64,
     heard_commit: AtomicU64,
-    clock_origin: std::time::Instant,
+    /// tokio's clock (the OS's monotonic clock, or a runtime's paused one in the simulation).
+    clock_origin: tokio::time::Instant,
     queue: Mutex<VecDeque<Proposal>>,
     queued: Notify,
     last_seq: AtomicU64,
@@ -121,7 +122,7 @@ impl Replica {
             stale_refusal_ms: timing.stale_refusal_ms,
             heard_at_ms: AtomicU64::new(0),
             heard_commit: AtomicU64::new(u64::MAX),
-            clock_origin: std::time::Instant::now(),
+            clock_origin: tokio::time::Instant::now(),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             last_seq: AtomicU64::new(0),
@@ -335,6 +336,15 @@ async fn proposer(
     }
 }
 
+/// No decision of this node can still reach the log: every proposal is resolved and every
+/// entry in the log is applied.
+fn quiet(replica: &Replica, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    let proposed = replica.last_seq.load(Ordering::Acquire);
+    replica.queue.lock().is_empty()
+        && *replica.resolved.borrow() >= proposed
+        && m.last_applied.as_ref().map(|l| l.index) == m.last_log_index
+}
+
 type CompleteRx =
     openraft::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>;
 
@@ -363,9 +373,11 @@ async fn completion(
 /// live state was found to hold a decision that lost.
 async fn watcher(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
-    // The term of the last rebuild: deciding restarts only in a later term. Entries of that
-    // term proposed before the rebuild may still commit; the live state no longer holds them,
-    // so they must apply to it, and the state machine skips only the decider term's entries.
+    // The term of the last rebuild. Entries of that term proposed before the rebuild may
+    // still commit; the live state no longer holds them, so they must apply to it, and the
+    // state machine skips only the decider term's entries. So deciding restarts in that term
+    // only once none can come: every proposal resolved and everything in the log applied
+    // (`quiet`); in a later term, once its first entry is applied.
     let mut rebuilt_in: u64 = 0;
     loop {
         let m = metrics.borrow_and_update().clone();
@@ -389,24 +401,24 @@ async fn watcher(replica: Arc<Replica>) {
             }
             rebuilt_in = m.current_term;
             tracing::info!(term = ?current, "stopped deciding; live state rebuilt from the applied state");
-            if leading_term == Some(m.current_term) {
-                // Still leading the term whose decisions were dropped (a write was refused,
-                // say while the new leadership was not yet acknowledged): start a new term to
-                // decide in, rather than stay a leader that cannot decide.
-                if let Err(e) = replica.raft.trigger().elect(false).await {
-                    tracing::warn!(error = %e, "cannot start an election after a rebuild");
-                }
-            }
         } else if current.is_none()
             && applied_own_term
-            && leading_term.is_some_and(|t| t > rebuilt_in)
+            && leading_term
+                .is_some_and(|t| t > rebuilt_in || (t == rebuilt_in && quiet(&replica, &m)))
         {
+            // Still leading the term whose decisions were dropped (a write was refused, say
+            // while the leader's lease had lapsed) resumes here: openraft ignores an election
+            // triggered by a leader, so waiting for a new term would wait forever (found by
+            // tests/sim_cluster).
             // The live state is the applied state plus nothing (no decision of ours pending:
             // the last term we decided in ended with a rebuild), so deciding may start.
             *replica.shared.decider.write() = leading_term;
             tracing::info!(term = ?leading_term, "leading: deciding");
         }
+        // Biased: polled in this order, not a random one, so a seeded simulation replays the
+        // same wake-ups (either branch only loops back to re-read the state).
         tokio::select! {
+            biased;
             changed = metrics.changed() => {
                 if changed.is_err() {
                     return;

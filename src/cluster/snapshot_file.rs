@@ -11,7 +11,8 @@
 //!   24+m    n  data
 //! ```
 //! Name: `snapshot.bin`, written as `snapshot.tmp`, fsynced, renamed, directory fsynced: a
-//! crash leaves the old snapshot or the new one, never a mix. A snapshot that fails its
+//! crash leaves the old snapshot or the new one, never a mix (and perhaps a `snapshot.tmp`,
+//! removed by the next write). A snapshot that fails its
 //! checksum is an error, not an empty state: the log before it may have been purged.
 
 use std::io;
@@ -47,6 +48,13 @@ pub fn encode(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
 
 pub fn write(storage: &dyn Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
     let bytes = encode(meta, data)?;
+    // A write that failed or was cut short by a crash leaves its temporary behind; without
+    // this, every later snapshot would fail on it and stop raft (found by tests/sim_cluster).
+    match storage.remove(TEMP_NAME) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut file = storage.create(TEMP_NAME)?;
     file.append(&bytes)?;
     file.sync()?;

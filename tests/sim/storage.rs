@@ -290,6 +290,20 @@ impl SimStorage {
         self.lock().crash_in = None;
     }
 
+    /// The machine dies now: every operation fails until `power_loss` or `restart_process`
+    /// (the cluster simulation's kill of a node).
+    #[allow(dead_code, reason = "the cluster simulation's; the single-node one crashes by arming")]
+    pub fn halt(&self) {
+        self.lock().down = true;
+    }
+
+    /// Changes how often faults strike (the cluster simulation turns a node's disk bad for a
+    /// while).
+    #[allow(dead_code, reason = "the cluster simulation's; the single-node one fixes the rate")]
+    pub fn set_fault_rate(&self, per_mille: u32) {
+        self.lock().fault_per_mille = per_mille;
+    }
+
     /// Whether an armed crash struck: the machine is down until a restart.
     pub fn is_down(&self) -> bool {
         self.lock().down

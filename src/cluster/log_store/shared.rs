@@ -20,6 +20,11 @@ pub struct RaftLogConfig {
     /// How long a new committed log id may wait for a batch to carry it before the writer
     /// writes it to the meta file on its own (see "Committed" in `log_store.rs`).
     pub committed_idle_persist_ms: u64,
+    /// Run each call's I/O in the calling task instead of on the writer thread (no group
+    /// commit, no idle persisting of the committed id; see `writer.rs`). Off in production;
+    /// the deterministic cluster simulation turns it on, because its runtime's paused clock
+    /// moves on whenever the runtime waits for another thread.
+    pub inline: bool,
 }
 
 impl Default for RaftLogConfig {
@@ -27,6 +32,7 @@ impl Default for RaftLogConfig {
         RaftLogConfig {
             segment_bytes_max: RAFT_LOG_SEGMENT_BYTES_MAX_DEFAULT,
             committed_idle_persist_ms: RAFT_COMMITTED_IDLE_PERSIST_MS,
+            inline: false,
         }
     }
 }

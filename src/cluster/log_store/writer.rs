@@ -13,6 +13,13 @@
 //! After any failed write or fsync the log is poisoned: the failed job and every parked append
 //! are told the error (a failed fsync may have dropped dirty pages: nothing written since the
 //! last good fsync is known durable, and fsync is never retried), and so is every job after.
+//!
+//! Inline mode (`RaftLogConfig::inline`, for the deterministic cluster simulation): no thread;
+//! each call runs its job as a cycle of its own, in the caller's task, through the same
+//! [`Writer::cycle`]. It gives up group commit (one fsync per append) and the idle persisting of
+//! the committed id (it rides on appends, truncations, purges and close only), and gains a log
+//! that does its I/O at a point of the raft core's program order rather than on another thread's
+//! schedule, which a runtime with paused time cannot wait for.
 
 use std::io;
 use std::sync::Arc;
@@ -148,28 +155,46 @@ impl Writer {
             // What is queued now, not what keeps arriving: the cycle must end in an fsync.
             let queued = jobs.len();
             let mut cycle = std::iter::once(first).chain(jobs.try_iter().take(queued));
-            let mut flow = Flow::Continue;
-            for job in cycle.by_ref() {
-                match self.run_job(job) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Close) => {
-                        flow = Flow::Close;
-                        break;
-                    }
-                    Err(reason) => return self.poisoned(&jobs, &reason),
-                }
-            }
-            if let Err(e) = self.sync_parked() {
-                return self.poisoned(&jobs, &format!("raft log fsync failed: {e}"));
-            }
-            if let Flow::Close = flow {
-                return self.close(cycle.chain(jobs.try_iter()));
+            match self.cycle(&mut cycle) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return self.close(cycle.chain(jobs.try_iter())),
+                Err(reason) => return self.poisoned(&jobs, &reason),
             }
         }
         // Every sender is gone (the log and its handles were dropped): flush what was written.
         if let Err(reason) = self.flush_for_close() {
             self.poison(&reason);
         }
+    }
+
+    /// Inline mode: runs `job` as a cycle of its own, now, in the caller's task. A job after a
+    /// poisoning or a close is refused as the thread refuses it.
+    pub fn run_inline(&mut self, job: Job) {
+        let health = self.shared.mem.lock().health.clone();
+        match health {
+            Health::Open => {}
+            Health::Poisoned(reason) => return job.refuse(|| poisoned_error(&reason)),
+            Health::Closed => return job.refuse(closed_error),
+        }
+        match self.cycle(&mut std::iter::once(job)) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Close) => self.finish_close(),
+            Err(reason) => self.poison(&reason),
+        }
+    }
+
+    /// One cycle: `jobs` in order until a close, then one fsync for the appends left parked.
+    /// `Err` carries the reason to poison the log for (the failed job was answered already).
+    fn cycle(&mut self, jobs: &mut impl Iterator<Item = Job>) -> Result<Flow, String> {
+        let mut flow = Flow::Continue;
+        for job in jobs.by_ref() {
+            if let Flow::Close = self.run_job(job)? {
+                flow = Flow::Close;
+                break;
+            }
+        }
+        self.sync_parked().map_err(|e| format!("raft log fsync failed: {e}"))?;
+        Ok(flow)
     }
 
     /// Runs one job. `Err` carries the reason to poison the log for, after the job itself was
@@ -260,12 +285,17 @@ impl Writer {
     }
 
     fn close(mut self, rest: impl Iterator<Item = Job>) {
+        self.finish_close();
+        for job in rest {
+            job.refuse(closed_error);
+        }
+    }
+
+    /// The last flush, then the log is closed (or poisoned, if the flush failed).
+    fn finish_close(&mut self) {
         match self.flush_for_close() {
             Ok(()) => self.shared.set_health(Health::Closed),
             Err(reason) => self.poison(&reason),
-        }
-        for job in rest {
-            job.refuse(closed_error);
         }
     }
 
