@@ -27,7 +27,8 @@ use faulty::{FaultyStorage, Op};
 use futures_util::TryStreamExt;
 use livestock::cluster::log_store::{RaftLog, RaftLogConfig};
 use livestock::cluster::types::{
-    Applied, Entry, LogId, Membership, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+    Applied, Chain, Decision, Entry, LogId, Membership, SnapshotData, SnapshotMeta, TypeConfig,
+    Vote,
 };
 use livestock::wal::storage::{AppendFile, FileSync};
 use livestock::wal::{DirStorage, Record, Storage};
@@ -128,7 +129,10 @@ fn entry(term: u64, index: u64) -> Entry {
         event: Event::Expired { seq: HoldSeq(index), at_ms: index },
         reply: None,
     };
-    Entry::new_normal(log_id(term, index), record)
+    Entry::new_normal(
+        log_id(term, index),
+        Decision { record, chain: Chain { start: 1, seq: index } },
+    )
 }
 
 fn entries(term: u64, indexes: std::ops::Range<u64>) -> Vec<Entry> {
@@ -228,7 +232,7 @@ impl RaftStateMachine<TypeConfig> for TestStateMachine {
                 }
             }
             if let Some(responder) = responder {
-                responder.send(Applied { index: entry.log_id.index });
+                responder.send(Applied { index: entry.log_id.index, void: false });
             }
         }
         Ok(())

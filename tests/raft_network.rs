@@ -19,8 +19,8 @@ use futures_util::{Stream, TryStreamExt};
 use livestock::cluster::network::{ForwardError, PeerNetwork};
 use livestock::cluster::peer_server::{serve_peers, ForwardFn, ForwardRequest, ForwardResponse};
 use livestock::cluster::types::{
-    Applied, Entry, LogId, Membership, NodeId, PeerNode, Snapshot, SnapshotData, SnapshotMeta,
-    TypeConfig, Vote,
+    Applied, Chain, Decision, Entry, LogId, Membership, NodeId, PeerNode, Snapshot, SnapshotData,
+    SnapshotMeta, TypeConfig, Vote,
 };
 use livestock::wal::Record;
 use livestock_core::event::Event;
@@ -177,13 +177,13 @@ impl RaftStateMachine<TypeConfig> for MemSm {
             inner.applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(record) => inner.records.push(record),
+                EntryPayload::Normal(decision) => inner.records.push(decision.record),
                 EntryPayload::Membership(membership) => {
                     inner.membership = Membership::new(Some(entry.log_id), membership);
                 }
             }
             if let Some(responder) = responder {
-                responder.send(Applied { index: entry.log_id.index() });
+                responder.send(Applied { index: entry.log_id.index(), void: false });
             }
         }
         Ok(())
@@ -357,7 +357,8 @@ async fn write(leader: &Node, range: std::ops::Range<u64>) -> u64 {
                 .leader_with_quorum_acked(None, format!("node {} leads", leader.id))
                 .await
                 .unwrap();
-            match leader.raft.client_write(record(i)).await {
+            let decision = Decision { record: record(i), chain: Chain { start: 1, seq: i + 1 } };
+            match leader.raft.client_write(decision).await {
                 Ok(written) => break written,
                 Err(e) => match e.forward_to_leader() {
                     Some(f) if f.reason == ForwardReason::LeaseExpired => {

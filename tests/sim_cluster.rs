@@ -94,19 +94,18 @@ fn simulate_cluster_seeds() {
     check(&run.failures);
 }
 
-/// A known, unfixed bug's history (seeds belong to this version of the simulator: a change to
-/// the workload, the faults or the network redraws them). Run with `--ignored`; it must pass
-/// once the bug is fixed.
+/// A bug's history, kept as a regression (seeds belong to this version of the simulator: a
+/// change to the workload, the faults or the network redraws them, so this may stop reaching
+/// the case; `ChainTip` has unit tests of its own in `state_machine.rs`).
 ///
 /// Node 1 leads term 1 and is cut off from both followers long enough for its leader lease to
 /// lapse: openraft refuses some of its queued proposals (`ForwardToLeader { reason:
 /// LeaseExpired }`) and, once a heartbeat renews the lease, appends later ones of the same
-/// term, decided on top of the refused ones. The log then holds a decision whose premise never
-/// committed, and every replica's state machine panics on it ("committed entry T1-N1.13 does
-/// not apply: unknown hold 7"), on every restart too. The proposer must not hand openraft a
-/// record of a term after one of that term was refused (see docs/testing.md).
+/// term, decided on top of the refused ones. Before the decision chain (`types::Chain`), every
+/// replica's state machine panicked on such an entry ("committed entry T1-N1.13 does not
+/// apply: unknown hold 7"), on every restart too; now every replica voids it alike and its
+/// writer is told it did not commit.
 #[test]
-#[ignore = "known bug: a refused proposal followed by an appended one of the same term"]
 fn regression_seed_521_a_later_proposal_appended_after_a_refused_one() {
     let report = cluster::run_seed(521, STEPS_DEFAULT, false);
     if let Some(failure) = report.failure {

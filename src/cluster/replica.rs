@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cluster::network::PeerNetwork;
 use crate::cluster::state_machine::{rebuild_live, Shared, StateMachine};
-use crate::cluster::types::{NodeId, PeerNode, TypeConfig};
+use crate::cluster::types::{Chain, Decision, NodeId, PeerNode, TypeConfig};
 use crate::wal::Record;
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -75,9 +75,8 @@ pub struct ReplicaTiming {
 }
 
 struct Proposal {
-    seq: u64,
     term: u64,
-    record: Record,
+    decision: Decision,
 }
 
 pub struct Replica {
@@ -96,6 +95,9 @@ pub struct Replica {
     queue: Mutex<VecDeque<Proposal>>,
     queued: Notify,
     last_seq: AtomicU64,
+    /// The first sequence number of the current run of deciding (see `types::Chain`): set
+    /// when deciding starts, before any command can propose.
+    run_start: AtomicU64,
     /// Every proposal with a sequence number up to this one is resolved (committed or failed).
     resolved: watch::Sender<u64>,
     /// Resolved proposals that failed (pruned from below as the watermark moves on).
@@ -126,6 +128,7 @@ impl Replica {
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             last_seq: AtomicU64::new(0),
+            run_start: AtomicU64::new(1),
             resolved,
             failed: Mutex::new(BTreeSet::new()),
         });
@@ -215,7 +218,8 @@ impl Replica {
         let mut queue = self.queue.lock();
         let seq = self.last_seq.load(Ordering::Relaxed) + 1;
         self.last_seq.store(seq, Ordering::Release);
-        queue.push_back(Proposal { seq, term, record });
+        let chain = Chain { start: self.run_start.load(Ordering::Acquire), seq };
+        queue.push_back(Proposal { term, decision: Decision { record, chain } });
         drop(queue);
         self.queued.notify_one();
         seq
@@ -324,10 +328,11 @@ async fn proposer(
             notified.await;
             continue;
         }
-        for Proposal { seq, term, record } in batch {
+        for Proposal { term, decision } in batch {
+            let seq = decision.chain.seq;
             let (responder, rx) = ProgressResponder::complete_only();
             let leader = LeaderId { term, node_id: replica.shared.node_id };
-            let sent = replica.raft.write(record).with_leader(leader).responder(responder).await;
+            let sent = replica.raft.write(decision).with_leader(leader).responder(responder).await;
             let rx = sent.ok().map(|()| rx);
             if completions.send((seq, rx)).is_err() {
                 return;
@@ -355,7 +360,8 @@ async fn completion(
 ) {
     while let Some((seq, rx)) = pending.recv().await {
         let ok = match rx {
-            Some(rx) => matches!(rx.await, Ok(Ok(_))),
+            // A void entry committed but changed nothing (a proposal before it was refused).
+            Some(rx) => matches!(rx.await, Ok(Ok(written)) if !written.data.void),
             None => false,
         };
         if !ok {
@@ -412,7 +418,14 @@ async fn watcher(replica: Arc<Replica>) {
             // tests/sim_cluster).
             // The live state is the applied state plus nothing (no decision of ours pending:
             // the last term we decided in ended with a rebuild), so deciding may start.
-            *replica.shared.decider.write() = leading_term;
+            // A new run: its first proposal takes the next sequence number. No command
+            // proposes meanwhile (none decides while `decider` is `None`).
+            let mut decider = replica.shared.decider.write();
+            replica
+                .run_start
+                .store(replica.last_seq.load(Ordering::Acquire) + 1, Ordering::Release);
+            *decider = leading_term;
+            drop(decider);
             tracing::info!(term = ?leading_term, "leading: deciding");
         }
         // Biased: polled in this order, not a random one, so a seeded simulation replays the

@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::{Allocator, AllocatorConfig, Snapshot as AllocatorSnapshot};
 use crate::cluster::snapshot_file;
 use crate::cluster::types::{
-    Applied, LogId, Membership, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
+    Applied, Chain, LogId, Membership, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
 };
 use crate::idempotency::{IdempotencyTable, StoredReply};
 use crate::sync::ArcCell;
-use crate::wal::{KeptReply, Storage};
+use crate::wal::{KeptReply, Record, Storage};
 
 /// How far the stamped clock must move before resolved holds past their retention are
 /// forgotten: a function of the log alone, so every replica forgets at the same entries.
@@ -52,6 +52,8 @@ pub struct AppliedState {
     forgot_at_ms: u64,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
+    /// The last decision applied, in its leader's chain (see `types::Chain`).
+    pub chain_tip: Option<ChainTip>,
     /// The newest snapshot, as built or installed (also on disk).
     pub snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
 }
@@ -64,6 +66,28 @@ pub struct SnapshotBody {
     pub now_ms: u64,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
+    pub chain_tip: Option<ChainTip>,
+}
+
+/// The last decision applied: its leader (term, node), its run and its sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTip {
+    pub term: u64,
+    pub node_id: NodeId,
+    pub chain: Chain,
+}
+
+impl ChainTip {
+    /// Whether a decision of leader (`term`, `node_id`) at `chain` follows this tip: the next
+    /// of the same run, or the first of a run this tip is not part of.
+    fn admits(tip: Option<&ChainTip>, term: u64, node_id: NodeId, chain: Chain) -> bool {
+        match tip {
+            Some(t) if (t.term, t.node_id, t.chain.start) == (term, node_id, chain.start) => {
+                chain.seq == t.chain.seq + 1
+            }
+            _ => chain.seq == chain.start,
+        }
+    }
 }
 
 /// What the state machine, the node and the replica's tasks share.
@@ -183,6 +207,7 @@ impl AppliedState {
             forgot_at_ms: 0,
             last_applied: None,
             membership: Membership::default(),
+            chain_tip: None,
             snapshot: None,
         }
     }
@@ -201,6 +226,7 @@ impl AppliedState {
             now_ms: self.now_ms,
             last_applied: self.last_applied,
             membership: self.membership.clone(),
+            chain_tip: self.chain_tip,
         }
     }
 
@@ -218,6 +244,7 @@ impl AppliedState {
             forgot_at_ms: body.now_ms,
             last_applied: body.last_applied,
             membership: body.membership,
+            chain_tip: body.chain_tip,
             snapshot: None,
         })
     }
@@ -274,14 +301,45 @@ impl StateMachine {
         Ok(StateMachine { shared, storage })
     }
 
-    fn apply_one(&self, applied: &mut AppliedState, entry: &crate::cluster::types::Entry) {
+    /// Applies one committed entry; `false` if it is void (it broke its leader's chain and
+    /// changed nothing, on every replica alike).
+    fn apply_one(&self, applied: &mut AppliedState, entry: &crate::cluster::types::Entry) -> bool {
         let log_id = entry.log_id;
+        let mut effective = true;
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
                 applied.membership = Membership::new(Some(log_id), m.clone());
             }
-            EntryPayload::Normal(record) => {
+            EntryPayload::Normal(decision) => {
+                let leader = log_id.committed_leader_id();
+                let (term, node_id) = (leader.term, leader.node_id);
+                if ChainTip::admits(applied.chain_tip.as_ref(), term, node_id, decision.chain) {
+                    applied.chain_tip = Some(ChainTip { term, node_id, chain: decision.chain });
+                    self.apply_decision(applied, log_id, &decision.record);
+                } else {
+                    // Decided on top of a proposal that openraft refused: its premise is not
+                    // in the log. The leader that decided it stopped deciding when the refusal
+                    // came back and rebuilds its live state from this applied state.
+                    tracing::warn!(entry = %log_id, chain = ?decision.chain, tip = ?applied.chain_tip, "void entry: a decision before it in its run was refused");
+                    effective = false;
+                    if *self.shared.decider.read() == Some(term) {
+                        // Our own live state holds it: rebuild (the refusal that caused it
+                        // asks for the same; this does not depend on its timing).
+                        self.shared.live_dirty.store(true, Ordering::Release);
+                        self.shared.wake.notify_one();
+                    }
+                }
+            }
+        }
+        self.shared.applied_index.store(log_id.index, Ordering::Release);
+        applied.last_applied = Some(log_id);
+        effective
+    }
+
+    fn apply_decision(&self, applied: &mut AppliedState, log_id: LogId, record: &Record) {
+        {
+            {
                 if let Err(e) = applied.allocator.apply(&record.event) {
                     // The leader decided this event from the state every replica has at this
                     // index: a refusal is divergence, a bug, never bad input.
@@ -315,8 +373,6 @@ impl StateMachine {
                 self.shared.stamped_ms.fetch_max(applied.now_ms, Ordering::Relaxed);
             }
         }
-        self.shared.applied_index.store(log_id.index, Ordering::Release);
-        applied.last_applied = Some(log_id);
     }
 
     fn build(&self) -> io::Result<Snapshot> {
@@ -372,9 +428,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut applied = self.shared.applied.lock();
             for (entry, responder) in batch {
-                self.apply_one(&mut applied, &entry);
+                let effective = self.apply_one(&mut applied, &entry);
                 if let Some(responder) = responder {
-                    responses.push((responder, entry.log_id.index));
+                    responses.push((responder, entry.log_id.index, !effective));
                 }
             }
             if cfg!(debug_assertions) {
@@ -383,8 +439,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        for (responder, index) in responses {
-            responder.send(Applied { index });
+        for (responder, index, void) in responses {
+            responder.send(Applied { index, void });
         }
         Ok(())
     }
@@ -429,5 +485,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             snapshot: std::io::Cursor::new(data.to_vec()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn tip(term: u64, node_id: NodeId, start: u64, seq: u64) -> Option<ChainTip> {
+        Some(ChainTip { term, node_id, chain: Chain { start, seq } })
+    }
+
+    #[test]
+    fn a_run_is_admitted_only_without_gaps() {
+        let c = |start, seq| Chain { start, seq };
+        // The first decision of a run must be its start.
+        assert!(ChainTip::admits(None, 1, 1, c(1, 1)));
+        assert!(!ChainTip::admits(None, 1, 1, c(1, 2)), "the run's first was refused");
+        // Then each follows the last one applied of its run.
+        assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(1, 5)));
+        assert!(!ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(1, 6)), "a gap");
+        assert!(!ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(1, 4)), "a repeat");
+        // A new run (same leader, resumed after a rebuild) or another leader starts afresh.
+        assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(9, 9)));
+        assert!(!ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(9, 10)));
+        assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 2, 3, c(1, 1)));
+        assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 2, c(1, 1)), "another node");
     }
 }

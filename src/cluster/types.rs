@@ -31,17 +31,46 @@ pub const GROUP_ID: u32 = 0;
 openraft::declare_raft_types!(
     /// livestock's raft types: entries carry decided records, nodes are peer addresses.
     pub TypeConfig:
-        D = Record,
+        D = Decision,
         R = Applied,
         NodeId = NodeId,
         Node = PeerNode,
 );
+
+/// One entry's payload: a decided record, and its place in the leader's chain of decisions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub record: Record,
+    pub chain: Chain,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (run {} #{})", self.record, self.chain.start, self.chain.seq)
+    }
+}
+
+/// Where a decision sits in its leader's run of decisions. A leader decides each command on
+/// top of all its earlier ones, but openraft may refuse one proposal (a lapsed lease, say) and
+/// append the next: that one's premise never reaches the log. So each proposal carries its
+/// run (`start`: the sequence number the run began with, one run per stretch of deciding) and
+/// its own sequence number; the state machine applies an entry only if it follows the last one
+/// applied of its run without a gap (the first of a run must be `start` itself), and voids it
+/// otherwise, on every replica alike. A void entry changes nothing and acknowledges nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    pub start: u64,
+    pub seq: u64,
+}
 
 /// What applying an entry reports to the writer that proposed it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// The raft index the entry was applied at.
     pub index: u64,
+    /// The entry broke its leader's chain (a proposal before it in its run was refused), so it
+    /// changed nothing: its writer must not acknowledge it.
+    pub void: bool,
 }
 
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;

@@ -171,7 +171,13 @@ mod tests {
                 .unwrap();
         let entries = [
             Entry::new_blank(log_id(1, 0)),
-            Entry::new_normal(log_id(1, 1), record),
+            Entry::new_normal(
+                log_id(1, 1),
+                crate::cluster::types::Decision {
+                    record,
+                    chain: crate::cluster::types::Chain { start: 1, seq: 1 },
+                },
+            ),
             Entry::new_membership(log_id(2, 2), membership),
         ];
         for (n, entry) in (0u64..).zip(&entries) {
