@@ -107,7 +107,29 @@ fn simulate_cluster_seeds() {
 /// writer is told it did not commit.
 #[test]
 fn regression_seed_521_a_later_proposal_appended_after_a_refused_one() {
-    let report = cluster::run_seed(521, STEPS_DEFAULT, false);
+    regression(521);
+}
+
+/// The same bug, other premises ("hold 9 takes 1 units: SoldOut", "unknown deal d4").
+#[test]
+fn regression_seeds_1339_and_1759_proposals_after_a_refused_one() {
+    regression(1_339);
+    regression(1_759);
+}
+
+/// A known, unfixed bug's history, not yet analysed: after crashes and restarts node 1's raft
+/// log is refused at start-up as corrupt ("raft-00000000000000000005.log at offset 316: record
+/// cut short"), on a disk no fault corrupted: a segment that is not the last ends in a torn
+/// record. The likely cause is the one the single-node log had (docs/testing.md, "Finds":
+/// recovery built on bytes only in the page cache, then a power loss tore them).
+#[test]
+#[ignore = "known bug: a raft log refused as corrupt after crashes (cause not analysed)"]
+fn regression_seed_1830_raft_log_refused_as_corrupt_after_crashes() {
+    regression(1_830);
+}
+
+fn regression(seed: u64) {
+    let report = cluster::run_seed(seed, STEPS_DEFAULT, false);
     if let Some(failure) = report.failure {
         panic!("{failure}");
     }
