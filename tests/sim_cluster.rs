@@ -117,13 +117,12 @@ fn regression_seeds_1339_and_1759_proposals_after_a_refused_one() {
     regression(1_759);
 }
 
-/// A known, unfixed bug's history, not yet analysed: after crashes and restarts node 1's raft
-/// log is refused at start-up as corrupt ("raft-00000000000000000005.log at offset 316: record
-/// cut short"), on a disk no fault corrupted: a segment that is not the last ends in a torn
-/// record. The likely cause is the one the single-node log had (docs/testing.md, "Finds":
-/// recovery built on bytes only in the page cache, then a power loss tore them).
+/// After crashes and restarts node 1's raft log was refused at start-up as corrupt
+/// ("raft-00000000000000000005.log at offset 316: record cut short"), on a disk no fault
+/// corrupted: recovery built on segment bytes that were only in the page cache (a process crash
+/// keeps them), a later append rolled to a new segment without syncing the old one, and a
+/// power loss tore it. Recovery now syncs what it read.
 #[test]
-#[ignore = "known bug: a raft log refused as corrupt after crashes (cause not analysed)"]
 fn regression_seed_1830_raft_log_refused_as_corrupt_after_crashes() {
     regression(1_830);
 }

@@ -121,6 +121,13 @@ pub(super) fn recover(storage: &dyn Storage) -> io::Result<Recovered> {
             );
             storage.truncate(&name, offset)?;
             len = offset;
+        } else {
+            // What was just read may be only in the page cache (a process crash keeps it, a
+            // power loss does not), yet the log from here on is built on it: appends follow
+            // it, votes and acknowledgements count it. Make it durable before anything else
+            // (the cut above syncs already). Found by tests/sim_cluster, seed 1830: a segment
+            // rolled from after a restart, then torn by a power loss, was no longer the last.
+            storage.open_append(&name)?.sync()?;
         }
         segments.push_back(Segment { first, offsets, len });
     }
