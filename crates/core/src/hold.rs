@@ -14,6 +14,14 @@ pub enum HoldState {
 }
 
 impl HoldState {
+    pub const ALL: [HoldState; 4] =
+        [HoldState::Held, HoldState::Confirmed, HoldState::Released, HoldState::Expired];
+
+    /// The state named as the API writes it (`as_str`), e.g. read back by a client.
+    pub fn parse(raw: &str) -> Option<HoldState> {
+        HoldState::ALL.into_iter().find(|state| state.as_str() == raw)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             HoldState::Held => "held",
@@ -229,5 +237,13 @@ mod tests {
         let mut h = hold();
         h.resolve(HoldState::Released, h.full_return(), 2_000);
         h.resolve(HoldState::Expired, h.full_return(), 2_000);
+    }
+
+    #[test]
+    fn every_state_parses_back_from_its_name() {
+        for state in HoldState::ALL {
+            assert_eq!(HoldState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(HoldState::parse("Held"), None, "names are the API's, lower case");
     }
 }

@@ -84,27 +84,7 @@ impl HoldRecord {
     }
 }
 
-/// A hold's state as the server reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HoldState {
-    Held,
-    Confirmed,
-    Released,
-    Expired,
-}
-
-impl HoldState {
-    pub fn parse(raw: &str) -> Option<HoldState> {
-        Some(match raw {
-            "held" => HoldState::Held,
-            "confirmed" => HoldState::Confirmed,
-            "released" => HoldState::Released,
-            "expired" => HoldState::Expired,
-            _ => return None,
-        })
-    }
-}
+pub use livestock_core::hold::HoldState;
 
 /// A hold read back from the server at the end of the run.
 #[derive(Clone, Debug, PartialEq, Eq)]
