@@ -35,37 +35,13 @@ mod cluster;
 )]
 mod sim;
 
-use std::io::Write;
+use sim::harness::{env_u64, fail_on, show, threads};
 
 const STEPS_DEFAULT: u64 = 100;
 const SEEDS_DEFAULT: u64 = 200;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(value) => {
-            value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?}: not a number"))
-        }
-        Err(_) => default,
-    }
-}
-
-/// Printed past the test harness's capture: the tally is the point of the run.
-fn show(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
 fn check(failures: &[cluster::Failure]) {
-    for failure in failures.iter().take(20) {
-        show(&format!("FAILED {failure}"));
-    }
-    if !failures.is_empty() {
-        let seeds: Vec<String> = failures.iter().map(|f| f.seed.to_string()).collect();
-        panic!(
-            "{} histories failed (seeds {}); rerun one with SIM_SEED=N to see its trace",
-            failures.len(),
-            seeds.join(", ")
-        );
-    }
+    fail_on(failures, |f| f.seed);
 }
 
 #[test]
@@ -81,8 +57,7 @@ fn simulate_cluster_seeds() {
     }
     let first = env_u64("SIM_FIRST_SEED", 0);
     let count = env_u64("SIM_SEEDS", SEEDS_DEFAULT);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = env_u64("SIM_THREADS", cores.min(2) as u64) as usize;
+    let threads = threads();
     let started = std::time::Instant::now();
     let run = cluster::run_seeds(first, count, steps, threads);
     show(&run.stats.summary());

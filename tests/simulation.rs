@@ -30,26 +30,12 @@
 
 mod sim;
 
-use std::io::Write;
+use sim::harness::{env_u64, fail_on, show, threads};
 
 const STEPS_DEFAULT: u64 = 200;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(value) => {
-            value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?}: not a number"))
-        }
-        Err(_) => default,
-    }
-}
-
 fn strict() -> bool {
     std::env::var("SIM_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Printed past the test harness's capture: the tally is the point of the run.
-fn show(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// Shows the first hit of each known bug, and every failure; panics if there is one.
@@ -67,17 +53,7 @@ fn check(failures: &[sim::Failure], known: &[sim::Failure]) {
             ));
         }
     }
-    for failure in failures.iter().take(20) {
-        show(&format!("FAILED {failure}"));
-    }
-    if !failures.is_empty() {
-        let seeds: Vec<String> = failures.iter().map(|f| f.seed.to_string()).collect();
-        panic!(
-            "{} histories failed (seeds {}); rerun one with SIM_SEED=N to see its trace",
-            failures.len(),
-            seeds.join(", ")
-        );
-    }
+    fail_on(failures, |f| f.seed);
 }
 
 #[test]
@@ -93,8 +69,7 @@ fn simulate_seeds() {
     }
     let first = env_u64("SIM_FIRST_SEED", 0);
     let count = env_u64("SIM_SEEDS", 2_000);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = env_u64("SIM_THREADS", cores.min(2) as u64) as usize;
+    let threads = threads();
     let started = std::time::Instant::now();
     let run = sim::run_seeds(first, count, steps, threads, strict());
     show(&run.stats.summary());

@@ -146,7 +146,6 @@ struct Waiting {
 
 /// What one history produced.
 pub struct Report {
-    pub seed: u64,
     pub stats: Stats,
     pub trace: u64,
     pub failure: Option<Failure>,
@@ -973,17 +972,12 @@ pub fn run_seed(seed: u64, steps: u64, verbose: bool, strict: bool) -> Report {
             None
         }
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "a panic".into());
-            failure(format!("panicked: {message}"), None)
+            failure(format!("panicked: {}", super::harness::panic_message(&*panic)), None)
         }
     };
     for (fault, n) in sim.storage.faults() {
         *sim.stats.faults.entry(fault.name()).or_default() += n;
     }
     sim.stats.seeds = 1;
-    Report { seed, stats: sim.stats, trace: sim.trace.0, failure, known: sim.known }
+    Report { stats: sim.stats, trace: sim.trace.0, failure, known: sim.known }
 }

@@ -8,8 +8,10 @@
 //! | `ledger.rs` | what was acknowledged; the model of remembered idempotent answers |
 //! | `check.rs` | the checks after each recovery |
 //! | `history.rs` | one seed's history: the step loop, crashes, restarts, retries |
+//! | `harness.rs` | what both simulations' drivers share: settings, many seeds, the verdict |
 
 pub mod check;
+pub mod harness;
 pub mod history;
 pub mod ledger;
 pub mod rng;
@@ -17,8 +19,6 @@ pub mod storage;
 pub mod workload;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 pub use history::{run_seed, Failure, KNOWN_BUGS};
 
@@ -138,22 +138,8 @@ pub struct Run {
 /// Runs seeds `first..first + count` on `threads` threads (each history is single-threaded
 /// and deterministic; the threads only share the list of seeds).
 pub fn run_seeds(first: u64, count: u64, steps: u64, threads: usize, strict: bool) -> Run {
-    let next = AtomicU64::new(first);
-    let results = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= first + count {
-                    return;
-                }
-                let report = run_seed(seed, steps, false, strict);
-                results.lock().expect("results").push(report);
-            });
-        }
-    });
-    let mut reports = results.into_inner().expect("results");
-    reports.sort_by_key(|r| r.seed);
+    let reports =
+        harness::for_seeds(first, count, threads, |seed| run_seed(seed, steps, false, strict));
     let mut stats = Stats::default();
     let mut failures = Vec::new();
     let mut known = Vec::new();

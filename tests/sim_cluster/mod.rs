@@ -14,9 +14,7 @@ pub mod history;
 pub mod machine;
 pub mod net;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-
+use crate::sim::harness::{for_seeds, panic_message};
 use crate::sim::rng::Rng;
 use history::History;
 
@@ -168,7 +166,6 @@ impl std::fmt::Display for Failure {
 
 /// What one history produced.
 pub struct Report {
-    pub seed: u64,
     pub stats: Stats,
     pub trace: u64,
     pub failure: Option<Failure>,
@@ -218,17 +215,10 @@ pub fn run_seed(seed: u64, steps: u64, verbose: bool) -> Report {
     let (failure, mut stats, trace) = match outcome {
         Ok((Ok(()), stats, trace)) => (None, stats, trace),
         Ok((Err(what), stats, trace)) => (Some(what), stats, trace),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "a panic".into());
-            (Some(format!("panicked: {message}")), Stats::default(), 0)
-        }
+        Err(panic) => (Some(format!("panicked: {}", panic_message(&*panic))), Stats::default(), 0),
     };
     stats.seeds = 1;
-    Report { seed, stats, trace, failure: failure.map(|what| Failure { seed, step, what }) }
+    Report { stats, trace, failure: failure.map(|what| Failure { seed, step, what }) }
 }
 
 /// What a run of many seeds found.
@@ -240,22 +230,7 @@ pub struct Run {
 /// Runs seeds `first..first + count` on `threads` threads (each history runs on its own
 /// one-thread runtime; the threads share only the list of seeds).
 pub fn run_seeds(first: u64, count: u64, steps: u64, threads: usize) -> Run {
-    let next = AtomicU64::new(first);
-    let results = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= first + count {
-                    return;
-                }
-                let report = run_seed(seed, steps, false);
-                results.lock().expect("results").push(report);
-            });
-        }
-    });
-    let mut reports = results.into_inner().expect("results");
-    reports.sort_by_key(|r| r.seed);
+    let reports = for_seeds(first, count, threads, |seed| run_seed(seed, steps, false));
     let mut stats = Stats::default();
     let mut failures = Vec::new();
     for report in reports {
