@@ -579,53 +579,27 @@ fn a_backup_restores_into_a_new_cluster() {
     }
 
     let mut new = Cluster::new("cluster-restored", &[], &[]);
+    // `livestock cluster restore` of `from` into `dir` as node `id` of the new cluster.
+    let restore = |from: &std::path::Path, dir: &str, id: u64, extra: &[&str]| {
+        let (from, id) = (path(from), id.to_string());
+        let mut args =
+            vec!["restore", "--from", &from, "--data-dir", dir, "--node-id", &id, "--peers"];
+        args.push(&new.peers);
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
     for id in 1..=NODES {
-        let dir = path(&new.scratch.join(&format!("n{id}")));
-        let id = id.to_string();
-        let restored = cli(&[
-            "restore",
-            "--from",
-            &path(&backup),
-            "--data-dir",
-            &dir,
-            "--node-id",
-            &id,
-            "--peers",
-            &new.peers,
-        ]);
+        let restored = restore(&backup, &path(&new.scratch.join(&format!("n{id}"))), id, &[]);
         assert!(restored.status.success(), "{restored:?}");
     }
     // A restore writes only a new node: a second one into the same directory is refused.
-    let dir = path(&new.scratch.join("n1"));
-    let twice = cli(&[
-        "restore",
-        "--from",
-        &path(&backup),
-        "--data-dir",
-        &dir,
-        "--node-id",
-        "1",
-        "--peers",
-        &new.peers,
-    ]);
+    let twice = restore(&backup, &path(&new.scratch.join("n1")), 1, &[]);
     assert!(!twice.status.success(), "{twice:?}");
     assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"), "{twice:?}");
     // A backup taken under another secret, or a damaged one, is refused and writes nothing.
     let elsewhere = path(&new.scratch.join("elsewhere"));
-    let secret = "another-cluster-secret-0123";
-    let refused = cli(&[
-        "restore",
-        "--from",
-        &path(&backup),
-        "--data-dir",
-        &elsewhere,
-        "--node-id",
-        "1",
-        "--peers",
-        &new.peers,
-        "--cluster-secret",
-        secret,
-    ]);
+    let secret = ["--cluster-secret", "another-cluster-secret-0123"];
+    let refused = restore(&backup, &elsewhere, 1, &secret);
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("another cluster secret"),
         "{refused:?}"
@@ -635,17 +609,7 @@ fn a_backup_restores_into_a_new_cluster() {
     damaged[middle] ^= 0x40;
     let damaged_path = new.scratch.join("damaged.bin");
     std::fs::write(&damaged_path, damaged).expect("write");
-    let refused = cli(&[
-        "restore",
-        "--from",
-        &path(&damaged_path),
-        "--data-dir",
-        &elsewhere,
-        "--node-id",
-        "1",
-        "--peers",
-        &new.peers,
-    ]);
+    let refused = restore(&damaged_path, &elsewhere, 1, &[]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("checksum"), "{refused:?}");
     let raft = new.scratch.join("elsewhere").join("raft");
     let left = std::fs::read_dir(&raft).map(|d| d.count()).unwrap_or(0);
