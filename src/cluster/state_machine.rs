@@ -256,6 +256,12 @@ impl AppliedState {
 pub struct StateMachine {
     pub shared: Arc<Shared>,
     storage: Arc<dyn Storage>,
+    /// The last log id of the snapshot file on disk. Held while a snapshot file is written:
+    /// a snapshot being built (written outside the applied lock) and one being installed from
+    /// the leader can be written at the same time, and must neither share the temporary file
+    /// nor put an older snapshot over a newer one (the log before the newer one may already be
+    /// purged). A restarted follower caught between the two stopped (found by CI).
+    on_disk: Arc<Mutex<Option<LogId>>>,
 }
 
 impl StateMachine {
@@ -268,17 +274,18 @@ impl StateMachine {
         idempotency: Arc<IdempotencyTable>,
         idempotency_window_ms: u64,
     ) -> io::Result<Self> {
-        let (applied, snapshot) = match snapshot_file::read(&*storage)? {
+        let (applied, on_disk) = match snapshot_file::read(&*storage)? {
             Some((meta, data)) => {
                 let body: SnapshotBody = postcard::from_bytes(&data)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let mut applied = AppliedState::from_body(allocator_config, body)?;
+                let on_disk = meta.last_log_id;
                 applied.snapshot = Some((meta, Arc::new(data)));
-                (applied, true)
+                (applied, on_disk)
             }
-            None => (AppliedState::new(Allocator::new(allocator_config)), false),
+            None => (AppliedState::new(Allocator::new(allocator_config)), None),
         };
-        tracing::info!(snapshot, index = ?applied.last_applied, "state machine opened");
+        tracing::info!(snapshot = ?on_disk, index = ?applied.last_applied, "state machine opened");
         let live = Arc::new(ArcCell::from_pointee(Allocator::new(allocator_config)));
         let shared = Arc::new(Shared {
             node_id,
@@ -298,7 +305,20 @@ impl StateMachine {
             let applied = shared.applied.lock();
             rebuild_live(&shared, &applied);
         }
-        Ok(StateMachine { shared, storage })
+        Ok(StateMachine { shared, storage, on_disk: Arc::new(Mutex::new(on_disk)) })
+    }
+
+    /// Writes `meta`'s snapshot file unless the one on disk is as new; `true` if it wrote.
+    /// Skipping is safe: the newer file on disk covers everything the older one does, and the
+    /// applied state in memory never depends on which file is there.
+    fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<bool> {
+        let mut on_disk = self.on_disk.lock();
+        if on_disk.is_some() && meta.last_log_id <= *on_disk {
+            return Ok(false);
+        }
+        snapshot_file::write(&*self.storage, meta, data)?;
+        *on_disk = meta.last_log_id;
+        Ok(true)
     }
 
     /// Applies one committed entry; `false` if it is void (it broke its leader's chain and
@@ -388,8 +408,8 @@ impl StateMachine {
             (meta, data)
         };
         // Written outside the lock: entries keep applying while the file is written.
-        snapshot_file::write(&*self.storage, &meta, &data)?;
-        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "snapshot built");
+        let written = self.persist(&meta, &data)?;
+        tracing::info!(last = ?meta.last_log_id, bytes = data.len(), written, "snapshot built");
         Ok(Snapshot { meta, snapshot: std::io::Cursor::new(data.to_vec()) })
     }
 }
@@ -467,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             ));
         }
-        snapshot_file::write(&*self.storage, meta, &data)?;
+        self.persist(meta, &data)?;
         installed.snapshot = Some((meta.clone(), Arc::new(data)));
         let mut applied = self.shared.applied.lock();
         *applied = installed;
@@ -511,5 +531,59 @@ mod chain_tests {
         assert!(!ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 1, c(9, 10)));
         assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 2, 3, c(1, 1)));
         assert!(ChainTip::admits(tip(1, 1, 1, 4).as_ref(), 1, 2, c(1, 1)), "another node");
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use super::*;
+    use crate::wal::DirStorage;
+    use livestock_core::ids::HoldIdKey;
+    use openraft::vote::RaftLeaderId;
+
+    fn machine(dir: &std::path::Path) -> StateMachine {
+        let storage: Arc<dyn Storage> = Arc::new(DirStorage::open(dir).expect("storage"));
+        let config = AllocatorConfig { hold_id_key: HoldIdKey(7), resolved_hold_retention_ms: 1 };
+        StateMachine::open(storage, 1, config, Arc::new(IdempotencyTable::new(1_000, 100)), 1_000)
+            .expect("open")
+    }
+
+    fn meta(index: u64) -> SnapshotMeta {
+        let leader = openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(1, 1);
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(leader, index)),
+            last_membership: Membership::default(),
+        }
+    }
+
+    /// A snapshot being built and one being installed are written at once (a restarted
+    /// follower does both): every write succeeds and the newest stays on disk.
+    #[test]
+    fn concurrent_snapshot_writes_keep_the_newest() {
+        let dir = std::env::temp_dir().join(format!("livestock-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sm = machine(&dir);
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let sm = sm.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u64 {
+                        let index = i * 4 + t;
+                        sm.persist(&meta(index), &index.to_le_bytes()).expect("a snapshot write");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        // An older snapshot never replaces a newer one.
+        assert!(!sm.persist(&meta(5), b"old").expect("persist"));
+        let storage = DirStorage::open(&dir).expect("storage");
+        let (meta_on_disk, data) = snapshot_file::read(&storage).expect("read").expect("a file");
+        assert_eq!(meta_on_disk.last_log_id.map(|l| l.index), Some(799));
+        assert_eq!(data, 799u64.to_le_bytes());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
