@@ -1,6 +1,7 @@
 //! A refusal allocates nothing: in a burst most requests are for stock that is gone, so the
 //! sold-out path must not touch the heap (issue 12). A counting global allocator measures the
-//! node's `execute` of a reserve that is refused, after a warm-up.
+//! node's `execute` of a reserve that is refused, and the whole HTTP exchange of one
+//! (`http::handle`: routing, body, the answer, metrics, the request id), after a warm-up.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, reason = "test code")]
 #![allow(unsafe_code, reason = "a global allocator is an unsafe trait; it only counts")]
@@ -9,6 +10,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::Full;
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
 use livestock::node::{Node, NodeConfig};
@@ -115,4 +120,83 @@ fn the_counter_sees_a_reserve_that_succeeds() {
         allocations() > before,
         "a successful reserve allocated nothing: the counter is broken"
     );
+}
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn sold_out_request(request_id: Option<&str>) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/v1/deals/drop/reserve")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"user_id":"late","qty":1}"#)))
+        .unwrap();
+    if let Some(id) = request_id {
+        // Shared bytes, as hyper hands them over (slices of the connection's read buffer).
+        let shared = Bytes::copy_from_slice(id.as_bytes());
+        let value = HeaderValue::from_maybe_shared(shared.clone()).unwrap();
+        request.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    request
+}
+
+/// Allocations of one sold-out exchange. The answer never waits (nothing to make durable), so
+/// one poll completes it: no runtime, whose own bookkeeping would be counted.
+fn exchange_allocations(
+    node: &Node,
+    request: Request<Full<Bytes>>,
+) -> (u64, Response<Full<Bytes>>) {
+    let before = allocations();
+    let response = livestock::http::handle(node, request).now_or_never().expect("no wait");
+    (allocations() - before, response)
+}
+
+/// What the response's own header map costs: `http`'s `HeaderMap` allocates its two tables on
+/// the first insert. A hyper response with headers cannot avoid it; it is not ours to remove.
+fn header_map_allocations() -> u64 {
+    let before = allocations();
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+    let made = allocations() - before;
+    drop(response);
+    made
+}
+
+#[test]
+fn a_sold_out_answer_over_http_allocates_only_its_header_map() {
+    let (node, _) = node_with_sold_out_deal();
+    for _ in 0..3 {
+        let (_, response) = exchange_allocations(&node, sold_out_request(Some("warm-up")));
+        assert_eq!(response.status(), 409);
+    }
+    let baseline = header_map_allocations();
+    assert!(baseline > 0, "the counter is broken");
+    let (made, response) = exchange_allocations(&node, sold_out_request(Some("caller-1")));
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.headers()["x-request-id"], "caller-1");
+    assert_eq!(
+        made, baseline,
+        "a sold-out answer made {made} allocations; its header map alone makes {baseline}"
+    );
+}
+
+/// Without the caller's id the server makes one, in a per-thread buffer: at most one
+/// allocation per several hundred answers.
+#[test]
+fn a_sold_out_answer_with_a_new_request_id_allocates_almost_never() {
+    let (node, _) = node_with_sold_out_deal();
+    for _ in 0..3 {
+        exchange_allocations(&node, sold_out_request(None));
+    }
+    let baseline = header_map_allocations();
+    let answers = 2_000;
+    let mut extra = 0;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..answers {
+        let (made, response) = exchange_allocations(&node, sold_out_request(None));
+        assert_eq!(response.status(), 409);
+        assert!(ids.insert(response.headers()["x-request-id"].clone()), "a request id repeated");
+        extra += made - baseline;
+    }
+    assert!(extra <= 4, "{extra} allocations beyond the header maps over {answers} answers");
 }

@@ -61,6 +61,7 @@ pub use deal_slot::DealSlot;
 use holds::{HoldTable, Resolved};
 use registry::Registry;
 pub use replay::ReplayError;
+pub use reserve::Refusal;
 pub use snapshot::{DealSnapshot, Snapshot};
 use users::UserCounts;
 

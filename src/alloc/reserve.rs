@@ -8,16 +8,45 @@ use std::collections::BTreeSet;
 use smallvec::SmallVec;
 
 use livestock_core::command::{HoldView, Line, Outcome, Reserve};
-use livestock_core::deal::Lifecycle;
-use livestock_core::error::{Invalid, ReserveError};
+use livestock_core::counters::Shortage;
+use livestock_core::deal::{Closed, Lifecycle};
+use livestock_core::error::{ErrorCode, Invalid, ReserveError};
 use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::{Hold, HoldState, Settlement};
-use livestock_core::ids::{HoldSeq, UserId};
+use livestock_core::ids::{DealId, HoldSeq, UserId};
 use livestock_core::limits::{CART_LINES_MAX, HOLD_QTY_MAX};
 
 use super::holds::{Entry, HoldTable};
 use super::{users, Allocator, DealSlot};
 use crate::sync::{Arc, Ordering};
+
+/// A single reserve's refusal that depends on the deal alone (its window, its admin state,
+/// its stock) and on nothing the request says beyond the quantity: the same answer for every
+/// caller, which the HTTP layer keeps preformatted (`http/refusal.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Closed(Closed),
+    SoldOut,
+}
+
+impl Refusal {
+    pub fn error(self, deal_id: DealId) -> ReserveError {
+        match self {
+            Refusal::Closed(closed) => closed.error(deal_id),
+            Refusal::SoldOut => ReserveError::SoldOut(deal_id),
+        }
+    }
+
+    /// The error code of `error`, without making the error.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Refusal::Closed(Closed::Ended) => ErrorCode::DealEnded,
+            Refusal::Closed(Closed::Paused) => ErrorCode::DealPaused,
+            Refusal::Closed(Closed::NotStarted { .. }) => ErrorCode::DealNotStarted,
+            Refusal::SoldOut => ErrorCode::SoldOut,
+        }
+    }
+}
 
 /// A line of a reserve after lines for one deal were summed and the deal was found.
 struct Take {
@@ -81,6 +110,27 @@ impl Allocator {
             Err(e @ (ReserveError::SoldOut(_) | ReserveError::InsufficientStock { .. })) => Some(e),
             _ => None,
         }
+    }
+
+    /// The refusal a single reserve of `qty` units of `deal_id` gets from the deal alone, read
+    /// with one load and without writing anything (not even a reference count); `None` if it
+    /// might succeed or be refused for another reason (an invalid quantity, an unknown deal,
+    /// fewer units left than asked: those take the full path). The rules run in the order
+    /// `reserve` runs them, so the answer is the one `reserve` would give at that load.
+    pub fn refusal(&self, deal_id: &str, qty: u32, now_ms: u64) -> Option<Refusal> {
+        if qty == 0 || qty > HOLD_QTY_MAX {
+            return None;
+        }
+        self.deals.with(deal_id, |slot| {
+            let counters = slot.counters();
+            if let Some(closed) = slot.spec.closed(counters.shut(), || slot.lifecycle(), now_ms) {
+                return Some(Refusal::Closed(closed));
+            }
+            match counters.take(u64::from(qty)) {
+                Err(Shortage::SoldOut) => Some(Refusal::SoldOut),
+                Err(Shortage::Insufficient { .. }) | Ok(_) => None,
+            }
+        })?
     }
 
     pub(super) fn reserve(

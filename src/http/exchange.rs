@@ -24,6 +24,7 @@ use crate::http::endpoints::{self, NoRoute};
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Answer, Call};
 use crate::http::options::ServerOptions;
+use crate::http::refusal;
 use crate::http::response::{respond, OutcomeCode};
 use crate::idempotency::{fingerprint, StoredReply};
 use crate::metrics::{Limit, Op};
@@ -43,18 +44,59 @@ fn unavailable(e: Unavailable) -> ApiError {
     }
 }
 
-/// A request id: the caller's `x-request-id` if it is a sane token, else a new one.
-fn request_id(headers: &http::HeaderMap) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    match given {
+/// A constant, not a `&str`: `HeaderMap::insert` copies a name given as a string.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A request id: the caller's `x-request-id` if it is a sane token (the header value itself,
+/// shared, not copied), else a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    match headers.get(X_REQUEST_ID) {
         Some(id)
-            if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.as_bytes().iter().all(u8::is_ascii_graphic) =>
         {
-            id.to_owned()
+            id.clone()
         }
-        _ => format!("{:08x}-{:x}", std::process::id(), NEXT.fetch_add(1, Relaxed)),
+        _ => new_request_id(),
     }
+}
+
+/// Bytes of request ids a thread writes into one buffer before it takes another: one
+/// allocation per ~700 requests instead of one per request (the id must be a `Bytes` the
+/// response owns; each is a slice of the thread's buffer).
+const REQUEST_ID_BUFFER_BYTES: usize = 16 * 1024;
+
+/// `{pid:08x}-{n:x}`: unique in the process (one counter per thread, each thread's ids
+/// prefixed with its own number), sortable by nothing, and made without a shared write.
+fn new_request_id() -> HeaderValue {
+    use std::cell::{Cell, RefCell};
+    use std::fmt::Write as _;
+    static THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    thread_local! {
+        static THREAD: u64 = THREADS.fetch_add(1, Relaxed);
+        static NEXT: Cell<u64> = const { Cell::new(0) };
+        static BUFFER: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+    }
+    let n = NEXT.with(|next| {
+        let n = next.get();
+        next.set(n + 1);
+        n
+    });
+    let thread = THREAD.with(|t| *t);
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        // 8 + 1 + 16 + 1 + 16 hex digits at most.
+        if buffer.capacity() < 48 {
+            *buffer = bytes::BytesMut::with_capacity(REQUEST_ID_BUFFER_BYTES);
+        }
+        let written = write!(buffer, "{:08x}-{thread:x}-{n:x}", std::process::id());
+        debug_assert!(written.is_ok(), "BytesMut takes any write");
+        match HeaderValue::from_maybe_shared(buffer.split().freeze()) {
+            Ok(value) => value,
+            Err(_) => unreachable!("hex digits and dashes are a valid header value"),
+        }
+    })
 }
 
 /// One request with the default options (no tokens, no rate limit): tests and fuzzers.
@@ -78,15 +120,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let id = request_id(req.headers());
+    let id_value = request_id(req.headers());
+    let id = id_value.to_str().unwrap_or_default();
     // The span (debug level, so free when debug logging is off) tags anything logged while
     // the request runs; the completion lines carry the id themselves, at any level.
     let span = tracing::debug_span!("request", request_id = %id);
-    let (op, mut response) = answer(node, options, req).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    let code = response.extensions().get::<OutcomeCode>().map(|c| c.0);
+    let (op, code, mut response) = answer(node, options, req).instrument(span).await;
+    response.headers_mut().insert(X_REQUEST_ID, id_value.clone());
     node.metrics().request(op, code, started.elapsed());
     let status = response.status().as_u16();
     let code = code.map(ErrorCode::as_str);
@@ -111,11 +151,20 @@ fn is_json(content_type: &HeaderValue) -> bool {
             && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
 }
 
+/// An answer with the error code it carries, for the metrics and the log line.
+fn coded(
+    op: Op,
+    response: Response<Full<Bytes>>,
+) -> (Op, Option<ErrorCode>, Response<Full<Bytes>>) {
+    let code = response.extensions().get::<OutcomeCode>().map(|c| c.0);
+    (op, code, response)
+}
+
 async fn answer<B>(
     node: &Node,
     options: &ServerOptions,
     req: Request<B>,
-) -> (Op, Response<Full<Bytes>>)
+) -> (Op, Option<ErrorCode>, Response<Full<Bytes>>)
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -126,7 +175,7 @@ where
         Ok(found) => found,
         Err(NoRoute::Unknown) => {
             let e = ApiError::new(ErrorCode::UnknownRoute, format!("no route {path}"));
-            return (Op::Unrouted, error(e));
+            return coded(Op::Unrouted, error(e));
         }
         Err(NoRoute::Method(allow)) => {
             let message = format!("{} is not allowed on {path}; allowed: {allow}", parts.method);
@@ -134,7 +183,7 @@ where
             if let Ok(allow) = HeaderValue::from_str(&allow) {
                 response.headers_mut().insert(header::ALLOW, allow);
             }
-            return (Op::Unrouted, response);
+            return coded(Op::Unrouted, response);
         }
     };
     let op = endpoint.op;
@@ -149,11 +198,11 @@ where
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return (op, response);
+            return coded(op, response);
         }
         Err(Denied::Forbidden) => {
             let e = ApiError::new(ErrorCode::Forbidden, "this token's role may not do this");
-            return (op, unread(error(e)));
+            return coded(op, unread(error(e)));
         }
     }
     if parts.method == Method::POST {
@@ -166,7 +215,7 @@ where
                         "the body must be JSON (Content-Type: application/json), not {shown:?}"
                     ),
                 );
-                return (op, unread(error(e)));
+                return coded(op, unread(error(e)));
             }
         }
     }
@@ -183,33 +232,38 @@ where
         ApiError::new(ErrorCode::BodyTooLarge, format!("request body over {max} bytes"))
     };
     if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max)) {
-        return (op, unread(error(too_large())));
+        return coded(op, unread(error(too_large())));
     }
-    let body = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let body = match read_body(body, max).await {
+        Ok(body) => body,
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return (op, unread(error(too_large())));
+            return coded(op, unread(error(too_large())));
         }
         Err(e) => {
-            return (op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
+            return coded(op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
         }
     };
     let key = match parts.headers.get("idempotency-key") {
         None => None,
         Some(raw) => match raw.to_str().ok().map(IdempotencyKey::parse) {
             Some(Ok(key)) => Some(key),
-            Some(Err(e)) => return (op, error(ApiError::invalid(e.to_string()))),
+            Some(Err(e)) => return coded(op, error(ApiError::invalid(e.to_string()))),
             None => {
-                return (op, error(ApiError::invalid("Idempotency-Key: not printable ASCII")));
+                return coded(op, error(ApiError::invalid("Idempotency-Key: not printable ASCII")));
             }
         },
     };
     let call = Call { node, options, param, body: &body };
+    if op == Op::Reserve && key.is_none() && node.replica().is_none() {
+        if let Some((code, response)) = refusal::answer(&call) {
+            return (op, Some(code), response);
+        }
+    }
     if let Some(replica) = node.replica() {
         // Boxed: the cluster path's future (forwarding, read barriers) is large, and inline it
         // made every request's future bigger to move: +8% on the single-node sold-out answer.
         if let Some(response) = Box::pin(cluster::route(replica, op, &parts, &body, &call)).await {
-            return (op, response);
+            return coded(op, response);
         }
     }
     let response = match (endpoint.handler)(&call) {
@@ -224,8 +278,41 @@ where
         }
         Err(e) => error(e),
     };
-    (op, response)
+    coded(op, response)
 }
+
+/// The whole body, at most `max` bytes. A body that comes in one frame (every small request)
+/// is kept as that frame's bytes, shared with the connection's buffer: no copy and no
+/// allocation (`BodyExt::collect` would allocate a list for even one frame).
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BoxError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(Limited::new(body, max));
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue }; // trailers: not ours
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(head.len() + data.len());
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, more) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(head), None) => head,
+        (None, None) => Bytes::new(),
+    })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Marks an answer given before the request's body was read: the connection closes after it,
 /// and says so, since the unread body would otherwise be taken for the next request (a client

@@ -187,7 +187,7 @@ pub fn end_stream(call: &Call<'_>) -> Result<Action, ApiError> {
 }
 
 /// A rate-limit refusal: 429 with `Retry-After` in whole seconds.
-fn rate_limited(call: &Call<'_>, retry_after_ms: u64) -> Action {
+pub fn rate_limited(call: &Call<'_>, retry_after_ms: u64) -> Action {
     call.node.metrics().rejected(Limit::UserRate);
     let seconds = retry_after_ms.div_ceil(1_000).max(1);
     let e = ApiError::new(

@@ -14,6 +14,7 @@
 //! | `error.rs` | every error code's status, and the JSON error body |
 //! | `auth.rs` | bearer tokens and roles |
 //! | `rate.rs` | the per-user rate limit |
+//! | `refusal.rs` | the refusal most of a burst gets (sold out, ended), without allocating |
 //! | `admin_client.rs` | `livestock cluster ...`: the admin endpoints from the command line |
 
 pub mod admin_client;
@@ -26,6 +27,7 @@ pub mod exchange;
 pub mod handlers;
 pub mod options;
 pub mod rate;
+pub mod refusal;
 pub mod response;
 pub mod server;
 pub mod wire;

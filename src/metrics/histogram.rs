@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-/// Upper bounds, in seconds, of the latency buckets: 10 µs to ~5 s, doubling.
+/// Upper bounds, in seconds, of the latency buckets: the request histograms' (10 µs to ~5 s,
+/// doubling).
 fn latency_bounds() -> Vec<f64> {
-    (0..20).map(|i| 0.000_01 * f64::from(1u32 << i)).collect()
+    (0..super::cells::LATENCY_BOUNDS).map(super::cells::latency_bound_s).collect()
 }
 
 /// A histogram of atomics: one `fetch_add` per bucket, count and sum per observation.

@@ -4,8 +4,9 @@
 //! Why our own counter tables and histograms rather than the crate's `Family` and `Histogram`:
 //! those take a lock per update (a read lock and a hash to find a label set, a write lock per
 //! observation), which two cores answering one hot deal would contend on. Ours are fixed
-//! arrays of atomics indexed by enums, updated with one relaxed `fetch_add`, and encoded
-//! through the crate's `EncodeMetric` at scrape time. Values that are cheap to read when
+//! arrays of atomics indexed by enums, updated with relaxed `fetch_add`s, and encoded
+//! through the crate's `EncodeMetric` at scrape time. The per-request ones live in per-thread
+//! cells (`cells.rs`), so an answer writes no cache line another core writes. Values that are cheap to read when
 //! scraped (per-deal counters, open holds, checkpoint age) are read then, not maintained.
 //!
 //! Every metric name is listed in docs/operations.md, with the dashboard and alert rules built
@@ -19,8 +20,10 @@ use prometheus_client::registry::Registry;
 
 use livestock_core::error::ErrorCode;
 
+mod cells;
 mod histogram;
 
+use cells::RequestCells;
 pub use histogram::AtomicHistogram;
 
 /// The operations requests are counted and timed by (one per route).
@@ -155,16 +158,14 @@ struct LimitLabels {
     limit: &'static str,
 }
 
-/// Requests by (operation, outcome): a flat array of counters.
+/// Requests by (operation, outcome), from the per-thread cells.
 #[derive(Debug)]
-struct RequestCounters {
-    counts: Vec<AtomicU64>,
-}
+struct RequestCounts(std::sync::Arc<RequestCells>);
 
-impl EncodeMetric for RequestCounters {
+impl EncodeMetric for RequestCounts {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (i, count) in self.counts.iter().enumerate() {
-            let n = count.load(Ordering::Relaxed);
+        for i in 0..self.0.slots() {
+            let n = self.0.count(i);
             if n == 0 {
                 continue;
             }
@@ -181,18 +182,19 @@ impl EncodeMetric for RequestCounters {
     }
 }
 
-/// One latency histogram per operation.
+/// One latency histogram per operation, from the per-thread cells.
 #[derive(Debug)]
-struct OpHistograms {
-    histograms: Vec<AtomicHistogram>,
-}
+struct RequestLatency(std::sync::Arc<RequestCells>);
 
-impl EncodeMetric for OpHistograms {
+impl EncodeMetric for RequestLatency {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (op, histogram) in Op::ALL.iter().zip(&self.histograms) {
-            if histogram.count() > 0 {
+        for (i, op) in Op::ALL.iter().enumerate() {
+            let (sum_s, count, buckets) = self.0.histogram(i);
+            if count > 0 {
                 let labels = OpLabels { op: op.as_str() };
-                histogram.encode_into(&mut encoder.encode_family(&labels)?)?;
+                encoder
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum_s, count, &buckets, None)?;
             }
         }
         Ok(())
@@ -263,8 +265,8 @@ impl<T: EncodeMetric> EncodeMetric for Shared<T> {
 
 /// Everything the process counts and times. Shared as `Arc<Metrics>`.
 pub struct Metrics {
-    requests: std::sync::Arc<RequestCounters>,
-    latency: std::sync::Arc<OpHistograms>,
+    /// Request counts and latencies: per-thread cells (`cells.rs`).
+    requests: std::sync::Arc<RequestCells>,
     rejections: std::sync::Arc<LimitCounters>,
     connections_open: std::sync::Arc<AtomicGauge>,
     expiries: std::sync::Arc<AtomicCounter>,
@@ -283,12 +285,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
         Metrics {
-            requests: std::sync::Arc::new(RequestCounters {
-                counts: counters(Op::ALL.len() * OUTCOMES),
-            }),
-            latency: std::sync::Arc::new(OpHistograms {
-                histograms: Op::ALL.iter().map(|_| AtomicHistogram::latency()).collect(),
-            }),
+            requests: std::sync::Arc::new(RequestCells::new(Op::ALL.len(), OUTCOMES)),
             rejections: std::sync::Arc::new(LimitCounters { counts: counters(LIMITS.len()) }),
             connections_open: std::sync::Arc::new(AtomicGauge(AtomicU64::new(0))),
             expiries: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
@@ -301,9 +298,8 @@ impl Default for Metrics {
 impl Metrics {
     /// One request answered: its operation, its error code (`None`: success), its latency.
     pub fn request(&self, op: Op, code: Option<ErrorCode>, elapsed: std::time::Duration) {
-        let index = op as usize * OUTCOMES + outcome_index(code);
-        self.requests.counts[index].fetch_add(1, Ordering::Relaxed);
-        self.latency.histograms[op as usize].observe_duration(elapsed);
+        let slot = op as usize * OUTCOMES + outcome_index(code);
+        self.requests.record(slot, op as usize, elapsed);
     }
 
     pub fn rejected(&self, limit: Limit) {
@@ -339,12 +335,12 @@ impl Metrics {
         r.register(
             "requests",
             "Requests answered, by operation and outcome code",
-            Shared(self.requests.clone()),
+            RequestCounts(self.requests.clone()),
         );
         r.register(
             "request_duration_seconds",
             "Request latency by operation",
-            Shared(self.latency.clone()),
+            RequestLatency(self.requests.clone()),
         );
         r.register(
             "rejections",

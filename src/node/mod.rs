@@ -286,7 +286,7 @@ impl Node {
         }
     }
 
-    fn check_writable(&self) -> Result<(), Unavailable> {
+    pub(crate) fn check_writable(&self) -> Result<(), Unavailable> {
         match &self.log {
             Log::Wal(wal) if !wal.is_writable() => {
                 Err(Unavailable::Storage("the log is not writable".to_owned()))

@@ -138,21 +138,36 @@ impl DealSpec {
         lifecycle: impl FnOnce() -> Lifecycle,
         now_ms: u64,
     ) -> Result<(), ReserveError> {
+        match self.closed(shut, lifecycle, now_ms) {
+            None => Ok(()),
+            Some(closed) => Err(closed.error(self.id.clone())),
+        }
+    }
+
+    /// Why the deal takes no reserve now, if it does not: `check_open` as a plain value, with
+    /// no id cloned (the HTTP refusal answer reads it on every request of a burst, and a clone
+    /// would write the id's shared reference count).
+    pub fn closed(
+        &self,
+        shut: bool,
+        lifecycle: impl FnOnce() -> Lifecycle,
+        now_ms: u64,
+    ) -> Option<Closed> {
         // Ended (by an admin or by the clock) wins over paused, as in `state`.
         let lifecycle = shut.then(lifecycle);
         if lifecycle == Some(Lifecycle::Ended) || self.ends_at_ms.is_some_and(|e| now_ms >= e) {
-            return Err(ReserveError::Ended(self.id.clone()));
+            return Some(Closed::Ended);
         }
         // Paused, or a resume in progress: it clears the lifecycle before the flag, so a reader
         // may briefly see the flag over an open lifecycle; the flag (the linearization point)
         // wins.
         if lifecycle.is_some() {
-            return Err(ReserveError::Paused(self.id.clone()));
+            return Some(Closed::Paused);
         }
         if let Some(starts_at_ms) = self.starts_at_ms.filter(|starts| now_ms < *starts) {
-            return Err(ReserveError::NotStarted { deal_id: self.id.clone(), starts_at_ms });
+            return Some(Closed::NotStarted { starts_at_ms });
         }
-        Ok(())
+        None
     }
 
     /// The per-user rule: what the user has taken (held plus bought) plus `qty` within the limit.
@@ -183,6 +198,27 @@ impl DealSpec {
             Lifecycle::Paused => DealState::Paused,
             _ if self.starts_at_ms.is_some_and(|starts| now_ms < starts) => DealState::Scheduled,
             Lifecycle::Open => DealState::Live,
+        }
+    }
+}
+
+/// Why a deal takes no reserve at this moment (its window or an admin), before any stock is
+/// looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    Ended,
+    Paused,
+    NotStarted { starts_at_ms: u64 },
+}
+
+impl Closed {
+    pub fn error(self, deal_id: DealId) -> ReserveError {
+        match self {
+            Closed::Ended => ReserveError::Ended(deal_id),
+            Closed::Paused => ReserveError::Paused(deal_id),
+            Closed::NotStarted { starts_at_ms } => {
+                ReserveError::NotStarted { deal_id, starts_at_ms }
+            }
         }
     }
 }

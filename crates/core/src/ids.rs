@@ -99,8 +99,13 @@ string_id!(
 
 impl DealId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        check_slug("deal_id", raw, DEAL_ID_LEN_MAX)?;
+        DealId::validate(raw)?;
         Ok(DealId(raw.into()))
+    }
+
+    /// What `parse` checks, without making an id (the sold-out answer allocates nothing).
+    pub fn validate(raw: &str) -> Result<(), InvalidId> {
+        check_slug("deal_id", raw, DEAL_ID_LEN_MAX)
     }
 }
 
@@ -127,8 +132,13 @@ fn check_opaque(field: &'static str, raw: &str, len_max: usize) -> Result<(), In
 
 impl UserId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        check_opaque("user_id", raw, USER_ID_LEN_MAX)?;
+        UserId::validate(raw)?;
         Ok(UserId(raw.into()))
+    }
+
+    /// What `parse` checks, without making an id (the sold-out answer allocates nothing).
+    pub fn validate(raw: &str) -> Result<(), InvalidId> {
+        check_opaque("user_id", raw, USER_ID_LEN_MAX)
     }
 }
 

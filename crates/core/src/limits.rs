@@ -148,3 +148,10 @@ const _: () = assert!(PEER_POOL_IDLE_MS < PEER_IDLE_MS_MAX);
 const _: () = assert!(PEER_BACKOFF_MS_MIN < PEER_BACKOFF_MS_MAX);
 // A raft entry's length must fit a frame's u32 length field.
 const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= u32::MAX as usize);
+
+// ---------------------------------------------------------------- metrics
+
+/// Per-thread cells of the request counters and latency histograms (`metrics/cells.rs`): as
+/// many threads as this answer without sharing a written cache line; more share cells. Each
+/// cell is about 9 KiB.
+pub const METRIC_CELLS: usize = 16;
