@@ -7,6 +7,8 @@
   record OUT LOAD ...        one run's JSON: the load report and the server's CPU
   peak RUN                   the capacity (reserves/s) a capacity run found, or 0
   summarize DIR DOC PLOT     medians, spreads and ratios as markdown; the SVG plot
+  wrk-summary DIR REPS S CONNECTIONS ROW...
+                             wrk.sh's rows: medians, spreads and ratios as markdown
 """
 
 import argparse
@@ -408,6 +410,67 @@ def write_plot(path, per, present, slo_ms):
         f.write("\n".join(out) + "\n")
 
 
+WRK_ROWS = {
+    "ceiling": "ceiling (bare hyper, fixed 201)",
+    "sold-out": "livestock sold-out, no key",
+    "sold-out-keyed": "livestock sold-out, a key each",
+    "reserve-strict": "livestock strict reserve",
+    "reserve-relaxed": "livestock relaxed reserve",
+}
+
+
+def wrk_parse(path):
+    """Requests/s, latency percentiles (ms) and statuses of one wrk run, or None."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    out = {"statuses": ""}
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            out["rps"] = float(words[1])
+        elif len(words) == 2 and words[0] in ("50%", "90%", "99%"):
+            value = words[1]
+            for suffix in ("us", "ms", "s"):
+                if value.endswith(suffix):
+                    out["p" + words[0][:-1]] = float(value[: -len(suffix)]) * unit[suffix]
+                    break
+        elif line.startswith("statuses:"):
+            out["statuses"] = line.split(":", 1)[1].strip()
+        elif "Socket errors" in line:
+            out["socket_errors"] = line.strip()
+    return out if "rps" in out else None
+
+
+def wrk_summary(directory, reps, seconds, connections, rows):
+    runs = {row: [wrk_parse(os.path.join(directory, f"{row}-r{r}.txt"))
+                  for r in range(1, int(reps) + 1)] for row in rows}
+    lines = [
+        f"wrk, closed loop: {connections} connections on one wrk thread pinned to the load core, "
+        f"the server pinned to the other, {seconds} s per run after a warm-up, "
+        f"{reps} repetition(s) alternated row by row; median (min-max).",
+        "",
+        "| row | req/s | p50 ms | p90 ms | p99 ms | statuses (last run) |",
+        "|---|---|---|---|---|---|",
+    ]
+    medians = {}
+    for row in rows:
+        ok = [r for r in runs[row] if r]
+        rps, medians[row] = spread([r["rps"] for r in ok], 0)
+        cells = [spread([r.get(p) for r in ok], 2)[0] for p in ("p50", "p90", "p99")]
+        statuses = ok[-1]["statuses"] if ok else "no run"
+        lines.append(f"| {WRK_ROWS.get(row, row)} | {rps} | " + " | ".join(cells) + f" | {statuses} |")
+    lines.append("")
+    ceiling = medians.get("ceiling")
+    for row in rows:
+        if row != "ceiling" and ceiling and medians.get(row):
+            lines.append(f"- {WRK_ROWS.get(row, row)} / ceiling: "
+                         f"**{medians[row] / ceiling:.2f}** (medians)")
+    return "\n".join(lines)
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -423,6 +486,8 @@ def main():
         record(*rest)
     elif cmd == "peak":
         peak(*rest)
+    elif cmd == "wrk-summary":
+        print(wrk_summary(rest[0], rest[1], rest[2], rest[3], rest[4:]))
     elif cmd == "summarize":
         p = argparse.ArgumentParser(prog="peers.py summarize")
         p.add_argument("dir")

@@ -102,10 +102,16 @@ async fn run(
                 node.metrics().connection_opened();
                 let guard = ConnectionGuard(node.clone());
                 let _ = stream.set_nodelay(true);
-                let (node, service_options) = (node.clone(), options.clone());
+                // Each request's future owns a handle on what it serves: a handle of this
+                // connection's own, so that a request writes this connection's reference
+                // count, not the node's, which every connection on every core shares.
+                let shared = Arc::new((node.clone(), options.clone()));
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (node, options) = (node.clone(), service_options.clone());
-                    async move { Ok::<_, Infallible>(handle_with(&node, &options, req).await) }
+                    let shared = shared.clone();
+                    async move {
+                        let (node, options) = &*shared;
+                        Ok::<_, Infallible>(handle_with(node, options, req).await)
+                    }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
