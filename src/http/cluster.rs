@@ -22,7 +22,8 @@ use crate::cluster::replica::{NotDecided, Replica};
 use crate::cluster::types::{NodeId, PeerNode};
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Call};
-use crate::http::response::respond;
+use crate::http::refusal;
+use crate::http::response::{respond, OutcomeCode};
 use crate::metrics::Op;
 
 /// Marks a request a follower forwarded to the leader.
@@ -77,7 +78,7 @@ pub async fn route(
         Ok(()) => None,
         Err(why) => {
             if op == Op::Reserve {
-                if let Some(answer) = stale_refusal(replica, call) {
+                if let Some(answer) = stale_refusal(replica, parts, call) {
                     return Some(answer);
                 }
             }
@@ -139,9 +140,21 @@ async fn change_membership(replica: &Replica, call: &Call<'_>) -> Response<Full<
 }
 
 /// A follower's own `sold_out`/`insufficient_stock` answer, while it is fresh.
-fn stale_refusal(replica: &Replica, call: &Call<'_>) -> Option<Response<Full<Bytes>>> {
+fn stale_refusal(
+    replica: &Replica,
+    parts: &http::request::Parts,
+    call: &Call<'_>,
+) -> Option<Response<Full<Bytes>>> {
     if !replica.fresh() {
         return None;
+    }
+    if !parts.headers.contains_key("idempotency-key") {
+        // The preformatted refusal (`refusal.rs`), which also answers a deal that ended or
+        // is paused; its code travels on the response here, as route's answers' do.
+        if let Some((code, mut response)) = refusal::answer(call) {
+            response.extensions_mut().insert(OutcomeCode(code));
+            return Some(response);
+        }
     }
     let Ok(Action::Execute { command: Command::Reserve(request), answer, .. }) =
         handlers::reserve(call)

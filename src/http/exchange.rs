@@ -254,16 +254,17 @@ where
         },
     };
     let call = Call { node, options, param, body: &body };
-    if op == Op::Reserve && key.is_none() && node.replica().is_none() {
-        if let Some((code, response)) = refusal::answer(&call) {
-            return (op, Some(code), response);
-        }
-    }
     if let Some(replica) = node.replica() {
         // Boxed: the cluster path's future (forwarding, read barriers) is large, and inline it
         // made every request's future bigger to move: +8% on the single-node sold-out answer.
         if let Some(response) = Box::pin(cluster::route(replica, op, &parts, &body, &call)).await {
             return coded(op, response);
+        }
+    }
+    // Here this node decides (alone, or as the leader): most of a burst is answered now.
+    if op == Op::Reserve && key.is_none() {
+        if let Some((code, response)) = refusal::answer(&call) {
+            return (op, Some(code), response);
         }
     }
     let response = match (endpoint.handler)(&call) {
