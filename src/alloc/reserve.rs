@@ -37,6 +37,19 @@ impl Refusal {
         }
     }
 
+    /// The refusal an error is, and its deal, if it is one of these.
+    pub fn of(error: &ReserveError) -> Option<(Refusal, &DealId)> {
+        match error {
+            ReserveError::SoldOut(id) => Some((Refusal::SoldOut, id)),
+            ReserveError::Ended(id) => Some((Refusal::Closed(Closed::Ended), id)),
+            ReserveError::Paused(id) => Some((Refusal::Closed(Closed::Paused), id)),
+            ReserveError::NotStarted { deal_id, starts_at_ms } => {
+                Some((Refusal::Closed(Closed::NotStarted { starts_at_ms: *starts_at_ms }), deal_id))
+            }
+            _ => None,
+        }
+    }
+
     /// The error code of `error`, without making the error.
     pub fn code(self) -> ErrorCode {
         match self {

@@ -64,12 +64,20 @@ impl ApiError {
 
     /// `{"error": {"code": "...", "message": "..."}}`
     pub fn reply(&self) -> StoredReply {
-        let body = serde_json::json!({
-            "error": { "code": self.code.as_str(), "message": self.message }
-        });
+        // Written straight into one buffer: the bytes `serde_json::json!` would make (keys in
+        // order, the message escaped by serde_json), without its map and two growing buffers.
+        let code = self.code.as_str();
+        let mut body = Vec::with_capacity(40 + code.len() + self.message.len());
+        body.extend_from_slice(b"{\"error\":{\"code\":\"");
+        body.extend_from_slice(code.as_bytes());
+        body.extend_from_slice(b"\",\"message\":");
+        if let Err(e) = serde_json::to_writer(&mut body, &self.message) {
+            unreachable!("a string always encodes into a Vec: {e}");
+        }
+        body.extend_from_slice(b"}}");
         StoredReply {
             status: self.status().as_u16(),
-            body: Bytes::from(body.to_string()),
+            body: Bytes::from(body),
             code: Some(self.code),
         }
     }
@@ -78,5 +86,26 @@ impl ApiError {
 impl From<&CommandError> for ApiError {
     fn from(e: &CommandError) -> Self {
         ApiError::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written body is the one `serde_json` makes of the same object.
+    #[test]
+    fn the_error_body_is_serde_json_s() {
+        for message in
+            ["plain", "quote \" and \\ backslash", "tab\tnew\nline\u{1}", "ünïcödé €", ""]
+        {
+            for code in [ErrorCode::SoldOut, ErrorCode::InvalidRequest] {
+                let e = ApiError::new(code, message);
+                let expected = serde_json::json!({
+                    "error": { "code": code.as_str(), "message": message }
+                });
+                assert_eq!(e.reply().body, expected.to_string(), "{message:?}");
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use crate::alloc::Refusal;
 use crate::http::error::{status_of, ApiError};
 use crate::http::handlers::{self, Action, Call};
+use crate::idempotency::StoredReply;
 
 /// A reserve's body with its strings borrowed from the request (`wire::ReserveBody` owns
 /// them). A user id with escapes cannot be borrowed: it fails here and takes the full path.
@@ -88,6 +89,16 @@ fn preformatted(deal_id: &str, refusal: Refusal) -> Option<Bytes> {
         kept[kind(refusal)] = Some(body.clone());
         Some(body)
     })
+}
+
+/// The preformatted answer to an error that is one of these refusals (of a reserve or a
+/// cart, keyed or not), for the full path's rendering.
+pub fn reply_of(error: &CommandError) -> Option<StoredReply> {
+    let CommandError::Reserve(e) = error else { return None };
+    let (refusal, deal_id) = Refusal::of(e)?;
+    let code = refusal.code();
+    let body = preformatted(deal_id.as_str(), refusal)?;
+    Some(StoredReply { status: status_of(code).as_u16(), body, code: Some(code) })
 }
 
 /// The answer to an unkeyed single reserve (`POST /v1/deals/{id}/reserve`) that the deal
@@ -208,11 +219,15 @@ mod tests {
         node.execute(&end).expect("up").result.expect("ended");
         let pause = Command::PauseDeal(DealId::parse("paused").expect("id"));
         node.execute(&pause).expect("up").result.expect("paused");
-        for (deal, code) in [
-            ("gone", ErrorCode::SoldOut),
-            ("ended", ErrorCode::DealEnded),
-            ("paused", ErrorCode::DealPaused),
-            ("later", ErrorCode::DealNotStarted),
+        for (deal, code, message) in [
+            ("gone", ErrorCode::SoldOut, r#"the deal \"gone\" is sold out"#),
+            ("ended", ErrorCode::DealEnded, r#"the deal \"ended\" has ended"#),
+            ("paused", ErrorCode::DealPaused, r#"the deal \"paused\" is paused"#),
+            (
+                "later",
+                ErrorCode::DealNotStarted,
+                r#"the deal \"later\" starts at 2027-01-15T08:01:00.000Z"#,
+            ),
         ] {
             let request = Call {
                 node: &node,
@@ -226,8 +241,9 @@ mod tests {
             let full = reserve(&node, &options, deal, body, Some(&format!("k-{deal}")));
             assert_eq!(fast, full, "{deal}");
             assert_eq!(fast.0, status_of(code).as_u16());
-            let text = std::str::from_utf8(&fast.2).expect("utf-8");
-            assert!(text.contains(code.as_str()), "{text}");
+            let expected =
+                format!(r#"{{"error":{{"code":"{}","message":"{message}"}}}}"#, code.as_str());
+            assert_eq!(fast.2, expected.as_bytes(), "{deal}");
         }
     }
 
