@@ -5,13 +5,15 @@
 # row (after a ${WRK_WARMUP_S} s warm-up), $REPS repetitions alternated row by row; the table
 # gives the median (and min-max) of each row and the ratios of the medians.
 #
-# Rows (every request made by the same Lua script, benches/peers/wrk.lua, so the client does
-# the same work for each):
-#   ceiling            livestock-ceiling: bare hyper, a fixed 201 answer
-#   sold-out           livestock (strict): reserves of a deal with no stock left, no key
-#   sold-out-keyed     the same with a new Idempotency-Key per request (remembered)
-#   reserve-strict     livestock --durability strict: reserves that succeed (a new user each)
-#   reserve-relaxed    livestock --durability relaxed: the same
+# Rows (requests from benches/peers/wrk.lua):
+#   ceiling            livestock-ceiling: bare hyper, a fixed 201 answer     (fixed request)
+#   sold-out           livestock (strict): reserves of a deal with no stock   (fixed request)
+#   ceiling-dynamic    the ceiling again with wrk building every request in Lua, the client
+#                      of the rows below (wrk's Lua costs it a third of its rate: compare
+#                      those rows with this one)
+#   sold-out-keyed     sold out, a new Idempotency-Key each (remembered)     (built in Lua)
+#   reserve-strict     livestock --durability strict, a new user each          (built in Lua)
+#   reserve-relaxed    livestock --durability relaxed, a new user each         (built in Lua)
 #
 #   benches/peers/wrk.sh                    # REPS=3, 8 s rows: about 4 minutes
 #   REPS=1 WRK_S=3 benches/peers/wrk.sh     # quick
@@ -29,7 +31,7 @@ WRK_WARMUP_S=${WRK_WARMUP_S:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-ROWS=${ROWS:-"ceiling sold-out sold-out-keyed reserve-strict reserve-relaxed"}
+ROWS=${ROWS:-"ceiling sold-out ceiling-dynamic sold-out-keyed reserve-strict reserve-relaxed"}
 WRK_OUT=${WRK_OUT:-$ROOT/target/peers-wrk}
 WRK_DOC=${WRK_DOC:-}
 BUILD=${BUILD:-1}
@@ -89,7 +91,7 @@ start_server() {
     rm -rf "$data"
     mkdir -p "$data"
     case $row in
-        ceiling)
+        ceiling | ceiling-dynamic)
             taskset -c "$SERVER_CPU" "$CEILING" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
             SERVER_PID=$!
             python3 "$HERE/peers.py" wait-port "$PORT" 30 || die "the ceiling did not start"
@@ -113,15 +115,16 @@ start_server() {
 
 # One row once: warm-up, then the measured run. Args: row rep.
 run_row() {
-    local row=$1 rep=$2 keyed=0
+    local row=$1 rep=$2 keyed=0 dynamic=1
     [ "$row" = sold-out-keyed ] && keyed=1
+    case $row in ceiling | sold-out) dynamic=0 ;; esac
     start_server "$row"
     local url="http://127.0.0.1:$PORT/v1/deals/$DEAL/reserve"
     # Each run's users and keys are its own (a prefix per run): a warm-up's holds do not
     # count against the measured run's users.
-    WRK_PREFIX="w$rep" WRK_KEYED=$keyed taskset -c "$LOAD_CPU" timeout $((WRK_WARMUP_S + 30)) \
+    WRK_PREFIX="w$rep" WRK_KEYED=$keyed WRK_DYNAMIC=$dynamic taskset -c "$LOAD_CPU" timeout $((WRK_WARMUP_S + 30)) \
         wrk -t1 -c"$CONNECTIONS" -d"${WRK_WARMUP_S}s" -s "$HERE/wrk.lua" "$url" >/dev/null 2>&1 || true
-    WRK_PREFIX="m$rep" WRK_KEYED=$keyed taskset -c "$LOAD_CPU" timeout $((WRK_S + 30)) \
+    WRK_PREFIX="m$rep" WRK_KEYED=$keyed WRK_DYNAMIC=$dynamic taskset -c "$LOAD_CPU" timeout $((WRK_S + 30)) \
         wrk -t1 -c"$CONNECTIONS" -d"${WRK_S}s" --latency -s "$HERE/wrk.lua" "$url" \
         >"$WRK_OUT/$row-r$rep.txt" 2>&1 || log "$row r$rep: wrk exited $?"
     stop_server
