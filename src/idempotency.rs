@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
@@ -47,9 +48,10 @@ enum SlotState {
 
 #[derive(Default)]
 struct Shard {
-    slots: HashMap<Box<str>, Slot>,
+    /// Shared with `order` and the in-flight guard: one allocation per key, not three.
+    slots: HashMap<Arc<str>, Slot>,
     /// Keys in the order they were first seen, with that instant: the window's queue.
-    order: VecDeque<(u64, Box<str>)>,
+    order: VecDeque<(u64, Arc<str>)>,
 }
 
 pub struct IdempotencyTable {
@@ -79,7 +81,7 @@ pub enum Begin<'a> {
 /// remembered, or a panic) forgets the key so a retry executes.
 pub struct InFlightGuard<'a> {
     table: &'a IdempotencyTable,
-    key: Option<Box<str>>,
+    key: Option<Arc<str>>,
 }
 
 impl InFlightGuard<'_> {
@@ -108,13 +110,19 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// The full key: scope and caller's key, joined by a byte neither may contain.
-fn full_key(scope: &str, key: &str) -> Box<str> {
-    let mut full = String::with_capacity(scope.len() + 1 + key.len());
-    full.push_str(scope);
-    full.push('\n');
-    full.push_str(key);
-    full.into_boxed_str()
+/// The full key: scope (the concatenation of its parts) and caller's key, joined by a byte
+/// neither may contain. Joined on the stack, so the key costs one allocation (its `Arc`).
+fn full_key(scope: &[&str], key: &str) -> Arc<str> {
+    let mut full: smallvec::SmallVec<[u8; 320]> = smallvec::SmallVec::new();
+    for part in scope {
+        full.extend_from_slice(part.as_bytes());
+    }
+    full.push(b'\n');
+    full.extend_from_slice(key.as_bytes());
+    match std::str::from_utf8(&full) {
+        Ok(full) => Arc::from(full),
+        Err(_) => unreachable!("strings joined by a newline are a string"),
+    }
 }
 
 /// A stable 64-bit fingerprint of a request (FNV-1a): stable across processes, so that a
@@ -193,6 +201,11 @@ impl IdempotencyTable {
     }
 
     pub fn begin(&self, scope: &str, key: &str, fingerprint: u64, now_ms: u64) -> Begin<'_> {
+        self.begin_in(&[scope], key, fingerprint, now_ms)
+    }
+
+    /// `begin` with the scope in parts (`["user:", id]`), so a caller need not join them.
+    pub fn begin_in(&self, scope: &[&str], key: &str, fingerprint: u64, now_ms: u64) -> Begin<'_> {
         let key = full_key(scope, key);
         let mut shard = self.shard(&key).lock();
         self.expire(&mut shard, now_ms);
@@ -242,7 +255,7 @@ impl IdempotencyTable {
         if seen_ms.saturating_add(self.window_ms) <= now_ms {
             return;
         }
-        let key = full_key(scope, key);
+        let key = full_key(&[scope], key);
         let mut shard = self.shard(&key).lock();
         let slot = Slot { fingerprint, seen_ms, state: SlotState::Done { reply, lsn: None } };
         if shard.slots.insert(key.clone(), slot).is_none() {

@@ -52,13 +52,18 @@ fn allocations() -> u64 {
 const T0_MS: u64 = 1_800_000_000_000;
 
 fn node_with_sold_out_deal() -> (Node, Command) {
+    node_with_sold_out_deal_keeping(1_000)
+}
+
+/// `keys_max`: the idempotency table's bound.
+fn node_with_sold_out_deal_keeping(keys_max: usize) -> (Node, Command) {
     let config = NodeConfig {
         allocator: AllocatorConfig {
             hold_id_key: HoldIdKey(7),
             resolved_hold_retention_ms: 60_000,
         },
         idempotency_window_ms: 60_000,
-        idempotency_keys_max: 1_000,
+        idempotency_keys_max: keys_max,
     };
     let node = Node::new(config, Arc::new(ManualClock::new(T0_MS)));
     let deal = NewDeal {
@@ -199,4 +204,39 @@ fn a_sold_out_answer_with_a_new_request_id_allocates_almost_never() {
         extra += made - baseline;
     }
     assert!(extra <= 4, "{extra} allocations beyond the header maps over {answers} answers");
+}
+
+/// With an `Idempotency-Key` the refusal is remembered under it: the key table's entry (one
+/// allocation of the key, shared by the table and the window's queue) is all it costs beyond
+/// the header map, plus the table's own growth now and then.
+#[test]
+fn a_keyed_sold_out_answer_allocates_only_its_key_entry() {
+    let (node, _) = node_with_sold_out_deal_keeping(100_000);
+    let keyed = |n: u32| {
+        let mut request = sold_out_request(Some("caller"));
+        let key = HeaderValue::from_str(&format!("key-{n}")).unwrap();
+        request.headers_mut().insert("idempotency-key", key);
+        request
+    };
+    // Warm: the table's 64 shards grow from empty (a map and a queue each) in the first few
+    // thousand keys; from then on a shard grows only when it doubles.
+    for n in 0..20_000 {
+        exchange_allocations(&node, keyed(n));
+    }
+    let baseline = header_map_allocations();
+    let answers = 2_000;
+    let mut exact = 0;
+    for n in 20_000..20_000 + answers {
+        let (made, response) = exchange_allocations(&node, keyed(n));
+        assert_eq!(response.status(), 409);
+        // One for the key; a shard's map or queue growing adds one each, now and then.
+        assert!(made <= baseline + 3, "a keyed answer made {made}; header map {baseline}");
+        if made == baseline + 1 {
+            exact += 1;
+        }
+    }
+    assert!(
+        exact * 100 >= answers * 98,
+        "{exact} of {answers} answers made only the key's allocation"
+    );
 }

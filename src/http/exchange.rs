@@ -243,9 +243,10 @@ where
             return coded(op, error(ApiError::invalid(format!("reading the body failed: {e}"))));
         }
     };
+    // Checked here, made (an allocation) only where the full path needs it.
     let key = match parts.headers.get("idempotency-key") {
         None => None,
-        Some(raw) => match raw.to_str().ok().map(IdempotencyKey::parse) {
+        Some(raw) => match raw.to_str().ok().map(|k| IdempotencyKey::validate(k).map(|()| k)) {
             Some(Ok(key)) => Some(key),
             Some(Err(e)) => return coded(op, error(ApiError::invalid(e.to_string()))),
             None => {
@@ -262,8 +263,12 @@ where
         }
     }
     // Here this node decides (alone, or as the leader): most of a burst is answered now.
-    if op == Op::Reserve && key.is_none() {
-        if let Some((code, response)) = refusal::answer(&call) {
+    if op == Op::Reserve {
+        let shortcut = match &key {
+            None => refusal::answer(&call),
+            Some(key) => refusal::answer_keyed(&call, key, path),
+        };
+        if let Some((code, response)) = shortcut {
             return (op, Some(code), response);
         }
     }
@@ -272,6 +277,8 @@ where
         Ok(Action::Response(response)) => response,
         Ok(Action::Execute { command, scope, answer }) => {
             let request = Mutation { method: &parts.method, path, body: &body, scope: &scope };
+            let key = key.map(IdempotencyKey::parse).transpose();
+            let Ok(key) = key else { unreachable!("the key was validated above") };
             match execute(node, &command, answer, key.as_ref(), request).await {
                 Ok(response) => response,
                 Err(e) => error(e),
@@ -405,7 +412,7 @@ pub fn remembered(reply: &StoredReply) -> bool {
     matches!(reply.status, 200..=299 | 404 | 409)
 }
 
-fn canonical_json(body: &[u8]) -> Vec<u8> {
+pub(crate) fn canonical_json(body: &[u8]) -> Vec<u8> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(value) => value.to_string().into_bytes(),

@@ -7,10 +7,14 @@
 //! once, picks its bytes and goes. Nothing is allocated and no shared cache line is written
 //! (the body's reference count belongs to the thread that made it).
 //!
+//! A request with an `Idempotency-Key` takes it too, in single-node mode (`answer_keyed`): its
+//! refusal is remembered for retries as on the full path, which costs the key table its entry
+//! (the key's two copies), and nothing else. Its fingerprint is computed from the parsed body
+//! without building a JSON tree: the same bytes as the full path's canonical form.
+//!
 //! It is a shortcut, not a second set of rules: it answers only what the full path would
 //! answer, in the same order, and hands everything else to it (`None`):
-//! - a request with an `Idempotency-Key` (its refusal is remembered for retries, which is the
-//!   key table's own allocation);
+//! - a key seen before (a replay, a mismatch, a first attempt still running) or a full table;
 //! - a body that does not parse as a reserve with borrowed strings (the full path says what
 //!   is wrong with it), an invalid deal or user id, a quantity out of range;
 //! - an unknown deal, or fewer units left than asked (the message says how many);
@@ -32,7 +36,7 @@ use serde::Deserialize;
 use crate::alloc::Refusal;
 use crate::http::error::{status_of, ApiError};
 use crate::http::handlers::{self, Action, Call};
-use crate::idempotency::StoredReply;
+use crate::idempotency::{Begin, StoredReply};
 
 /// A reserve's body with its strings borrowed from the request (`wire::ReserveBody` owns
 /// them). A user id with escapes cannot be borrowed: it fails here and takes the full path.
@@ -43,7 +47,6 @@ struct ReserveBodyRef<'a> {
     user_id: &'a str,
     qty: u32,
     #[serde(default)]
-    #[expect(dead_code, reason = "parsed so the body is checked as the full path checks it")]
     ttl_ms: Option<u64>,
 }
 
@@ -101,36 +104,115 @@ pub fn reply_of(error: &CommandError) -> Option<StoredReply> {
     Some(StoredReply { status: status_of(code).as_u16(), body, code: Some(code) })
 }
 
-/// The answer to an unkeyed single reserve (`POST /v1/deals/{id}/reserve`) that the deal
-/// refuses by its stock or its state, or `None` for the full path. See the module comment.
-pub fn answer(call: &Call<'_>) -> Option<(ErrorCode, Response<Full<Bytes>>)> {
+/// The request's canonical form (what `exchange::canonical_json` makes of the body: keys
+/// sorted, no spaces), written into `buf`; `None` if it cannot be sure to match it (a `null`,
+/// or more than fits).
+fn canonical<'b>(parsed: &ReserveBodyRef<'_>, raw: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    use std::io::Write as _;
+    if parsed.ttl_ms.is_none() && raw.windows(6).any(|w| w == b"ttl_ms") {
+        return None; // `"ttl_ms": null`: the full form keeps the null
+    }
+    let len = buf.len();
+    let mut w = &mut buf[..];
+    let written = match parsed.ttl_ms {
+        Some(ttl_ms) => write!(
+            w,
+            r#"{{"qty":{},"ttl_ms":{ttl_ms},"user_id":"{}"}}"#,
+            parsed.qty, parsed.user_id
+        ),
+        None => write!(w, r#"{{"qty":{},"user_id":"{}"}}"#, parsed.qty, parsed.user_id),
+    };
+    written.ok()?;
+    let used = len - w.len();
+    Some(&buf[..used])
+}
+
+/// Parses and checks a single reserve the way the full path does, without allocating:
+/// `None` for anything the full path must look at.
+fn parse<'a>(call: &Call<'a>) -> Option<ReserveBodyRef<'a>> {
     DealId::validate(call.param).ok()?;
-    let raw = call.body.as_ref();
+    let raw: &'a [u8] = call.body.as_ref();
     // The full path refuses a body that is not an object (serde would take an array).
     if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
-    let parsed: ReserveBodyRef<'_> = serde_json::from_slice(raw).ok()?;
+    let parsed: ReserveBodyRef<'a> = serde_json::from_slice(raw).ok()?;
     UserId::validate(parsed.user_id).ok()?;
     call.node.check_writable().ok()?;
-    let now_ms = call.node.now_ms();
-    let refusal = call.node.allocator().refusal(call.param, parsed.qty, now_ms)?;
-    // The refusal was only read: the rate limit comes first on the full path, and it spends
-    // its token here just the same.
-    if let Err(retry_ms) = call.options.rate.take(parsed.user_id, now_ms) {
-        let Action::Response(response) = handlers::rate_limited(call, retry_ms) else {
-            unreachable!("rate_limited answers with a response")
-        };
-        return Some((ErrorCode::RateLimited, response));
-    }
-    let body = preformatted(call.param, refusal)?;
-    let code = refusal.code();
+    Some(parsed)
+}
+
+fn response(code: ErrorCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status_of(code);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Some((code, response))
+    response
+}
+
+/// The rate limit's answer if `user` is out of tokens.
+fn rate_limited(call: &Call<'_>, user: &str, now_ms: u64) -> Option<Response<Full<Bytes>>> {
+    let retry_ms = call.options.rate.take(user, now_ms).err()?;
+    let Action::Response(response) = handlers::rate_limited(call, retry_ms) else {
+        unreachable!("rate_limited answers with a response")
+    };
+    Some(response)
+}
+
+/// The answer to a keyed single reserve (`POST path` with `key`) that the deal refuses by its
+/// stock or its state, remembered under the key as the full path remembers it; `None` for the
+/// full path (a key seen before included). Single-node mode only: in a cluster the keyed
+/// answers of the leader are replicated state, and go the full way.
+/// `key`: the request's `Idempotency-Key`, already checked (`IdempotencyKey::validate`).
+pub fn answer_keyed(
+    call: &Call<'_>,
+    key: &str,
+    path: &str,
+) -> Option<(ErrorCode, Response<Full<Bytes>>)> {
+    if call.node.replica().is_some() {
+        return None;
+    }
+    let parsed = parse(call)?;
+    let now_ms = call.node.now_ms();
+    let allocator = call.node.allocator();
+    // A first look, so a reserve that may succeed costs the table nothing here.
+    allocator.refusal(call.param, parsed.qty, now_ms)?;
+    let mut buf = [0u8; 320];
+    let canonical = canonical(&parsed, call.body, &mut buf)?;
+    let fingerprint = crate::idempotency::fingerprint(&[b"POST", path.as_bytes(), canonical]);
+    let scope = ["user:", parsed.user_id];
+    let Begin::Execute(guard) = call.node.idempotency().begin_in(&scope, key, fingerprint, now_ms)
+    else {
+        return None; // seen before, or the table is full: the full path says which
+    };
+    // The decision, now that the key is ours (units may have come back since the first look;
+    // then the guard forgets the key and the full path runs).
+    let refusal = allocator.refusal(call.param, parsed.qty, now_ms)?;
+    if let Some(limited) = rate_limited(call, parsed.user_id, now_ms) {
+        return Some((ErrorCode::RateLimited, limited)); // not remembered, as on the full path
+    }
+    let code = refusal.code();
+    let body = preformatted(call.param, refusal)?;
+    let reply =
+        StoredReply { status: status_of(code).as_u16(), body: body.clone(), code: Some(code) };
+    guard.finish(reply, None);
+    Some((code, response(code, body)))
+}
+
+/// The answer to an unkeyed single reserve (`POST /v1/deals/{id}/reserve`) that the deal
+/// refuses by its stock or its state, or `None` for the full path. See the module comment.
+pub fn answer(call: &Call<'_>) -> Option<(ErrorCode, Response<Full<Bytes>>)> {
+    let parsed = parse(call)?;
+    let now_ms = call.node.now_ms();
+    let refusal = call.node.allocator().refusal(call.param, parsed.qty, now_ms)?;
+    // The refusal was only read: the rate limit comes first on the full path, and it spends
+    // its token here just the same.
+    if let Some(limited) = rate_limited(call, parsed.user_id, now_ms) {
+        return Some((ErrorCode::RateLimited, limited));
+    }
+    let code = refusal.code();
+    Some((code, response(code, preformatted(call.param, refusal)?)))
 }
 
 #[cfg(test)]
@@ -203,8 +285,8 @@ mod tests {
         (status, content_type, body)
     }
 
-    /// Every refusal the shortcut gives is the full path's answer, byte for byte (a keyed
-    /// request always takes the full path).
+    /// Every refusal the shortcut gives is the answer the error renders to, byte for byte,
+    /// keyed or not.
     #[test]
     fn the_shortcut_answers_what_the_full_path_answers() {
         let node = node();
@@ -272,6 +354,63 @@ mod tests {
         // And the full path does answer those.
         let invalid = reserve(&node, &options, "few", r#"{"user_id":"u1","qty":1,"x":1}"#, None);
         assert_eq!(invalid.0, 400);
+    }
+
+    /// The canonical form written from the parsed body is the full path's, byte for byte, or
+    /// it declines.
+    #[test]
+    fn the_canonical_form_is_the_full_paths() {
+        for body in [
+            r#"{"user_id":"u1","qty":1}"#,
+            r#"{ "qty" : 3 , "user_id" : "viewer-42" }"#,
+            r#"{"ttl_ms":60000,"user_id":"a.b_c-d","qty":12}"#,
+            r#"{"user_id":"x","ttl_ms":0,"qty":4294967295}"#,
+            "{\n\t\"user_id\": \"tab\",\n\t\"qty\": 2\n}",
+        ] {
+            let parsed: ReserveBodyRef<'_> =
+                serde_json::from_slice(body.as_bytes()).expect("parses");
+            let mut buf = [0u8; 320];
+            let fast = canonical(&parsed, body.as_bytes(), &mut buf).expect("canonical");
+            let full = crate::http::exchange::canonical_json(body.as_bytes());
+            assert_eq!(std::str::from_utf8(fast), std::str::from_utf8(&full), "{body}");
+        }
+        let null = r#"{"user_id":"u1","qty":1,"ttl_ms":null}"#;
+        let parsed: ReserveBodyRef<'_> = serde_json::from_slice(null.as_bytes()).expect("parses");
+        assert!(canonical(&parsed, null.as_bytes(), &mut [0u8; 320]).is_none(), "declines a null");
+    }
+
+    /// A keyed refusal through the shortcut is remembered as the full path remembers it: the
+    /// retry is a replay of the same bytes, and the key with another body is a mismatch.
+    #[test]
+    fn a_keyed_refusal_is_remembered() {
+        let node = node();
+        let options = ServerOptions::default();
+        create(&node, "gone", 0, None);
+        let body = Bytes::from_static(br#"{"user_id":"u1","qty":1}"#);
+        let call = Call { node: &node, options: &options, param: "gone", body: &body };
+        let key = "k1";
+        let path = "/v1/deals/gone/reserve";
+        let (code, _) = answer_keyed(&call, key, path).expect("the shortcut answers");
+        assert_eq!(code, ErrorCode::SoldOut);
+        assert!(answer_keyed(&call, key, path).is_none(), "a replay goes the full way");
+        let first = reserve(&node, &options, "gone", r#"{"user_id":"u1","qty":1}"#, Some("k1"));
+        let unkeyed = reserve(&node, &options, "gone", r#"{"user_id":"u1","qty":1}"#, None);
+        assert_eq!(first, unkeyed, "the replay is the refusal's bytes");
+        let other = reserve(&node, &options, "gone", r#"{"user_id":"u1","qty":2}"#, Some("k1"));
+        assert_eq!(other.0, 422, "the key with another request");
+        // Stock back: a new key may succeed; the remembered refusal stays a refusal.
+        node.execute(&Command::AdjustStock {
+            deal_id: DealId::parse("gone").expect("id"),
+            delta: 5,
+        })
+        .expect("up")
+        .result
+        .expect("restocked");
+        assert!(answer_keyed(&call, "k2", path).is_none());
+        let again = reserve(&node, &options, "gone", r#"{"user_id":"u1","qty":1}"#, Some("k1"));
+        assert_eq!(again, unkeyed, "still the remembered refusal");
+        let fresh = reserve(&node, &options, "gone", r#"{"user_id":"u1","qty":1}"#, Some("k3"));
+        assert_eq!(fresh.0, 201);
     }
 
     /// A refused reserve spends a rate-limit token as on the full path, and a user out of

@@ -144,8 +144,13 @@ impl UserId {
 
 impl IdempotencyKey {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        check_opaque("Idempotency-Key", raw, IDEMPOTENCY_KEY_LEN_MAX)?;
+        IdempotencyKey::validate(raw)?;
         Ok(IdempotencyKey(raw.into()))
+    }
+
+    /// What `parse` checks, without making a key (the refusal shortcut allocates nothing).
+    pub fn validate(raw: &str) -> Result<(), InvalidId> {
+        check_opaque("Idempotency-Key", raw, IDEMPOTENCY_KEY_LEN_MAX)
     }
 }
 
