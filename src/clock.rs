@@ -23,6 +23,12 @@ impl Clock for SystemClock {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         // Relaxed: only this value's monotonicity matters, not its order with other memory.
+        // Read first: a `fetch_max` is a locked write even when it changes nothing, and every
+        // request on every core reads the clock; this way the line is written once a ms.
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now <= last {
+            return last;
+        }
         self.last_ms.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }
