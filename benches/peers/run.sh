@@ -35,6 +35,8 @@
 #   benches/peers/run.sh                       # the full run: REPS=3 (about 50 minutes)
 #   REPS=1 STEP_MS=1000 RUN_MS=2000 WARMUP_MS=500 benches/peers/run.sh  # quick: ~7 minutes
 #   CONFIGS="livestock-strict redis-always" benches/peers/run.sh
+#   WRK=0 benches/peers/run.sh                 # without the wrk rows (benches/peers/wrk.sh),
+#                                              # which are otherwise appended to $DOC
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -306,3 +308,12 @@ python3 "$HERE/peers.py" summarize "$OUT" "$DOC" "$PLOT" \
     --slo-ms "$SLO_MS" --sat-slo-ms "$SAT_SLO_MS" --reps "$REPS" --step-ms "$STEP_MS" --run-ms "$RUN_MS" \
     --workload "deals=$DEALS viewers=$VIEWERS per_user_limit=$PER_USER_LIMIT hold_ttl_ms=$HOLD_TTL_MS payment_delay_ms=$PAYMENT_DELAY_MS connections=$CONNECTIONS sold_out_stock=${SOLD_OUT_PERCENT}%_of_arrivals seed=$SEED"
 log "wrote $DOC and $PLOT (runs in $OUT)"
+
+# The HTTP rows again with wrk, an external client (benches/peers/wrk.sh), appended to $DOC.
+if [ "${WRK:-1}" = 1 ]; then
+    log "the HTTP rows with wrk"
+    wrk_table=$(REPS=$REPS CONNECTIONS=$CONNECTIONS SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU \
+        BIN_DIR=$TARGET_DIR/release WRK_OUT=$OUT/wrk "$HERE/wrk.sh")
+    printf '\n## The HTTP rows with wrk (`benches/peers/wrk.sh`)\n\n%s\n' "$wrk_table" >>"$DOC"
+    log "appended the wrk rows to $DOC"
+fi
