@@ -96,10 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
         return Err((0, "not a checkpoint".into()));
     }
     if !VERSIONS_READ.iter().any(|v| u64::from(*v) == word(16, 4)) {
-        return Err((
-            16,
-            format!("checkpoint version {} is not one this build reads", word(16, 4)),
-        ));
+        return Err((0, format!("checkpoint version {} is not one this build reads", word(16, 4))));
     }
     if u64::from(crc32c::crc32c(&bytes[0..32])) != word(32, 4) {
         return Err((0, "checkpoint header checksum mismatch".into()));
