@@ -507,7 +507,7 @@ fn malformed_requests_are_invalid_and_change_nothing() {
         ("/v1/deals".into(), r#"{"id":"x","stock":"1"}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":-1}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":1.5}"#.into()),
-        ("/v1/deals".into(), r#"{"id":"x","stock":3000000}"#.into()),
+        ("/v1/deals".into(), r#"{"id":"x","stock":1099511627776}"#.into()),
         ("/v1/deals".into(), r#"{"id":7,"stock":1}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":1,"colour":"red"}"#.into()),
         ("/v1/deals".into(), format!(r#"{{"id":"{long_deal}","stock":1}}"#)),
