@@ -1,7 +1,8 @@
 //! The allocator's hot paths: reserve (alone and with two threads on one deal), the sold-out
 //! rejection (the check alone and the whole call), confirm, release, a hold's insert and
-//! removal, and the expiry of a million holds. Events go to a sink that drops them, so these are the
-//! allocator's own costs, without the write-ahead log.
+//! removal, the expiry of a million holds, and the counters word's own compare-and-swap (64- and
+//! 128-bit, one and two threads: what the word alone allows a hot deal). Events go to a sink
+//! that drops them, so these are the allocator's own costs, without the write-ahead log.
 //!
 //! Run: `cargo bench --bench allocator` (add `-- --quick` for a fast, rougher pass).
 #![allow(
@@ -265,6 +266,61 @@ fn expire_1m_holds(c: &mut Criterion) {
     group.finish();
 }
 
+/// `threads` threads (each its share of `iters`) run `step` on one shared `word` at once; the
+/// wall time of the burst.
+fn race<W: Sync>(threads: u64, iters: u64, word: &W, step: impl Fn(&W) + Sync) -> Duration {
+    let threads_usize = usize::try_from(threads).expect("a few threads");
+    let start = Barrier::new(threads_usize + 1);
+    let began = thread::scope(|s| {
+        for i in 0..threads {
+            let share = iters / threads + u64::from(i < iters % threads);
+            let (start, step) = (&start, &step);
+            s.spawn(move || {
+                start.wait();
+                for _ in 0..share {
+                    step(word);
+                }
+            });
+        }
+        start.wait();
+        Instant::now()
+    });
+    began.elapsed()
+}
+
+/// The ceiling the counters word alone puts on a hot deal: compare-and-swap increments of one
+/// shared word and nothing else, with the old 64-bit word (`std`'s `AtomicU64`) and the 128-bit
+/// one (portable-atomic's `AtomicU128`, as `DealSlot` holds it), on one thread and on two.
+fn word_cas(c: &mut Criterion) {
+    use portable_atomic::AtomicU128;
+    use std::sync::atomic::{
+        AtomicU64,
+        Ordering::{AcqRel, Acquire},
+    };
+    fn cas_u64(w: &AtomicU64) {
+        let mut current = w.load(Acquire);
+        while let Err(actual) = w.compare_exchange_weak(current, current + 1, AcqRel, Acquire) {
+            current = actual;
+        }
+    }
+    fn cas_u128(w: &AtomicU128) {
+        let mut current = w.load(Acquire);
+        while let Err(actual) = w.compare_exchange_weak(current, current + 1, AcqRel, Acquire) {
+            current = actual;
+        }
+    }
+    let mut group = c.benchmark_group("word_cas");
+    for threads in [1, 2] {
+        group.bench_function(format!("u64_{threads}_threads"), |b| {
+            b.iter_custom(|iters| race(threads, iters, &AtomicU64::new(0), cas_u64));
+        });
+        group.bench_function(format!("u128_{threads}_threads"), |b| {
+            b.iter_custom(|iters| race(threads, iters, &AtomicU128::new(0), cas_u128));
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     reserve_uncontended,
@@ -274,6 +330,7 @@ criterion_group!(
     confirm,
     release,
     hold_insert_remove,
-    expire_1m_holds
+    expire_1m_holds,
+    word_cas
 );
 criterion_main!(benches);

@@ -163,7 +163,7 @@ PY
 # request the schema admits. Here a schema-valid request can rightly get 400 or 422 for rules
 # JSON Schema cannot state: `ends_at` after `starts_at`, `hold_ttl_ms` <= `hold_ttl_ms_max`, a
 # reserve's `ttl_ms` within its deal's `hold_ttl_ms_max`, a confirm's `qty` within its hold's,
-# stock + delta <= 2097151, integers written as `1.0` (JSON Schema calls them integers, the
+# stock + delta <= 1099511627775, integers written as `1.0` (JSON Schema calls them integers, the
 # server wants `1`), and an `Idempotency-Key` reused with another request (422: generated keys
 # repeat). Its converse, `negative_data_rejection`, stays on.
 # One worker: the run is stateful against one server, and CPython 3.11's parser is not safe to

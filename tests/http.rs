@@ -12,6 +12,7 @@ use common::{
     assert_error, counters_of, ghost_hold_id, str_of, Api, Reply, IDEMPOTENCY_WINDOW_MS,
     RETENTION_MS, T0_TEXT,
 };
+use livestock_core::limits::DEAL_STOCK_UNITS_MAX;
 use serde_json::{json, Value};
 
 fn hold_path(hold: &Value, action: &str) -> String {
@@ -96,6 +97,43 @@ fn deal_endpoints_answer_with_the_deal() {
     assert_eq!((health.status, health.body), (200, json!({ "status": "ok" })));
 }
 
+/// The stock limit (2^40 - 1) over HTTP: a deal at it is created, one unit more is refused
+/// with `invalid_request` (creating, and adding stock); a billion-unit deal reserves,
+/// confirms, releases and takes stock like a small one.
+#[test]
+fn a_deal_holds_up_to_the_stock_limit() {
+    let api = Api::start();
+    let max = DEAL_STOCK_UNITS_MAX;
+    assert_eq!(max, 1_099_511_627_775);
+    refused(&api, 400, "invalid_request", &[], || {
+        api.post_json("/v1/deals", &json!({ "id": "over", "stock": max + 1 }))
+    });
+    let at_max = api.simple_deal("max", max);
+    assert_eq!(counters_of(&at_max), (max, max, 0, 0));
+    let hold = api.reserve("max", "u1", 1_000);
+    assert_eq!(api.counters("max"), (max, max - 1_000, 1_000, 0));
+    refused(&api, 400, "invalid_request", &[&hold], || {
+        api.post_json("/v1/deals/max/stock", &json!({ "delta": 1 }))
+    });
+    assert_eq!(api.post(&hold_path(&hold, "confirm"), "").status, 200);
+    assert_eq!(api.counters("max"), (max, max - 1_000, 0, 1_000));
+
+    let billion = 1_000_000_000;
+    api.simple_deal("big", billion);
+    let first = api.reserve("big", "u1", 700);
+    let second = api.reserve("big", "u2", 300);
+    assert_eq!(api.counters("big"), (billion, billion - 1_000, 1_000, 0));
+    let partial = api.post_json(&hold_path(&first, "confirm"), &json!({ "qty": 600 }));
+    assert_eq!(partial.status, 200, "{}", partial.raw);
+    assert_eq!(api.post(&hold_path(&second, "release"), "").status, 200);
+    assert_eq!(api.counters("big"), (billion, billion - 600, 0, 600));
+    let more = api.post_json("/v1/deals/big/stock", &json!({ "delta": max - billion }));
+    assert_eq!(counters_of(&more.body), (max, max - 600, 0, 600), "{}", more.raw);
+    let less = api
+        .post_json("/v1/deals/big/stock", &json!({ "delta": -i64::try_from(max - 600).unwrap() }));
+    assert_eq!(counters_of(&less.body), (600, 0, 0, 600), "{}", less.raw);
+}
+
 #[test]
 fn stock_changes_only_touch_available_units() {
     let api = Api::start();
@@ -112,7 +150,8 @@ fn stock_changes_only_touch_available_units() {
         api.post_json("/v1/deals/d/stock", &json!({ "delta": 0 }))
     });
     refused(&api, 400, "invalid_request", &[&hold], || {
-        api.post_json("/v1/deals/d/stock", &json!({ "delta": 3_000_000 }))
+        // Stock 4 + (max - 3): one unit past the limit.
+        api.post_json("/v1/deals/d/stock", &json!({ "delta": DEAL_STOCK_UNITS_MAX - 3 }))
     });
     refused(&api, 400, "invalid_request", &[&hold], || {
         api.post_json("/v1/deals/d/stock", &json!({ "delta": "5" }))
@@ -468,7 +507,7 @@ fn malformed_requests_are_invalid_and_change_nothing() {
         ("/v1/deals".into(), r#"{"id":"x","stock":"1"}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":-1}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":1.5}"#.into()),
-        ("/v1/deals".into(), r#"{"id":"x","stock":3000000}"#.into()),
+        ("/v1/deals".into(), r#"{"id":"x","stock":1099511627776}"#.into()),
         ("/v1/deals".into(), r#"{"id":7,"stock":1}"#.into()),
         ("/v1/deals".into(), r#"{"id":"x","stock":1,"colour":"red"}"#.into()),
         ("/v1/deals".into(), format!(r#"{{"id":"{long_deal}","stock":1}}"#)),

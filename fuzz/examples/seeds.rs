@@ -636,7 +636,7 @@ POST /v1/deals
 ---
 POST /v1/deals
 
-{"id":"d1","stock":2097152}
+{"id":"d1","stock":1099511627776}
 ---
 POST /v1/deals
 

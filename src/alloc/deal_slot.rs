@@ -1,5 +1,9 @@
 //! One deal in the concurrent allocator: its fixed spec and its one-word counters.
 //!
+//! The word is 128 bits (`livestock_core::counters`: three 40-bit counts and `shut`), in an
+//! `AtomicU128`: a change is one `lock cmpxchg16b`, a read one 16-byte load that writes
+//! nothing on x86-64 with AVX (the sold-out path: see `counters.rs` for what each CPU gets).
+//!
 //! Memory orderings. The counts need no ordering of their own: every change is a read-modify-
 //! write of one word, and RMWs of one location are totally ordered whatever the ordering
 //! argument. What needs ordering is the `shut` bit, which publishes the `lifecycle` byte: a
@@ -8,7 +12,7 @@
 //! `AcqRel` for the same pairing in both directions; on x86-64 every locked RMW is a full
 //! barrier anyway, so this costs nothing there.
 
-use crate::sync::{AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU128, AtomicU8, Mutex, MutexGuard, Ordering};
 use livestock_core::counters::{Counters, Shortage};
 use livestock_core::deal::{DealSpec, DealView, Lifecycle};
 use livestock_core::error::ReserveError;
@@ -16,7 +20,7 @@ use livestock_core::hold::Settlement;
 
 pub struct DealSlot {
     pub spec: DealSpec,
-    counters: AtomicU64,
+    counters: AtomicU128,
     lifecycle: AtomicU8,
     /// Serializes admin changes (pause, resume, end, stock) of this deal, so that each one's
     /// event is ordered with the change it describes. Never taken on the reserve path.
@@ -28,7 +32,7 @@ impl DealSlot {
         let counters = counters.with_shut(lifecycle != Lifecycle::Open);
         DealSlot {
             spec,
-            counters: AtomicU64::new(counters.raw()),
+            counters: AtomicU128::new(counters.raw()),
             lifecycle: AtomicU8::new(lifecycle as u8),
             admin: Mutex::new(()),
         }

@@ -5,12 +5,18 @@
 //! offset size  field
 //!      0    8  magic        "LVSTKCKP"
 //!      8    8  lsn          the state includes every record up to and including this LSN
-//!     16    4  version      1
+//!     16    4  version      2 (1 is still read: see below)
 //!     20    8  payload_len
 //!     28    4  payload_crc  CRC32C of the payload
 //!     32    4  header_crc   CRC32C of bytes 0..32
 //!     36    n  payload      postcard encoding of `CheckpointBody`
 //! ```
+//! Versions: 2 stores each deal's counters as the 128-bit word (40-bit counts), 1 as the
+//! 64-bit word of earlier builds (21-bit counts). The counters' encoding says its own layout
+//! (`livestock_core::counters`, "Encoding"), so one decoder reads both; the version is raised
+//! so that an older build refuses a version 2 checkpoint by its header, with a clear message,
+//! rather than by a payload that does not decode.
+//!
 //! Name: `ckpt-{lsn:020}.ckpt`. Written as `ckpt-{lsn:020}.tmp`, fsynced, renamed, and the
 //! directory fsynced; only then are the log segments it covers and older checkpoints deleted.
 //! A crash at any step leaves either the old checkpoint with the full log after it, or the new
@@ -26,7 +32,9 @@ use crate::wal::segment::parse_segment_name;
 use crate::wal::storage::Storage;
 
 const MAGIC: &[u8; 8] = b"LVSTKCKP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Versions `decode` reads: this one, and 1 (64-bit counters).
+const VERSIONS_READ: [u32; 2] = [1, VERSION];
 const HEADER_BYTES: usize = 36;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,8 +92,11 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
         raw[..n].copy_from_slice(&bytes[at..at + n]);
         u64::from_le_bytes(raw)
     };
-    if &bytes[0..8] != MAGIC || word(16, 4) != u64::from(VERSION) {
-        return Err((0, "not a checkpoint of this version".into()));
+    if &bytes[0..8] != MAGIC {
+        return Err((0, "not a checkpoint".into()));
+    }
+    if !VERSIONS_READ.iter().any(|v| u64::from(*v) == word(16, 4)) {
+        return Err((0, format!("checkpoint version {} is not one this build reads", word(16, 4))));
     }
     if u64::from(crc32c::crc32c(&bytes[0..32])) != word(32, 4) {
         return Err((0, "checkpoint header checksum mismatch".into()));

@@ -13,9 +13,10 @@ pub const USER_ID_LEN_MAX: usize = 128;
 /// Idempotency keys: opaque, printable ASCII, bounded (they are stored for a window).
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 
-/// Counters are packed into one 64-bit word, 21 bits each (see `core::counters`), so one deal
-/// can hold at most 2^21 - 1 units. Larger inventories are split across several deals.
-pub const COUNTER_BITS: u32 = 21;
+/// Counters are packed into one 128-bit word, 40 bits each (see `core::counters`), so one deal
+/// can hold at most 2^40 - 1 units (1,099,511,627,775: a billion-unit drop fits a thousand
+/// times over).
+pub const COUNTER_BITS: u32 = 40;
 pub const DEAL_STOCK_UNITS_MAX: u64 = (1 << COUNTER_BITS) - 1;
 /// Units one hold (or one cart line) may take.
 pub const HOLD_QTY_MAX: u32 = 1_000;
@@ -50,7 +51,11 @@ pub const IDEMPOTENCY_WAIT_MS_MAX: u64 = 5_000;
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
 /// One log record's payload. The largest record is a stream end listing every hold it
-/// released: a deal has at most DEAL_STOCK_UNITS_MAX open holds of ~10 bytes each.
+/// released, at most 10 bytes a hold (a hold sequence number): room for about 6.7 million
+/// open holds in one stream's deals. With 21-bit counters a deal could not have more than 2
+/// million; with 40-bit ones the stock limit no longer bounds it (a billion units can be held
+/// by a billion holds), so today only memory does: ending a deal with more open holds than
+/// this would make a record the log refuses. Not yet bounded by construction.
 pub const WAL_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// A log segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -98,8 +103,11 @@ const _: () = assert!(SHARDS.is_power_of_two());
 const _: () =
     assert!(HOLD_TTL_MS_MIN <= HOLD_TTL_MS_DEFAULT && HOLD_TTL_MS_DEFAULT <= HOLD_TTL_MS_MAX);
 const _: () = assert!((HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
-// Three counters plus the closed flag must fit one u64.
-const _: () = assert!(3 * COUNTER_BITS < 64);
+// Three counters plus the closed flag must fit one u128 (bit 126 tags the encoded word).
+const _: () = assert!(3 * COUNTER_BITS < 126);
+// A stock is a u64 everywhere outside the word, and a JSON number a client reads exactly.
+const _: () = assert!(DEAL_STOCK_UNITS_MAX < 1 << f64::MANTISSA_DIGITS);
+const _: () = assert!(DEAL_STOCK_UNITS_MAX >= 1_000_000_000);
 // A cart can never take more than one deal could hold, so summing its lines cannot overflow.
 const _: () = assert!((CART_LINES_MAX as u64) * (HOLD_QTY_MAX as u64) <= DEAL_STOCK_UNITS_MAX);
 const _: () = assert!(EXPIRY_TICK_MS < HOLD_TTL_MS_MIN);

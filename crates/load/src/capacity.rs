@@ -10,11 +10,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::driver::{Deals, Driver, Mode, Plan};
-use crate::limits::{exact_f64, ARRIVALS_MAX};
+use crate::limits::{exact_f64, ARRIVALS_MAX, RUN_DEAL_STOCK_UNITS_MAX};
 use crate::recorder::us_to_ms;
 use crate::schedule::{steady_segments, Schedule, Timing};
 use crate::Settings;
-use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS};
+use livestock_core::limits::EXPIRY_TICK_MS;
 
 /// Bisection stops when the bracket is narrower than this fraction of the good rate.
 const BRACKET_MIN_FRACTION: f64 = 0.02;
@@ -228,7 +228,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                           bounded); `as` saturates, and the stock is capped next"
             )]
             let units = (expected * f64::from(settings.qty) * 1.2) as u64;
-            let stock = (units + 100).min(DEAL_STOCK_UNITS_MAX);
+            let stock = (units + 100).min(RUN_DEAL_STOCK_UNITS_MAX);
             let run_id = format!("{}-s{n}", settings.run_id);
             let mut ids = Vec::new();
             for i in 0..settings.deals {

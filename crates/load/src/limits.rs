@@ -24,6 +24,9 @@ pub const RATE_PER_S_MAX: f64 = 1_000_000.0;
 pub const CONNECTIONS_MAX: usize = 4_096;
 /// Deals one run creates (`--deals`) or drives (`--deal`), at most.
 pub const RUN_DEALS_MAX: usize = 10_000;
+/// `--stock`: units of one deal the run creates, at most. Below the server's limit (2^40 - 1)
+/// so that every deal of a run at once still counts exactly as a float.
+pub const RUN_DEAL_STOCK_UNITS_MAX: u64 = 100_000_000_000;
 /// `--zipf`: the skew's exponent, at most (past 10 deal 0 takes everything anyway).
 pub const ZIPF_EXPONENT_MAX: f64 = 10.0;
 /// `--payment-delay-ms`: the upper end, at most.
@@ -80,7 +83,8 @@ pub const CAPACITY_RATE_FACTOR_MAX: f64 = 10.0;
 const _: () = assert!(DURATION_MS_DEFAULT <= ARRIVAL_PHASE_MS_MAX);
 const _: () = assert!(ARRIVALS_MAX < EXACT_F64_MAX);
 const _: () = assert!(LATENCY_US_MAX < EXACT_F64_MAX);
-const _: () = assert!(DEAL_STOCK_UNITS_MAX * (RUN_DEALS_MAX as u64) < EXACT_F64_MAX);
+const _: () = assert!(RUN_DEAL_STOCK_UNITS_MAX <= DEAL_STOCK_UNITS_MAX);
+const _: () = assert!(RUN_DEAL_STOCK_UNITS_MAX * (RUN_DEALS_MAX as u64) < EXACT_F64_MAX);
 const _: () = assert!(CAPACITY_STEP_MS_MIN <= ARRIVAL_PHASE_MS_MAX);
 const _: () = assert!(WAIT_MS_DEFAULT <= WAIT_MS_MAX);
 const _: () = assert!(WAIT_RETRY_MS < WAIT_MS_DEFAULT);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use livestock_core::limits::{DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_MIN};
+use livestock_core::limits::{HOLD_QTY_MAX, HOLD_TTL_MS_MIN};
 
 use crate::args::{LoadArgs, ProfileArg, SpacingArg};
 use crate::backend::{Backend, BackendKind};
@@ -15,7 +15,7 @@ use crate::limits::{
     CAPACITY_STEPS_MAX, CAPACITY_STEP_MS_MIN, CAPACITY_STEP_RETRIES_MAX, CLIENT_THREADS_MAX,
     CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX,
     REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX,
-    RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
+    RUN_DEAL_STOCK_UNITS_MAX, RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
 };
 use crate::postgres::PgSettings;
 use crate::random::Zipf;
@@ -124,8 +124,8 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
     check(args.zipf.is_finite() && (0.0..=ZIPF_EXPONENT_MAX).contains(&args.zipf), || {
         format!("--zipf must be in [0, {ZIPF_EXPONENT_MAX}]")
     })?;
-    check((1..=DEAL_STOCK_UNITS_MAX).contains(&args.stock), || {
-        format!("--stock must be 1..={DEAL_STOCK_UNITS_MAX}")
+    check((1..=RUN_DEAL_STOCK_UNITS_MAX).contains(&args.stock), || {
+        format!("--stock must be 1..={RUN_DEAL_STOCK_UNITS_MAX}")
     })?;
     let ratios_ok = |r: f64| r.is_finite() && (0.0..=1.0).contains(&r);
     check(
