@@ -11,7 +11,7 @@ use livestock_core::error::{CreateDealError, DealAdminError, Invalid};
 use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::HoldState;
 use livestock_core::ids::{DealId, HoldSeq, StreamId};
-use livestock_core::limits::{DEALS_MAX, DEAL_STOCK_UNITS_MAX};
+use livestock_core::limits::{DEALS_MAX, DEAL_STOCK_UNITS_MAX, END_HOLDS_MAX};
 
 use super::holds::Resolved;
 use super::{Allocator, DealSlot};
@@ -145,8 +145,13 @@ impl Allocator {
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, DealAdminError> {
         let slot = self.slot(id)?;
-        let (mut views, _released) =
-            self.end_deals(vec![slot], now_ms, sink, |views, _| Outcome::Deal(views[0].clone()));
+        let (mut views, _released) = self.end_deals(
+            vec![slot],
+            now_ms,
+            sink,
+            |views, _| Outcome::Deal(views[0].clone()),
+            END_HOLDS_MAX,
+        )?;
         Ok(Outcome::Deal(views.remove(0)))
     }
 
@@ -170,25 +175,55 @@ impl Allocator {
             deals: views.to_vec(),
             holds_released: released,
         };
-        let (views, released) = self.end_deals(slots, now_ms, sink, outcome);
+        let (views, released) = self.end_deals(slots, now_ms, sink, outcome, END_HOLDS_MAX)?;
         Ok(outcome(&views, released))
     }
 
+    /// Open holds of the deals in `ids` at `now_ms`: a scan of every shard.
+    fn open_holds_of(&self, ids: &BTreeSet<&str>, now_ms: u64) -> usize {
+        (0..self.holds.shard_count())
+            .map(|index| {
+                let shard = self.holds.lock_index(index);
+                shard
+                    .entries()
+                    .filter(|e| ids.contains(e.hold.deal_id.as_str()))
+                    .filter(|e| e.hold.state_at(now_ms) == HoldState::Held)
+                    .count()
+            })
+            .sum()
+    }
+
     /// Ends deals (sorted by id, so two concurrent stream ends lock in one order) and releases
-    /// their open holds. Deals already ended are left as they are.
-    fn end_deals(
+    /// their open holds. Deals already ended are left as they are. Refused, with nothing
+    /// changed, if they have more than `holds_max` open holds (`END_HOLDS_MAX`: what one record
+    /// can list; a parameter so a test can reach it).
+    pub(super) fn end_deals(
         &self,
         slots: Vec<Arc<DealSlot>>,
         now_ms: u64,
         sink: &mut dyn EventSink,
         outcome: impl Fn(&[DealView], usize) -> Outcome,
-    ) -> (Vec<DealView>, usize) {
+        holds_max: usize,
+    ) -> Result<(Vec<DealView>, usize), DealAdminError> {
         let guards: Vec<_> = slots.iter().map(|slot| slot.lock_admin()).collect();
         let ending: Vec<&Arc<DealSlot>> =
             slots.iter().filter(|slot| slot.lifecycle() != Lifecycle::Ended).collect();
         if ending.is_empty() {
             drop(guards);
-            return (slots.iter().map(|s| s.view(now_ms)).collect(), 0);
+            return Ok((slots.iter().map(|s| s.view(now_ms)).collect(), 0));
+        }
+        // Counted before anything changes: the end's record lists every hold it releases, and
+        // one past the log's record bound could not be written (the process would stop at
+        // every attempt). Reserves still in flight may add a few before the shut below; the
+        // bound leaves room for them.
+        let ids: BTreeSet<&str> = ending.iter().map(|slot| slot.spec.id.as_str()).collect();
+        let open = self.open_holds_of(&ids, now_ms);
+        if open > holds_max {
+            drop(guards);
+            return Err(DealAdminError::Invalid(Invalid(format!(
+                "{open} holds are open: one end releases at most {holds_max}; pause the deal \
+                 and end it once enough holds were confirmed, released or expired"
+            ))));
         }
         // Shut first: from here no reserve passes, and a reserve that took units before this
         // point re-checks the lifecycle under its hold shard lock (see `reserve`), so the scan
@@ -196,7 +231,6 @@ impl Allocator {
         for slot in &ending {
             slot.set_lifecycle(Lifecycle::Ended);
         }
-        let ids: BTreeSet<&str> = ending.iter().map(|slot| slot.spec.id.as_str()).collect();
         let mut released: Vec<(HoldSeq, Resolved)> = Vec::new();
         for index in 0..self.holds.shard_count() {
             let mut shard = self.holds.lock_index(index);
@@ -252,6 +286,66 @@ impl Allocator {
             self.settle(&resolved);
         }
         drop(guards);
-        (views, count)
+        Ok((views, count))
+    }
+}
+
+#[cfg(test)]
+mod end_bound_tests {
+    use livestock_core::command::{Command, Line, Reserve};
+    use livestock_core::event::Event;
+    use livestock_core::ids::{HoldIdKey, UserId};
+
+    use super::*;
+    use crate::alloc::AllocatorConfig;
+
+    struct Events(Vec<Event>);
+
+    impl EventSink for Events {
+        fn append(&mut self, event: Event, _: &Outcome) {
+            self.0.push(event);
+        }
+    }
+
+    /// An end with more open holds than its record may list changes nothing; within the
+    /// bound it ends the deal and releases them all.
+    #[test]
+    fn an_end_past_the_bound_is_refused_and_changes_nothing() {
+        let config = AllocatorConfig { hold_id_key: HoldIdKey(7), resolved_hold_retention_ms: 1 };
+        let allocator = Allocator::new(config);
+        let mut events = Events(Vec::new());
+        let id = DealId::parse("d").expect("id");
+        let deal = NewDeal {
+            id: id.clone(),
+            stream_id: None,
+            stock: 10,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            per_user_limit: None,
+            hold_ttl_ms: None,
+            hold_ttl_ms_max: None,
+        };
+        allocator.execute(&Command::CreateDeal(deal), 0, &mut events).expect("created");
+        for user in ["a", "b", "c"] {
+            let reserve = Reserve {
+                user_id: UserId::parse(user).expect("user"),
+                lines: vec![Line { deal_id: id.clone(), qty: 1 }],
+                ttl_ms: None,
+            };
+            allocator.execute(&Command::Reserve(reserve), 0, &mut events).expect("reserved");
+        }
+        let logged = events.0.len();
+        let slot = allocator.slot(&id).expect("the deal");
+        let one = |_: &[DealView], _: usize| Outcome::Deal(slot.view(0));
+        let refused = allocator.end_deals(vec![slot.clone()], 0, &mut events, one, 2);
+        assert!(matches!(refused, Err(DealAdminError::Invalid(_))), "{refused:?}");
+        assert_eq!(events.0.len(), logged, "nothing logged");
+        assert_eq!(slot.lifecycle(), Lifecycle::Open, "not ended");
+        assert_eq!(slot.counters().held(), 3, "the holds stand");
+        let (_, released) =
+            allocator.end_deals(vec![slot.clone()], 0, &mut events, one, 3).expect("ends");
+        assert_eq!(released, 3);
+        assert_eq!(slot.lifecycle(), Lifecycle::Ended);
+        assert_eq!(slot.counters().held(), 0);
     }
 }

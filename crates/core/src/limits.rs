@@ -52,11 +52,15 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 
 /// One log record's payload. The largest record is a stream end listing every hold it
 /// released, at most 10 bytes a hold (a hold sequence number): room for about 6.7 million
-/// open holds in one stream's deals. With 21-bit counters a deal could not have more than 2
-/// million; with 40-bit ones the stock limit no longer bounds it (a billion units can be held
-/// by a billion holds), so today only memory does: ending a deal with more open holds than
-/// this would make a record the log refuses. Not yet bounded by construction.
+/// open holds in one stream's deals. The stock limit does not bound that (a billion units can
+/// be held by a billion holds), so an end counts the open holds first and refuses past
+/// [`END_HOLDS_MAX`].
 pub const WAL_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Open holds one end (of a deal, or of a stream's deals) may release: counted before the deals
+/// are shut, and refused (400, nothing changed) past this. The rest of the record's room is for
+/// reserves that were in flight between the count and the shut (at most one per open
+/// connection and cart line) and the deal ids.
+pub const END_HOLDS_MAX: usize = 6_000_000;
 /// A log segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// A raft log segment (`cluster/log_store`) is closed and a new one started past this size.
@@ -163,3 +167,5 @@ const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= u32::MAX as usize);
 /// many threads as this answer without sharing a written cache line; more share cells. Each
 /// cell is about 9 KiB.
 pub const METRIC_CELLS: usize = 16;
+// An end's record: 10 bytes a hold at most, with 700,000 holds' room to spare.
+const _: () = assert!(END_HOLDS_MAX * 10 + 7_000_000 <= WAL_RECORD_BYTES_MAX);
