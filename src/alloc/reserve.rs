@@ -22,7 +22,7 @@ use crate::sync::{Arc, Ordering};
 
 /// A single reserve's refusal that depends on the deal alone (its window, its admin state,
 /// its stock) and on nothing the request says beyond the quantity: the same answer for every
-/// caller, which the HTTP layer keeps preformatted (`http/refusal.rs`).
+/// caller, which the HTTP layer keeps preformatted (`http/refusal_body.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     Closed(Closed),

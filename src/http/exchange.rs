@@ -26,6 +26,7 @@ use crate::http::handlers::{self, Action, Answer, Call};
 use crate::http::options::ServerOptions;
 use crate::http::refusal;
 use crate::http::response::{respond, OutcomeCode};
+use crate::http::wire;
 use crate::idempotency::{fingerprint, StoredReply};
 use crate::metrics::{Limit, Op};
 use crate::node::{Answered, Keyed, KeyedResult, Node, Unavailable};
@@ -355,7 +356,7 @@ async fn execute(
     let render = |result: &_| handlers::render(answer, result, hold_key);
     // The fingerprint covers the route and the body's meaning, not its spelling: the body is
     // canonicalized (keys sorted, no whitespace) so a retry that re-serializes still matches.
-    let canonical = canonical_json(request.body);
+    let canonical = wire::canonical_json(request.body);
     let method = request.method.as_str().as_bytes();
     let keyed = Keyed {
         scope: request.scope,
@@ -410,15 +411,6 @@ async fn settle(node: &Node, answered: Answered) -> Result<StoredReply, ApiError
 /// successes are kept in the log; remembered refusals last until a restart.
 pub fn remembered(reply: &StoredReply) -> bool {
     matches!(reply.status, 200..=299 | 404 | 409)
-}
-
-pub(crate) fn canonical_json(body: &[u8]) -> Vec<u8> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) => value.to_string().into_bytes(),
-        // Not JSON: the request fails validation before this point; fall back to the bytes.
-        Err(_) => body.to_vec(),
-    }
 }
 
 #[cfg(test)]

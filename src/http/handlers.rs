@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::options::ServerOptions;
-use crate::http::refusal;
+use crate::http::refusal_body;
 use crate::http::response::respond;
 use crate::http::wire::{self, parse_body};
 use crate::idempotency::StoredReply;
@@ -250,8 +250,8 @@ pub fn render(
     key: HoldIdKey,
 ) -> StoredReply {
     match (answer, result) {
-        // Most refusals of a burst: preformatted (`refusal.rs`).
-        (_, Err(e)) => refusal::reply_of(e).unwrap_or_else(|| ApiError::from(e).reply()),
+        // Most refusals of a burst: preformatted (`refusal_body.rs`).
+        (_, Err(e)) => refusal_body::reply_of(e).unwrap_or_else(|| ApiError::from(e).reply()),
         (Answer::CreatedDeal, Ok(Outcome::Deal(view))) => wire::reply(201, &wire::deal_json(view)),
         (Answer::ReservedHold, Ok(Outcome::Holds(holds))) if holds.len() == 1 => {
             wire::reply(201, &wire::hold_json(&holds[0], key))

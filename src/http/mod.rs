@@ -15,6 +15,7 @@
 //! | `auth.rs` | bearer tokens and roles |
 //! | `rate.rs` | the per-user rate limit |
 //! | `refusal.rs` | the refusal most of a burst gets (sold out, ended), without allocating |
+//! | `refusal_body.rs` | those refusals' bodies, preformatted per thread and deal |
 //! | `admin_client.rs` | `livestock cluster ...`: the admin endpoints from the command line |
 
 pub mod admin_client;
@@ -28,6 +29,7 @@ pub mod handlers;
 pub mod options;
 pub mod rate;
 pub mod refusal;
+pub mod refusal_body;
 pub mod response;
 pub mod server;
 pub mod wire;

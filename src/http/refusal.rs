@@ -2,10 +2,10 @@
 //!
 //! In a livestream drop almost every reserve asks for stock that is gone, or for a deal that
 //! ended or is paused. Those answers depend on the deal alone, so they are the same bytes for
-//! every caller: each thread keeps them preformatted per deal (built once, on the first such
-//! refusal, by the same code as every other answer), and a refusal reads the deal's counters
-//! once, picks its bytes and goes. Nothing is allocated and no shared cache line is written
-//! (the body's reference count belongs to the thread that made it).
+//! every caller: each thread keeps them preformatted per deal (`refusal_body.rs`: built once,
+//! on the first such refusal, by the same code as every other answer), and a refusal reads the
+//! deal's counters once, picks its bytes and goes. Nothing is allocated and no shared cache
+//! line is written (the body's reference count belongs to the thread that made it).
 //!
 //! A request with an `Idempotency-Key` takes it too, in single-node mode (`answer_keyed`): its
 //! refusal is remembered for retries as on the full path, which costs the key table its entry
@@ -23,19 +23,16 @@
 //! The per-user rate limit applies as on the full path: a refused reserve still spends a
 //! token, and a user out of tokens gets 429.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use http_body_util::Full;
-use livestock_core::error::{CommandError, ErrorCode};
+use livestock_core::error::ErrorCode;
 use livestock_core::ids::{DealId, UserId};
 use serde::Deserialize;
 
-use crate::alloc::Refusal;
-use crate::http::error::{status_of, ApiError};
+use crate::http::error::status_of;
 use crate::http::handlers::{self, Action, Call};
+use crate::http::refusal_body::preformatted;
 use crate::idempotency::{Begin, StoredReply};
 
 /// A reserve's body with its strings borrowed from the request (`wire::ReserveBody` owns
@@ -50,61 +47,7 @@ struct ReserveBodyRef<'a> {
     ttl_ms: Option<u64>,
 }
 
-/// The preformatted bodies a thread keeps, per deal id, one per kind of refusal.
-type Bodies = HashMap<Box<str>, [Option<Bytes>; KINDS]>;
-
-/// Kinds of refusal kept: sold out, ended, paused, not started.
-const KINDS: usize = 4;
-
-/// Deals a thread keeps bodies for before it starts over (a bound on memory; a deal's bodies
-/// are rebuilt on its next refusal).
-const DEALS_KEPT_MAX: usize = 1_024;
-
-thread_local! {
-    static BODIES: RefCell<Bodies> = RefCell::new(HashMap::new());
-}
-
-fn kind(refusal: Refusal) -> usize {
-    use livestock_core::deal::Closed;
-    match refusal {
-        Refusal::SoldOut => 0,
-        Refusal::Closed(Closed::Ended) => 1,
-        Refusal::Closed(Closed::Paused) => 2,
-        Refusal::Closed(Closed::NotStarted { .. }) => 3,
-    }
-}
-
-/// The body of `refusal` for `deal_id`: the bytes the full path renders for it.
-fn preformatted(deal_id: &str, refusal: Refusal) -> Option<Bytes> {
-    BODIES.with(|bodies| {
-        let mut bodies = bodies.borrow_mut();
-        if let Some(body) = bodies.get(deal_id).and_then(|kept| kept[kind(refusal)].as_ref()) {
-            return Some(body.clone());
-        }
-        let id = DealId::parse(deal_id).ok()?;
-        let error = CommandError::from(refusal.error(id));
-        let body = ApiError::from(&error).reply().body;
-        if bodies.len() >= DEALS_KEPT_MAX && !bodies.contains_key(deal_id) {
-            bodies.clear();
-        }
-        let kept = bodies.entry(deal_id.into()).or_default();
-        // A clone now, so the shared form is made here and not on the next answer.
-        kept[kind(refusal)] = Some(body.clone());
-        Some(body)
-    })
-}
-
-/// The preformatted answer to an error that is one of these refusals (of a reserve or a
-/// cart, keyed or not), for the full path's rendering.
-pub fn reply_of(error: &CommandError) -> Option<StoredReply> {
-    let CommandError::Reserve(e) = error else { return None };
-    let (refusal, deal_id) = Refusal::of(e)?;
-    let code = refusal.code();
-    let body = preformatted(deal_id.as_str(), refusal)?;
-    Some(StoredReply { status: status_of(code).as_u16(), body, code: Some(code) })
-}
-
-/// The request's canonical form (what `exchange::canonical_json` makes of the body: keys
+/// The request's canonical form (what `wire::canonical_json` makes of the body: keys
 /// sorted, no spaces), written into `buf`; `None` if it cannot be sure to match it (a `null`,
 /// or more than fits).
 fn canonical<'b>(parsed: &ReserveBodyRef<'_>, raw: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
@@ -371,7 +314,7 @@ mod tests {
                 serde_json::from_slice(body.as_bytes()).expect("parses");
             let mut buf = [0u8; 320];
             let fast = canonical(&parsed, body.as_bytes(), &mut buf).expect("canonical");
-            let full = crate::http::exchange::canonical_json(body.as_bytes());
+            let full = crate::http::wire::canonical_json(body.as_bytes());
             assert_eq!(std::str::from_utf8(fast), std::str::from_utf8(&full), "{body}");
         }
         let null = r#"{"user_id":"u1","qty":1,"ttl_ms":null}"#;

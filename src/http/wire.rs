@@ -14,6 +14,17 @@ use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealView, NewDeal};
 use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
 
+/// The body as idempotency fingerprints it: parsed and written back compactly with sorted
+/// keys, so whitespace and key order do not make a retry a different request.
+pub(crate) fn canonical_json(body: &[u8]) -> Vec<u8> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => value.to_string().into_bytes(),
+        // Not JSON: the request fails validation before this point; fall back to the bytes.
+        Err(_) => body.to_vec(),
+    }
+}
+
 pub fn timestamp(ms: u64) -> String {
     match i64::try_from(ms).ok().and_then(DateTime::<Utc>::from_timestamp_millis) {
         Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
