@@ -12,6 +12,7 @@
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -417,15 +418,46 @@ WRK_ROWS = {
     "sold-out-keyed": "livestock sold-out, a key each",
     "reserve-strict": "livestock strict reserve",
     "reserve-relaxed": "livestock relaxed reserve",
+    "redis-always": "Redis + Lua reserve, AOF always (redis-benchmark)",
+    "redis-everysec": "Redis + Lua reserve, AOF everysec (redis-benchmark)",
+    "redis-off": "Redis + Lua reserve, no AOF (redis-benchmark)",
 }
+
+# livestock's reserve rows against Redis's, both measured by an external closed-loop client
+# (like with like: strict with AOF always and off, relaxed with off; issue 12's targets).
+WRK_VERSUS = [
+    ("reserve-strict", "redis-always"),
+    ("reserve-strict", "redis-off"),
+    ("reserve-relaxed", "redis-everysec"),
+    ("reserve-relaxed", "redis-off"),
+]
+
+
+def redis_benchmark_parse(text):
+    """redis-benchmark's --csv line (rps, latency percentiles in ms; it has p95, not p90) and
+    the `holds:` line wrk.sh appends (the holds the script made: every request a success)."""
+    out = {"non_2xx": 0, "requests": None}
+    for row in csv.reader(text.splitlines()):
+        if len(row) >= 8 and row[0] != "test":
+            out["rps"] = float(row[1])
+            out["p50"] = float(row[4])
+            out["p99"] = float(row[6])
+        elif len(row) == 1 and row[0].startswith("holds:"):
+            holds, requests = (int(x) for x in row[0].split()[1:3])
+            out["requests"] = requests
+            out["non_2xx"] = requests - holds
+    return out if "rps" in out else None
 
 
 def wrk_parse(path):
-    """Requests/s, latency percentiles (ms) and statuses of one wrk run, or None."""
+    """Requests/s, latency percentiles (ms) and statuses of one wrk (or redis-benchmark) run,
+    or None."""
     try:
         text = open(path).read()
     except OSError:
         return None
+    if text.startswith('"test"'):
+        return redis_benchmark_parse(text)
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     out = {"statuses": "", "requests": None, "non_2xx": 0}
     for line in text.splitlines():
@@ -455,7 +487,7 @@ def wrk_summary(directory, reps, seconds, connections, rows):
         f"the server pinned to the other, {seconds} s per run after a warm-up, "
         f"{reps} repetition(s) alternated row by row; median (min-max).",
         "",
-        "| row | req/s | p50 ms | p90 ms | p99 ms | non-2xx answers (last run) |",
+        "| row | req/s | p50 ms | p90 ms | p99 ms | non-2xx answers, or Redis reserves without a hold (last run) |",
         "|---|---|---|---|---|---|",
     ]
     medians = {}
@@ -470,10 +502,14 @@ def wrk_summary(directory, reps, seconds, connections, rows):
     # Each row against the ceiling measured with the same client (fixed or built requests).
     for row in rows:
         base = "ceiling" if row == "sold-out" else "ceiling-dynamic"
-        if row.startswith("ceiling") or not medians.get(base) or not medians.get(row):
+        if row.startswith(("ceiling", "redis")) or not medians.get(base) or not medians.get(row):
             continue
         lines.append(f"- {WRK_ROWS.get(row, row)} / {WRK_ROWS[base]}: "
                      f"**{medians[row] / medians[base]:.2f}** (medians)")
+    for ours, theirs in WRK_VERSUS:
+        if medians.get(ours) and medians.get(theirs):
+            lines.append(f"- {WRK_ROWS[ours]} / {WRK_ROWS[theirs]}: "
+                         f"**{medians[ours] / medians[theirs]:.2f}** (medians)")
     return "\n".join(lines)
 
 

@@ -14,6 +14,12 @@
 #   sold-out-keyed     sold out, a new Idempotency-Key each (remembered)     (built in Lua)
 #   reserve-strict     livestock --durability strict, a new user each          (built in Lua)
 #   reserve-relaxed    livestock --durability relaxed, a new user each         (built in Lua)
+#   redis-always       Redis + the peer run's Lua reserve (crates/load/src/peers/), AOF with
+#   redis-everysec     appendfsync always / everysec / no AOF, driven by redis-benchmark
+#   redis-off          (the same closed loop: $CONNECTIONS connections, one client thread on
+#                      the load core; a random user each, EVALSHA): $REDIS_REQUESTS requests
+#                      per run ($REDIS_WARMUP before), since redis-benchmark counts requests,
+#                      not seconds. Its p90 is n/a (it reports p95).
 #
 #   benches/peers/wrk.sh                    # REPS=3, 8 s rows: about 4 minutes
 #   REPS=1 WRK_S=3 benches/peers/wrk.sh     # quick
@@ -31,7 +37,9 @@ WRK_WARMUP_S=${WRK_WARMUP_S:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-ROWS=${ROWS:-"ceiling sold-out ceiling-dynamic sold-out-keyed reserve-strict reserve-relaxed"}
+ROWS=${ROWS:-"ceiling sold-out ceiling-dynamic sold-out-keyed reserve-strict reserve-relaxed redis-always redis-everysec redis-off"}
+REDIS_REQUESTS=${REDIS_REQUESTS:-$((WRK_S * 30000))}
+REDIS_WARMUP=${REDIS_WARMUP:-$((WRK_WARMUP_S * 30000))}
 WRK_OUT=${WRK_OUT:-$ROOT/target/peers-wrk}
 WRK_DOC=${WRK_DOC:-}
 BUILD=${BUILD:-1}
@@ -45,6 +53,13 @@ if ! command -v wrk >/dev/null; then
     log "installing wrk"
     timeout 600 $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq wrk >/dev/null
+fi
+if [[ " $ROWS " == *" redis-"* ]] && ! command -v redis-benchmark >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    log "installing redis"
+    timeout 600 $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 for tool in wrk taskset python3 curl; do
     command -v "$tool" >/dev/null || die "$tool is missing"
@@ -98,6 +113,24 @@ start_server() {
             DEAL=d1
             return
             ;;
+        redis-always | redis-everysec | redis-off)
+            local aof=(--appendonly yes --appendfsync "${row#redis-}")
+            [ "$row" = redis-off ] && aof=(--appendonly no)
+            taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$PORT" \
+                --protected-mode yes --dir "$data" --save '' "${aof[@]}" --daemonize no \
+                --logfile "" --loglevel warning >"$WORK/server.log" 2>&1 &
+            SERVER_PID=$!
+            python3 "$HERE/peers.py" wait-port "$PORT" 30 || die "redis did not start"
+            DEAL=d1
+            # The peer run's reserve script, as crates/load/src/redis.rs loads it (the common
+            # part prepended); the deal as the load tool creates it, with no per-user limit
+            # and a hold time no run reaches, as livestock's deal here.
+            REDIS_SHA=$(redis-cli -p "$PORT" SCRIPT LOAD \
+                "$(cat "$ROOT/crates/load/src/peers/redis-common.lua" "$ROOT/crates/load/src/peers/redis-reserve.lua")")
+            redis-cli -p "$PORT" HSET "ls:deal:$DEAL" stock 2000000 available 2000000 held 0 \
+                sold 0 limit 0 ttl_ms 600000 >/dev/null || die "creating the Redis deal failed"
+            return
+            ;;
         sold-out | sold-out-keyed) stock=0 ;;
         reserve-strict) stock=2000000 ;;
         reserve-relaxed) stock=2000000 durability=relaxed ;;
@@ -119,6 +152,22 @@ run_row() {
     [ "$row" = sold-out-keyed ] && keyed=1
     case $row in ceiling | sold-out) dynamic=0 ;; esac
     start_server "$row"
+    if [[ $row == redis-* ]]; then
+        local bench=(redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$CONNECTIONS" -r 1000000 --csv
+            EVALSHA "$REDIS_SHA" 4 "ls:deal:$DEAL" "ls:users:$DEAL" ls:expiries ls:hold_seq
+            "$DEAL" "u:__rand_int__" 1 600000)
+        taskset -c "$LOAD_CPU" timeout $((WRK_WARMUP_S + 60)) "${bench[@]:0:9}" -n "$REDIS_WARMUP" \
+            "${bench[@]:9}" >/dev/null 2>&1 || true
+        local held_before
+        held_before=$(redis-cli -p "$PORT" HGET "ls:deal:$DEAL" held)
+        taskset -c "$LOAD_CPU" timeout $((WRK_S * 10 + 60)) "${bench[@]:0:9}" -n "$REDIS_REQUESTS" \
+            "${bench[@]:9}" >"$WRK_OUT/$row-r$rep.txt" 2>&1 || log "$row r$rep: redis-benchmark exited $?"
+        # Every request must have made a hold: the count goes in the table.
+        echo "holds: $(($(redis-cli -p "$PORT" HGET "ls:deal:$DEAL" held) - held_before)) $REDIS_REQUESTS" \
+            >>"$WRK_OUT/$row-r$rep.txt"
+        stop_server
+        return
+    fi
     local url="http://127.0.0.1:$PORT/v1/deals/$DEAL/reserve"
     # Each run's users and keys are its own (a prefix per run): a warm-up's holds do not
     # count against the measured run's users.
