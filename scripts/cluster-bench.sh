@@ -23,8 +23,16 @@ cargo build --release -q -p livestock -p livestock-load
 BIN=target/release/livestock
 LOAD=target/release/livestock-load
 work=$(mktemp -d /tmp/livestock-cluster-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# The servers' process ids, in a file: they are started inside command substitutions
+# (subshells), where appending to a shell array would be lost and the servers left running.
+pids=$work/pids
+touch "$pids"
+stop_all() {
+    while read -r p; do kill -9 "$p" 2>/dev/null || true; done <"$pids"
+    : >"$pids"
+    sleep 0.5
+}
+cleanup() { stop_all; rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -52,7 +60,7 @@ start_single() {
     local port; port=$(free_port)
     taskset -c "$SERVER_CPU" "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$work/single-$1" \
         > "$work/single-$1.log" 2>&1 &
-    pids+=($!)
+    echo $! >>"$pids"
     echo "127.0.0.1:$port"
 }
 
@@ -65,7 +73,7 @@ start_cluster() {
         taskset -c "$SERVER_CPU" "$BIN" serve --node-id "$n" --listen "127.0.0.1:${ports[$((n-1))]}" \
             --peer-listen "127.0.0.1:${peer_ports[$((n-1))]}" --peers "$peers" \
             --data-dir "$work/cluster-$1-n$n" > "$work/cluster-$1-n$n.log" 2>&1 &
-        pids+=($!)
+        echo $! >>"$pids"
     done
     echo "127.0.0.1:${ports[0]} 127.0.0.1:${ports[1]} 127.0.0.1:${ports[2]}"
 }
@@ -81,7 +89,6 @@ leader_of() {
     echo "no leader" >&2; exit 1
 }
 
-stop_all() { for p in "${pids[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; pids=(); sleep 0.5; }
 
 declare -A results
 for rep in $(seq 1 "$REPS"); do
