@@ -31,14 +31,17 @@ impl Allocator {
         let snapshot = self.snapshot();
         let mut held: HashMap<&str, u64> = HashMap::new();
         let mut sold: HashMap<&str, u64> = HashMap::new();
-        let mut per_user: HashMap<(&str, &str), u32> = HashMap::new();
+        // u64: a checkpoint is outside input, and its holds' quantities (each a u32) may add up past
+        // a u32 for one user; the sum must be refused as wrong, not overflow.
+        let mut per_user: HashMap<(&str, &str), u64> = HashMap::new();
         for hold in &snapshot.holds {
             ensure!(hold.seq.0 < snapshot.next_hold_seq, "hold {:?} above the sequence", hold.seq);
             let deal = hold.deal_id.as_str();
             match hold.state {
                 HoldState::Held => {
                     *held.entry(deal).or_default() += u64::from(hold.qty);
-                    *per_user.entry((deal, hold.user_id.as_str())).or_default() += hold.qty;
+                    *per_user.entry((deal, hold.user_id.as_str())).or_default() +=
+                        u64::from(hold.qty);
                     let shard = self.holds.lock(hold.seq);
                     ensure!(
                         shard.has_timer(hold.seq, hold.expires_at_ms),
@@ -54,7 +57,7 @@ impl Allocator {
                     );
                     *sold.entry(deal).or_default() += u64::from(hold.confirmed_qty);
                     *per_user.entry((deal, hold.user_id.as_str())).or_default() +=
-                        hold.confirmed_qty;
+                        u64::from(hold.confirmed_qty);
                 }
                 HoldState::Released | HoldState::Expired => {
                     ensure!(
@@ -83,7 +86,10 @@ impl Allocator {
                     ensure!(*count <= limit, "user {user} over the limit in deal {id}");
                     let from_holds = per_user.get(&(id, user.as_str())).copied().unwrap_or(0);
                     // Forgotten confirmed holds still count against the user.
-                    ensure!(*count >= from_holds, "user {user} count below its holds in {id}");
+                    ensure!(
+                        u64::from(*count) >= from_holds,
+                        "user {user} count below its holds in {id}"
+                    );
                 }
             }
             for ((deal_id, user), qty) in &per_user {
@@ -94,10 +100,63 @@ impl Allocator {
                     let counted = self.users.with(&deal.spec.id, &user_id, |s| {
                         users::taken(s, &deal.spec.id, &user_id)
                     });
-                    ensure!(counted >= *qty, "user {user} count misses holds in {id}");
+                    ensure!(u64::from(counted) >= *qty, "user {user} count misses holds in {id}");
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use livestock_core::command::{Command, Line, Reserve};
+    use livestock_core::deal::NewDeal;
+    use livestock_core::event::{Event, EventSink};
+    use livestock_core::ids::{DealId, HoldIdKey, HoldSeq};
+
+    use super::*;
+    use crate::alloc::AllocatorConfig;
+
+    struct Discard;
+
+    impl EventSink for Discard {
+        fn append(&mut self, _: Event, _: &livestock_core::command::Outcome) {}
+    }
+
+    /// A checkpoint whose holds for one user add up past a u32 is refused as wrong, not a
+    /// panic on overflow (the checkpoint_decode fuzzer found it with two holds near u32::MAX).
+    #[test]
+    fn a_users_holds_past_u32_are_refused_not_overflowed() {
+        let config = AllocatorConfig { hold_id_key: HoldIdKey(7), resolved_hold_retention_ms: 1 };
+        let allocator = Allocator::new(config);
+        let id = DealId::parse("d").expect("id");
+        let deal = NewDeal {
+            id: id.clone(),
+            stream_id: None,
+            stock: 10,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            per_user_limit: Some(2),
+            hold_ttl_ms: None,
+            hold_ttl_ms_max: None,
+        };
+        allocator.execute(&Command::CreateDeal(deal), 0, &mut Discard).expect("created");
+        let reserve = Reserve {
+            user_id: UserId::parse("u").expect("user"),
+            lines: vec![Line { deal_id: id, qty: 1 }],
+            ttl_ms: None,
+        };
+        allocator.execute(&Command::Reserve(reserve), 0, &mut Discard).expect("reserved");
+        let mut snapshot = allocator.snapshot();
+        assert!(Allocator::restore(config, &snapshot).is_ok(), "the honest snapshot restores");
+        let mut twin = snapshot.holds[0].clone();
+        twin.seq = HoldSeq(snapshot.next_hold_seq);
+        twin.qty = u32::MAX;
+        snapshot.holds[0].qty = u32::MAX;
+        snapshot.holds.push(twin);
+        snapshot.next_hold_seq += 1;
+        let refused = Allocator::restore(config, &snapshot);
+        assert!(refused.is_err(), "restored a user holding 2 x u32::MAX units");
     }
 }
