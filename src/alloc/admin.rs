@@ -292,48 +292,15 @@ impl Allocator {
 
 #[cfg(test)]
 mod end_bound_tests {
-    use livestock_core::command::{Command, Line, Reserve};
-    use livestock_core::event::Event;
-    use livestock_core::ids::{HoldIdKey, UserId};
-
     use super::*;
-    use crate::alloc::AllocatorConfig;
-
-    struct Events(Vec<Event>);
-
-    impl EventSink for Events {
-        fn append(&mut self, event: Event, _: &Outcome) {
-            self.0.push(event);
-        }
-    }
+    use crate::alloc::test_support::{allocator_with_holds, Events};
 
     /// An end with more open holds than its record may list changes nothing; within the
     /// bound it ends the deal and releases them all.
     #[test]
     fn an_end_past_the_bound_is_refused_and_changes_nothing() {
-        let config = AllocatorConfig { hold_id_key: HoldIdKey(7), resolved_hold_retention_ms: 1 };
-        let allocator = Allocator::new(config);
         let mut events = Events(Vec::new());
-        let id = DealId::parse("d").expect("id");
-        let deal = NewDeal {
-            id: id.clone(),
-            stream_id: None,
-            stock: 10,
-            starts_at_ms: None,
-            ends_at_ms: None,
-            per_user_limit: None,
-            hold_ttl_ms: None,
-            hold_ttl_ms_max: None,
-        };
-        allocator.execute(&Command::CreateDeal(deal), 0, &mut events).expect("created");
-        for user in ["a", "b", "c"] {
-            let reserve = Reserve {
-                user_id: UserId::parse(user).expect("user"),
-                lines: vec![Line { deal_id: id.clone(), qty: 1 }],
-                ttl_ms: None,
-            };
-            allocator.execute(&Command::Reserve(reserve), 0, &mut events).expect("reserved");
-        }
+        let (allocator, id) = allocator_with_holds(None, &["a", "b", "c"], &mut events);
         let logged = events.0.len();
         let slot = allocator.slot(&id).expect("the deal");
         let one = |_: &[DealView], _: usize| Outcome::Deal(slot.view(0));

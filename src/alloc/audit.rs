@@ -110,44 +110,17 @@ impl Allocator {
 
 #[cfg(test)]
 mod tests {
-    use livestock_core::command::{Command, Line, Reserve};
-    use livestock_core::deal::NewDeal;
-    use livestock_core::event::{Event, EventSink};
-    use livestock_core::ids::{DealId, HoldIdKey, HoldSeq};
+    use livestock_core::ids::HoldSeq;
 
     use super::*;
-    use crate::alloc::AllocatorConfig;
-
-    struct Discard;
-
-    impl EventSink for Discard {
-        fn append(&mut self, _: Event, _: &livestock_core::command::Outcome) {}
-    }
+    use crate::alloc::test_support::{allocator_with_holds, Events};
 
     /// A checkpoint whose holds for one user add up past a u32 is refused as wrong, not a
     /// panic on overflow (the checkpoint_decode fuzzer found it with two holds near u32::MAX).
     #[test]
     fn a_users_holds_past_u32_are_refused_not_overflowed() {
-        let config = AllocatorConfig { hold_id_key: HoldIdKey(7), resolved_hold_retention_ms: 1 };
-        let allocator = Allocator::new(config);
-        let id = DealId::parse("d").expect("id");
-        let deal = NewDeal {
-            id: id.clone(),
-            stream_id: None,
-            stock: 10,
-            starts_at_ms: None,
-            ends_at_ms: None,
-            per_user_limit: Some(2),
-            hold_ttl_ms: None,
-            hold_ttl_ms_max: None,
-        };
-        allocator.execute(&Command::CreateDeal(deal), 0, &mut Discard).expect("created");
-        let reserve = Reserve {
-            user_id: UserId::parse("u").expect("user"),
-            lines: vec![Line { deal_id: id, qty: 1 }],
-            ttl_ms: None,
-        };
-        allocator.execute(&Command::Reserve(reserve), 0, &mut Discard).expect("reserved");
+        let (allocator, _) = allocator_with_holds(Some(2), &["u"], &mut Events(Vec::new()));
+        let config = allocator.config();
         let mut snapshot = allocator.snapshot();
         assert!(Allocator::restore(config, &snapshot).is_ok(), "the honest snapshot restores");
         let mut twin = snapshot.holds[0].clone();

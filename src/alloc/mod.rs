@@ -46,6 +46,8 @@ mod replay;
 mod reserve;
 mod resolve;
 mod snapshot;
+#[cfg(test)]
+mod test_support;
 mod users;
 
 use livestock_core::command::{Command, HoldView, Outcome};

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use livestock_core::error::CommandError;
 use livestock_core::ids::DealId;
+use livestock_core::limits::REFUSAL_BODIES_DEALS_MAX;
 
 use crate::alloc::Refusal;
 use crate::http::error::{status_of, ApiError};
@@ -25,14 +26,12 @@ type Bodies = HashMap<Box<str>, [Option<Bytes>; KINDS]>;
 /// Kinds of refusal kept: sold out, ended, paused, not started.
 const KINDS: usize = 4;
 
-/// Deals a thread keeps bodies for before it starts over (a bound on memory; a deal's bodies
-/// are rebuilt on its next refusal).
-const DEALS_KEPT_MAX: usize = 1_024;
-
 thread_local! {
     static BODIES: RefCell<Bodies> = RefCell::new(HashMap::new());
 }
 
+/// The slot of `refusal`'s body. A not-started body names the deal's start, yet one slot is
+/// enough: a deal's spec (its window with it) never changes once created.
 fn kind(refusal: Refusal) -> usize {
     use livestock_core::deal::Closed;
     match refusal {
@@ -53,7 +52,7 @@ pub fn preformatted(deal_id: &str, refusal: Refusal) -> Option<Bytes> {
         let id = DealId::parse(deal_id).ok()?;
         let error = CommandError::from(refusal.error(id));
         let body = ApiError::from(&error).reply().body;
-        if bodies.len() >= DEALS_KEPT_MAX && !bodies.contains_key(deal_id) {
+        if bodies.len() >= REFUSAL_BODIES_DEALS_MAX && !bodies.contains_key(deal_id) {
             bodies.clear();
         }
         let kept = bodies.entry(deal_id.into()).or_default();

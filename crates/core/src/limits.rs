@@ -61,6 +61,8 @@ pub const WAL_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// reserves that were in flight between the count and the shut (at most one per open
 /// connection and cart line) and the deal ids.
 pub const END_HOLDS_MAX: usize = 6_000_000;
+// An end's record: 10 bytes a hold at most, with 700,000 holds' room to spare.
+const _: () = assert!(END_HOLDS_MAX * 10 + 7_000_000 <= WAL_RECORD_BYTES_MAX);
 /// A log segment is closed and a new one started past this size.
 pub const WAL_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// A raft log segment (`cluster/log_store`) is closed and a new one started past this size.
@@ -167,5 +169,10 @@ const _: () = assert!(RAFT_ENTRY_BYTES_MAX <= u32::MAX as usize);
 /// many threads as this answer without sharing a written cache line; more share cells. Each
 /// cell is about 9 KiB.
 pub const METRIC_CELLS: usize = 16;
-// An end's record: 10 bytes a hold at most, with 700,000 holds' room to spare.
-const _: () = assert!(END_HOLDS_MAX * 10 + 7_000_000 <= WAL_RECORD_BYTES_MAX);
+
+// ---------------------------------------------------------------- http
+
+/// Deals a thread keeps preformatted refusal bodies for (`http/refusal_body.rs`) before it
+/// starts over: a bound on memory (a deal's four bodies are a few hundred bytes); a deal's
+/// bodies are rebuilt on its next refusal.
+pub const REFUSAL_BODIES_DEALS_MAX: usize = 1_024;
