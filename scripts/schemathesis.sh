@@ -166,6 +166,8 @@ PY
 # stock + delta <= 1099511627775, integers written as `1.0` (JSON Schema calls them integers, the
 # server wants `1`), and an `Idempotency-Key` reused with another request (422: generated keys
 # repeat). Its converse, `negative_data_rejection`, stays on.
+# The live feeds (`/live`) are left out: an answer that streams until its deal ends cannot
+# be read whole within a request timeout; tests/feed.rs covers them.
 # One worker: the run is stateful against one server, and CPython 3.11's parser is not safe to
 # share between the workers' threads (hypothesis hits "AST constructor recursion depth
 # mismatch").
@@ -180,6 +182,7 @@ spec=$PWD/docs/openapi.yaml
     --phases examples,coverage,fuzzing,stateful \
     --checks all \
     --exclude-checks positive_data_acceptance \
+    --exclude-path-regex '/live$' \
     --max-time "${SCHEMATHESIS_MAX_TIME:-90}" \
     --seed "${SCHEMATHESIS_SEED:-1}" \
     --workers 1 \

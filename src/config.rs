@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use livestock_core::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, FSYNC_INTERVAL_MS_DEFAULT,
-    HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, IDEMPOTENCY_KEYS_MAX_DEFAULT,
-    IDEMPOTENCY_WINDOW_MS_DEFAULT, REQUEST_BODY_BYTES_MAX, RESOLVED_HOLD_RETENTION_MS_DEFAULT,
-    WAL_SEGMENT_BYTES_MAX_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, FEED_INTERVAL_MS_DEFAULT,
+    FEED_INTERVAL_MS_MAX, FEED_INTERVAL_MS_MIN, FEED_SUBSCRIBERS_MAX_DEFAULT,
+    FSYNC_INTERVAL_MS_DEFAULT, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+    IDEMPOTENCY_KEYS_MAX_DEFAULT, IDEMPOTENCY_WINDOW_MS_DEFAULT, REQUEST_BODY_BYTES_MAX,
+    RESOLVED_HOLD_RETENTION_MS_DEFAULT, WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
 
 /// When a change is acknowledged (see docs/durability.md).
@@ -165,6 +166,14 @@ pub struct Config {
     pub metrics_public: bool,
     /// Allow a non-loopback listener without tokens. Default false.
     pub insecure: bool,
+    /// The live feed: a deal's counter changes go out at most this often, ms (state changes,
+    /// such as sold out, at once). Default 100; 10..=60000.
+    pub feed_interval_ms: u64,
+    /// The live feed: subscribers at once; past it 503 `feed_full`. Default 5000.
+    pub feed_subscribers_max: usize,
+    /// The live feed and a deal's availability without a token. Default true; false: they
+    /// need the client role.
+    pub feed_public: bool,
     /// Tokens of the `admin` role (deals, streams, and everything `client` may do).
     pub admin_tokens: Vec<Secret>,
     /// Tokens of the `client` role (reserve, cart, confirm, release, extend, reads).
@@ -222,6 +231,9 @@ impl Default for Config {
             log_format: LogFormat::Human,
             metrics_public: false,
             insecure: false,
+            feed_interval_ms: FEED_INTERVAL_MS_DEFAULT,
+            feed_subscribers_max: FEED_SUBSCRIBERS_MAX_DEFAULT,
+            feed_public: true,
             admin_tokens: Vec::new(),
             client_tokens: Vec::new(),
             node_id: None,
@@ -312,6 +324,16 @@ pub struct ConfigArgs {
     /// Allow a non-loopback listener without tokens [default: false].
     #[arg(long, env = "LIVESTOCK_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
+    /// The live feed: counter changes of a deal at most this often, ms, 10..=60000
+    /// [default: 100].
+    #[arg(long, env = "LIVESTOCK_FEED_INTERVAL_MS")]
+    pub feed_interval_ms: Option<u64>,
+    /// The live feed: most subscribers at once; past it 503 feed_full [default: 5000].
+    #[arg(long, env = "LIVESTOCK_FEED_SUBSCRIBERS_MAX")]
+    pub feed_subscribers_max: Option<usize>,
+    /// The live feed and availability without a token; false: the client role [default: true].
+    #[arg(long, env = "LIVESTOCK_FEED_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
+    pub feed_public: Option<bool>,
     /// admin tokens, comma-separated. Prefer the environment or the file: flags show in `ps`.
     #[arg(long, env = "LIVESTOCK_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub admin_tokens: Option<Vec<Secret>>,
@@ -407,6 +429,9 @@ impl Config {
             log_format,
             metrics_public,
             insecure,
+            feed_interval_ms,
+            feed_subscribers_max,
+            feed_public,
             admin_tokens,
             client_tokens,
             peers,
@@ -443,6 +468,7 @@ impl Config {
             ("connections_max", self.connections_max as u64),
             ("headers_max", self.headers_max as u64),
             ("body_bytes_max", self.body_bytes_max as u64),
+            ("feed_subscribers_max", self.feed_subscribers_max as u64),
         ];
         for (name, value) in at_least_1 {
             if value == 0 {
@@ -463,6 +489,11 @@ impl Config {
         if !(HOLD_TTL_MS_MIN..=self.hold_ttl_ms_max).contains(&self.hold_ttl_ms_default) {
             return fail(format!(
                 "hold_ttl_ms_default must be between {HOLD_TTL_MS_MIN} and hold_ttl_ms_max"
+            ));
+        }
+        if !(FEED_INTERVAL_MS_MIN..=FEED_INTERVAL_MS_MAX).contains(&self.feed_interval_ms) {
+            return fail(format!(
+                "feed_interval_ms must be between {FEED_INTERVAL_MS_MIN} and {FEED_INTERVAL_MS_MAX}"
             ));
         }
         if self.user_rate_per_s > 0 && self.user_rate_burst == 0 {
@@ -591,6 +622,34 @@ mod tests {
         assert!(config.validate().is_ok());
         config.admin_tokens = vec![Secret::new("short")];
         assert!(config.validate().is_err());
+        config.admin_tokens = Vec::new();
+        config.feed_interval_ms = 5;
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("feed_interval_ms"), "{refused}");
+        config.feed_interval_ms = 100;
+        config.feed_subscribers_max = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn feed_options_come_from_the_file_and_the_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("livestock-config-feed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("feed.toml");
+        std::fs::write(&file, "feed_interval_ms = 250\nfeed_public = false\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file.clone()),
+            feed_subscribers_max: Some(7),
+            ..ConfigArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.feed_interval_ms, 250);
+        assert!(!config.feed_public);
+        assert_eq!(config.feed_subscribers_max, 7);
+        assert_eq!(Config::default().feed_interval_ms, FEED_INTERVAL_MS_DEFAULT);
+        assert!(Config::default().feed_public);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! | `alloc/` | the concurrent allocator: the hot path; no I/O, no clock |
 //! | `idempotency.rs` | remembered answers to keyed requests |
 //! | `node.rs` | the shell around the allocator: clock, idempotency, event sink, reaper |
-//! | `http/` | routes, wire types, errors as status + JSON, auth, rate limits, the hyper server |
+//! | `http/` | routes, wire types, errors as status + JSON, auth, rate limits, the live feed, the hyper server |
 //! | `wal/` | the write-ahead log, checkpoints, recovery, the storage trait |
 //! | `cluster/` | replication on openraft: log storage, state machine, peer network |
 //! | `config.rs` | the configuration: defaults < TOML file < environment < flags |

@@ -228,14 +228,17 @@ fn each_operation_documents_the_role_it_needs() {
         let responses = &op["responses"];
         let has = |status: &str| responses.get(status).is_some();
         let label = format!("{method} {pattern}");
-        // `/metrics` is admin-only unless configured public; the spec documents the default.
-        match endpoint.access.resolve(false) {
+        // `/metrics` is admin-only unless configured public, the live feed public unless
+        // configured otherwise; the spec documents the defaults.
+        match endpoint.access.resolve(false, true) {
             Access::Public => {
                 assert_eq!(role, Some("none"), "{label}");
                 assert!(public, "{label}: public, so `security: []`");
                 assert!(!has("401") && !has("403"), "{label}: public, no 401/403");
             }
-            Access::AdminUnlessPublic => unreachable!("resolved above"),
+            Access::AdminUnlessPublic | Access::ClientUnlessFeedPublic => {
+                unreachable!("resolved above")
+            }
             Access::Role(needed) => {
                 let expected = match needed {
                     Role::Admin => "admin",

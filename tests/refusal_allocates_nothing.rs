@@ -16,6 +16,7 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
+use livestock::http::body::Body;
 use livestock::node::{Node, NodeConfig};
 use livestock_core::command::{Command, Line, Reserve};
 use livestock_core::deal::NewDeal;
@@ -145,10 +146,7 @@ fn sold_out_request(request_id: Option<&str>) -> Request<Full<Bytes>> {
 
 /// Allocations of one sold-out exchange. The answer never waits (nothing to make durable), so
 /// one poll completes it: no runtime, whose own bookkeeping would be counted.
-fn exchange_allocations(
-    node: &Node,
-    request: Request<Full<Bytes>>,
-) -> (u64, Response<Full<Bytes>>) {
+fn exchange_allocations(node: &Node, request: Request<Full<Bytes>>) -> (u64, Response<Body>) {
     let before = allocations();
     let response = livestock::http::handle(node, request).now_or_never().expect("no wait");
     (allocations() - before, response)

@@ -1,7 +1,8 @@
 //! Access control: bearer tokens with roles.
 //!
 //! `admin` may do everything; `client` may reserve, cart, confirm, release, extend and read.
-//! `/healthz` and `/readyz` need no token, nor `/metrics` when configured public. A missing or
+//! `/healthz` and `/readyz` need no token, nor `/metrics` when configured public, nor the live
+//! feed and a deal's availability unless configured otherwise (`feed_public`). A missing or
 //! unknown token is 401, a token of the wrong role 403. Tokens are compared in constant time
 //! (every configured token is compared in full, whatever matches), and never logged.
 //!
@@ -26,14 +27,21 @@ pub enum Access {
     Role(Role),
     /// `/metrics`: public when configured so (`metrics_public`), else admin.
     AdminUnlessPublic,
+    /// The live feed and availability: public unless configured otherwise (`feed_public`), then
+    /// client. A viewer's app holds no token; an operator who wants the feed behind the
+    /// commerce backend turns it off.
+    ClientUnlessFeedPublic,
 }
 
 impl Access {
-    /// The access as configured: `AdminUnlessPublic` becomes one of the other two.
-    pub fn resolve(self, metrics_public: bool) -> Access {
+    /// The access as configured: `AdminUnlessPublic` and `ClientUnlessFeedPublic` become one of
+    /// the other two.
+    pub fn resolve(self, metrics_public: bool, feed_public: bool) -> Access {
         match self {
             Access::AdminUnlessPublic if metrics_public => Access::Public,
             Access::AdminUnlessPublic => Access::Role(Role::Admin),
+            Access::ClientUnlessFeedPublic if feed_public => Access::Public,
+            Access::ClientUnlessFeedPublic => Access::Role(Role::Client),
             other => other,
         }
     }
@@ -81,6 +89,7 @@ impl Tokens {
             Access::Public => return Ok(()),
             Access::Role(role) => role,
             Access::AdminUnlessPublic => Role::Admin,
+            Access::ClientUnlessFeedPublic => Role::Client,
         };
         if !self.enabled() {
             return Ok(());
@@ -137,8 +146,11 @@ mod tests {
         );
         assert_eq!(t.check(Access::Public, None), Ok(()));
         assert_eq!(t.check(Access::AdminUnlessPublic, client), Err(Denied::Forbidden));
-        assert_eq!(Access::AdminUnlessPublic.resolve(true), Access::Public);
-        assert_eq!(Access::AdminUnlessPublic.resolve(false), needs_admin);
+        assert_eq!(Access::AdminUnlessPublic.resolve(true, false), Access::Public);
+        assert_eq!(Access::AdminUnlessPublic.resolve(false, true), needs_admin);
+        assert_eq!(Access::ClientUnlessFeedPublic.resolve(false, true), Access::Public);
+        assert_eq!(Access::ClientUnlessFeedPublic.resolve(true, false), needs_client);
+        assert_eq!(t.check(Access::ClientUnlessFeedPublic, None), Err(Denied::Unauthenticated));
         assert_eq!(Tokens::new(&[], &[]).check(needs_admin, None), Ok(()));
     }
 

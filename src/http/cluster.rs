@@ -31,8 +31,8 @@ pub const FORWARDED: &str = "x-livestock-forwarded";
 
 /// Request headers that travel with a forwarded request (the rest are hop-by-hop or
 /// connection details the leader does not need).
-const FORWARDED_HEADERS: [&str; 5] =
-    ["authorization", "content-type", "idempotency-key", "x-request-id", "accept"];
+const FORWARDED_HEADERS: [&str; 6] =
+    ["authorization", "content-type", "idempotency-key", "x-request-id", "accept", "if-none-match"];
 
 /// A 503 `no_leader` with `Retry-After: 1`: a client retries within a second or two, by which
 /// time an election has normally finished (docs/replication.md has the figures).

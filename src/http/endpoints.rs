@@ -23,6 +23,8 @@ pub struct Endpoint {
 
 const ADMIN: Access = Access::Role(Role::Admin);
 const CLIENT: Access = Access::Role(Role::Client);
+/// The live feed and availability: a viewer's app, without a token, unless configured otherwise.
+const FEED: Access = Access::ClientUnlessFeedPublic;
 
 macro_rules! endpoint {
     ($method:ident $path:literal, $access:expr, $op:ident, $handler:path) => {
@@ -37,7 +39,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 21] = [
+pub static ENDPOINTS: [Endpoint; 24] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -46,6 +48,9 @@ pub static ENDPOINTS: [Endpoint; 21] = [
     endpoint!(POST "/v1/deals/{id}/end", ADMIN, EndDeal, handlers::end_deal),
     endpoint!(POST "/v1/deals/{id}/stock", ADMIN, AdjustStock, handlers::adjust_stock),
     endpoint!(POST "/v1/deals/{id}/reserve", CLIENT, Reserve, handlers::reserve),
+    endpoint!(GET "/v1/deals/{id}/live", FEED, DealFeed, handlers::deal_live),
+    endpoint!(GET "/v1/deals/{id}/availability", FEED, Availability, handlers::availability),
+    endpoint!(GET "/v1/streams/{stream_id}/live", FEED, StreamFeed, handlers::stream_live),
     endpoint!(POST "/v1/streams/{stream_id}/end", ADMIN, EndStream, handlers::end_stream),
     endpoint!(POST "/v1/cart/reserve", CLIENT, Cart, handlers::cart_reserve),
     endpoint!(GET "/v1/holds/{hold_id}", CLIENT, GetHold, handlers::get_hold),

@@ -33,9 +33,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::HoldTtlExceeded
         | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::IdempotencyCapacity | ErrorCode::StorageUnavailable | ErrorCode::NoLeader => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::IdempotencyCapacity
+        | ErrorCode::StorageUnavailable
+        | ErrorCode::NoLeader
+        | ErrorCode::FeedFull => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -19,13 +19,14 @@ use livestock_core::limits::IDEMPOTENCY_WAIT_MS_MAX;
 use tracing::Instrument;
 
 use crate::http::auth::Denied;
+use crate::http::body::Body;
 use crate::http::cluster;
 use crate::http::endpoints::{self, NoRoute};
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, Action, Answer, Call};
 use crate::http::options::ServerOptions;
 use crate::http::refusal;
-use crate::http::response::{respond, OutcomeCode};
+use crate::http::response::{conditional, respond, OutcomeCode};
 use crate::http::wire;
 use crate::idempotency::{fingerprint, StoredReply};
 use crate::metrics::{Limit, Op};
@@ -103,8 +104,9 @@ fn new_request_id() -> HeaderValue {
     })
 }
 
-/// One request with the default options (no tokens, no rate limit): tests and fuzzers.
-pub async fn handle<B>(node: &Node, req: Request<B>) -> Response<Full<Bytes>>
+/// One request with the default options (no tokens, no rate limit): tests and fuzzers. With
+/// no server, no feed publisher runs: a live feed answers its first events and ends.
+pub async fn handle<B>(node: &Node, req: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -114,11 +116,7 @@ where
 }
 
 /// One request, start to answer, with metrics and the request id.
-pub async fn handle_with<B>(
-    node: &Node,
-    options: &ServerOptions,
-    req: Request<B>,
-) -> Response<Full<Bytes>>
+pub async fn handle_with<B>(node: &Node, options: &ServerOptions, req: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -156,19 +154,16 @@ fn is_json(content_type: &HeaderValue) -> bool {
 }
 
 /// An answer with the error code it carries, for the metrics and the log line.
-fn coded(
-    op: Op,
-    response: Response<Full<Bytes>>,
-) -> (Op, Option<ErrorCode>, Response<Full<Bytes>>) {
+fn coded(op: Op, response: Response<Full<Bytes>>) -> (Op, Option<ErrorCode>, Response<Body>) {
     let code = response.extensions().get::<OutcomeCode>().map(|c| c.0);
-    (op, code, response)
+    (op, code, response.map(Body::Full))
 }
 
 async fn answer<B>(
     node: &Node,
     options: &ServerOptions,
     req: Request<B>,
-) -> (Op, Option<ErrorCode>, Response<Full<Bytes>>)
+) -> (Op, Option<ErrorCode>, Response<Body>)
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -193,7 +188,7 @@ where
     let op = endpoint.op;
     // Access before anything is read: an unauthenticated caller costs no body read.
     let authorization = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    let access = endpoint.access.resolve(options.metrics_public);
+    let access = endpoint.access.resolve(options.metrics_public, options.feed_public);
     match options.tokens.check(access, authorization) {
         Ok(()) => {}
         Err(Denied::Unauthenticated) => {
@@ -273,12 +268,13 @@ where
             Some(key) => refusal::answer_keyed(&call, key, path),
         };
         if let Some((code, response)) = shortcut {
-            return (op, Some(code), response);
+            return (op, Some(code), response.map(Body::Full));
         }
     }
     let response = match (endpoint.handler)(&call) {
         Ok(Action::Reply(reply)) => respond(reply),
-        Ok(Action::Response(response)) => response,
+        Ok(Action::Response(response)) => conditional(&parts.headers, response),
+        Ok(Action::Feed(response)) => return (op, None, response),
         Ok(Action::Execute { command, scope, answer }) => {
             let request = Mutation { method: &parts.method, path, body: &body, scope: &scope };
             let key = key.map(IdempotencyKey::parse).transpose();

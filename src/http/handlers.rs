@@ -11,7 +11,9 @@ use livestock_core::error::{CommandError, ErrorCode};
 use livestock_core::ids::HoldIdKey;
 use serde_json::json;
 
+use crate::http::body::Body;
 use crate::http::error::ApiError;
+use crate::http::feed_frame::{self, Stock};
 use crate::http::options::ServerOptions;
 use crate::http::refusal_body;
 use crate::http::response::respond;
@@ -35,8 +37,11 @@ pub type Handler = fn(&Call<'_>) -> Result<Action, ApiError>;
 pub enum Action {
     /// This answer, now.
     Reply(StoredReply),
-    /// A response with its own headers or content type.
+    /// A response with its own headers or content type. One with an `ETag` answers 304 to a
+    /// request whose `If-None-Match` names it (`response::conditional`).
     Response(Response<Full<Bytes>>),
+    /// A stream of events (the live feed), answered as it is.
+    Feed(Response<Body>),
     /// Run this command (under the request's `Idempotency-Key`, if any, within `scope`), and
     /// answer its result in the shape `answer` says.
     Execute { command: Command, scope: String, answer: Answer },
@@ -140,6 +145,37 @@ pub fn get_deal(call: &Call<'_>) -> Result<Action, ApiError> {
     let view = view
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}")))?;
     Ok(Action::Reply(wire::reply(200, &wire::deal_json(&view))))
+}
+
+/// `GET /v1/deals/{id}/live`: the deal's live feed (`feed.rs`).
+pub fn deal_live(call: &Call<'_>) -> Result<Action, ApiError> {
+    let id = wire::deal_id(call.param)?;
+    Ok(Action::Feed(call.options.feed.subscribe_deal(call.node, &id)?))
+}
+
+/// `GET /v1/streams/{stream_id}/live`: the live feed of every deal of a stream.
+pub fn stream_live(call: &Call<'_>) -> Result<Action, ApiError> {
+    let stream = wire::stream_id(call.param)?;
+    Ok(Action::Feed(call.options.feed.subscribe_stream(call.node, &stream)?))
+}
+
+/// `GET /v1/deals/{id}/availability`: what the feed's event says, as one cacheable answer. A
+/// second is as stale as a viewer's page may be, and lets a CDN absorb a crowd's polling; the
+/// `ETag` lets a poller that has the current answer get a body-less 304.
+pub fn availability(call: &Call<'_>) -> Result<Action, ApiError> {
+    let id = wire::deal_id(call.param)?;
+    let view = call.node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
+    let view = view
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}")))?;
+    let stock = Stock::of(&view);
+    let mut response = Response::new(Full::new(feed_frame::availability_json(id.as_str(), &stock)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    if let Ok(tag) = HeaderValue::from_str(&feed_frame::etag(&stock)) {
+        headers.insert(header::ETAG, tag);
+    }
+    Ok(Action::Response(response))
 }
 
 fn hold_key(call: &Call<'_>) -> HoldIdKey {

@@ -9,7 +9,12 @@
 //! | `cluster_node.rs` | serving a replica: API, peer listener, forwarded requests |
 //! | `server.rs` | the listener and connections, graceful shutdown |
 //! | `options.rs` | the HTTP layer's settings, from the configuration |
-//! | `response.rs` | an answer as a response, with its error code for the metrics |
+//! | `response.rs` | an answer as a response, with its error code for the metrics; 304s |
+//! | `body.rs` | a response body: the whole answer, or a stream (the live feed) |
+//! | `feed.rs` | the live feed: subscriptions and the publisher task |
+//! | `feed_subscriber.rs` | one subscriber's event stream: newest frames, heartbeat, its seat |
+//! | `feed_frame.rs` | what the feed says of a deal, and its bytes (events, availability, ETag) |
+//! | `feed_change.rs` | when the feed publishes a deal (at once, or once per interval) |
 //! | `wire.rs` | request bodies to commands, outcomes to JSON |
 //! | `error.rs` | every error code's status, and the JSON error body |
 //! | `auth.rs` | bearer tokens and roles |
@@ -20,11 +25,16 @@
 
 pub mod admin_client;
 pub mod auth;
+pub mod body;
 pub mod cluster;
 pub mod cluster_node;
 pub mod endpoints;
 pub mod error;
 pub mod exchange;
+pub mod feed;
+pub mod feed_change;
+pub mod feed_frame;
+pub mod feed_subscriber;
 pub mod handlers;
 pub mod options;
 pub mod rate;

@@ -1,10 +1,14 @@
 //! The HTTP layer's settings, from the configuration.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::http::auth::Tokens;
+use crate::http::feed::Feed;
 use crate::http::rate::RateLimiter;
 
-/// The HTTP layer's settings: limits, access control, rate limits, deal defaults. Built from
+/// The HTTP layer's settings: limits, access control, rate limits, deal defaults, the live
+/// feed. Built from
 /// the configuration (`ServerOptions::from_config`); the default is the embedded one (no
 /// tokens, no rate limit, the documented limits).
 pub struct ServerOptions {
@@ -13,6 +17,10 @@ pub struct ServerOptions {
     pub connections_max: usize,
     pub headers_max: usize,
     pub metrics_public: bool,
+    /// The live feed and availability without a token (else the client role).
+    pub feed_public: bool,
+    /// The live feed's subscriptions; its publisher runs with the server (`server.rs`).
+    pub feed: Arc<Feed>,
     pub tokens: Tokens,
     pub rate: RateLimiter,
     /// Filled into a created deal that names no `hold_ttl_ms` / `hold_ttl_ms_max`.
@@ -34,6 +42,8 @@ impl ServerOptions {
             connections_max: config.connections_max,
             headers_max: config.headers_max,
             metrics_public: config.metrics_public,
+            feed_public: config.feed_public,
+            feed: Arc::new(Feed::new(config.feed_interval_ms, config.feed_subscribers_max)),
             tokens: Tokens::new(&config.admin_tokens, &config.client_tokens),
             rate: RateLimiter::new(config.user_rate_per_s, config.user_rate_burst),
             hold_ttl_ms_default: config.hold_ttl_ms_default,

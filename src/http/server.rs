@@ -1,6 +1,7 @@
 //! The listener and its connections: the accept loop, the connection bound, hyper's
 //! connection settings, graceful shutdown. Each request goes to `exchange.rs`; the expiry
-//! reaper (`node/reaper.rs`) runs beside the server for as long as it serves.
+//! reaper (`node/reaper.rs`) and the live feed's publisher (`feed.rs`) run beside the server
+//! for as long as it serves.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::http::exchange::handle_with;
+use crate::http::feed;
 use crate::http::options::ServerOptions;
 use crate::metrics::Limit;
 use crate::node::{reaper, Node};
@@ -42,6 +44,7 @@ impl Server {
         let listener = listen(addr)?;
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
+        options.feed.open();
         let task = tokio::spawn(run(listener, node, Arc::new(options), stop));
         Ok(Server { local_addr, shutdown, task })
     }
@@ -50,8 +53,8 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in flight finish, and returns when all connections are
-    /// closed.
+    /// Stops accepting, lets requests in flight finish, ends the live feeds, and returns when
+    /// all connections are closed.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
@@ -87,6 +90,9 @@ async fn run(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let reaper = tokio::spawn(reaper::run(node.clone(), stop.clone()));
+    // It sees `stop` too and closes every feed, so that the graceful shutdown below, which
+    // waits for each connection's answer to end, does not wait forever on an open feed.
+    let publisher = tokio::spawn(feed::run(options.feed.clone(), node.clone(), stop.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -130,4 +136,5 @@ async fn run(
     drop(listener);
     graceful.shutdown().await;
     let _ = reaper.await;
+    let _ = publisher.await;
 }

@@ -52,12 +52,18 @@ pub enum Op {
     ClusterMembers,
     /// A backup of the applied state (cluster mode, admin).
     ClusterBackup,
+    /// The live feed of one deal (timed to the start of its stream of events).
+    DealFeed,
+    /// The live feed of a stream's deals (timed likewise).
+    StreamFeed,
+    /// A deal's cacheable availability.
+    Availability,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 23] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -77,13 +83,21 @@ impl Op {
         Op::Cluster,
         Op::ClusterMembers,
         Op::ClusterBackup,
+        Op::DealFeed,
+        Op::StreamFeed,
+        Op::Availability,
         Op::Unrouted,
     ];
 
     /// Answered by whichever node gets the request, from its own state (health, metrics,
-    /// cluster status); every other operation goes to the leader in cluster mode.
+    /// cluster status, the live feed: a stream of events cannot be forwarded, and a viewer's
+    /// feed may trail the leader by a follower's replication lag); every other operation goes
+    /// to the leader in cluster mode.
     pub const fn is_local(self) -> bool {
-        matches!(self, Op::Health | Op::Metrics | Op::Cluster | Op::Unrouted)
+        matches!(
+            self,
+            Op::Health | Op::Metrics | Op::Cluster | Op::DealFeed | Op::StreamFeed | Op::Unrouted
+        )
     }
 
     pub const fn as_str(self) -> &'static str {
@@ -107,6 +121,9 @@ impl Op {
             Op::Cluster => "cluster",
             Op::ClusterMembers => "cluster_members",
             Op::ClusterBackup => "cluster_backup",
+            Op::DealFeed => "deal_feed",
+            Op::StreamFeed => "stream_feed",
+            Op::Availability => "availability",
             Op::Unrouted => "unrouted",
         }
     }
@@ -138,9 +155,11 @@ pub enum Limit {
     Connections,
     UserRate,
     IdempotencyKeys,
+    FeedSubscribers,
 }
 
-const LIMITS: [&str; 4] = ["body_bytes", "connections", "user_rate", "idempotency_keys"];
+const LIMITS: [&str; 5] =
+    ["body_bytes", "connections", "user_rate", "idempotency_keys", "feed_subscribers"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -194,6 +194,35 @@ impl Http {
         Resp { status, headers, body }
     }
 
+    /// A request whose answer's status and headers are read, and its body not: for a live
+    /// feed, whose body lasts as long as its deal. The connection closes when this returns.
+    pub fn send_head(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let response = match request.call() {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("{method} {path}: transport error {e}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .map(|name| {
+                let value = response.header(&name).unwrap_or_default().to_owned();
+                (name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        // An error's body is whole (it has a length): read it, for the error code.
+        let body = if status >= 400 {
+            response.into_string().expect("a text body")
+        } else {
+            String::new()
+        };
+        Resp { status, headers, body }
+    }
+
     pub fn get(&self, path: &str) -> Resp {
         self.send("GET", path, &[], None)
     }

@@ -44,12 +44,14 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     RateLimited,
+    /// The live feed has as many subscribers as it is configured to keep (`feed_subscribers_max`).
+    FeedFull,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -78,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
+        ErrorCode::FeedFull,
         ErrorCode::Internal,
     ];
 
@@ -111,6 +114,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::FeedFull => "feed_full",
             ErrorCode::Internal => "internal",
         }
     }

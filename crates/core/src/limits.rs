@@ -176,3 +176,37 @@ pub const METRIC_CELLS: usize = 16;
 /// starts over: a bound on memory (a deal's four bodies are a few hundred bytes); a deal's
 /// bodies are rebuilt on its next refusal.
 pub const REFUSAL_BODIES_DEALS_MAX: usize = 1_024;
+
+// ---------------------------------------------------------------- feed
+
+/// The live stock feed (`http/feed.rs`): the publisher reads the counters of every deal someone
+/// follows this often. A change of a deal's state (sold out, back in stock, paused, ended) goes
+/// out on the tick that sees it, so at most this long (plus scheduling delay) after it happened;
+/// a change of counters alone waits for `feed_interval_ms`. A tick reads only followed deals.
+pub const FEED_TICK_MS: u64 = 10;
+/// Events per deal at most once per `feed_interval_ms` (configured) for counter changes:
+/// ten a second by default is smooth for a progress bar, and bounds the bytes a crowd of
+/// viewers costs during a burst (one frame per deal per interval, whatever the reserve rate).
+pub const FEED_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Below one tick the interval means nothing (the publisher cannot look more often); a minute
+/// is the longest a viewer's counter may trail.
+pub const FEED_INTERVAL_MS_MIN: u64 = FEED_TICK_MS;
+pub const FEED_INTERVAL_MS_MAX: u64 = 60_000;
+/// Feed subscribers (deal and stream feeds together) one server keeps at once; past it a new
+/// one gets 503 `feed_full`. Each is an open connection, so the default is half the default
+/// `connections_max` (10,000): a crowd of viewers cannot take every connection from the
+/// commerce backend that reserves.
+pub const FEED_SUBSCRIBERS_MAX_DEFAULT: usize = 5_000;
+/// A comment line (`: keep-alive`) this often on an open feed: proxies and load balancers drop
+/// connections idle for 30-60 s, and a sold-out deal may send nothing for much longer.
+pub const FEED_HEARTBEAT_MS: u64 = 15_000;
+/// How often the publisher re-reads which deals a followed stream has (a deal created in the
+/// stream joins its feed within this): a read of every deal, so not every tick.
+pub const FEED_STREAM_REFRESH_MS: u64 = 1_000;
+/// Deals one stream feed carries (the first, by id): a stream's snapshot is rebuilt whenever
+/// one of its deals changes, so its size is bounded like everything else.
+pub const FEED_STREAM_DEALS_MAX: usize = 1_024;
+
+const _: () = assert!(FEED_INTERVAL_MS_MIN <= FEED_INTERVAL_MS_DEFAULT);
+const _: () = assert!(FEED_INTERVAL_MS_DEFAULT <= FEED_INTERVAL_MS_MAX);
+const _: () = assert!(FEED_TICK_MS < FEED_STREAM_REFRESH_MS);

@@ -1,0 +1,603 @@
+//! The live stock feed: who follows which deal or stream, and the publisher that tells them
+//! (each subscriber's stream of Server-Sent Events is `feed_subscriber.rs`).
+//!
+//! Shell code around the pure parts (`feed_frame.rs` encodes, `feed_change.rs` decides). The
+//! request path is untouched: nothing on a reserve notifies anyone. Instead the publisher (a
+//! tokio task beside the reaper) reads the counters of the deals someone follows every
+//! `FEED_TICK_MS`, through `Node::read` like `GET /v1/deals/{id}` (so in a cluster it reads the
+//! applied state, never a decision that may still be lost), and publishes what changed: a
+//! change of state (sold out, back in stock, paused, ended) on the tick that sees it, counters
+//! alone at most once per `feed_interval_ms`.
+//!
+//! Fan-out: each feed (a deal's, a stream's) is a `watch` channel holding a [`Snapshot`], the
+//! newest encoded frame of each of its deals. A frame is encoded once per deal per change and
+//! shared (a `Bytes` clone) by every subscriber; a subscriber that is slow to write skips to
+//! the newest snapshot, so nothing queues per subscriber and memory does not grow with a
+//! slow reader. A feed ends when its deals have ended, or when the server stops (the publisher
+//! closes every channel, so graceful shutdown does not wait on open feeds).
+//!
+//! Lock order: the feed's one mutex is a leaf. It is never held while the node is read (the
+//! publisher reads, then takes the lock to publish), nor across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use livestock_core::deal::DealView;
+use livestock_core::error::ErrorCode;
+use livestock_core::ids::{DealId, StreamId};
+use livestock_core::limits::{FEED_STREAM_DEALS_MAX, FEED_STREAM_REFRESH_MS, FEED_TICK_MS};
+use tokio::sync::watch;
+
+use crate::http::body::Body;
+use crate::http::error::ApiError;
+use crate::http::feed_change::{Decision, Tracker};
+use crate::http::feed_frame::{FeedState, Frame, Snapshot, Stock};
+use crate::http::feed_subscriber::{sse, Seat};
+use crate::metrics::Limit;
+use crate::node::Node;
+use crate::sync::os::Mutex;
+
+/// The feed of one server: its settings, its subscribers, and what they follow.
+pub struct Feed {
+    interval_ms: u64,
+    subscribers_max: usize,
+    /// Subscribers now: a seat is taken before a subscription is made and given back when its
+    /// body is dropped (the client went away, or the feed ended).
+    subscribers: Arc<AtomicUsize>,
+    /// The next frame's id, for every deal: ids increase along every connection.
+    next_id: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// A publisher runs: set as the server starts, cleared as it stops. Without one a feed
+    /// would never hear again, so a subscription then gets its first events and ends.
+    open: bool,
+    /// The publisher's clock at its last tick (ms since it started): when a new subscription's
+    /// first frame counts as published.
+    now_ms: u64,
+    /// Every deal someone follows, through its own feed or its stream's.
+    deals: HashMap<String, Followed>,
+    streams: HashMap<String, FollowedStream>,
+}
+
+struct Followed {
+    tracker: Tracker,
+    /// The newest frame published.
+    frame: Frame,
+    /// The deal's own feed, while it has subscribers.
+    channel: Option<watch::Sender<Arc<Snapshot>>>,
+    /// Published on this tick: a stream carrying the deal refreshes its snapshot.
+    changed: bool,
+}
+
+struct FollowedStream {
+    /// Its deals' ids, sorted, at most `FEED_STREAM_DEALS_MAX`.
+    deals: Vec<String>,
+    channel: watch::Sender<Arc<Snapshot>>,
+    refreshed_at_ms: u64,
+}
+
+impl Feed {
+    pub fn new(interval_ms: u64, subscribers_max: usize) -> Feed {
+        Feed {
+            interval_ms,
+            subscribers_max,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Relaxed)
+    }
+
+    /// Marks the publisher as running. The server calls it before it accepts a connection, so
+    /// no subscription made while it serves is mistaken for one without a publisher.
+    pub fn open(&self) {
+        self.state.lock().open = true;
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    fn seat(&self, node: &Node) -> Result<Seat, ApiError> {
+        let max = self.subscribers_max;
+        match self.subscribers.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)) {
+            Ok(_) => Ok(Seat::new(self.subscribers.clone())),
+            Err(_) => {
+                node.metrics().rejected(Limit::FeedSubscribers);
+                Err(ApiError::new(
+                    ErrorCode::FeedFull,
+                    format!("the live feed has its {max} subscribers; retry later"),
+                ))
+            }
+        }
+    }
+
+    /// `GET /v1/deals/{id}/live`: the deal's feed, starting with its newest frame.
+    pub fn subscribe_deal(&self, node: &Node, id: &DealId) -> Result<Response<Body>, ApiError> {
+        let seat = self.seat(node)?;
+        // A deal already followed: its channel has the newest frame, and nothing is read (a
+        // crowd connecting at once reads the deal once, not once each).
+        let followed = self.state.lock().deal_receiver(id.as_str());
+        if let Some(rx) = followed {
+            return Ok(sse(rx, seat));
+        }
+        let stock = node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
+        let stock = stock.map(|view| Stock::of(&view)).ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
+        })?;
+        let mut state = self.state.lock();
+        let rx = match state.deal_receiver(id.as_str()) {
+            Some(rx) => rx,
+            None => state.follow_deal(id.as_str(), stock, self.next_id()),
+        };
+        Ok(sse(rx, seat))
+    }
+
+    /// `GET /v1/streams/{stream_id}/live`: every deal of the stream, each with its newest frame.
+    pub fn subscribe_stream(
+        &self,
+        node: &Node,
+        stream: &StreamId,
+    ) -> Result<Response<Body>, ApiError> {
+        let seat = self.seat(node)?;
+        let followed = self.state.lock().stream_receiver(stream.as_str());
+        if let Some(rx) = followed {
+            return Ok(sse(rx, seat));
+        }
+        let deals =
+            node.read(|allocator, now_ms| deals_of(&allocator.deals(now_ms), stream.as_str()));
+        if deals.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::UnknownStream,
+                format!("no deal belongs to stream {stream:?}"),
+            ));
+        }
+        let mut state = self.state.lock();
+        let rx = match state.stream_receiver(stream.as_str()) {
+            Some(rx) => rx,
+            None => state.follow_stream(stream.as_str(), &deals, &|| self.next_id()),
+        };
+        Ok(sse(rx, seat))
+    }
+
+    /// One tick of the publisher at `now_ms` (its own clock): read what is followed, publish
+    /// what changed.
+    fn tick(&self, node: &Node, now_ms: u64) {
+        let (ids, refresh) = {
+            let mut state = self.state.lock();
+            state.now_ms = now_ms;
+            state.prune();
+            if state.deals.is_empty() && state.streams.is_empty() {
+                return;
+            }
+            let refresh: Vec<String> = state
+                .streams
+                .iter()
+                .filter(|(_, s)| now_ms >= s.refreshed_at_ms.saturating_add(FEED_STREAM_REFRESH_MS))
+                .map(|(id, _)| id.clone())
+                .collect();
+            (state.deals.keys().cloned().collect::<Vec<_>>(), refresh)
+        };
+        // Read outside the feed's lock (in a cluster this takes the applied state's).
+        let (stocks, joined) = node.read(|allocator, at_ms| {
+            let stocks: Vec<Option<Stock>> = ids
+                .iter()
+                .map(|id| allocator.deal(id, at_ms).map(|view| Stock::of(&view)))
+                .collect();
+            let joined: Vec<(String, Vec<(String, Stock)>)> = if refresh.is_empty() {
+                Vec::new()
+            } else {
+                let all = allocator.deals(at_ms);
+                refresh.iter().map(|s| (s.clone(), deals_of(&all, s))).collect()
+            };
+            (stocks, joined)
+        });
+        let next_id = || self.next_id();
+        let mut state = self.state.lock();
+        for (id, stock) in ids.iter().zip(stocks) {
+            state.observe(id, stock, now_ms, self.interval_ms, &next_id);
+        }
+        for (stream, deals) in &joined {
+            state.join(stream, deals, now_ms, &next_id);
+        }
+        state.publish_streams();
+    }
+
+    /// Ends every feed: their subscribers get the newest frames they have not sent, then the
+    /// end of the stream. New subscriptions get their first events and end.
+    fn close(&self) {
+        let mut state = self.state.lock();
+        state.open = false;
+        for followed in state.deals.values_mut() {
+            if let Some(channel) = followed.channel.take() {
+                let frames = vec![followed.frame.clone()];
+                channel.send_replace(Arc::new(Snapshot { frames, closed: true }));
+            }
+        }
+        let streams: Vec<FollowedStream> = state.streams.drain().map(|(_, s)| s).collect();
+        for stream in streams {
+            let frames = state.frames_of(&stream.deals);
+            stream.channel.send_replace(Arc::new(Snapshot { frames, closed: true }));
+        }
+        state.deals.clear();
+    }
+}
+
+/// The deals of `stream` among `all`, by id, at most `FEED_STREAM_DEALS_MAX`.
+fn deals_of(all: &[DealView], stream: &str) -> Vec<(String, Stock)> {
+    let mut deals: Vec<(String, Stock)> = all
+        .iter()
+        .filter(|view| view.spec.stream_id.as_ref().is_some_and(|s| s.as_str() == stream))
+        .map(|view| (view.spec.id.as_str().to_owned(), Stock::of(view)))
+        .collect();
+    deals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    deals.truncate(FEED_STREAM_DEALS_MAX);
+    deals
+}
+
+/// A channel nobody publishes to: its one snapshot, already closed.
+fn ended_channel(snapshot: Snapshot) -> watch::Receiver<Arc<Snapshot>> {
+    watch::channel(Arc::new(snapshot)).1
+}
+
+impl State {
+    /// A receiver of a followed deal's feed (opening it if only its stream had one).
+    fn deal_receiver(&mut self, id: &str) -> Option<watch::Receiver<Arc<Snapshot>>> {
+        let open = self.open;
+        let followed = self.deals.get_mut(id)?;
+        if let Some(channel) = &followed.channel {
+            return Some(channel.subscribe());
+        }
+        let closed = !open || followed.tracker.published().state == FeedState::Ended;
+        let snapshot = Snapshot { frames: vec![followed.frame.clone()], closed };
+        if closed {
+            return Some(ended_channel(snapshot));
+        }
+        let (channel, rx) = watch::channel(Arc::new(snapshot));
+        followed.channel = Some(channel);
+        Some(rx)
+    }
+
+    /// Starts following a deal read as `stock`, with its first frame numbered `frame_id`.
+    fn follow_deal(
+        &mut self,
+        id: &str,
+        stock: Stock,
+        frame_id: u64,
+    ) -> watch::Receiver<Arc<Snapshot>> {
+        let frame = Frame::encode(frame_id, id, &stock);
+        let closed = !self.open || stock.state == FeedState::Ended;
+        let snapshot = Snapshot { frames: vec![frame.clone()], closed };
+        if closed {
+            return ended_channel(snapshot);
+        }
+        let (channel, rx) = watch::channel(Arc::new(snapshot));
+        let tracker = Tracker::new(stock, self.now_ms);
+        let followed = Followed { tracker, frame, channel: Some(channel), changed: false };
+        self.deals.insert(id.to_owned(), followed);
+        rx
+    }
+
+    fn stream_receiver(&mut self, stream: &str) -> Option<watch::Receiver<Arc<Snapshot>>> {
+        self.streams.get(stream).map(|s| s.channel.subscribe())
+    }
+
+    /// Starts following a stream whose deals were read as `deals` (sorted by id).
+    fn follow_stream(
+        &mut self,
+        stream: &str,
+        deals: &[(String, Stock)],
+        next_id: &dyn Fn() -> u64,
+    ) -> watch::Receiver<Arc<Snapshot>> {
+        let mut frames = Vec::with_capacity(deals.len());
+        for (id, stock) in deals {
+            match self.deals.get(id) {
+                Some(followed) => frames.push(followed.frame.clone()),
+                None => {
+                    let frame = Frame::encode(next_id(), id, stock);
+                    frames.push(frame.clone());
+                    if self.open {
+                        let tracker = Tracker::new(*stock, self.now_ms);
+                        let followed = Followed { tracker, frame, channel: None, changed: false };
+                        self.deals.insert(id.clone(), followed);
+                    }
+                }
+            }
+        }
+        let ended = deals.iter().all(|(_, stock)| stock.state == FeedState::Ended);
+        let snapshot = Snapshot { frames, closed: !self.open || ended };
+        if snapshot.closed {
+            return ended_channel(snapshot);
+        }
+        let (channel, rx) = watch::channel(Arc::new(snapshot));
+        let ids = deals.iter().map(|(id, _)| id.clone()).collect();
+        let refreshed_at_ms = self.now_ms;
+        self.streams
+            .insert(stream.to_owned(), FollowedStream { deals: ids, channel, refreshed_at_ms });
+        rx
+    }
+
+    /// Forgets feeds nobody reads any more, and deals nobody follows.
+    fn prune(&mut self) {
+        self.streams.retain(|_, stream| stream.channel.receiver_count() > 0);
+        for followed in self.deals.values_mut() {
+            if followed.channel.as_ref().is_some_and(|c| c.receiver_count() == 0) {
+                followed.channel = None;
+            }
+        }
+        let carried: HashSet<&str> =
+            self.streams.values().flat_map(|s| s.deals.iter().map(String::as_str)).collect();
+        self.deals
+            .retain(|id, followed| followed.channel.is_some() || carried.contains(id.as_str()));
+    }
+
+    /// A followed deal read as `stock` (`None`: it is gone) at `now_ms`.
+    fn observe(
+        &mut self,
+        id: &str,
+        stock: Option<Stock>,
+        now_ms: u64,
+        interval_ms: u64,
+        next_id: &dyn Fn() -> u64,
+    ) {
+        let Some(followed) = self.deals.get_mut(id) else { return };
+        let Some(stock) = stock else {
+            // No deal is removed today; if one ever is, its feed ends with what it last said.
+            if let Some(channel) = followed.channel.take() {
+                let frames = vec![followed.frame.clone()];
+                channel.send_replace(Arc::new(Snapshot { frames, closed: true }));
+            }
+            return;
+        };
+        if followed.tracker.decide(&stock, now_ms, interval_ms) != Decision::Publish {
+            return;
+        }
+        let frame = Frame::encode(next_id(), id, &stock);
+        followed.tracker.publish(stock, now_ms);
+        followed.frame = frame.clone();
+        followed.changed = true;
+        let ended = stock.state == FeedState::Ended;
+        if let Some(channel) = &followed.channel {
+            channel.send_replace(Arc::new(Snapshot { frames: vec![frame], closed: ended }));
+        }
+        if ended {
+            // Its subscribers have the final frame and the end; nothing more will come.
+            followed.channel = None;
+        }
+    }
+
+    /// A followed stream's deals as read at `now_ms`: deals created in it since join its feed.
+    fn join(
+        &mut self,
+        stream: &str,
+        deals: &[(String, Stock)],
+        now_ms: u64,
+        next_id: &dyn Fn() -> u64,
+    ) {
+        let Some(followed_stream) = self.streams.get_mut(stream) else { return };
+        followed_stream.refreshed_at_ms = now_ms;
+        for (id, stock) in deals {
+            if followed_stream.deals.len() >= FEED_STREAM_DEALS_MAX {
+                break;
+            }
+            if followed_stream.deals.binary_search(id).is_ok() {
+                continue;
+            }
+            let at = followed_stream.deals.partition_point(|d| d < id);
+            followed_stream.deals.insert(at, id.clone());
+            match self.deals.get_mut(id) {
+                // Followed already (through its own feed): its frame again, under a new id, or
+                // the stream's subscribers, who have sent newer ids, would skip it.
+                Some(followed) => {
+                    followed.frame = Frame::encode(next_id(), id, &followed.tracker.published());
+                    followed.changed = true;
+                }
+                None => {
+                    let frame = Frame::encode(next_id(), id, stock);
+                    let tracker = Tracker::new(*stock, now_ms);
+                    let followed = Followed { tracker, frame, channel: None, changed: true };
+                    self.deals.insert(id.clone(), followed);
+                }
+            }
+        }
+    }
+
+    fn frames_of(&self, ids: &[String]) -> Vec<Frame> {
+        ids.iter().filter_map(|id| self.deals.get(id)).map(|f| f.frame.clone()).collect()
+    }
+
+    /// Sends a new snapshot to each stream one of whose deals was published on this tick, and
+    /// ends the streams whose deals have all ended.
+    fn publish_streams(&mut self) {
+        let mut ended = Vec::new();
+        let deals = &self.deals;
+        for (id, stream) in &self.streams {
+            let followed = move || stream.deals.iter().filter_map(move |d| deals.get(d));
+            if !followed().any(|f| f.changed) {
+                continue;
+            }
+            let over = followed().all(|f| f.tracker.published().state == FeedState::Ended);
+            let frames = followed().map(|f| f.frame.clone()).collect();
+            stream.channel.send_replace(Arc::new(Snapshot { frames, closed: over }));
+            if over {
+                ended.push(id.clone());
+            }
+        }
+        for id in ended {
+            self.streams.remove(&id);
+        }
+        for followed in self.deals.values_mut() {
+            followed.changed = false;
+        }
+    }
+}
+
+/// The publisher: a tick every `FEED_TICK_MS` until `stop` changes, then every feed is closed.
+/// Its clock is the tick's own instant (from the timer it waits on), as ms since it started.
+pub async fn run(feed: Arc<Feed>, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(FEED_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = tick.tick().await;
+    loop {
+        tokio::select! {
+            at = tick.tick() => {
+                let elapsed_ms = at.duration_since(origin).as_millis();
+                feed.tick(&node, u64::try_from(elapsed_ms).unwrap_or(u64::MAX));
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    feed.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL_MS: u64 = 100;
+
+    fn stock(state: FeedState, available: u64) -> Stock {
+        Stock { state, available, held: 5 - available, sold: 0 }
+    }
+
+    fn live(available: u64) -> Stock {
+        let state = if available == 0 { FeedState::SoldOut } else { FeedState::Live };
+        stock(state, available)
+    }
+
+    /// Frame ids from 1, as the feed numbers them.
+    fn numbering() -> impl Fn() -> u64 {
+        let ids = AtomicU64::new(1);
+        move || ids.fetch_add(1, Relaxed)
+    }
+
+    fn text(frame: &Frame) -> &str {
+        std::str::from_utf8(&frame.bytes).unwrap()
+    }
+
+    #[test]
+    fn a_deal_feed_gets_state_changes_at_once_and_counters_once_per_interval() {
+        let next_id = numbering();
+        let mut state = State { open: true, ..State::default() };
+        let mut rx = state.follow_deal("d1", live(5), next_id());
+        let first = rx.borrow_and_update().clone();
+        assert_eq!((first.frames.len(), first.frames[0].id, first.closed), (1, 1, false));
+
+        // Counters alone, within the interval of the first frame (published at 0): held back.
+        state.observe("d1", Some(live(4)), 10, INTERVAL_MS, &next_id);
+        assert!(!rx.has_changed().unwrap());
+        // Sold out: at once, whatever the interval says.
+        state.observe("d1", Some(live(0)), 20, INTERVAL_MS, &next_id);
+        let sold_out = rx.borrow_and_update().clone();
+        assert_eq!(sold_out.frames[0].id, 2);
+        assert!(text(&sold_out.frames[0]).contains("\"state\":\"sold_out\""));
+        // Back in stock: at once too.
+        state.observe("d1", Some(live(1)), 21, INTERVAL_MS, &next_id);
+        assert!(text(&rx.borrow_and_update().frames[0]).contains("\"state\":\"live\""));
+        // Counters once the interval has passed since the last publication.
+        state.observe("d1", Some(live(2)), 120, INTERVAL_MS, &next_id);
+        assert!(!rx.has_changed().unwrap());
+        state.observe("d1", Some(live(2)), 121, INTERVAL_MS, &next_id);
+        assert!(text(&rx.borrow_and_update().frames[0]).contains("\"available\":2"));
+        // The end: the final frame, closed, and the deal's channel let go.
+        state.observe("d1", Some(stock(FeedState::Ended, 2)), 122, INTERVAL_MS, &next_id);
+        let ended = rx.borrow_and_update().clone();
+        assert!(ended.closed && text(&ended.frames[0]).contains("\"state\":\"ended\""));
+        assert!(rx.has_changed().is_err(), "nothing publishes to an ended deal's feed");
+        assert_eq!(ended.frames[0].id, 5, "ids increase with every frame");
+    }
+
+    #[test]
+    fn a_stream_feed_carries_each_deal_newest_frame_and_ends_with_the_last_deal() {
+        let next_id = numbering();
+        let mut state = State { open: true, ..State::default() };
+        let deals = [("a".to_owned(), live(5)), ("b".to_owned(), live(1))];
+        let mut rx = state.follow_stream("s1", &deals, &next_id);
+        let ids: Vec<u64> = rx.borrow_and_update().frames.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [1, 2]);
+
+        state.observe("b", Some(live(0)), 10, INTERVAL_MS, &next_id);
+        state.observe("a", Some(live(5)), 10, INTERVAL_MS, &next_id);
+        state.publish_streams();
+        let snapshot = rx.borrow_and_update().clone();
+        let ids: Vec<u64> = snapshot.frames.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [1, 3], "a unchanged, b's newest");
+        assert!(!snapshot.closed);
+
+        // A tick with no change sends nothing.
+        state.observe("a", Some(live(5)), 20, INTERVAL_MS, &next_id);
+        state.publish_streams();
+        assert!(!rx.has_changed().unwrap());
+
+        // A deal created in the stream joins it.
+        state.join("s1", &[("c".to_owned(), live(3))], 30, &next_id);
+        state.publish_streams();
+        assert_eq!(rx.borrow_and_update().frames.len(), 3);
+
+        for id in ["a", "b"] {
+            state.observe(id, Some(stock(FeedState::Ended, 0)), 40, INTERVAL_MS, &next_id);
+        }
+        state.publish_streams();
+        assert!(!rx.borrow_and_update().closed, "c has not ended");
+        state.observe("c", Some(stock(FeedState::Ended, 0)), 50, INTERVAL_MS, &next_id);
+        state.publish_streams();
+        assert!(rx.borrow_and_update().closed);
+        assert!(state.streams.is_empty());
+    }
+
+    #[test]
+    fn feeds_nobody_reads_are_forgotten() {
+        let next_id = numbering();
+        let mut state = State { open: true, ..State::default() };
+        let deal = state.follow_deal("d1", live(5), next_id());
+        let stream = state.follow_stream("s1", &[("d2".to_owned(), live(5))], &next_id);
+        state.prune();
+        assert_eq!((state.deals.len(), state.streams.len()), (2, 1));
+        drop(deal);
+        state.prune();
+        assert!(!state.deals.contains_key("d1") && state.deals.contains_key("d2"));
+        drop(stream);
+        state.prune();
+        assert!(state.deals.is_empty() && state.streams.is_empty());
+    }
+
+    #[test]
+    fn without_a_publisher_a_feed_is_its_first_events_and_its_end() {
+        let next_id = numbering();
+        let mut state = State::default();
+        let snapshot = state.follow_deal("d1", live(5), next_id()).borrow().clone();
+        assert!(snapshot.closed && snapshot.frames.len() == 1);
+        assert!(state.deals.is_empty(), "nothing to follow without a publisher");
+    }
+
+    #[test]
+    fn closing_ends_every_feed_with_its_newest_frames() {
+        let feed = Feed::new(INTERVAL_MS, 10);
+        feed.open();
+        let next_id = numbering();
+        let (deal, stream) = {
+            let mut state = feed.state.lock();
+            let deal = state.follow_deal("d1", live(5), next_id());
+            (deal, state.follow_stream("s1", &[("d1".to_owned(), live(5))], &next_id))
+        };
+        feed.close();
+        for rx in [deal, stream] {
+            let snapshot = rx.borrow().clone();
+            assert!(snapshot.closed && snapshot.frames.len() == 1, "{snapshot:?}");
+        }
+        let mut state = feed.state.lock();
+        assert!(state.deals.is_empty() && state.streams.is_empty() && !state.open);
+        // A subscription after the close ends at once.
+        assert!(state.follow_deal("d2", live(1), next_id()).borrow().closed);
+    }
+}
