@@ -157,7 +157,7 @@ impl HoldShard {
         forgotten
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
         self.holds.values()
     }
 

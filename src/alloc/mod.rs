@@ -47,7 +47,7 @@ mod reserve;
 mod resolve;
 mod snapshot;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod users;
 
 use livestock_core::command::{Command, HoldView, Outcome};
@@ -64,7 +64,7 @@ use holds::{HoldTable, Resolved};
 use registry::Registry;
 pub use replay::ReplayError;
 pub use reserve::Refusal;
-pub use snapshot::{DealSnapshot, Snapshot};
+pub use snapshot::{encode_into, DealSnapshot, Snapshot};
 use users::UserCounts;
 
 #[derive(Clone, Copy, Debug)]
