@@ -228,6 +228,48 @@ fn a_fresh_follower_answers_sold_out_itself() {
     assert_eq!(body["error"]["code"], "sold_out");
 }
 
+/// A follower serves the live feed from the state it has applied (a feed cannot be forwarded),
+/// and availability like any read (forwarded to the leader, `If-None-Match` with it).
+#[test]
+fn a_follower_serves_the_live_feed_and_availability() {
+    use std::io::BufRead;
+    let cluster = Cluster::start("cluster-feed", &[]);
+    let leader = cluster.leader(ELECTION);
+    let follower = cluster.follower(leader);
+    assert!(cluster.write_until_ok(leader, &create_deal("d1", 2), ELECTION).is_success());
+    cluster.converged(ELECTION);
+    let base = cluster.nodes[&follower].base();
+    let agent = ureq::AgentBuilder::new().timeout_read(ELECTION).build();
+    let feed = agent.get(&format!("{base}/v1/deals/d1/live")).call().expect("the feed");
+    assert_eq!(feed.header("content-type"), Some("text/event-stream"));
+    let mut lines = std::io::BufReader::new(feed.into_reader()).lines();
+    let mut data = move || loop {
+        let line = lines.next().expect("the feed goes on").expect("the feed reads");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<Value>(data).expect("JSON data");
+        }
+    };
+    assert_eq!(data()["state"], "live", "the first event, from the follower's state");
+    for (user, key) in [("u1", "f1"), ("u2", "f2")] {
+        assert!(cluster.write_until_ok(leader, &reserve("d1", user, key), ELECTION).is_success());
+    }
+    let sold_out = loop {
+        let event = data();
+        if event["state"] == "sold_out" {
+            break event;
+        }
+    };
+    assert_eq!((&sold_out["available"], &sold_out["held"]), (&json!(0), &json!(2)));
+
+    let url = format!("{base}/v1/deals/d1/availability");
+    let answer = agent.get(&url).call().expect("200");
+    let tag = answer.header("etag").expect("an ETag").to_owned();
+    let body: Value = answer.into_json().expect("JSON");
+    assert_eq!((&body["state"], &body["held"]), (&json!("sold_out"), &json!(2)));
+    let answer = agent.get(&url).set("If-None-Match", &tag).call().expect("304");
+    assert_eq!(answer.status(), 304, "If-None-Match travels with the forwarded read");
+}
+
 #[test]
 fn killing_the_leader_loses_no_acknowledged_change_and_retries_get_the_same_answer() {
     let mut cluster = Cluster::start("cluster-failover", &[]);
