@@ -1,6 +1,8 @@
 //! The whole state as plain values: what a checkpoint stores, and what tests compare between a
 //! live allocator and a replayed one. `restore` reads one back as outside input.
 
+use std::collections::HashMap;
+
 use livestock_core::counters::Counters;
 use livestock_core::deal::{DealSpec, Lifecycle};
 use livestock_core::hold::{Hold, HoldState};
@@ -112,7 +114,7 @@ impl Allocator {
         }
         assert_eq!(written, holds, "the holds changed while they were encoded");
         let counts: usize = (0..self.users.shard_count())
-            .map(|i| self.users.lock(i).iter().map(|(_, users)| users.len()).sum::<usize>())
+            .map(|i| self.users.lock(i).values().map(HashMap::len).sum::<usize>())
             .sum();
         encode_into(out, &(counts as u64));
         let mut written = 0;
