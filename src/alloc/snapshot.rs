@@ -36,16 +36,7 @@ impl Allocator {
     /// A canonical copy of the state. Consistent only when no command runs concurrently (tests,
     /// and the log writer's single-threaded shadow allocator).
     pub fn snapshot(&self) -> Snapshot {
-        let deals = self
-            .deals
-            .all()
-            .iter()
-            .map(|slot| DealSnapshot {
-                spec: slot.spec.clone(),
-                lifecycle: slot.lifecycle(),
-                counters: slot.counters(),
-            })
-            .collect();
+        let deals = self.deal_snapshots();
         let mut holds: Vec<Hold> = (0..self.holds.shard_count())
             .flat_map(|i| {
                 let shard = self.holds.lock_index(i);
@@ -85,16 +76,7 @@ impl Allocator {
     /// only when nothing changes the allocator until this returns (the checkpointer's shadow,
     /// which its own thread alone changes, and not between the calls).
     pub fn encode_snapshot(&self, out: &mut Vec<u8>, between: &mut dyn FnMut()) {
-        let deals: Vec<DealSnapshot> = self
-            .deals
-            .all()
-            .iter()
-            .map(|slot| DealSnapshot {
-                spec: slot.spec.clone(),
-                lifecycle: slot.lifecycle(),
-                counters: slot.counters(),
-            })
-            .collect();
+        let deals = self.deal_snapshots();
         encode_into(out, &self.config.hold_id_key);
         encode_into(out, &self.next_hold_seq.load(Ordering::Relaxed));
         encode_into(out, &deals);
@@ -130,6 +112,18 @@ impl Allocator {
             between();
         }
         assert_eq!(written, counts, "the user counts changed while they were encoded");
+    }
+
+    fn deal_snapshots(&self) -> Vec<DealSnapshot> {
+        let slots = self.deals.all();
+        slots
+            .iter()
+            .map(|slot| DealSnapshot {
+                spec: slot.spec.clone(),
+                lifecycle: slot.lifecycle(),
+                counters: slot.counters(),
+            })
+            .collect()
     }
 
     /// Rebuilds an allocator from a snapshot (a checkpoint), checking it as outside input:

@@ -181,15 +181,7 @@ impl Http {
             Ok(response) | Err(ureq::Error::Status(_, response)) => response,
             Err(e) => panic!("{method} {path}: transport error {e}"),
         };
-        let status = response.status();
-        let headers = response
-            .headers_names()
-            .into_iter()
-            .map(|name| {
-                let value = response.header(&name).unwrap_or_default().to_owned();
-                (name.to_ascii_lowercase(), value)
-            })
-            .collect();
+        let (status, headers) = (response.status(), headers_of(&response));
         let body = response.into_string().expect("a text body");
         Resp { status, headers, body }
     }
@@ -205,15 +197,7 @@ impl Http {
             Ok(response) | Err(ureq::Error::Status(_, response)) => response,
             Err(e) => panic!("{method} {path}: transport error {e}"),
         };
-        let status = response.status();
-        let headers = response
-            .headers_names()
-            .into_iter()
-            .map(|name| {
-                let value = response.header(&name).unwrap_or_default().to_owned();
-                (name.to_ascii_lowercase(), value)
-            })
-            .collect();
+        let (status, headers) = (response.status(), headers_of(&response));
         // An error's body is whole (it has a length): read it, for the error code.
         let body = if status >= 400 {
             response.into_string().expect("a text body")
@@ -716,4 +700,16 @@ pub fn open_files_soft_limit(pid: &str) -> u64 {
     } else {
         soft.parse().expect("a number")
     }
+}
+
+/// A response's headers, names in lower case.
+fn headers_of(response: &ureq::Response) -> Vec<(String, String)> {
+    response
+        .headers_names()
+        .into_iter()
+        .map(|name| {
+            let value = response.header(&name).unwrap_or_default().to_owned();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect()
 }
