@@ -29,13 +29,9 @@ OUT=${OUT:-$ROOT/target/checkpoint-stall}
 log() { printf '%s checkpoint-stall: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-if ! command -v wrk >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    log "installing wrk"
-    timeout 600 $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq wrk >/dev/null
-fi
+# shellcheck source=lib/need.sh
+. "$ROOT/scripts/lib/need.sh"
+need wrk wrk
 for tool in wrk taskset python3 curl; do
     command -v "$tool" >/dev/null || die "$tool is missing"
 done

@@ -47,19 +47,11 @@ BUILD=${BUILD:-1}
 log() { printf '%s wrk: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-if ! command -v wrk >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    log "installing wrk"
-    timeout 600 $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq wrk >/dev/null
-fi
-if [[ " $ROWS " == *" redis-"* ]] && ! command -v redis-benchmark >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    log "installing redis"
-    timeout 600 $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
+# shellcheck source=../../scripts/lib/need.sh
+. "$ROOT/scripts/lib/need.sh"
+need wrk wrk
+if [[ " $ROWS " == *" redis-"* ]]; then
+    need redis-benchmark redis-server redis-tools
 fi
 for tool in wrk taskset python3 curl; do
     command -v "$tool" >/dev/null || die "$tool is missing"
