@@ -197,6 +197,19 @@ pub struct LoadArgs {
     #[arg(long, help_heading = "Client")]
     pub quiet: bool,
 
+    /// Before the first arrival, open this many live-feed subscribers (Server-Sent Events,
+    /// `GET /v1/deals/{id}/live`), spread over the driven deals, and read them through the run:
+    /// the report gives their events, connection errors, and the lag of each one's `sold_out`
+    /// event behind the tool's first `sold_out` answer; one that missed it fails the
+    /// verification. Each is a socket: mind `ulimit -n` and the server's
+    /// --feed-subscribers-max and --connections-max. 0: none.
+    #[arg(long, default_value_t = 0, help_heading = "Live feed")]
+    pub feed_subscribers: usize,
+    /// The server's process id, to read its resident memory (/proc/PID/status, VmRSS) before
+    /// the subscribers open, once they are open, and at the end: memory per subscriber.
+    #[arg(long, requires = "feed_subscribers", help_heading = "Live feed")]
+    pub server_pid: Option<u32>,
+
     /// Write the report as JSON.
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub json: Option<PathBuf>,

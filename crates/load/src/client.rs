@@ -49,6 +49,16 @@ impl Target {
         Ok(self)
     }
 
+    /// A request to this target: its `Host`, and its bearer token if it has one.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        let request =
+            Request::builder().method(method).uri(path).header(header::HOST, self.host.clone());
+        match &self.authorization {
+            Some(authorization) => request.header(header::AUTHORIZATION, authorization.clone()),
+            None => request,
+        }
+    }
+
     /// Parses `host:port` or `http://host:port[/]`, where host is `localhost`, an address in
     /// 127.0.0.0/8, or `::1` (as `[::1]`). Anything else is refused: a load test drives only
     /// this machine. No name is resolved.

@@ -260,7 +260,7 @@ impl Shared {
         let hold_id = match (outcome, hold_id) {
             (Outcome::Ok, Some(hold_id)) => hold_id,
             (Outcome::Refused { code, .. }, _) if outcome.is_known_refusal() => {
-                ledger.reserve_refused(arrival.deal, arrival.qty, code, sent_us, early);
+                ledger.reserve_refused(arrival.deal, arrival.qty, code, sent_us, acked_us, early);
                 return;
             }
             // No answer, a server error, or a 2xx without a hold id: the units may be held.
@@ -550,6 +550,11 @@ impl Driver {
             watchers.push(tokio::spawn(listen_for_marks(shared.clone(), signal)));
         }
         Ok(Driver { shared, workers, feeder, watchers, pacer: Some(pacer), progress })
+    }
+
+    /// The run's start: every µs of the recorder and the ledger counts from it.
+    pub fn t0(&self) -> Instant {
+        self.shared.t0
     }
 
     /// Waits until every request of the run (reserves and their follow-ups) is answered, or

@@ -132,6 +132,9 @@ pub struct DealTally {
     /// The send instant of the first reserve answered `sold_out`: the deal was sold out at
     /// some point between it and its answer.
     pub first_sold_out_us: Option<u64>,
+    /// The answer instant of the first `sold_out` answer: the earliest the client knew the deal
+    /// was sold out (the live feed's lag counts from it).
+    pub first_sold_out_answer_us: Option<u64>,
     /// Reserve arrivals among the first `stock` units' worth on this deal, and how many won.
     pub early_arrivals: u64,
     pub early_won: u64,
@@ -166,6 +169,7 @@ impl Ledger {
         qty: u32,
         code: &str,
         sent_us: u64,
+        answered_us: u64,
         early: bool,
     ) {
         let tally = &mut self.deals[deal];
@@ -174,6 +178,8 @@ impl Ledger {
         if code == "sold_out" {
             tally.first_sold_out_us =
                 Some(tally.first_sold_out_us.map_or(sent_us, |t| t.min(sent_us)));
+            tally.first_sold_out_answer_us =
+                Some(tally.first_sold_out_answer_us.map_or(answered_us, |t| t.min(answered_us)));
         }
     }
 
@@ -651,8 +657,8 @@ mod tests {
         let a = ledger.reserved(hold(1, 0, 10, Fate::Open), true);
         let b = ledger.reserved(hold(2, 5, 15, Fate::Open), true);
         let c = ledger.reserved(hold(3, 6, 16, Fate::Open), false);
-        ledger.reserve_refused(0, 1, "sold_out", 20, false);
-        ledger.reserve_refused(0, 1, "sold_out", 17, false);
+        ledger.reserve_refused(0, 1, "sold_out", 20, 30, false);
+        ledger.reserve_refused(0, 1, "sold_out", 17, 40, false);
         ledger.confirmed(a, Answered::Ok);
         ledger.released(b, Answered::Ok, 500);
         ledger.let_expire(c);
@@ -660,6 +666,7 @@ mod tests {
         assert!(v.passed, "{:?}", v.problems);
         assert_eq!(v.deals[0].sold_units, 1);
         assert_eq!(ledger.deals[0].first_sold_out_us, Some(17));
+        assert_eq!(ledger.deals[0].first_sold_out_answer_us, Some(30));
         assert_eq!(ledger.deals[0].let_expire_units, 1);
         let fairness = ledger.fairness();
         assert_eq!((fairness.first_arrivals, fairness.won), (2, 2));

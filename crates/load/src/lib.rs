@@ -17,6 +17,7 @@
 //! | `redis.rs`, `postgres.rs` | the peers of the benchmark: Lua scripts, PL/pgSQL functions (`peers/`) |
 //! | `ceiling.rs` | `livestock-ceiling`: a bare hyper server with fixed answers, the benchmark's ceiling |
 //! | `driver.rs` | open loop (a pacer releases requests at their intended instants) and closed loop |
+//! | `feed.rs` | `--feed-subscribers`: live-feed (SSE) connections read through the run, the SSE parser (pure), the `sold_out` lag |
 //! | `ledger.rs` | pure: what the server acknowledged, and the end-of-run verification (counters, and every hold read back) |
 //! | `recorder.rs` | pure: HdrHistogram per operation and outcome, the time series, attempts per target, failover marks, the measured figures |
 //! | `report.rs` | pure: the run's report (the JSON) and its human summary |
@@ -33,6 +34,7 @@ pub mod capacity;
 pub mod ceiling;
 pub mod client;
 pub mod driver;
+pub mod feed;
 pub mod ledger;
 pub mod limits;
 pub mod plot;

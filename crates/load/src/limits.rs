@@ -65,6 +65,18 @@ pub const RETRY_BACKOFF_MS_MAX: u64 = 250;
 pub const HOLD_READ_CONNECTIONS_MAX: usize = 16;
 /// Instants marked with SIGUSR1 (`kill -USR1`, e.g. at a node's kill) kept per run, at most.
 pub const MARKS_MAX: usize = 1_000;
+/// `--feed-subscribers`: live-feed connections of one run, at most. Each is a socket, so the
+/// tool needs `ulimit -n` above this plus `--connections` (and the server its own
+/// `--feed-subscribers-max` and `--connections-max` at least as high). Twice the issue's
+/// 10,000, with room for the process's open-files limit on this machine (20,000).
+pub const FEED_SUBSCRIBERS_MAX: usize = 20_000;
+/// Subscribers being opened at once: enough to open 10,000 in about a second on loopback, few
+/// enough that the server's accept queue (a backlog of 4,096) never overflows into SYN retries,
+/// which would add a second to an opening for nothing the feed does.
+pub const FEED_OPENS_CONCURRENT: usize = 256;
+/// One line of the event stream, at most: a `stock` event's `data:` line is about 100 bytes; a
+/// longer line is a broken stream, not something to buffer without end.
+pub const FEED_LINE_BYTES_MAX: usize = 4_096;
 /// Latencies above this are recorded as this (an hour: past any run's deadline, see below).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Integers up to this convert to `f64` exactly. Every count, unit and µs of a run stays
@@ -110,6 +122,7 @@ const _: () = assert!(0 < RETRY_BACKOFF_MS_MIN && RETRY_BACKOFF_MS_MIN <= RETRY_
 // Several backoffs fit in the shortest sensible request budget (a second).
 const _: () = assert!(4 * RETRY_BACKOFF_MS_MAX <= 1_000);
 const _: () = assert!(HOLD_READ_CONNECTIONS_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(0 < FEED_OPENS_CONCURRENT && FEED_OPENS_CONCURRENT <= FEED_SUBSCRIBERS_MAX);
 
 /// A count, a number of units or of µs of a run, as a float for a rate, a share or a mean.
 /// Exact: such numbers stay below [`EXACT_F64_MAX`] (asserted in debug builds).

@@ -51,7 +51,7 @@ impl Op {
 pub const BUCKET_LATENCY_US_MAX: u64 = 60_000_000;
 
 /// A histogram of µs from 1 µs to [`LATENCY_US_MAX`], 3 significant digits.
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, LATENCY_US_MAX, 3) {
         Ok(h) => h,
         Err(e) => panic!("histogram bounds are constants: {e:?}"),

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::feed::FeedReport;
 use crate::ledger::{Fairness, Verification};
 use crate::recorder::{us_to_ms, Measurements};
 
@@ -45,6 +46,9 @@ pub struct RunReport {
     pub measured: Measurements,
     pub sell_out: SellOut,
     pub fairness: Fairness,
+    /// `--feed-subscribers`: what the live feed's subscribers saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedReport>,
     pub verification: Verification,
 }
 
@@ -168,6 +172,9 @@ pub fn render(r: &RunReport) -> String {
             );
         }
     }
+    if let Some(feed) = &r.feed {
+        render_feed(&mut out, feed);
+    }
     let v = &r.verification;
     let _ = writeln!(out, "verification: {}", if v.passed { "PASS" } else { "FAIL" });
     let _ = writeln!(
@@ -223,4 +230,41 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     out
+}
+
+/// The live feed's lines of the summary.
+fn render_feed(out: &mut String, f: &FeedReport) {
+    let l = &f.sold_out_lag;
+    let _ = writeln!(
+        out,
+        "live feed: {} subscribers, {} connection errors; stock events per subscriber min {}, \
+         mean {:.1}, max {}",
+        f.subscribers, f.connection_errors, f.events_min, f.events_mean, f.events_max
+    );
+    let _ = writeln!(
+        out,
+        "  sold_out lag (from the tool's first sold_out answer): p50 {} ms, p99 {} ms, max {} ms \
+         over {} subscribers; missed {} (must be 0), ahead of the client {}",
+        ms(l.p50_us),
+        ms(l.p99_us),
+        ms(l.max_us),
+        l.count,
+        f.sold_out_missed,
+        f.ahead_of_client
+    );
+    if let Some(error) = &f.first_error {
+        let _ = writeln!(out, "  first connection error: {error}");
+    }
+    if let Some(rss) = &f.server_rss_kib {
+        let _ = writeln!(
+            out,
+            "  server RSS: {} KiB before, {} KiB with the subscribers open, {} KiB at the end: \
+             {:.2} KiB per subscriber at rest, {:.2} KiB at the end",
+            rss.before_kib,
+            rss.subscribed_kib,
+            rss.end_kib,
+            rss.per_subscriber_kib,
+            rss.per_subscriber_end_kib
+        );
+    }
 }

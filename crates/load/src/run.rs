@@ -15,6 +15,7 @@ use crate::backend::{Backend, BackendKind, Conn};
 use crate::capacity::{self, CapacityReport};
 use crate::client::Client;
 use crate::driver::{self, Deals, Driver, Mode, Plan};
+use crate::feed::{self, rss_kib, ServerRss};
 use crate::ledger::{verify, Counters, DealState, HoldRead};
 use crate::limits::{ARRIVALS_MAX, CLIENT_THREADS_MAX, DRAIN_GRACE_MS, HOLD_READ_CONNECTIONS_MAX};
 use crate::plot;
@@ -148,7 +149,23 @@ async fn single(
         progress: s.progress,
         marks,
     };
+    // The feed's subscribers are in place before the first arrival, as a drop's viewers are.
+    let rss_before_kib = match s.server_pid {
+        Some(pid) if s.feed_subscribers > 0 => Some(rss_kib(pid)?),
+        _ => None,
+    };
+    let subscribers = if s.feed_subscribers > 0 {
+        let target = s.backend.target();
+        Some(feed::open(target, &ids, s.feed_subscribers, s.request_timeout).await)
+    } else {
+        None
+    };
+    let rss_subscribed_kib = match s.server_pid {
+        Some(pid) if subscribers.is_some() => Some(rss_kib(pid)?),
+        _ => None,
+    };
     let mut driver = Driver::start(plan, &deals).await?;
+    let t0 = driver.t0();
     let completed = driver.finish(s.deadline_us(s.phase_us)).await;
     let arrival_phase_ms = us_to_ms(s.phase_us);
 
@@ -166,6 +183,29 @@ async fn single(
     // One more stock sample at the end, then stop the watchers.
     tokio::time::sleep(Duration::from_millis(driver::STOCK_POLL_MS)).await;
     let driven = driver.stop(completed);
+    let feed = match subscribers {
+        Some(subscribers) => {
+            let rss_end_kib = match s.server_pid {
+                Some(pid) => Some(rss_kib(pid)?),
+                None => None,
+            };
+            let sold_out_at: Vec<Option<Instant>> = driven
+                .ledger
+                .deals
+                .iter()
+                .map(|d| d.first_sold_out_answer_us.map(|us| t0 + Duration::from_micros(us)))
+                .collect();
+            let mut report = subscribers.finish(&sold_out_at);
+            if let (Some(before), Some(subscribed), Some(end)) =
+                (rss_before_kib, rss_subscribed_kib, rss_end_kib)
+            {
+                report.server_rss_kib =
+                    Some(ServerRss::of(before, subscribed, end, report.subscribers));
+            }
+            Some(report)
+        }
+        None => None,
+    };
 
     let states: Vec<DealState<'_>> = ids
         .iter()
@@ -189,6 +229,24 @@ async fn single(
             "{} requests were still unanswered at the run's deadline; the ledger is incomplete",
             driven.abandoned
         ));
+    }
+    if let Some(feed) = &feed {
+        if feed.sold_out_missed > 0 {
+            verification.passed = false;
+            verification.problems.push(format!(
+                "{} of {} live-feed subscribers never received the sold_out their deal reached",
+                feed.sold_out_missed, feed.sold_out_expected
+            ));
+        }
+        if feed.connection_errors > 0 {
+            verification.passed = false;
+            verification.problems.push(format!(
+                "{} of {} live-feed subscribers failed (first: {})",
+                feed.connection_errors,
+                feed.subscribers,
+                feed.first_error.as_deref().unwrap_or("?")
+            ));
+        }
     }
     let sold_out_ms: Vec<Option<f64>> = driven
         .ledger
@@ -220,6 +278,7 @@ async fn single(
             per_deal_ms: sold_out_ms.into_iter().take(100).collect(),
         },
         fairness: driven.ledger.fairness(),
+        feed,
         verification,
     })
 }

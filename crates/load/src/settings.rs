@@ -13,9 +13,10 @@ use crate::driver::Mode;
 use crate::limits::{
     ARRIVALS_MAX, ARRIVALS_MAX_F64, ARRIVAL_PHASE_MS_MAX, CAPACITY_RATE_FACTOR_MAX,
     CAPACITY_STEPS_MAX, CAPACITY_STEP_MS_MIN, CAPACITY_STEP_RETRIES_MAX, CLIENT_THREADS_MAX,
-    CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX,
-    REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX,
-    RUN_DEAL_STOCK_UNITS_MAX, RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
+    CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, FEED_SUBSCRIBERS_MAX,
+    PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX, REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT,
+    RETRIES_MAX, RUN_DEALS_MAX, RUN_DEAL_STOCK_UNITS_MAX, RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX,
+    ZIPF_EXPONENT_MAX,
 };
 use crate::postgres::PgSettings;
 use crate::random::Zipf;
@@ -62,6 +63,10 @@ pub struct Settings {
     /// How long to wait for the target to answer before the run (zero: not at all).
     pub wait: Duration,
     pub capacity: Option<CapacitySettings>,
+    /// `--feed-subscribers`: live-feed connections opened before the run (0: none).
+    pub feed_subscribers: usize,
+    /// `--server-pid`: whose resident memory to read around the subscribers.
+    pub server_pid: Option<u32>,
 }
 
 impl Settings {
@@ -142,6 +147,15 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
     })?;
     check((HOLD_TTL_MS_MIN..=RUN_HOLD_TTL_MS_MAX).contains(&args.hold_ttl_ms), || {
         format!("--hold-ttl-ms must be {HOLD_TTL_MS_MIN}..={RUN_HOLD_TTL_MS_MAX}")
+    })?;
+    check(args.feed_subscribers <= FEED_SUBSCRIBERS_MAX, || {
+        format!("--feed-subscribers must be 0..={FEED_SUBSCRIBERS_MAX}")
+    })?;
+    check(args.feed_subscribers == 0 || args.backend == BackendKind::Http, || {
+        format!("--backend {} has no live feed: drop --feed-subscribers", args.backend)
+    })?;
+    check(args.feed_subscribers == 0 || !args.find_capacity, || {
+        "--feed-subscribers is for one run, not --find-capacity".to_owned()
     })?;
     check((1..=CONNECTIONS_MAX).contains(&args.connections), || {
         format!("--connections must be 1..={CONNECTIONS_MAX}")
@@ -320,6 +334,8 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
         payment_delay_ms_max: args.payment_delay_ms.max,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         progress: !args.quiet,
+        feed_subscribers: args.feed_subscribers,
+        server_pid: args.server_pid,
         wait: Duration::from_millis(args.wait_ms),
         capacity,
     })

@@ -8,6 +8,8 @@
 //! `--wait-ms` with a message naming it. Several targets: a request whose node fails it
 //! (refused connection, `no_leader` after the decision was made) is retried on the next node
 //! with its idempotency key and booked once, and targets that are not a cluster are refused.
+//! Live-feed subscribers (`--feed-subscribers`) each get their deal's `sold_out`, are counted
+//! in the report, and one the server turns away fails the verification.
 #![allow(clippy::expect_used, reason = "test code: a failed set-up is a failed test")]
 
 use std::net::SocketAddr;
@@ -234,6 +236,131 @@ fn a_short_burst_sells_out_and_the_ledger_balances() {
         assert!(picture.contains(caption), "the plot has its {caption} panel");
     }
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn every_feed_subscriber_gets_the_sold_out_and_the_report_counts_them() {
+    let runtime = runtime();
+    let dir = scratch("feed");
+    let json = dir.join("report.json");
+    runtime.block_on(async {
+        let server = server().await;
+        let target = server.local_addr().to_string();
+        // The server is this process: its resident memory is read as the tool would read a
+        // `livestock serve`'s.
+        let pid = std::process::id().to_string();
+        let args = args(
+            &target,
+            &[
+                "--profile",
+                "steady",
+                "--rate",
+                "500",
+                "--duration-ms",
+                "1000",
+                "--deals",
+                "2",
+                "--zipf",
+                "0",
+                "--stock",
+                "20",
+                "--viewers",
+                "300",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "20..200",
+                "--connections",
+                "8",
+                "--seed",
+                "13",
+                "--feed-subscribers",
+                "5",
+                "--server-pid",
+                &pid,
+                "--json",
+                json.to_str().expect("utf-8 path"),
+            ],
+        );
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the run starts") else {
+            panic!("not a capacity run");
+        };
+        assert!(report.verification.passed, "{:?}", report.verification.problems);
+        assert_eq!(report.sell_out.deals_sold_out, 2, "250 taps on each 20-unit deal sell out");
+        let feed = report.feed.as_ref().expect("a feed report");
+        assert_eq!(feed.subscribers, 5);
+        assert_eq!(feed.connection_errors, 0, "{:?}", feed.first_error);
+        assert_eq!(
+            feed.sold_out_expected, 5,
+            "both deals sold out, so every subscriber expects it"
+        );
+        assert_eq!(feed.sold_out_missed, 0);
+        assert_eq!(feed.sold_out_lag.count, 5, "one lag per subscriber");
+        assert!(feed.events_min >= 2, "the first event and the sold_out at least: {feed:?}");
+        let rss = feed.server_rss_kib.as_ref().expect("the server's memory was read");
+        assert!(rss.before_kib > 0 && rss.subscribed_kib > 0 && rss.end_kib > 0, "{rss:?}");
+        assert!(load::report::render(&report).contains("live feed: 5 subscribers"));
+        server.shutdown().await;
+    });
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report written"))
+            .expect("the report is JSON");
+    assert_eq!(written["feed"]["subscribers"], 5);
+    assert_eq!(written["feed"]["sold_out_missed"], 0);
+    assert_eq!(written["feed"]["sold_out_lag"]["count"], 5);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_subscriber_the_server_turns_away_fails_the_verification() {
+    use livestock::http::feed::Feed;
+    use livestock::http::options::ServerOptions;
+
+    let runtime = runtime();
+    runtime.block_on(async {
+        // Room for one subscriber: the second is answered 503 feed_full.
+        let options = ServerOptions { feed: Arc::new(Feed::new(100, 1)), ..Default::default() };
+        let config = NodeConfig {
+            allocator: AllocatorConfig {
+                hold_id_key: HoldIdKey(0x10AD_7E57),
+                resolved_hold_retention_ms: 60_000,
+            },
+            idempotency_window_ms: 60_000,
+            idempotency_keys_max: 100_000,
+        };
+        let node = Arc::new(Node::new(config, Arc::new(SystemClock::default())));
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let server = Server::start_with(addr, node, options).await.expect("server starts");
+        let target = server.local_addr().to_string();
+        let args = args(
+            &target,
+            &[
+                "--profile",
+                "steady",
+                "--rate",
+                "200",
+                "--duration-ms",
+                "300",
+                "--stock",
+                "10",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "10..20",
+                "--feed-subscribers",
+                "2",
+            ],
+        );
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the run starts") else {
+            panic!("not a capacity run");
+        };
+        let feed = report.feed.as_ref().expect("a feed report");
+        assert_eq!((feed.subscribers, feed.connection_errors), (2, 1), "{feed:?}");
+        assert!(feed.first_error.as_deref().is_some_and(|e| e.contains("503")), "{feed:?}");
+        assert!(!report.verification.passed, "a failed subscriber fails the run");
+        assert!(report.verification.problems.iter().any(|p| p.contains("live-feed")));
+        server.shutdown().await;
+    });
 }
 
 #[test]
