@@ -23,7 +23,8 @@ pub struct Endpoint {
 
 const ADMIN: Access = Access::Role(Role::Admin);
 const CLIENT: Access = Access::Role(Role::Client);
-/// The live feed and availability: a viewer's app, without a token, unless configured otherwise.
+/// The live feed, availability and the live page: a viewer's app or browser, without a token,
+/// unless configured otherwise.
 const FEED: Access = Access::ClientUnlessFeedPublic;
 
 macro_rules! endpoint {
@@ -39,7 +40,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 24] = [
+pub static ENDPOINTS: [Endpoint; 25] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -51,6 +52,7 @@ pub static ENDPOINTS: [Endpoint; 24] = [
     endpoint!(GET "/v1/deals/{id}/live", FEED, DealFeed, handlers::deal_live),
     endpoint!(GET "/v1/deals/{id}/availability", FEED, Availability, handlers::availability),
     endpoint!(GET "/v1/streams/{stream_id}/live", FEED, StreamFeed, handlers::stream_live),
+    endpoint!(GET "/live/{stream_id}", FEED, LivePage, handlers::live_page),
     endpoint!(POST "/v1/streams/{stream_id}/end", ADMIN, EndStream, handlers::end_stream),
     endpoint!(POST "/v1/cart/reserve", CLIENT, Cart, handlers::cart_reserve),
     endpoint!(GET "/v1/holds/{hold_id}", CLIENT, GetHold, handlers::get_hold),

@@ -157,10 +157,7 @@ impl Feed {
         let deals =
             node.read(|allocator, now_ms| deals_of(&allocator.deals(now_ms), stream.as_str()));
         if deals.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::UnknownStream,
-                format!("no deal belongs to stream {stream:?}"),
-            ));
+            return Err(unknown_stream(stream));
         }
         let mut state = self.state.lock();
         let rx = match state.stream_receiver(stream.as_str()) {
@@ -168,6 +165,25 @@ impl Feed {
             None => state.follow_stream(stream.as_str(), &deals, &|| self.next_id()),
         };
         Ok(sse(rx, seat))
+    }
+
+    /// Whether `stream`'s feed would be served (`GET /live/{stream_id}`, a page built on it,
+    /// answers 404 where the feed would): a stream someone follows has deals, and is not read
+    /// again (a crowd opening the page reads the deals once, not once each).
+    pub fn check_stream(&self, node: &Node, stream: &StreamId) -> Result<(), ApiError> {
+        if self.state.lock().streams.contains_key(stream.as_str()) {
+            return Ok(());
+        }
+        let known = node.read(|allocator, now_ms| {
+            allocator.deals(now_ms).iter().any(|view| {
+                view.spec.stream_id.as_ref().is_some_and(|s| s.as_str() == stream.as_str())
+            })
+        });
+        if known {
+            Ok(())
+        } else {
+            Err(unknown_stream(stream))
+        }
     }
 
     /// One tick of the publisher at `now_ms` (its own clock): read what is followed, publish
@@ -231,6 +247,11 @@ impl Feed {
         }
         state.deals.clear();
     }
+}
+
+/// The answer for a stream none of whose deals exists (404 `unknown_stream`).
+fn unknown_stream(stream: &StreamId) -> ApiError {
+    ApiError::new(ErrorCode::UnknownStream, format!("no deal belongs to stream {stream:?}"))
 }
 
 /// The deals of `stream` among `all`, by id, at most `FEED_STREAM_DEALS_MAX`.

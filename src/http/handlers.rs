@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::http::feed_frame::{self, Stock};
+use crate::http::live_page;
 use crate::http::options::ServerOptions;
 use crate::http::refusal_body;
 use crate::http::response::respond;
@@ -157,6 +158,14 @@ pub fn deal_live(call: &Call<'_>) -> Result<Action, ApiError> {
 pub fn stream_live(call: &Call<'_>) -> Result<Action, ApiError> {
     let stream = wire::stream_id(call.param)?;
     Ok(Action::Feed(call.options.feed.subscribe_stream(call.node, &stream)?))
+}
+
+/// `GET /live/{stream_id}`: the page that shows the stream's feed (`live_page.rs`), for a stream
+/// whose feed would be served (the same 400 and 404).
+pub fn live_page(call: &Call<'_>) -> Result<Action, ApiError> {
+    let stream = wire::stream_id(call.param)?;
+    call.options.feed.check_stream(call.node, &stream)?;
+    Ok(Action::Response(live_page::response()))
 }
 
 /// `GET /v1/deals/{id}/availability`: what the feed's event says, as one cacheable answer. A

@@ -15,6 +15,7 @@
 //! | `feed_subscriber.rs` | one subscriber's event stream: newest frames, heartbeat, its seat |
 //! | `feed_frame.rs` | what the feed says of a deal, and its bytes (events, availability, ETag) |
 //! | `feed_change.rs` | when the feed publishes a deal (at once, or once per interval) |
+//! | `live_page.rs` | `GET /live/{stream_id}`: the page that shows a stream's feed, and its policy |
 //! | `wire.rs` | request bodies to commands, outcomes to JSON |
 //! | `error.rs` | every error code's status, and the JSON error body |
 //! | `auth.rs` | bearer tokens and roles |
@@ -36,6 +37,7 @@ pub mod feed_change;
 pub mod feed_frame;
 pub mod feed_subscriber;
 pub mod handlers;
+pub mod live_page;
 pub mod options;
 pub mod rate;
 pub mod refusal;

@@ -58,12 +58,14 @@ pub enum Op {
     StreamFeed,
     /// A deal's cacheable availability.
     Availability,
+    /// The live page of a stream (the page alone; its feed counts as `StreamFeed`).
+    LivePage,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -86,17 +88,24 @@ impl Op {
         Op::DealFeed,
         Op::StreamFeed,
         Op::Availability,
+        Op::LivePage,
         Op::Unrouted,
     ];
 
     /// Answered by whichever node gets the request, from its own state (health, metrics,
     /// cluster status, the live feed: a stream of events cannot be forwarded, and a viewer's
-    /// feed may trail the leader by a follower's replication lag); every other operation goes
-    /// to the leader in cluster mode.
+    /// feed may trail the leader by a follower's replication lag; the live page, whose feed is
+    /// this node's); every other operation goes to the leader in cluster mode.
     pub const fn is_local(self) -> bool {
         matches!(
             self,
-            Op::Health | Op::Metrics | Op::Cluster | Op::DealFeed | Op::StreamFeed | Op::Unrouted
+            Op::Health
+                | Op::Metrics
+                | Op::Cluster
+                | Op::DealFeed
+                | Op::StreamFeed
+                | Op::LivePage
+                | Op::Unrouted
         )
     }
 
@@ -124,6 +133,7 @@ impl Op {
             Op::DealFeed => "deal_feed",
             Op::StreamFeed => "stream_feed",
             Op::Availability => "availability",
+            Op::LivePage => "live_page",
             Op::Unrouted => "unrouted",
         }
     }
