@@ -11,6 +11,7 @@ subscriber) and measures once more. Then it opens N idle connections on a fresh 
 the connection's own share. Prints KB per subscriber and per idle connection.
 """
 import json
+import os
 import re
 import resource
 import socket
@@ -20,13 +21,15 @@ import tempfile
 import time
 import urllib.request
 
-BIN = "target/release/livestock"
+BIN = os.environ.get("LIVESTOCK_BIN", "target/release/livestock")
 
 
 def serve(data_dir, max_subscribers):
     server = subprocess.Popen(
         [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-         "--feed-subscribers-max", str(max_subscribers)],
+         "--feed-subscribers-max", str(max_subscribers),
+         # Room for every subscriber plus the requests beside them (the default is 10,000).
+         "--connections-max", str(2 * max_subscribers + 1024)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in server.stdout:
         found = re.search(r"listening on http://(\S+)", line)
@@ -67,7 +70,12 @@ def connect(addr, n, path=None):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    resource.setrlimit(resource.RLIMIT_NOFILE, (4 * n + 1024, 4 * n + 1024))
+    # One socket per connection, feeds and idle ones never open together; the hard limit may
+    # be below the comfortable 4n (20,000 on this machine), so take what it allows.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * n + 1024
+    soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     with tempfile.TemporaryDirectory() as scratch:
         server, addr = serve(f"{scratch}/feed", n)
         post(addr, "/v1/deals", {"id": "d1", "stock": 1000})
