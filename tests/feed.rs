@@ -8,20 +8,15 @@
 
 #![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use livestock::alloc::AllocatorConfig;
-use livestock::clock::ManualClock;
 use livestock::config::{Config, Secret};
 use livestock::http::{Server, ServerOptions};
-use livestock::node::{Node, NodeConfig};
-use livestock_core::ids::HoldIdKey;
 use serde_json::{json, Value};
 
-/// 2027-01-15T08:00:00.000Z: the deals here have no window, so they are live from it on.
-const T0_MS: u64 = 1_800_000_000_000;
 /// How long a read may block before the test fails (a hang guard, not a measurement).
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 const ADMIN_TOKEN: &str = "feed-admin-token-0123456789";
@@ -37,24 +32,8 @@ struct Fixture {
 
 impl Fixture {
     fn start(config: &Config) -> Fixture {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let node_config = NodeConfig {
-            allocator: AllocatorConfig {
-                hold_id_key: HoldIdKey(0xFEED),
-                resolved_hold_retention_ms: 60_000,
-            },
-            idempotency_window_ms: 60_000,
-            idempotency_keys_max: 1_000,
-        };
-        let node = Arc::new(Node::new(node_config, Arc::new(ManualClock::new(T0_MS))));
-        let options = ServerOptions::from_config(config);
-        let addr = "127.0.0.1:0".parse().expect("loopback");
-        let server =
-            runtime.block_on(Server::start_with(addr, node, options)).expect("server starts");
+        let (runtime, server, _clock) =
+            common::serve(ServerOptions::from_config(config), common::IDEMPOTENCY_KEYS_MAX);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(READ_TIMEOUT)
             .timeout_read(READ_TIMEOUT)

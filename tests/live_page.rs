@@ -5,19 +5,15 @@
 
 #![allow(clippy::expect_used, reason = "test code: a failed expect is a failed test")]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use livestock::alloc::AllocatorConfig;
-use livestock::clock::ManualClock;
 use livestock::config::{Config, Secret};
 use livestock::http::live_page::hash_source;
 use livestock::http::{Server, ServerOptions};
-use livestock::node::{Node, NodeConfig};
-use livestock_core::ids::HoldIdKey;
 use serde_json::{json, Value};
 
-const T0_MS: u64 = 1_800_000_000_000;
 /// A hang guard, not a measurement.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 const ADMIN_TOKEN: &str = "page-admin-token-0123456789";
@@ -32,24 +28,8 @@ struct Fixture {
 
 impl Fixture {
     fn start(config: &Config) -> Fixture {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let node_config = NodeConfig {
-            allocator: AllocatorConfig {
-                hold_id_key: HoldIdKey(0x9A6E),
-                resolved_hold_retention_ms: 60_000,
-            },
-            idempotency_window_ms: 60_000,
-            idempotency_keys_max: 1_000,
-        };
-        let node = Arc::new(Node::new(node_config, Arc::new(ManualClock::new(T0_MS))));
-        let options = ServerOptions::from_config(config);
-        let addr = "127.0.0.1:0".parse().expect("loopback");
-        let server =
-            runtime.block_on(Server::start_with(addr, node, options)).expect("server starts");
+        let (runtime, server, _clock) =
+            common::serve(ServerOptions::from_config(config), common::IDEMPOTENCY_KEYS_MAX);
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(READ_TIMEOUT)
             .timeout_read(READ_TIMEOUT)

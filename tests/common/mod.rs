@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use livestock::alloc::AllocatorConfig;
 use livestock::clock::ManualClock;
-use livestock::http::Server;
+use livestock::http::{Server, ServerOptions};
 use livestock::node::{Node, NodeConfig};
 use livestock_core::ids::{HoldIdKey, HoldSeq};
 use serde_json::{json, Value};
@@ -37,6 +37,32 @@ pub struct Api {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// A runtime and a server with `options` on a free loopback port, over a manual clock at
+/// `T0_MS`; the server stops when both are dropped.
+pub fn serve(
+    options: ServerOptions,
+    idempotency_keys_max: usize,
+) -> (tokio::runtime::Runtime, Server, Arc<ManualClock>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let config = NodeConfig {
+        allocator: AllocatorConfig {
+            hold_id_key: HOLD_ID_KEY,
+            resolved_hold_retention_ms: RETENTION_MS,
+        },
+        idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
+        idempotency_keys_max,
+    };
+    let node = Arc::new(Node::new(config, clock.clone()));
+    let addr = "127.0.0.1:0".parse().expect("loopback address");
+    let server = runtime.block_on(Server::start_with(addr, node, options)).expect("server starts");
+    (runtime, server, clock)
+}
+
 /// An answer as the client saw it.
 #[derive(Debug)]
 pub struct Reply {
@@ -58,23 +84,7 @@ impl Api {
 
     /// A server that remembers at most `idempotency_keys_max` keys.
     pub fn start_with(idempotency_keys_max: usize) -> Api {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let clock = Arc::new(ManualClock::new(T0_MS));
-        let config = NodeConfig {
-            allocator: AllocatorConfig {
-                hold_id_key: HOLD_ID_KEY,
-                resolved_hold_retention_ms: RETENTION_MS,
-            },
-            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
-            idempotency_keys_max,
-        };
-        let node = Arc::new(Node::new(config, clock.clone()));
-        let addr = "127.0.0.1:0".parse().expect("loopback address");
-        let server = runtime.block_on(Server::start(addr, node)).expect("server starts");
+        let (runtime, server, clock) = serve(ServerOptions::default(), idempotency_keys_max);
         let addr = server.local_addr();
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
         Api {
