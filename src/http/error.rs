@@ -59,6 +59,11 @@ impl ApiError {
         ApiError::new(ErrorCode::InvalidRequest, message)
     }
 
+    /// 404 `unknown_deal`: a read of a deal that does not exist (its page, feed, availability).
+    pub fn unknown_deal(id: &impl std::fmt::Debug) -> Self {
+        ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
+    }
+
     pub fn status(&self) -> StatusCode {
         status_of(self.code)
     }

@@ -132,9 +132,7 @@ impl Feed {
             return Ok(sse(rx, seat));
         }
         let stock = node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
-        let stock = stock.map(|view| Stock::of(&view)).ok_or_else(|| {
-            ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}"))
-        })?;
+        let stock = stock.map(|view| Stock::of(&view)).ok_or_else(|| ApiError::unknown_deal(id))?;
         let mut state = self.state.lock();
         let rx = match state.deal_receiver(id.as_str()) {
             Some(rx) => rx,

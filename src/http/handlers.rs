@@ -143,8 +143,7 @@ pub fn list_deals(call: &Call<'_>) -> Result<Action, ApiError> {
 pub fn get_deal(call: &Call<'_>) -> Result<Action, ApiError> {
     let id = wire::deal_id(call.param)?;
     let view = call.node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
-    let view = view
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}")))?;
+    let view = view.ok_or_else(|| ApiError::unknown_deal(&id))?;
     Ok(Action::Reply(wire::reply(200, &wire::deal_json(&view))))
 }
 
@@ -174,8 +173,7 @@ pub fn live_page(call: &Call<'_>) -> Result<Action, ApiError> {
 pub fn availability(call: &Call<'_>) -> Result<Action, ApiError> {
     let id = wire::deal_id(call.param)?;
     let view = call.node.read(|allocator, now_ms| allocator.deal(id.as_str(), now_ms));
-    let view = view
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownDeal, format!("no deal with id {id:?}")))?;
+    let view = view.ok_or_else(|| ApiError::unknown_deal(&id))?;
     let stock = Stock::of(&view);
     let mut response = Response::new(Full::new(feed_frame::availability_json(id.as_str(), &stock)));
     let headers = response.headers_mut();
