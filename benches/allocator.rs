@@ -54,6 +54,8 @@ fn allocator_with_deal(stock: u64) -> Allocator {
         per_user_limit: None,
         hold_ttl_ms: None,
         hold_ttl_ms_max: Some(HOLD_TTL_MS_MAX),
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     alloc.execute(&Command::CreateDeal(deal), T0_MS, &mut NoSink).expect("the deal is created");
     alloc
@@ -64,6 +66,7 @@ fn reserve_one(user: &str) -> Command {
         user_id: UserId::parse(user).expect("a valid user id"),
         lines: vec![Line { deal_id: DealId::parse("drop").expect("a valid deal id"), qty: 1 }],
         ttl_ms: None,
+        waitlist: false,
     })
 }
 
@@ -206,6 +209,7 @@ fn sold_out_check(c: &mut Criterion) {
     let deal = alloc.deal("drop", T0_MS).expect("the deal exists");
     let slot = livestock::alloc::DealSlot::new(
         deal.spec,
+        deal.options,
         livestock_core::counters::Counters::new(0),
         livestock_core::deal::Lifecycle::Open,
     );

@@ -107,6 +107,8 @@ impl Events {
             per_user_limit: None,
             hold_ttl_ms: None,
             hold_ttl_ms_max: None,
+            waitlist_max: None,
+            offer_ttl_ms: None,
         };
         let spec = DealSpec::new(&new, T0_MS).expect("a valid deal");
         let event = Event::DealCreated { spec, stock: DEAL_STOCK_UNITS_MAX };

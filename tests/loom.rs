@@ -33,6 +33,8 @@ fn create(alloc: &Allocator, id: &str, stock: u64, per_user_limit: Option<u32>) 
         per_user_limit,
         hold_ttl_ms: Some(10_000),
         hold_ttl_ms_max: Some(60_000),
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     alloc.execute(&Command::CreateDeal(new), T0, &mut EventLog::default()).unwrap();
 }
@@ -42,6 +44,7 @@ fn reserve(alloc: &Allocator, deal: &str, user: &str, qty: u32) -> Result<HoldSe
         user_id: UserId::parse(user).unwrap(),
         lines: vec![Line { deal_id: DealId::parse(deal).unwrap(), qty }],
         ttl_ms: None,
+        waitlist: false,
     });
     match alloc.execute(&command, T0, &mut EventLog::default()) {
         Ok(Outcome::Holds(holds)) => Ok(holds[0].hold.seq),

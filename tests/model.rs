@@ -179,11 +179,14 @@ fn an_extended_hold_expires_once() {
         per_user_limit: None,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     let reserve = Command::Reserve(Reserve {
         user_id: user_id(0),
         lines: vec![Line { deal_id: deal_id(0), qty: 1 }],
         ttl_ms: Some(20_000),
+        waitlist: false,
     });
     let extend = Command::Extend { hold: HoldSeq(1), ttl_ms: 20_000 };
 
@@ -215,6 +218,8 @@ fn open_deal(ends_at_ms: Option<u64>, starts_at_ms: Option<u64>) -> NewDeal {
         per_user_limit: None,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     }
 }
 
@@ -267,6 +272,7 @@ fn a_reserve_before_the_start_names_the_start_in_rfc3339() {
         user_id: user_id(0),
         lines: vec![Line { deal_id: deal_id(0), qty: 1 }],
         ttl_ms: None,
+        waitlist: false,
     });
     let Err(error) = live.execute(&reserve, T0_MS, &mut log) else { panic!("reserved early") };
     assert_eq!(error.code(), ErrorCode::DealNotStarted);

@@ -76,6 +76,8 @@ fn node_with_sold_out_deal_keeping(keys_max: usize) -> (Node, Command) {
         per_user_limit: None,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     node.execute(&Command::CreateDeal(deal)).unwrap().result.unwrap();
     let reserve = |user: &str| {
@@ -83,6 +85,7 @@ fn node_with_sold_out_deal_keeping(keys_max: usize) -> (Node, Command) {
             user_id: UserId::parse(user).unwrap(),
             lines: vec![Line { deal_id: DealId::parse("drop").unwrap(), qty: 1 }],
             ttl_ms: None,
+            waitlist: false,
         })
     };
     node.execute(&reserve("first")).unwrap().result.unwrap();
@@ -119,6 +122,7 @@ fn the_counter_sees_a_reserve_that_succeeds() {
         user_id: UserId::parse("winner").unwrap(),
         lines: vec![Line { deal_id: DealId::parse("drop").unwrap(), qty: 1 }],
         ttl_ms: None,
+        waitlist: false,
     });
     let before = allocations();
     node.execute(&winner).unwrap().result.unwrap();

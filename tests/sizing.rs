@@ -240,6 +240,8 @@ fn measure(deals: usize, holds: usize, limited: bool, shadowed: bool) -> Figures
             per_user_limit: limited.then_some(2),
             hold_ttl_ms: Some(HOLD_TTL_MS),
             hold_ttl_ms_max: None,
+            waitlist_max: None,
+            offer_ttl_ms: None,
         };
         allocator.execute(&Command::CreateDeal(new), T0_MS, &mut sink).expect("deal created");
     }
@@ -253,6 +255,7 @@ fn measure(deals: usize, holds: usize, limited: bool, shadowed: bool) -> Figures
             user_id: user_id(h),
             lines: vec![Line { deal_id: ids[h % deals].clone(), qty: 1 }],
             ttl_ms: None,
+            waitlist: false,
         };
         let now = T0_MS + (h as u64 % 1_000);
         match allocator.execute(&Command::Reserve(reserve), now, &mut sink) {
@@ -493,7 +496,7 @@ struct Framing {
 impl EventSink for Framing {
     fn append(&mut self, event: Event, _outcome: &Outcome) {
         let kind = match &event {
-            Event::DealCreated { .. } => "deal_created",
+            Event::DealCreated { .. } | Event::DealOpened { .. } => "deal_created",
             Event::Reserved { .. } => "reserved",
             Event::Confirmed { .. } => "confirmed",
             Event::Released { .. } => "released",
@@ -521,6 +524,8 @@ fn measure_log() -> LogFigures {
         per_user_limit: Some(2),
         hold_ttl_ms: Some(HOLD_TTL_MS),
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     allocator.execute(&Command::CreateDeal(new), T0_MS, &mut framing).expect("created");
     let mut holds = Vec::new();
@@ -529,6 +534,7 @@ fn measure_log() -> LogFigures {
             user_id: user_id(u),
             lines: vec![Line { deal_id: deal_id(1), qty: 1 }],
             ttl_ms: None,
+            waitlist: false,
         };
         match allocator.execute(&Command::Reserve(reserve), T0_MS, &mut framing) {
             Ok(Outcome::Holds(views)) => holds.push(views[0].clone()),
@@ -617,6 +623,8 @@ fn residue_per_hold(holds: usize, cycles: usize, shadowed: bool) -> f64 {
             per_user_limit: None,
             hold_ttl_ms: Some(HOLD_TTL_MS),
             hold_ttl_ms_max: None,
+            waitlist_max: None,
+            offer_ttl_ms: None,
         };
         allocator.execute(&Command::CreateDeal(new), T0_MS, &mut sink).expect("deal created");
     }
@@ -629,6 +637,7 @@ fn residue_per_hold(holds: usize, cycles: usize, shadowed: bool) -> f64 {
                 user_id: user_id(h),
                 lines: vec![Line { deal_id: ids[h % deals].clone(), qty: 1 }],
                 ttl_ms: None,
+                waitlist: false,
             };
             // One reserve per millisecond: each hold has an expiry instant of its own (the
             // worst case for the timer index; holds sharing an instant share an entry).

@@ -90,6 +90,8 @@ fn new_deal(id: &str, stock: u64) -> NewDeal {
         per_user_limit: None,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     }
 }
 
@@ -102,6 +104,7 @@ fn reserve(user: &str, lines: &[(&str, u32)], ttl_ms: Option<u64>) -> Reserve {
         user_id: user_id(user),
         lines: lines.iter().map(|(deal, qty)| Line { deal_id: deal_id(deal), qty: *qty }).collect(),
         ttl_ms,
+        waitlist: false,
     }
 }
 

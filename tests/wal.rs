@@ -55,7 +55,7 @@ const T0_MS: u64 = 1_800_000_000_000;
 const KEY: HoldIdKey = HoldIdKey(0x3A1_D00D_FEED_F00D);
 const HOUR_MS: u64 = 60 * 60 * 1_000;
 /// Small enough that a workload spans several segments.
-const SEGMENT_BYTES: u64 = 400;
+const SEGMENT_BYTES: u64 = 600;
 
 // ------------------------------------------------------------------------------- fixtures
 
@@ -205,6 +205,8 @@ fn create(id: &str, stream_id: Option<&str>, stock: u64, per_user_limit: Option<
         per_user_limit,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     })
 }
 
@@ -213,6 +215,7 @@ fn reserve(user_id: &str, lines: &[(&str, u32)], ttl_ms: Option<u64>) -> Reserve
         user_id: user(user_id),
         lines: lines.iter().map(|(d, qty)| Line { deal_id: deal_id(d), qty: *qty }).collect(),
         ttl_ms,
+        waitlist: false,
     }
 }
 

@@ -79,6 +79,8 @@ fn new_deal(id: &str, stock: u64, stream: Option<&str>, limit: Option<u32>) -> C
         per_user_limit: limit,
         hold_ttl_ms: Some(60_000),
         hold_ttl_ms_max: Some(600_000),
+        waitlist_max: None,
+        offer_ttl_ms: None,
     })
 }
 
@@ -87,6 +89,7 @@ fn reserve(user: &str, lines: &[(&str, u32)], ttl_ms: Option<u64>) -> Reserve {
         user_id: user_id(user),
         lines: lines.iter().map(|(d, qty)| Line { deal_id: deal_id(d), qty: *qty }).collect(),
         ttl_ms,
+        waitlist: false,
     }
 }
 

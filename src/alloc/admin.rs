@@ -12,8 +12,10 @@ use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::HoldState;
 use livestock_core::ids::{DealId, HoldSeq, StreamId};
 use livestock_core::limits::{DEALS_MAX, DEAL_STOCK_UNITS_MAX, END_HOLDS_MAX};
+use livestock_core::waitlist::DealOptions;
 
 use super::holds::Resolved;
+use super::offers::Freed;
 use super::{Allocator, DealSlot};
 use crate::sync::Arc;
 
@@ -25,6 +27,7 @@ impl Allocator {
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, CreateDealError> {
         let spec = DealSpec::new(new, now_ms)?;
+        let options = DealOptions::new(new, &spec)?;
         let stock = new.stock;
         let mut outcome = None;
         self.deals.insert(
@@ -33,12 +36,16 @@ impl Allocator {
             || CreateDealError::Exists(new.id.to_string()),
             || CreateDealError::TooMany(DEALS_MAX),
             || {
-                let slot =
-                    Arc::new(DealSlot::new(spec.clone(), Counters::new(stock), Lifecycle::Open));
+                let slot = Arc::new(DealSlot::new(
+                    spec.clone(),
+                    options,
+                    Counters::new(stock),
+                    Lifecycle::Open,
+                ));
                 // Logged before the deal is visible (this runs under the registry's write lock,
                 // before the insert is published): a reserve of it is always logged after it.
                 let view = Outcome::Deal(slot.view(now_ms));
-                sink.append(Event::DealCreated { spec: spec.clone(), stock }, &view);
+                sink.append(Event::DealOpened { spec: spec.clone(), options, stock }, &view);
                 outcome = Some(view);
                 Ok(slot)
             },
@@ -85,7 +92,9 @@ impl Allocator {
             Lifecycle::Open => return Ok(Outcome::Deal(slot.view(now_ms))),
             Lifecycle::Paused => {}
         }
-        // Reopening frees the stock to reserves: log first, then open.
+        // Reopening frees the stock to reserves: log first, then open. With a waitlist, the
+        // waiting entries are offered what is available before reserves may see it.
+        let mut list = slot.lock_waitlist();
         let mut view = slot.view(now_ms);
         view.state = view.spec.state(Lifecycle::Open, now_ms);
         view.counters = view.counters.with_shut(false);
@@ -93,7 +102,12 @@ impl Allocator {
             Event::DealResumed { deal_id: id.clone(), at_ms: now_ms },
             &Outcome::Deal(view),
         );
+        if let Some(list) = list.as_mut() {
+            let open = slot.spec.closed(false, || Lifecycle::Open, now_ms).is_none();
+            self.offer_freed(&slot, list, Freed::Available, open, now_ms, sink);
+        }
         slot.set_lifecycle(Lifecycle::Open);
+        drop(list);
         Ok(Outcome::Deal(slot.view(now_ms)))
     }
 
@@ -121,10 +135,19 @@ impl Allocator {
             view.counters = view.counters.add_stock(units).ok_or_else(|| {
                 Invalid(format!("delta: a deal holds at most {DEAL_STOCK_UNITS_MAX} units"))
             })?;
+            let mut list = slot.lock_waitlist();
             sink.append(event, &Outcome::Deal(view));
             // Only admin changes add stock, and we hold the admin lock: the check above holds.
-            if slot.add_stock(units).is_none() {
-                panic!("stock limit passed under the admin lock");
+            match list.as_mut() {
+                Some(list) => {
+                    let open = Self::takes_offers(&slot, now_ms);
+                    self.offer_freed(&slot, list, Freed::Added(units), open, now_ms, sink);
+                }
+                None => {
+                    if slot.add_stock(units).is_none() {
+                        panic!("stock limit passed under the admin lock");
+                    }
+                }
             }
         } else {
             slot.remove_stock(units).map_err(|shortage| match shortage {
@@ -225,11 +248,21 @@ impl Allocator {
                  and end it once enough holds were confirmed, released or expired"
             ))));
         }
+        // The waitlists next (lock order: after the admin locks): no offer is handed out while
+        // the deals end, and their waiting entries lapse with the end (its event says so).
+        let mut lists: Vec<_> = ending.iter().map(|slot| (*slot, slot.lock_waitlist())).collect();
         // Shut first: from here no reserve passes, and a reserve that took units before this
         // point re-checks the lifecycle under its hold shard lock (see `reserve`), so the scan
         // below sees every hold of these deals.
         for slot in &ending {
             slot.set_lifecycle(Lifecycle::Ended);
+        }
+        let retention_ms = self.config.resolved_hold_retention_ms;
+        for (slot, list) in lists.iter_mut() {
+            if let Some(list) = list.as_mut() {
+                list.lapse_all_waiting(now_ms, retention_ms);
+                slot.set_waiting(0);
+            }
         }
         let mut released: Vec<(HoldSeq, Resolved)> = Vec::new();
         for index in 0..self.holds.shard_count() {
@@ -283,8 +316,15 @@ impl Allocator {
         sink.append(Event::DealsEnded { at_ms: now_ms, deals }, &outcome(&views, released.len()));
         let count = released.len();
         for (_, resolved) in released {
+            if resolved.origin.is_some() {
+                let list = lists.iter_mut().find(|(slot, _)| Arc::ptr_eq(slot, &resolved.deal));
+                if let Some((_, Some(list))) = list {
+                    list.offer_resolved(resolved.seq, false, now_ms, retention_ms);
+                }
+            }
             self.settle(&resolved);
         }
+        drop(lists);
         drop(guards);
         Ok((views, count))
     }

@@ -68,6 +68,41 @@ impl Allocator {
                 }
             }
         }
+        for deal in self.waitlist_deals() {
+            let Some(list) = deal.lock_waitlist() else { continue };
+            let id = deal.spec.id.as_str();
+            list.check().map_err(|e| format!("waitlist of deal {id}: {e}"))?;
+            ensure!(
+                deal.waiting() == list.waiting_count() as u64,
+                "deal {id} publishes {} waiting, has {}",
+                deal.waiting(),
+                list.waiting_count()
+            );
+        }
+        // Offers, read out of the hold shards first: a waitlist lock is never taken under a
+        // hold shard (the lock order).
+        let offers: Vec<_> = (0..self.holds.shard_count())
+            .flat_map(|index| {
+                let shard = self.holds.lock_index(index);
+                shard
+                    .entries()
+                    .filter_map(|e| Some((e.hold.seq, e.hold.state, e.origin?, e.deal.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (seq, state, origin, deal) in offers {
+            let Some(list) = deal.lock_waitlist() else {
+                return Err(format!("offer {seq:?} of a deal without a waitlist"));
+            };
+            let linked = list.get(origin).and_then(|e| e.hold) == Some(seq);
+            ensure!(linked, "offer {seq:?} and entry {origin:?} disagree");
+            if state == HoldState::Held {
+                ensure!(
+                    list.entry_of_offer(seq) == Some(origin),
+                    "open offer {seq:?} is not linked to entry {origin:?}"
+                );
+            }
+        }
         for deal in &snapshot.deals {
             let id = deal.spec.id.as_str();
             let c = deal.counters;

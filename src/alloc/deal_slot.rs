@@ -12,30 +12,68 @@
 //! `AcqRel` for the same pairing in both directions; on x86-64 every locked RMW is a full
 //! barrier anyway, so this costs nothing there.
 
-use crate::sync::{AtomicU128, AtomicU8, Mutex, MutexGuard, Ordering};
+use super::waitlist::Waitlist;
+use crate::sync::{AtomicU128, AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
 use livestock_core::counters::{Counters, Shortage};
 use livestock_core::deal::{DealSpec, DealView, Lifecycle};
 use livestock_core::error::ReserveError;
 use livestock_core::hold::Settlement;
+use livestock_core::waitlist::DealOptions;
 
 pub struct DealSlot {
     pub spec: DealSpec,
+    pub options: DealOptions,
     counters: AtomicU128,
     lifecycle: AtomicU8,
     /// Serializes admin changes (pause, resume, end, stock) of this deal, so that each one's
     /// event is ordered with the change it describes. Never taken on the reserve path.
     admin: Mutex<()>,
+    /// The waitlist, for deals that have one. Its lock serializes everything that hands out
+    /// freed units or joins the queue (`offers.rs`), so that units that come back reach the
+    /// waiting entries before anyone else; a reserve that takes units takes it only when the
+    /// deal could not serve it and it asked to wait.
+    waitlist: Option<Mutex<Waitlist>>,
+    /// Entries waiting, for readers that must not take the lock (views, the live feed);
+    /// written under it.
+    waiting: AtomicU64,
 }
 
 impl DealSlot {
-    pub fn new(spec: DealSpec, counters: Counters, lifecycle: Lifecycle) -> Self {
+    pub fn new(
+        spec: DealSpec,
+        options: DealOptions,
+        counters: Counters,
+        lifecycle: Lifecycle,
+    ) -> Self {
         let counters = counters.with_shut(lifecycle != Lifecycle::Open);
         DealSlot {
+            waitlist: options.has_waitlist().then(|| Mutex::new(Waitlist::default())),
             spec,
+            options,
             counters: AtomicU128::new(counters.raw()),
             lifecycle: AtomicU8::new(lifecycle as u8),
             admin: Mutex::new(()),
+            waiting: AtomicU64::new(0),
         }
+    }
+
+    /// The waitlist's lock, if the deal has one (see the lock order in docs/ARCHITECTURE.md:
+    /// after the admin lock, before user and hold shards).
+    pub fn lock_waitlist(&self) -> Option<MutexGuard<'_, Waitlist>> {
+        self.waitlist.as_ref().map(|list| list.lock())
+    }
+
+    pub fn has_waitlist(&self) -> bool {
+        self.waitlist.is_some()
+    }
+
+    /// Publishes the waiting count after a change under the waitlist lock.
+    pub fn set_waiting(&self, waiting: usize) {
+        self.waiting.store(waiting as u64, Ordering::Release);
+    }
+
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// One consistent view of all counters: a single load.
@@ -50,8 +88,10 @@ impl DealSlot {
     pub fn view(&self, now_ms: u64) -> DealView {
         DealView {
             spec: self.spec.clone(),
+            options: self.options,
             state: self.spec.state(self.lifecycle(), now_ms),
             counters: self.counters(),
+            waiting: self.waiting(),
         }
     }
 
@@ -106,9 +146,16 @@ impl DealSlot {
         }
     }
 
-    /// Takes units without asking the rules: replay of a reserve that was already decided.
+    /// Takes units from `available` without asking the deal's window or lifecycle: an offer to
+    /// a waiting entry (decided under the waitlist lock), or replay of a decided reserve.
     pub fn force_take(&self, qty: u32) -> Result<Counters, Shortage> {
         self.update(|c| c.take(u64::from(qty)))
+    }
+
+    /// Stock added straight into holds: `held` units of an addition go to offers and never
+    /// become available (the rest, `units - held`, does).
+    pub fn add_stock_held(&self, units: u64, held: u64) -> Option<Counters> {
+        self.update(|c| c.add_stock(units).and_then(|c| c.take(held).ok()).ok_or(())).ok()
     }
 
     pub fn add_stock(&self, units: u64) -> Option<Counters> {

@@ -14,14 +14,24 @@ use crossbeam::utils::CachePadded;
 
 use crate::alloc::deal_slot::DealSlot;
 use crate::sync::{Arc, Mutex, MutexGuard};
+use livestock_core::command::HoldView;
 use livestock_core::hold::{Hold, HoldState, Settlement};
-use livestock_core::ids::HoldSeq;
+use livestock_core::ids::{EntrySeq, HoldSeq};
 use livestock_core::limits::SHARDS;
 
 pub struct Entry {
     pub hold: Hold,
     /// The hold's deal, so that resolving a hold never looks the deal up again.
     pub deal: Arc<DealSlot>,
+    /// The waitlist entry this hold was offered to, if it is an offer.
+    pub origin: Option<EntrySeq>,
+}
+
+impl Entry {
+    /// The hold as a caller sees it at `now`.
+    pub fn view(&self, now_ms: u64) -> HoldView {
+        HoldView { origin: self.origin, ..HoldView::at(self.hold.clone(), now_ms) }
+    }
 }
 
 /// Hashes hold numbers. They are ours (a counter), never chosen by a client, so the map needs
@@ -63,9 +73,14 @@ pub struct HoldShard {
 /// A hold that has just been resolved: what its deal and user get back once the event is
 /// ordered.
 pub struct Resolved {
+    pub seq: HoldSeq,
+    pub state: HoldState,
     pub deal: Arc<DealSlot>,
     pub user_id: livestock_core::ids::UserId,
     pub settlement: Settlement,
+    /// The waitlist entry, if the hold was an offer: it lapses unless the hold was confirmed.
+    pub origin: Option<EntrySeq>,
+    pub at_ms: u64,
 }
 
 impl HoldShard {
@@ -117,8 +132,15 @@ impl HoldShard {
         let entry = self.holds.get_mut(&seq.0)?;
         self.expiries.remove(&(entry.hold.expires_at_ms, seq.0));
         entry.hold.resolve(state, settlement, at_ms);
-        let resolved =
-            Resolved { deal: entry.deal.clone(), user_id: entry.hold.user_id.clone(), settlement };
+        let resolved = Resolved {
+            seq,
+            state,
+            deal: entry.deal.clone(),
+            user_id: entry.hold.user_id.clone(),
+            settlement,
+            origin: entry.origin,
+            at_ms,
+        };
         self.forgets.entry(at_ms.saturating_add(retention_ms)).or_default().push(seq.0);
         Some(resolved)
     }

@@ -29,6 +29,7 @@
 //! | `admin.rs` | create, pause, resume, stock changes, ending deals and streams |
 //! | `reserve.rs` | reserve and cart: the hot path |
 //! | `resolve.rs` | confirm, release, extend, and the reaper's expiry of due holds |
+//! | `offers.rs` | waitlists: joining, cancelling, units that come back offered to waiting entries |
 //! | `replay.rs` | applying recorded events (recovery, the checkpointer's shadow) |
 //! | `snapshot.rs` | the whole state as values (checkpoints, comparisons) and its restore |
 //! | `audit.rs` | the cross-structure invariants |
@@ -36,11 +37,13 @@
 //! | `holds.rs` | the sharded hold table with its timers |
 //! | `registry.rs` | deals by id, lock-free to read |
 //! | `users.rs` | per-user counts for deals with a limit |
+//! | `waitlist.rs` | one deal's waitlist: entries, the queue, forgetting |
 
 mod admin;
 mod audit;
 mod deal_slot;
 mod holds;
+mod offers;
 mod registry;
 mod replay;
 mod reserve;
@@ -49,8 +52,10 @@ mod snapshot;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod users;
+mod waitlist;
 
 use livestock_core::command::{Command, HoldView, Outcome};
+
 use livestock_core::deal::DealView;
 use livestock_core::error::CommandError;
 use livestock_core::event::EventSink;
@@ -64,7 +69,7 @@ use holds::{HoldTable, Resolved};
 use registry::Registry;
 pub use replay::ReplayError;
 pub use reserve::Refusal;
-pub use snapshot::{encode_into, DealSnapshot, Snapshot};
+pub use snapshot::{encode_into, DealSnapshot, LegacySnapshot, Snapshot, WaitlistSnapshot};
 use users::UserCounts;
 
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +118,7 @@ impl Allocator {
 
     pub fn hold(&self, seq: HoldSeq, now_ms: u64) -> Option<HoldView> {
         let shard = self.holds.lock(seq);
-        shard.get(seq).map(|entry| HoldView::at(entry.hold.clone(), now_ms))
+        shard.get(seq).map(|entry| entry.view(now_ms))
     }
 
     /// (open, resolved) holds in memory: counted at scrape time, not maintained on the hot path.
@@ -154,10 +159,12 @@ impl Allocator {
             Command::Confirm { hold, qty } => Ok(self.confirm(*hold, *qty, now_ms, sink)?),
             Command::Release { hold } => Ok(self.release(*hold, now_ms, sink)?),
             Command::Extend { hold, ttl_ms } => Ok(self.extend(*hold, *ttl_ms, now_ms, sink)?),
+            Command::CancelEntry { entry } => self.cancel_entry(*entry, now_ms, sink),
         }
     }
 
-    /// Gives a resolved hold's units back to its deal and its user.
+    /// Gives a resolved hold's units back to its deal and its user, straight to `available`
+    /// (replay, an end; the live paths go through `give_back`, which serves a waitlist first).
     fn settle(&self, resolved: &Resolved) {
         resolved.deal.settle(resolved.settlement);
         if resolved.deal.spec.per_user_limit.is_some() && resolved.settlement.returned > 0 {

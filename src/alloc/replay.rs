@@ -4,12 +4,15 @@
 //! happened, and a log is checked only for consistency with the state it builds.
 
 use livestock_core::counters::Counters;
-use livestock_core::deal::Lifecycle;
+use livestock_core::deal::{DealSpec, Lifecycle};
 use livestock_core::event::Event;
 use livestock_core::hold::{Hold, HoldState, Settlement};
-use livestock_core::ids::{DealId, HoldSeq};
+use livestock_core::ids::{DealId, EntrySeq, HoldSeq};
+use livestock_core::limits::HOLD_QTY_MAX;
+use livestock_core::waitlist::{DealOptions, EntryState, WaitEntry};
 
 use super::holds::Entry;
+use super::waitlist::Waitlist;
 use super::{users, Allocator, DealSlot};
 use crate::sync::{Arc, Ordering};
 
@@ -26,23 +29,10 @@ impl Allocator {
         let err = |what: String| Err(ReplayError(what));
         match event {
             Event::DealCreated { spec, stock } => {
-                if !spec.is_valid(*stock) {
-                    return err(format!("deal {} has an invalid spec", spec.id));
-                }
-                let result = self.deals.insert(
-                    &spec.id,
-                    usize::MAX,
-                    || ReplayError(format!("deal {} created twice", spec.id)),
-                    || ReplayError("too many deals".into()),
-                    || {
-                        Ok(Arc::new(DealSlot::new(
-                            spec.clone(),
-                            Counters::new(*stock),
-                            Lifecycle::Open,
-                        )))
-                    },
-                );
-                result.map(|_| ())
+                self.replay_create(spec, DealOptions::none(spec), *stock)
+            }
+            Event::DealOpened { spec, options, stock } => {
+                self.replay_create(spec, *options, *stock)
             }
             Event::DealPaused { deal_id, .. } => {
                 self.replay_slot(deal_id)?.set_lifecycle(Lifecycle::Paused);
@@ -67,7 +57,13 @@ impl Allocator {
             }
             Event::DealsEnded { at_ms, deals } => {
                 for (deal_id, seqs) in deals {
-                    self.replay_slot(deal_id)?.set_lifecycle(Lifecycle::Ended);
+                    let slot = self.replay_slot(deal_id)?;
+                    slot.set_lifecycle(Lifecycle::Ended);
+                    if let Some(mut list) = slot.lock_waitlist() {
+                        let retention_ms = self.config.resolved_hold_retention_ms;
+                        list.lapse_all_waiting(*at_ms, retention_ms);
+                        slot.set_waiting(0);
+                    }
                     for seq in seqs {
                         self.replay_resolve(*seq, HoldState::Released, None, *at_ms)?;
                     }
@@ -76,7 +72,7 @@ impl Allocator {
             }
             Event::Reserved { holds } => {
                 for hold in holds {
-                    self.replay_reserve(hold)?;
+                    self.replay_reserve(hold, None)?;
                 }
                 Ok(())
             }
@@ -90,6 +86,44 @@ impl Allocator {
                 self.replay_resolve(*seq, HoldState::Expired, None, *at_ms)
             }
             Event::Answered { .. } => Ok(()),
+            Event::WaitlistJoined { entry } => self.replay_join(entry),
+            Event::Offered { entry, hold } => self.replay_offer(*entry, hold),
+            Event::WaitlistLapsed { entry, at_ms } => {
+                self.replay_entry(*entry, |allocator, slot, list| {
+                    if list.get(*entry).map(|e| e.state) != Some(EntryState::Waiting) {
+                        return Err(ReplayError(format!("lapse of entry {} not waiting", entry.0)));
+                    }
+                    let retention_ms = allocator.config.resolved_hold_retention_ms;
+                    list.lapse_waiting(*entry, *at_ms, retention_ms);
+                    slot.set_waiting(list.waiting_count());
+                    Ok(())
+                })
+            }
+            Event::WaitlistCancelled { entry, at_ms } => {
+                let offer = self.replay_entry(*entry, |allocator, slot, list| {
+                    let Some(found) = list.get(*entry) else { panic!("checked") };
+                    let offer = match found.state {
+                        EntryState::Waiting => None,
+                        EntryState::Offered => found.hold,
+                        _ => {
+                            return Err(ReplayError(format!(
+                                "cancel of entry {} in state {:?}",
+                                entry.0, found.state
+                            )))
+                        }
+                    };
+                    let retention_ms = allocator.config.resolved_hold_retention_ms;
+                    list.cancel(*entry, *at_ms, retention_ms);
+                    slot.set_waiting(list.waiting_count());
+                    Ok(offer)
+                })?;
+                // An offered entry's cancel released its hold (the entry is already unlinked
+                // from it, so the release does not lapse it).
+                match offer {
+                    Some(hold) => self.replay_resolve(hold, HoldState::Released, None, *at_ms),
+                    None => Ok(()),
+                }
+            }
             Event::Extended { seq, expires_at_ms, .. } => {
                 let mut shard = self.holds.lock(*seq);
                 match shard.get(*seq) {
@@ -102,11 +136,37 @@ impl Allocator {
         }
     }
 
+    fn replay_create(
+        &self,
+        spec: &DealSpec,
+        options: DealOptions,
+        stock: u64,
+    ) -> Result<(), ReplayError> {
+        if !spec.is_valid(stock) || !options.is_valid(spec) {
+            return Err(ReplayError(format!("deal {} has an invalid spec", spec.id)));
+        }
+        let result = self.deals.insert(
+            &spec.id,
+            usize::MAX,
+            || ReplayError(format!("deal {} created twice", spec.id)),
+            || ReplayError("too many deals".into()),
+            || {
+                Ok(Arc::new(DealSlot::new(
+                    spec.clone(),
+                    options,
+                    Counters::new(stock),
+                    Lifecycle::Open,
+                )))
+            },
+        );
+        result.map(|_| ())
+    }
+
     pub(super) fn replay_slot(&self, id: &DealId) -> Result<Arc<DealSlot>, ReplayError> {
         self.deals.get(id.as_str()).ok_or_else(|| ReplayError(format!("unknown deal {id}")))
     }
 
-    fn replay_reserve(&self, hold: &Hold) -> Result<(), ReplayError> {
+    fn replay_reserve(&self, hold: &Hold, origin: Option<EntrySeq>) -> Result<(), ReplayError> {
         let slot = self.replay_slot(&hold.deal_id)?;
         if hold.state != HoldState::Held || hold.qty == 0 {
             return Err(ReplayError(format!("hold {} is not a fresh hold", hold.seq.0)));
@@ -123,7 +183,7 @@ impl Allocator {
                 users::add(users, &hold.deal_id, &hold.user_id, hold.qty)
             });
         }
-        shard.insert(Entry { hold: hold.clone(), deal: slot }, 0);
+        shard.insert(Entry { hold: hold.clone(), deal: slot, origin }, 0);
         self.next_hold_seq.fetch_max(hold.seq.0 + 1, Ordering::Relaxed);
         Ok(())
     }
@@ -154,7 +214,68 @@ impl Allocator {
         };
         if let Some(resolved) = resolved {
             self.settle(&resolved);
+            if resolved.origin.is_some() {
+                if let Some(mut list) = resolved.deal.lock_waitlist() {
+                    let confirmed = resolved.state == HoldState::Confirmed;
+                    let retention_ms = self.config.resolved_hold_retention_ms;
+                    list.offer_resolved(resolved.seq, confirmed, at_ms, retention_ms);
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Runs `f` on the waitlist holding `entry` (single-threaded replay: the scan is fine).
+    fn replay_entry<R>(
+        &self,
+        entry: EntrySeq,
+        f: impl FnOnce(&Self, &DealSlot, &mut Waitlist) -> Result<R, ReplayError>,
+    ) -> Result<R, ReplayError> {
+        for slot in self.waitlist_deals() {
+            let Some(mut list) = slot.lock_waitlist() else { continue };
+            if list.get(entry).is_some() {
+                return f(self, &slot, &mut list);
+            }
+        }
+        Err(ReplayError(format!("unknown waitlist entry {}", entry.0)))
+    }
+
+    fn replay_join(&self, entry: &WaitEntry) -> Result<(), ReplayError> {
+        let slot = self.replay_slot(&entry.deal_id)?;
+        let Some(mut list) = slot.lock_waitlist() else {
+            return Err(ReplayError(format!("deal {} has no waitlist", entry.deal_id)));
+        };
+        let fresh = entry.state == EntryState::Waiting
+            && entry.hold.is_none()
+            && entry.resolved_at_ms.is_none()
+            && (1..=HOLD_QTY_MAX).contains(&entry.qty);
+        if !fresh || list.active_of(&entry.user_id).is_some() || list.get(entry.seq).is_some() {
+            return Err(ReplayError(format!("entry {} does not join", entry.seq.0)));
+        }
+        if list.waiting_count() >= slot.options.waitlist_max as usize {
+            return Err(ReplayError(format!("entry {} joins a full waitlist", entry.seq.0)));
+        }
+        list.push(entry.clone());
+        slot.set_waiting(list.waiting_count());
+        self.next_hold_seq.fetch_max(entry.seq.0 + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn replay_offer(&self, entry: EntrySeq, hold: &Hold) -> Result<(), ReplayError> {
+        let slot = self.replay_slot(&hold.deal_id)?;
+        let Some(mut list) = slot.lock_waitlist() else {
+            return Err(ReplayError(format!("deal {} has no waitlist", hold.deal_id)));
+        };
+        match list.get(entry) {
+            Some(e)
+                if e.state == EntryState::Waiting
+                    && e.qty == hold.qty
+                    && e.user_id == hold.user_id => {}
+            _ => return Err(ReplayError(format!("offer to entry {} that does not wait", entry.0))),
+        }
+        self.replay_reserve(hold, Some(entry))?;
+        list.offer(entry, hold.seq);
+        slot.set_waiting(list.waiting_count());
         Ok(())
     }
 
@@ -164,5 +285,6 @@ impl Allocator {
         for index in 0..self.holds.shard_count() {
             self.holds.lock_index(index).forget_due(now_ms);
         }
+        self.forget_due_entries(now_ms);
     }
 }

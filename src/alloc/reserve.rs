@@ -117,6 +117,9 @@ impl Allocator {
     pub fn stock_refusal(&self, request: &Reserve, now_ms: u64) -> Option<ReserveError> {
         let [line] = request.lines.as_slice() else { return None };
         let slot = self.deals.get(line.deal_id.as_str())?;
+        if request.waitlist && slot.has_waitlist() {
+            return None; // it would join the waitlist: the leader decides
+        }
         let counters = slot.counters();
         slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms).ok()?;
         match slot.spec.take(counters, line.qty) {
@@ -146,7 +149,32 @@ impl Allocator {
         })?
     }
 
+    /// A reserve or cart; a single reserve the deal cannot serve for want of stock joins the
+    /// deal's waitlist instead if it asked to and the deal has one (`offers.rs`).
     pub(super) fn reserve(
+        &self,
+        request: &Reserve,
+        cart: bool,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, ReserveError> {
+        match self.reserve_now(request, cart, now_ms, sink) {
+            Err(refused @ (ReserveError::SoldOut(_) | ReserveError::InsufficientStock { .. }))
+                if request.waitlist && !cart =>
+            {
+                match self.deals.get(request.lines[0].deal_id.as_str()) {
+                    Some(deal) if deal.has_waitlist() => {
+                        self.join_waitlist(&deal, request, refused, now_ms, sink)
+                    }
+                    _ => Err(refused),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// A reserve or cart served from what is available now, or refused.
+    pub(super) fn reserve_now(
         &self,
         request: &Reserve,
         cart: bool,
@@ -218,7 +246,7 @@ impl Allocator {
             let Some((_, shard)) = shards.iter_mut().find(|(i, _)| *i == index) else {
                 panic!("hold shard {index} not locked");
             };
-            shard.insert(Entry { hold, deal: take.deal.clone() }, 0);
+            shard.insert(Entry { hold, deal: take.deal.clone(), origin: None }, 0);
         }
         Ok(outcome)
     }

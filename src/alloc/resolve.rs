@@ -2,7 +2,7 @@
 //! Each decides under the hold's shard lock (so a hold resolves exactly once), logs, and only
 //! then gives the freed units back.
 
-use livestock_core::command::{HoldView, Outcome};
+use livestock_core::command::Outcome;
 use livestock_core::error::HoldError;
 use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::{Decision, Hold, HoldState, Settlement};
@@ -52,9 +52,7 @@ impl Allocator {
             let mut shard = self.holds.lock(seq);
             let entry = shard.get(seq).ok_or_else(|| self.unknown_hold(seq))?;
             let (state, settlement) = match decide(&entry.hold)? {
-                Decision::AlreadyDone => {
-                    return Ok(Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms)));
-                }
+                Decision::AlreadyDone => return Ok(Outcome::Hold(entry.view(now_ms))),
                 Decision::Apply(decided) => decided,
             };
             let retention_ms = self.config.resolved_hold_retention_ms;
@@ -62,7 +60,7 @@ impl Allocator {
                 panic!("hold vanished under its lock");
             };
             let Some(entry) = shard.get(seq) else { panic!("hold vanished under its lock") };
-            let outcome = Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms));
+            let outcome = Outcome::Hold(entry.view(now_ms));
             let event = match state {
                 HoldState::Confirmed => {
                     Event::Confirmed { seq, qty: settlement.sold, at_ms: now_ms }
@@ -73,7 +71,7 @@ impl Allocator {
             sink.append(event, &outcome);
             (resolved, outcome)
         };
-        self.settle(&resolved.0);
+        self.give_back(&resolved.0, now_ms, sink);
         Ok(resolved.1)
     }
 
@@ -88,15 +86,14 @@ impl Allocator {
         let entry = shard.get(seq).ok_or_else(|| self.unknown_hold(seq))?;
         let max_ms = entry.deal.spec.hold_ttl_ms_max;
         let expires_at_ms = match entry.hold.decide_extend(ttl_ms, max_ms, now_ms)? {
-            Decision::AlreadyDone => {
-                return Ok(Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms)))
-            }
+            Decision::AlreadyDone => return Ok(Outcome::Hold(entry.view(now_ms))),
             Decision::Apply(at) => at,
         };
-        let Some(hold) = shard.extend(seq, expires_at_ms) else {
+        if shard.extend(seq, expires_at_ms).is_none() {
             panic!("hold vanished under its lock");
-        };
-        let outcome = Outcome::Hold(HoldView::at(hold.clone(), now_ms));
+        }
+        let Some(entry) = shard.get(seq) else { panic!("hold vanished under its lock") };
+        let outcome = Outcome::Hold(entry.view(now_ms));
         // Logged under the shard lock: no resolution of this hold can be ordered before it.
         sink.append(Event::Extended { seq, expires_at_ms, at_ms: now_ms }, &outcome);
         Ok(outcome)
@@ -119,7 +116,7 @@ impl Allocator {
                         shard.resolve(seq, HoldState::Expired, settlement, now_ms, retention_ms)
                     {
                         let Some(entry) = shard.get(seq) else { panic!("hold vanished") };
-                        let outcome = Outcome::Hold(HoldView::at(entry.hold.clone(), now_ms));
+                        let outcome = Outcome::Hold(entry.view(now_ms));
                         sink.append(Event::Expired { seq, at_ms: now_ms }, &outcome);
                         resolved.push(r);
                     }
@@ -128,9 +125,12 @@ impl Allocator {
             }
             expired += resolved.len();
             for r in &resolved {
-                self.settle(r);
+                self.give_back(r, now_ms, sink);
             }
         }
+        self.lapse_closed_waitlists(now_ms, sink);
+        self.hand_on_available(now_ms, sink);
+        self.forget_due_entries(now_ms);
         expired
     }
 }

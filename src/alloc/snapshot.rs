@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use livestock_core::counters::Counters;
 use livestock_core::deal::{DealSpec, Lifecycle};
 use livestock_core::hold::{Hold, HoldState};
-use livestock_core::ids::{DealId, HoldIdKey, UserId};
+use livestock_core::ids::{DealId, EntrySeq, HoldIdKey, HoldSeq, UserId};
+use livestock_core::waitlist::{DealOptions, EntryState, WaitEntry};
 
 use super::holds::Entry;
+use super::waitlist::Waitlist;
 use super::{users, Allocator, AllocatorConfig, DealSlot, ReplayError};
 use crate::sync::{Arc, Ordering};
 
@@ -23,6 +25,42 @@ pub struct Snapshot {
     /// Units each user has taken (held plus bought) per limited deal, sorted. Kept whole, not
     /// derived from holds: a confirmed hold is forgotten after its retention, its units not.
     pub user_counts: Vec<(DealId, UserId, u32)>,
+    /// Deals with a waitlist: their options and entries, by deal id. Last: a checkpoint of
+    /// version 2 ends before it (`LegacySnapshot`).
+    pub waitlists: Vec<WaitlistSnapshot>,
+}
+
+/// A snapshot as checkpoints of version 1 and 2 hold it, from before waitlists.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LegacySnapshot {
+    pub hold_id_key: HoldIdKey,
+    pub next_hold_seq: u64,
+    pub deals: Vec<DealSnapshot>,
+    pub holds: Vec<Hold>,
+    pub user_counts: Vec<(DealId, UserId, u32)>,
+}
+
+impl From<LegacySnapshot> for Snapshot {
+    fn from(old: LegacySnapshot) -> Self {
+        Snapshot {
+            hold_id_key: old.hold_id_key,
+            next_hold_seq: old.next_hold_seq,
+            deals: old.deals,
+            holds: old.holds,
+            user_counts: old.user_counts,
+            waitlists: Vec::new(),
+        }
+    }
+}
+
+/// One deal's waitlist: its options, every entry in memory (by number), and the waiting ones'
+/// serving order.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WaitlistSnapshot {
+    pub deal_id: DealId,
+    pub options: DealOptions,
+    pub entries: Vec<WaitEntry>,
+    pub queue: Vec<EntrySeq>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,7 +100,27 @@ impl Allocator {
             deals,
             holds,
             user_counts,
+            waitlists: self.waitlist_snapshots(),
         }
+    }
+
+    /// Every waitlist, sorted by deal id.
+    fn waitlist_snapshots(&self) -> Vec<WaitlistSnapshot> {
+        let mut lists: Vec<WaitlistSnapshot> = self
+            .waitlist_deals()
+            .iter()
+            .filter_map(|deal| {
+                let list = deal.lock_waitlist()?;
+                Some(WaitlistSnapshot {
+                    deal_id: deal.spec.id.clone(),
+                    options: deal.options,
+                    entries: list.entries_sorted(),
+                    queue: list.queue_order(),
+                })
+            })
+            .collect();
+        lists.sort_by(|a, b| a.deal_id.cmp(&b.deal_id));
+        lists
     }
 
     /// Appends to `out` the postcard encoding of this state as a [`Snapshot`], without building
@@ -112,6 +170,7 @@ impl Allocator {
             between();
         }
         assert_eq!(written, counts, "the user counts changed while they were encoded");
+        encode_into(out, &self.waitlist_snapshots());
     }
 
     fn deal_snapshots(&self) -> Vec<DealSnapshot> {
@@ -132,9 +191,20 @@ impl Allocator {
         let err = |what: String| ReplayError(what);
         let config = AllocatorConfig { hold_id_key: snapshot.hold_id_key, ..config };
         let allocator = Allocator::new(config);
+        let retention_ms = config.resolved_hold_retention_ms;
+        for (i, list) in snapshot.waitlists.iter().enumerate() {
+            if i > 0 && snapshot.waitlists[i - 1].deal_id >= list.deal_id {
+                return Err(err(format!("waitlist of deal {} out of order", list.deal_id)));
+            }
+        }
+        let list_of = |id: &DealId| snapshot.waitlists.iter().find(|list| &list.deal_id == id);
         for deal in &snapshot.deals {
             let spec = &deal.spec;
-            if !spec.is_valid(deal.counters.stock()) {
+            let options = list_of(&spec.id).map_or(DealOptions::none(spec), |l| l.options);
+            if !spec.is_valid(deal.counters.stock())
+                || !options.is_valid(spec)
+                || list_of(&spec.id).is_some() != options.has_waitlist()
+            {
                 return Err(err(format!("deal {} has an invalid spec", spec.id)));
             }
             allocator.deals.insert(
@@ -142,9 +212,43 @@ impl Allocator {
                 usize::MAX,
                 || err(format!("deal {} twice", spec.id)),
                 || err("too many deals".into()),
-                || Ok(Arc::new(DealSlot::new(spec.clone(), deal.counters, deal.lifecycle))),
+                || {
+                    Ok(Arc::new(DealSlot::new(
+                        spec.clone(),
+                        options,
+                        deal.counters,
+                        deal.lifecycle,
+                    )))
+                },
             )?;
         }
+        for list in &snapshot.waitlists {
+            let slot = allocator.replay_slot(&list.deal_id)?;
+            let wrong = list.entries.iter().find(|e| {
+                e.deal_id != list.deal_id
+                    || e.seq.0 >= snapshot.next_hold_seq
+                    || e.qty == 0
+                    || (e.state == EntryState::Waiting && e.hold.is_some())
+                    || (e.state == EntryState::Offered && e.hold.is_none())
+            });
+            if let Some(entry) = wrong {
+                return Err(err(format!("waitlist entry {} is inconsistent", entry.seq.0)));
+            }
+            let restored = Waitlist::restore(list.entries.clone(), &list.queue, retention_ms)
+                .map_err(|e| err(format!("waitlist of deal {}: {e}", list.deal_id)))?;
+            if restored.waiting_count() > list.options.waitlist_max as usize {
+                return Err(err(format!("waitlist of deal {} over its maximum", list.deal_id)));
+            }
+            let Some(mut guard) = slot.lock_waitlist() else { panic!("a deal without its list") };
+            *guard = restored;
+            slot.set_waiting(guard.waiting_count());
+        }
+        let offered: HashMap<HoldSeq, EntrySeq> = snapshot
+            .waitlists
+            .iter()
+            .flat_map(|list| list.entries.iter())
+            .filter_map(|e| Some((e.hold?, e.seq)))
+            .collect();
         for hold in &snapshot.holds {
             let slot = allocator.replay_slot(&hold.deal_id)?;
             let mut shard = allocator.holds.lock(hold.seq);
@@ -154,8 +258,33 @@ impl Allocator {
             if (hold.state == HoldState::Held) != hold.resolved_at_ms.is_none() || hold.qty == 0 {
                 return Err(err(format!("hold {} is inconsistent", hold.seq.0)));
             }
-            let retention_ms = config.resolved_hold_retention_ms;
-            shard.insert(Entry { hold: hold.clone(), deal: slot }, retention_ms);
+            // An offer's hold names its entry.
+            let origin = offered.get(&hold.seq).copied();
+            shard.insert(Entry { hold: hold.clone(), deal: slot.clone(), origin }, retention_ms);
+        }
+        for list in &snapshot.waitlists {
+            let slot = allocator.replay_slot(&list.deal_id)?;
+            let Some(mut guard) = slot.lock_waitlist() else { panic!("a deal without its list") };
+            for entry in list.entries.iter().filter(|e| e.state == EntryState::Offered) {
+                let Some(hold_seq) = entry.hold else { continue };
+                let hold = allocator.holds.lock(hold_seq).get(hold_seq).map(|e| e.hold.clone());
+                match hold {
+                    Some(hold)
+                        if hold.deal_id != entry.deal_id || hold.user_id != entry.user_id =>
+                    {
+                        return Err(err(format!("entry {} names another's hold", entry.seq.0)));
+                    }
+                    Some(hold) => {
+                        let open = hold.state == HoldState::Held;
+                        let resolved_at = hold.resolved_at_ms;
+                        guard.link_offer(entry.seq, open, resolved_at, retention_ms);
+                    }
+                    // The hold was forgotten: its entry is done, forgotten soon too.
+                    None => {
+                        guard.link_offer(entry.seq, false, Some(entry.created_at_ms), retention_ms)
+                    }
+                }
+            }
         }
         for (deal_id, user_id, count) in &snapshot.user_counts {
             let slot = allocator.replay_slot(deal_id)?;

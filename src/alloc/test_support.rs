@@ -36,6 +36,8 @@ pub fn allocator_with_holds(
         per_user_limit,
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     };
     allocator.execute(&Command::CreateDeal(deal), 0, events).expect("created");
     for user in users {
@@ -43,6 +45,7 @@ pub fn allocator_with_holds(
             user_id: UserId::parse(user).expect("user"),
             lines: vec![Line { deal_id: id.clone(), qty: 1 }],
             ttl_ms: None,
+            waitlist: false,
         };
         allocator.execute(&Command::Reserve(reserve), 0, events).expect("reserved");
     }

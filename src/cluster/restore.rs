@@ -76,8 +76,8 @@ pub async fn restore_in(
     if !peers.iter().any(|(id, _)| *id == node_id) {
         return Err(invalid(format!("node {node_id} is not in the peers: name every member")));
     }
-    let (mut meta, data) = snapshot_file::decode(backup)?;
-    let mut body: SnapshotBody = postcard::from_bytes(&data)
+    let (mut meta, data, layout) = snapshot_file::decode(backup)?;
+    let mut body = SnapshotBody::decode(&data, layout)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("backup body: {e}")))?;
     if body.last_applied != meta.last_log_id {
         return Err(io::Error::new(

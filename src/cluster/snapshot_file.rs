@@ -3,7 +3,7 @@
 //! # File layout (integers little-endian)
 //! ```text
 //! offset size  field
-//!      0    8  magic      "LVSTKSNP"
+//!      0    8  magic      "LVSTKSN3" ("LVSTKSNP": a body from before waitlists, still read)
 //!      8    4  meta_len   bytes of the postcard-encoded `SnapshotMeta`
 //!     12    8  data_len   bytes of the snapshot body
 //!     20    4  crc        CRC32C of meta and body
@@ -20,7 +20,17 @@ use std::io;
 use crate::cluster::types::SnapshotMeta;
 use crate::wal::Storage;
 
-const MAGIC: &[u8; 8] = b"LVSTKSNP";
+const MAGIC: &[u8; 8] = b"LVSTKSN3";
+/// Files written before the snapshot carried waitlists: read, never written.
+const LEGACY_MAGIC: &[u8; 8] = b"LVSTKSNP";
+
+/// How the body of a snapshot file is laid out, as its magic says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLayout {
+    Current,
+    /// The allocator's snapshot ends before its waitlists (`LegacySnapshot`).
+    BeforeWaitlists,
+}
 const HEADER_BYTES: usize = 24;
 const NAME: &str = "snapshot.bin";
 const TEMP_NAME: &str = "snapshot.tmp";
@@ -64,7 +74,7 @@ pub fn write(storage: &dyn Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Res
 }
 
 /// The snapshot on disk, if there is one.
-pub fn read(storage: &dyn Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+pub fn read(storage: &dyn Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>, BodyLayout)>> {
     if !storage.list()?.iter().any(|n| n == NAME) {
         return Ok(None);
     }
@@ -72,8 +82,13 @@ pub fn read(storage: &dyn Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>
 }
 
 /// A snapshot from the file's bytes (`snapshot.bin`, or a backup), checked whole.
-pub fn decode(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+pub fn decode(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>, BodyLayout)> {
+    let layout = match bytes.get(..8) {
+        Some(magic) if magic == MAGIC => BodyLayout::Current,
+        Some(magic) if magic == LEGACY_MAGIC => BodyLayout::BeforeWaitlists,
+        _ => return Err(invalid("not a snapshot file".into())),
+    };
+    if bytes.len() < HEADER_BYTES {
         return Err(invalid("not a snapshot file".into()));
     }
     let word = |at: usize, n: usize| -> u64 {
@@ -93,5 +108,5 @@ pub fn decode(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
         return Err(invalid("checksum mismatch".into()));
     }
     let meta = postcard::from_bytes(meta_bytes).map_err(|e| invalid(e.to_string()))?;
-    Ok((meta, data.to_vec()))
+    Ok((meta, data.to_vec(), layout))
 }

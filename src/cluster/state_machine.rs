@@ -30,7 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::{Allocator, AllocatorConfig, Snapshot as AllocatorSnapshot};
-use crate::cluster::snapshot_file;
+use crate::cluster::snapshot_file::{self, BodyLayout};
 use crate::cluster::types::{
     Applied, Chain, LogId, Membership, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig,
 };
@@ -67,6 +67,39 @@ pub struct SnapshotBody {
     pub last_applied: Option<LogId>,
     pub membership: Membership,
     pub chain_tip: Option<ChainTip>,
+}
+
+/// A snapshot body written before waitlists (`snapshot_file::BodyLayout::BeforeWaitlists`).
+#[derive(Deserialize)]
+struct LegacySnapshotBody {
+    allocator: crate::alloc::LegacySnapshot,
+    replies: Vec<KeptReply>,
+    now_ms: u64,
+    last_applied: Option<LogId>,
+    membership: Membership,
+    chain_tip: Option<ChainTip>,
+}
+
+impl SnapshotBody {
+    /// Decodes a body laid out as `layout` says.
+    pub fn decode(data: &[u8], layout: BodyLayout) -> io::Result<SnapshotBody> {
+        let garbled =
+            |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        match layout {
+            BodyLayout::Current => postcard::from_bytes(data).map_err(garbled),
+            BodyLayout::BeforeWaitlists => {
+                let old: LegacySnapshotBody = postcard::from_bytes(data).map_err(garbled)?;
+                Ok(SnapshotBody {
+                    allocator: old.allocator.into(),
+                    replies: old.replies,
+                    now_ms: old.now_ms,
+                    last_applied: old.last_applied,
+                    membership: old.membership,
+                    chain_tip: old.chain_tip,
+                })
+            }
+        }
+    }
 }
 
 /// The last decision applied: its leader (term, node), its run and its sequence number.
@@ -275,9 +308,14 @@ impl StateMachine {
         idempotency_window_ms: u64,
     ) -> io::Result<Self> {
         let (applied, on_disk) = match snapshot_file::read(&*storage)? {
-            Some((meta, data)) => {
-                let body: SnapshotBody = postcard::from_bytes(&data)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            Some((meta, data, layout)) => {
+                let body = SnapshotBody::decode(&data, layout)?;
+                // An older layout is re-encoded: the bytes kept are the ones sent to followers.
+                let data = match layout {
+                    BodyLayout::Current => data,
+                    BodyLayout::BeforeWaitlists => postcard::to_stdvec(&body)
+                        .map_err(|e| io::Error::other(format!("snapshot does not encode: {e}")))?,
+                };
                 let mut applied = AppliedState::from_body(allocator_config, body)?;
                 let on_disk = meta.last_log_id;
                 applied.snapshot = Some((meta, Arc::new(data)));
@@ -475,8 +513,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let body = SnapshotBody::decode(&data, BodyLayout::Current)?;
         let mut installed = AppliedState::from_body(self.shared.allocator_config, body)?;
         if installed.last_applied != meta.last_log_id {
             return Err(io::Error::new(
@@ -581,7 +618,7 @@ mod persist_tests {
         // An older snapshot never replaces a newer one.
         assert!(!sm.persist(&meta(5), b"old").expect("persist"));
         let storage = DirStorage::open(&dir).expect("storage");
-        let (meta_on_disk, data) = snapshot_file::read(&storage).expect("read").expect("a file");
+        let (meta_on_disk, data, _) = snapshot_file::read(&storage).expect("read").expect("a file");
         assert_eq!(meta_on_disk.last_log_id.map(|l| l.index), Some(799));
         assert_eq!(data, 799u64.to_le_bytes());
         let _ = std::fs::remove_dir_all(&dir);

@@ -40,7 +40,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 25] = [
+pub static ENDPOINTS: [Endpoint; 27] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -59,6 +59,8 @@ pub static ENDPOINTS: [Endpoint; 25] = [
     endpoint!(POST "/v1/holds/{hold_id}/confirm", CLIENT, Confirm, handlers::confirm),
     endpoint!(POST "/v1/holds/{hold_id}/release", CLIENT, Release, handlers::release),
     endpoint!(POST "/v1/holds/{hold_id}/extend", CLIENT, Extend, handlers::extend),
+    endpoint!(GET "/v1/waitlist/{entry_id}", CLIENT, GetEntry, handlers::get_entry),
+    endpoint!(POST "/v1/waitlist/{entry_id}/cancel", CLIENT, CancelEntry, handlers::cancel_entry),
     endpoint!(GET "/healthz", Access::Public, Health, handlers::healthz),
     endpoint!(GET "/readyz", Access::Public, Health, handlers::readyz),
     endpoint!(GET "/metrics", Access::AdminUnlessPublic, Metrics, handlers::metrics),
@@ -155,6 +157,7 @@ mod tests {
             .replace("{id}", "d1")
             .replace("{stream_id}", "s1")
             .replace("{hold_id}", "h0000000000000001")
+            .replace("{entry_id}", "w0000000000000001")
     }
 
     #[test]

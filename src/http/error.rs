@@ -15,6 +15,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UnknownDeal
         | ErrorCode::UnknownHold
         | ErrorCode::UnknownStream
+        | ErrorCode::UnknownEntry
         | ErrorCode::UnknownRoute => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -31,6 +32,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::HoldReleased
         | ErrorCode::HoldConfirmed
         | ErrorCode::HoldTtlExceeded
+        | ErrorCode::WaitlistFull
+        | ErrorCode::EntryLapsed
         | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::IdempotencyCapacity

@@ -286,6 +286,26 @@ pub fn extend(call: &Call<'_>) -> Result<Action, ApiError> {
     Ok(on_hold(call, Command::Extend { hold, ttl_ms }))
 }
 
+pub fn get_entry(call: &Call<'_>) -> Result<Action, ApiError> {
+    let key = hold_key(call);
+    let seq = wire::entry_seq(call.param, key)?;
+    let view = call.node.read(|allocator, _| allocator.entry(seq));
+    let view = view.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownEntry,
+            format!("no waitlist entry with id {:?}", call.param),
+        )
+    })?;
+    Ok(Action::Reply(wire::reply(200, &wire::entry_json(&view, key))))
+}
+
+pub fn cancel_entry(call: &Call<'_>) -> Result<Action, ApiError> {
+    let entry = wire::entry_seq(call.param, hold_key(call))?;
+    parse_body::<wire::EmptyBody>(call.body)?;
+    let scope = format!("entry:{}", call.param);
+    Ok(Action::Execute { command: Command::CancelEntry { entry }, scope, answer: Answer::Plain })
+}
+
 /// A command's result as the answer a client gets.
 pub fn render(
     answer: Answer,

@@ -197,6 +197,8 @@ mod tests {
             per_user_limit: None,
             hold_ttl_ms: None,
             hold_ttl_ms_max: None,
+            waitlist_max: None,
+            offer_ttl_ms: None,
         };
         node.execute(&Command::CreateDeal(deal)).expect("up").result.expect("created");
     }

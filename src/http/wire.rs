@@ -12,7 +12,8 @@ use crate::http::error::ApiError;
 use crate::idempotency::StoredReply;
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealView, NewDeal};
-use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::ids::{DealId, EntrySeq, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::waitlist::EntryView;
 
 /// The body as idempotency fingerprints it: parsed and written back compactly with sorted
 /// keys, so whitespace and key order do not make a retry a different request.
@@ -68,6 +69,10 @@ pub struct CreateDealBody {
     hold_ttl_ms: Option<u64>,
     #[serde(default)]
     hold_ttl_ms_max: Option<u64>,
+    #[serde(default)]
+    waitlist_max: Option<u32>,
+    #[serde(default)]
+    offer_ttl_ms: Option<u64>,
 }
 
 impl CreateDealBody {
@@ -92,6 +97,8 @@ impl CreateDealBody {
             per_user_limit: self.per_user_limit,
             hold_ttl_ms,
             hold_ttl_ms_max,
+            waitlist_max: self.waitlist_max,
+            offer_ttl_ms: self.offer_ttl_ms,
         }))
     }
 }
@@ -114,6 +121,9 @@ pub struct ReserveBody {
     qty: u32,
     #[serde(default)]
     ttl_ms: Option<u64>,
+    /// Join the deal's waitlist when it cannot serve the request now.
+    #[serde(default)]
+    waitlist: bool,
 }
 
 impl ReserveBody {
@@ -122,6 +132,7 @@ impl ReserveBody {
             user_id: user_id(&self.user_id)?,
             lines: vec![Line { deal_id, qty: self.qty }],
             ttl_ms: self.ttl_ms,
+            waitlist: self.waitlist,
         }))
     }
 
@@ -153,7 +164,12 @@ impl CartBody {
             .into_iter()
             .map(|l| Ok(Line { deal_id: deal_id(&l.deal_id)?, qty: l.qty }))
             .collect::<Result<Vec<_>, ApiError>>()?;
-        Ok(Command::Cart(Reserve { user_id: user_id(&self.user_id)?, lines, ttl_ms: self.ttl_ms }))
+        Ok(Command::Cart(Reserve {
+            user_id: user_id(&self.user_id)?,
+            lines,
+            ttl_ms: self.ttl_ms,
+            waitlist: false,
+        }))
     }
 
     pub fn user_id(&self) -> &str {
@@ -190,6 +206,10 @@ pub fn hold_seq(raw: &str, key: HoldIdKey) -> Result<HoldSeq, ApiError> {
     HoldSeq::from_id(raw, key).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+pub fn entry_seq(raw: &str, key: HoldIdKey) -> Result<EntrySeq, ApiError> {
+    EntrySeq::from_id(raw, key).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
 // ------------------------------------------------------------------ answers
 
 /// A deal on the wire. Fields in alphabetical order (the order `json!` objects print in), so
@@ -203,12 +223,16 @@ pub struct DealJson<'a> {
     hold_ttl_ms: u64,
     hold_ttl_ms_max: u64,
     id: &'a str,
+    /// The TTL of a hold offered from the waitlist; null without a waitlist.
+    offer_ttl_ms: Option<u64>,
     per_user_limit: Option<u32>,
     sold: u64,
     starts_at: Option<String>,
     state: &'static str,
     stock: u64,
     stream_id: Option<&'a str>,
+    waiting: u64,
+    waitlist_max: u32,
 }
 
 pub fn deal_json(view: &DealView) -> DealJson<'_> {
@@ -222,12 +246,15 @@ pub fn deal_json(view: &DealView) -> DealJson<'_> {
         hold_ttl_ms: spec.hold_ttl_ms,
         hold_ttl_ms_max: spec.hold_ttl_ms_max,
         id: spec.id.as_str(),
+        offer_ttl_ms: view.options.has_waitlist().then_some(view.options.offer_ttl_ms),
         per_user_limit: spec.per_user_limit,
         sold: c.sold(),
         starts_at: spec.starts_at_ms.map(timestamp),
         state: view.state.as_str(),
         stock: c.stock(),
         stream_id: spec.stream_id.as_ref().map(|s| s.as_str()),
+        waiting: view.waiting,
+        waitlist_max: view.options.waitlist_max,
     }
 }
 
@@ -237,8 +264,13 @@ pub struct HoldJson<'a> {
     confirmed_qty: u32,
     created_at: String,
     deal_id: &'a str,
+    /// The waitlist entry an offer was made to (only for `origin: "waitlist"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry_id: Option<String>,
     expires_at: String,
     hold_id: String,
+    /// `reserve` (asked for) or `waitlist` (offered to a waiting entry).
+    origin: &'static str,
     qty: u32,
     resolved_at: Option<String>,
     state: &'static str,
@@ -251,12 +283,45 @@ pub fn hold_json(view: &HoldView, key: HoldIdKey) -> HoldJson<'_> {
         confirmed_qty: hold.confirmed_qty,
         created_at: timestamp(hold.created_at_ms),
         deal_id: hold.deal_id.as_str(),
+        entry_id: view.origin.map(|seq| seq.to_id(key)),
         expires_at: timestamp(hold.expires_at_ms),
         hold_id: hold.seq.to_id(key),
+        origin: if view.origin.is_some() { "waitlist" } else { "reserve" },
         qty: hold.qty,
         resolved_at: hold.resolved_at_ms.map(timestamp),
         state: view.state.as_str(),
         user_id: hold.user_id.as_str(),
+    }
+}
+
+/// A waitlist entry on the wire (alphabetical fields, as `DealJson`).
+#[derive(Serialize)]
+pub struct EntryJson<'a> {
+    created_at: String,
+    deal_id: &'a str,
+    entry_id: String,
+    /// The offered hold, once offered.
+    hold_id: Option<String>,
+    /// 1 for the head of the queue; null unless waiting.
+    position: Option<u64>,
+    qty: u32,
+    resolved_at: Option<String>,
+    state: &'static str,
+    user_id: &'a str,
+}
+
+pub fn entry_json(view: &EntryView, key: HoldIdKey) -> EntryJson<'_> {
+    let entry = &view.entry;
+    EntryJson {
+        created_at: timestamp(entry.created_at_ms),
+        deal_id: entry.deal_id.as_str(),
+        entry_id: entry.seq.to_id(key),
+        hold_id: entry.hold.map(|seq| seq.to_id(key)),
+        position: view.position,
+        qty: entry.qty,
+        resolved_at: entry.resolved_at_ms.map(timestamp),
+        state: entry.state.as_str(),
+        user_id: entry.user_id.as_str(),
     }
 }
 
@@ -284,6 +349,8 @@ pub fn outcome_reply(outcome: &Outcome, key: HoldIdKey) -> StoredReply {
             &json!({ "holds": holds.iter().map(|h| hold_json(h, key)).collect::<Vec<_>>() }),
         ),
         Outcome::Hold(view) => reply(200, &hold_json(view, key)),
+        // 202: a new entry is a promise to try, not a hold; the user's existing one is 200.
+        Outcome::Entry(view) => reply(if view.created { 202 } else { 200 }, &entry_json(view, key)),
     }
 }
 

@@ -60,12 +60,16 @@ pub enum Op {
     Availability,
     /// The live page of a stream (the page alone; its feed counts as `StreamFeed`).
     LivePage,
+    /// A waitlist entry read.
+    GetEntry,
+    /// A waitlist entry cancelled.
+    CancelEntry,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 26] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -89,6 +93,8 @@ impl Op {
         Op::StreamFeed,
         Op::Availability,
         Op::LivePage,
+        Op::GetEntry,
+        Op::CancelEntry,
         Op::Unrouted,
     ];
 
@@ -134,6 +140,8 @@ impl Op {
             Op::StreamFeed => "stream_feed",
             Op::Availability => "availability",
             Op::LivePage => "live_page",
+            Op::GetEntry => "get_entry",
+            Op::CancelEntry => "cancel_entry",
             Op::Unrouted => "unrouted",
         }
     }

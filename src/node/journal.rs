@@ -81,4 +81,13 @@ impl EventSink for Journal<'_> {
         }
         self.outcome = Some(outcome.clone());
     }
+
+    fn append_consequence(&mut self, event: Event, _outcome: &Outcome) {
+        let record = Record { at_ms: self.now_ms, event, reply: None };
+        match self.sink {
+            Sink::Memory => {}
+            Sink::Wal(wal) => self.lsn = Some(wal.append(record)),
+            Sink::Raft(replica, term) => self.lsn = Some(replica.propose(term, record)),
+        }
+    }
 }

@@ -5,17 +5,20 @@
 //! offset size  field
 //!      0    8  magic        "LVSTKCKP"
 //!      8    8  lsn          the state includes every record up to and including this LSN
-//!     16    4  version      2 (1 is still read: see below)
+//!     16    4  version      3 (1 and 2 are still read: see below)
 //!     20    8  payload_len
 //!     28    4  payload_crc  CRC32C of the payload
 //!     32    4  header_crc   CRC32C of bytes 0..32
 //!     36    n  payload      postcard encoding of `CheckpointBody`
 //! ```
-//! Versions: 2 stores each deal's counters as the 128-bit word (40-bit counts), 1 as the
-//! 64-bit word of earlier builds (21-bit counts). The counters' encoding says its own layout
-//! (`livestock_core::counters`, "Encoding"), so one decoder reads both; the version is raised
-//! so that an older build refuses a version 2 checkpoint by its header, with a clear message,
-//! rather than by a payload that does not decode.
+//! Versions: 3 adds the waitlists at the end of the snapshot (`Snapshot::waitlists`); 1 and 2
+//! end the snapshot before them (`LegacySnapshot`) and are read as a state without waitlists,
+//! so the version in the header picks the decoder. 2 stores each deal's counters as the 128-bit
+//! word (40-bit counts), 1 as the 64-bit word of earlier builds (21-bit counts); the counters'
+//! encoding says its own layout (`livestock_core::counters`, "Encoding"), so one decoder reads
+//! both. The version is raised with every change so that an older build refuses a newer
+//! checkpoint by its header, with a clear message, rather than by a payload that does not
+//! decode (or, worse, decodes as something else).
 //!
 //! Name: `ckpt-{lsn:020}.ckpt`. Written as `ckpt-{lsn:020}.tmp`, fsynced, renamed, and the
 //! directory fsynced; only then are the log segments it covers and older checkpoints deleted.
@@ -28,15 +31,15 @@ use livestock_core::limits::{
     CHECKPOINT_BYTES_MAX, CHECKPOINT_PIECE_BYTES, CHECKPOINT_PIECE_ITEMS,
 };
 
-use crate::alloc::{encode_into, Allocator, Snapshot};
+use crate::alloc::{encode_into, Allocator, LegacySnapshot, Snapshot};
 use crate::wal::record::KeptReply;
 use crate::wal::segment::parse_segment_name;
 use crate::wal::storage::Storage;
 
 const MAGIC: &[u8; 8] = b"LVSTKCKP";
-const VERSION: u32 = 2;
-/// Versions `decode` reads: this one, and 1 (64-bit counters).
-const VERSIONS_READ: [u32; 2] = [1, VERSION];
+const VERSION: u32 = 3;
+/// Versions `decode` reads: this one, 2 (no waitlists) and 1 (no waitlists, 64-bit counters).
+const VERSIONS_READ: [u32; 3] = [1, 2, VERSION];
 const HEADER_BYTES: usize = 36;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +47,13 @@ pub struct CheckpointBody {
     pub snapshot: Snapshot,
     /// Remembered answers of keyed requests still inside their window.
     pub replies: Vec<KeptReply>,
+}
+
+/// A checkpoint body of version 1 or 2: the snapshot ends before the waitlists.
+#[derive(Deserialize)]
+struct LegacyCheckpointBody {
+    snapshot: LegacySnapshot,
+    replies: Vec<KeptReply>,
 }
 
 pub fn checkpoint_name(lsn: u64) -> String {
@@ -146,13 +156,24 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, CheckpointBody), (u64, String)> {
     if u64::from(crc32c::crc32c(payload)) != word(28, 4) {
         return Err((HEADER_BYTES as u64, "checkpoint payload checksum mismatch".into()));
     }
-    let body = decode_body(payload).map_err(|e| (HEADER_BYTES as u64, e))?;
-    Ok((lsn, body))
+    let body = if word(16, 4) < u64::from(VERSION) {
+        decode_legacy_body(payload)
+    } else {
+        decode_body(payload)
+    };
+    Ok((lsn, body.map_err(|e| (HEADER_BYTES as u64, e))?))
 }
 
 /// Decodes a checkpoint's payload (past its checksums: the fuzzers reach it directly).
 pub fn decode_body(payload: &[u8]) -> Result<CheckpointBody, String> {
     postcard::from_bytes(payload).map_err(|e| format!("checkpoint does not decode: {e}"))
+}
+
+/// Decodes the payload of a version 1 or 2 checkpoint.
+pub fn decode_legacy_body(payload: &[u8]) -> Result<CheckpointBody, String> {
+    let old: LegacyCheckpointBody =
+        postcard::from_bytes(payload).map_err(|e| format!("checkpoint does not decode: {e}"))?;
+    Ok(CheckpointBody { snapshot: old.snapshot.into(), replies: old.replies })
 }
 
 /// The steps of writing a checkpoint, in order; tests fail each one in turn.

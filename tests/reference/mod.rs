@@ -875,6 +875,8 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                 per_user_limit: *per_user_limit,
                 hold_ttl_ms: *hold_ttl_ms,
                 hold_ttl_ms_max: *hold_ttl_ms_max,
+                waitlist_max: None,
+                offer_ttl_ms: None,
             };
             let expected = model.create(
                 DEAL_IDS[*deal],
@@ -893,6 +895,7 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                 user_id: user_id(*user),
                 lines: vec![Line { deal_id: deal_id(*deal), qty: *qty }],
                 ttl_ms: *ttl_ms,
+                waitlist: false,
             });
             (command, model.reserve(USER_IDS[*user], &[(DEAL_IDS[*deal], *qty)], *ttl_ms))
         }
@@ -904,6 +907,7 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                     .map(|(deal, qty)| Line { deal_id: deal_id(*deal), qty: *qty })
                     .collect(),
                 ttl_ms: *ttl_ms,
+                waitlist: false,
             });
             let lines: Vec<(&str, u32)> =
                 lines.iter().map(|(deal, qty)| (DEAL_IDS[*deal], *qty)).collect();

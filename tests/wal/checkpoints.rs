@@ -316,13 +316,14 @@ fn deals_of_a_billion_units_and_of_the_limit_recover_from_checkpoint_and_log() {
 }
 
 /// The deals of a snapshot as they were encoded, with each word mapped by `word`: with
-/// `Counters` itself this is today's encoding byte for byte (postcard writes a struct as its
-/// fields in order, like a tuple), which the test checks; with the 64-bit word it is what
-/// builds before the 128-bit word wrote.
+/// `Counters` itself and the waitlists this is today's encoding byte for byte (postcard writes
+/// a struct as its fields in order, like a tuple), which the test checks; without the
+/// waitlists it is what version 2 wrote, and with the 64-bit word too what version 1 wrote.
 #[allow(clippy::type_complexity, reason = "the shape of `CheckpointBody`, spelled out")]
 fn body_with_words<W: serde::Serialize>(
     body: &CheckpointBody,
     word: impl Fn(livestock_core::counters::Counters) -> W,
+    with_waitlists: bool,
 ) -> Vec<u8> {
     use livestock_core::deal::{DealSpec, Lifecycle};
     use livestock_core::hold::Hold;
@@ -331,7 +332,11 @@ fn body_with_words<W: serde::Serialize>(
         s.deals.iter().map(|d| (&d.spec, d.lifecycle, word(d.counters))).collect();
     let snapshot: (HoldIdKey, u64, Vec<(&DealSpec, Lifecycle, W)>, &Vec<Hold>, &Vec<_>) =
         (s.hold_id_key, s.next_hold_seq, deals, &s.holds, &s.user_counts);
-    postcard::to_stdvec(&(snapshot, &body.replies)).expect("encodes")
+    if with_waitlists {
+        postcard::to_stdvec(&((snapshot, &s.waitlists), &body.replies)).expect("encodes")
+    } else {
+        postcard::to_stdvec(&(snapshot, &body.replies)).expect("encodes")
+    }
 }
 
 /// A checkpoint file as `checkpoint::encode` lays it out, with any version and payload.
@@ -370,13 +375,17 @@ fn a_checkpoint_of_the_64_bit_layout_still_recovers() {
         .expect("the workload reaches such a state");
     let body = CheckpointBody { snapshot: state.clone(), replies: vec![] };
     // The mirror is today's encoding exactly, so with the old word it is the old encoding.
-    let today = body_with_words(&body, |c| c);
-    assert_eq!(checkpoint_file(*lsn, 2, &today), checkpoint::encode(*lsn, &body));
+    let today = body_with_words(&body, |c| c, true);
+    assert_eq!(checkpoint_file(*lsn, 3, &today), checkpoint::encode(*lsn, &body));
+    // Version 2 (no waitlists) reads as the same state with none.
+    let v2 = checkpoint_file(*lsn, 2, &body_with_words(&body, |c| c, false));
+    assert!(body.snapshot.waitlists.is_empty(), "the workload makes no waitlist");
+    assert_eq!(checkpoint::decode(&v2).expect("decodes"), (*lsn, body.clone()));
     let old_word = |c: livestock_core::counters::Counters| {
         assert!(c.stock() < 1 << 21, "the old layout's limit");
         c.available() | c.held() << 21 | c.sold() << 42 | u64::from(c.shut()) << 63
     };
-    let old = checkpoint_file(*lsn, 1, &body_with_words(&body, old_word));
+    let old = checkpoint_file(*lsn, 1, &body_with_words(&body, old_word, false));
     assert_eq!(checkpoint::decode(&old).expect("decodes"), (*lsn, body.clone()));
 
     let dir = TempDir::with("ckpt-v1", &built.files);
@@ -389,6 +398,6 @@ fn a_checkpoint_of_the_64_bit_layout_still_recovers() {
     assert_eq!(&r.allocator.snapshot(), built.state(built.last_lsn));
 
     // A version this build does not know is refused, not guessed at.
-    let future = checkpoint_file(*lsn, 3, &today);
+    let future = checkpoint_file(*lsn, 4, &today);
     assert!(checkpoint::decode(&future).is_err());
 }

@@ -6,7 +6,8 @@
 
 use crate::deal::{DealView, NewDeal};
 use crate::hold::{Hold, HoldState};
-use crate::ids::{DealId, HoldSeq, StreamId, UserId};
+use crate::ids::{DealId, EntrySeq, HoldSeq, StreamId, UserId};
+use crate::waitlist::EntryView;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -37,6 +38,10 @@ pub enum Command {
         hold: HoldSeq,
         ttl_ms: u64,
     },
+    /// Leave a deal's waitlist (an offered entry gives its offer up: the hold is released).
+    CancelEntry {
+        entry: EntrySeq,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +49,9 @@ pub struct Reserve {
     pub user_id: UserId,
     pub lines: Vec<Line>,
     pub ttl_ms: Option<u64>,
+    /// A single reserve the deal cannot serve (sold out, fewer left than asked) joins the
+    /// deal's waitlist, if it has one, instead of being refused.
+    pub waitlist: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +65,14 @@ pub struct Line {
 pub struct HoldView {
     pub hold: Hold,
     pub state: HoldState,
+    /// The waitlist entry the hold was offered to (`origin: "waitlist"`), if any.
+    pub origin: Option<EntrySeq>,
 }
 
 impl HoldView {
     pub fn at(hold: Hold, now_ms: u64) -> Self {
         let state = hold.state_at(now_ms);
-        HoldView { hold, state }
+        HoldView { hold, state, origin: None }
     }
 }
 
@@ -77,4 +87,6 @@ pub enum Outcome {
     /// The holds a reserve or cart made, one per deal, in the order of first mention.
     Holds(Vec<HoldView>),
     Hold(HoldView),
+    /// A waitlist entry: joined (202 when new), read, or cancelled.
+    Entry(EntryView),
 }

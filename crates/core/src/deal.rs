@@ -20,6 +20,29 @@ pub struct NewDeal {
     pub per_user_limit: Option<u32>,
     pub hold_ttl_ms: Option<u64>,
     pub hold_ttl_ms_max: Option<u64>,
+    /// Entries that may wait for units that come back (0 or `None`: no waitlist).
+    pub waitlist_max: Option<u32>,
+    /// TTL of a hold offered to a waiting entry (default: `hold_ttl_ms`).
+    pub offer_ttl_ms: Option<u64>,
+}
+
+impl NewDeal {
+    /// The request that makes `spec` (with `stock` units and no waitlist): the pair to the
+    /// validation of a spec read back from the log.
+    pub fn of_spec(spec: &DealSpec, stock: u64) -> Self {
+        NewDeal {
+            id: spec.id.clone(),
+            stream_id: spec.stream_id.clone(),
+            stock,
+            starts_at_ms: spec.starts_at_ms,
+            ends_at_ms: spec.ends_at_ms,
+            per_user_limit: spec.per_user_limit,
+            hold_ttl_ms: Some(spec.hold_ttl_ms),
+            hold_ttl_ms_max: Some(spec.hold_ttl_ms_max),
+            waitlist_max: None,
+            offer_ttl_ms: None,
+        }
+    }
 }
 
 /// A deal's fixed configuration. Immutable once created: the hot path reads it without locks.
@@ -105,17 +128,7 @@ impl DealSpec {
     /// pair to the validation on the way in. Only the shape: a log may hold a deal created,
     /// before `new` refused it, with its window already over (it replays as `ended`).
     pub fn is_valid(&self, stock: u64) -> bool {
-        let new = NewDeal {
-            id: self.id.clone(),
-            stream_id: self.stream_id.clone(),
-            stock,
-            starts_at_ms: self.starts_at_ms,
-            ends_at_ms: self.ends_at_ms,
-            per_user_limit: self.per_user_limit,
-            hold_ttl_ms: Some(self.hold_ttl_ms),
-            hold_ttl_ms_max: Some(self.hold_ttl_ms_max),
-        };
-        DealSpec::shaped(&new, self.created_at_ms).as_ref() == Ok(self)
+        DealSpec::shaped(&NewDeal::of_spec(self, stock), self.created_at_ms).as_ref() == Ok(self)
     }
 
     /// The TTL of a new hold: the request's, or the deal's default.
@@ -267,8 +280,11 @@ impl DealState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DealView {
     pub spec: DealSpec,
+    pub options: crate::waitlist::DealOptions,
     pub state: DealState,
     pub counters: Counters,
+    /// Entries waiting on its waitlist (0 without one).
+    pub waiting: u64,
 }
 
 #[cfg(test)]
@@ -287,6 +303,8 @@ mod tests {
             per_user_limit: Some(2),
             hold_ttl_ms: None,
             hold_ttl_ms_max: Some(60_000),
+            waitlist_max: None,
+            offer_ttl_ms: None,
         }
     }
 

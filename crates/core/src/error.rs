@@ -46,12 +46,17 @@ pub enum ErrorCode {
     RateLimited,
     /// The live feed has as many subscribers as it is configured to keep (`feed_subscribers_max`).
     FeedFull,
+    /// The deal's waitlist has `waitlist_max` entries waiting.
+    WaitlistFull,
+    UnknownEntry,
+    /// A cancel of a waitlist entry that already lapsed (its offer expired or was released).
+    EntryLapsed,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -81,6 +86,9 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::FeedFull,
+        ErrorCode::WaitlistFull,
+        ErrorCode::UnknownEntry,
+        ErrorCode::EntryLapsed,
         ErrorCode::Internal,
     ];
 
@@ -115,6 +123,9 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::FeedFull => "feed_full",
+            ErrorCode::WaitlistFull => "waitlist_full",
+            ErrorCode::UnknownEntry => "unknown_entry",
+            ErrorCode::EntryLapsed => "entry_lapsed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -177,8 +188,19 @@ pub enum ReserveError {
     InsufficientStock { deal_id: DealId, available: u64 },
     #[error("user may hold or buy at most {limit} units of deal {deal_id:?}; has {taken}")]
     PerUserLimit { deal_id: DealId, limit: u32, taken: u32 },
+    #[error("the waitlist of deal {deal_id:?} is full ({max} entries waiting)")]
+    WaitlistFull { deal_id: DealId, max: u32 },
     #[error(transparent)]
     Invalid(#[from] Invalid),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitlistError {
+    #[error("no waitlist entry with id {0:?}")]
+    UnknownEntry(String),
+    #[error("the entry lapsed: its offer expired or was released, or its deal ended")]
+    Lapsed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +232,8 @@ pub enum CommandError {
     Reserve(#[from] ReserveError),
     #[error(transparent)]
     Hold(#[from] HoldError),
+    #[error(transparent)]
+    Waitlist(#[from] WaitlistError),
 }
 
 impl CommandError {
@@ -236,7 +260,12 @@ impl CommandError {
                 ReserveError::SoldOut(_) => ErrorCode::SoldOut,
                 ReserveError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
                 ReserveError::PerUserLimit { .. } => ErrorCode::PerUserLimit,
+                ReserveError::WaitlistFull { .. } => ErrorCode::WaitlistFull,
                 ReserveError::Invalid(_) => ErrorCode::InvalidRequest,
+            },
+            CommandError::Waitlist(e) => match e {
+                WaitlistError::UnknownEntry(_) => ErrorCode::UnknownEntry,
+                WaitlistError::Lapsed => ErrorCode::EntryLapsed,
             },
             CommandError::Hold(e) => match e {
                 HoldError::UnknownHold(_) => ErrorCode::UnknownHold,

@@ -6,10 +6,15 @@
 
 use crate::deal::DealSpec;
 use crate::hold::Hold;
-use crate::ids::{DealId, HoldSeq};
+use crate::ids::{DealId, EntrySeq, HoldSeq};
+use crate::waitlist::{DealOptions, WaitEntry};
 
+/// New variants go at the end: the log encodes a variant by its index, so appending keeps
+/// every log written before readable.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
+    /// A deal without options, as logged before deals had any: replays with no waitlist.
+    /// Deals are created with [`Event::DealOpened`] now.
     DealCreated {
         spec: DealSpec,
         stock: u64,
@@ -60,6 +65,34 @@ pub enum Event {
     Answered {
         at_ms: u64,
     },
+    /// A deal created with its options (waitlist).
+    DealOpened {
+        spec: DealSpec,
+        options: DealOptions,
+        stock: u64,
+    },
+    /// A reserve the deal could not serve joined its waitlist (state `waiting`, at the back).
+    WaitlistJoined {
+        entry: WaitEntry,
+    },
+    /// Units that came back were offered to a waiting entry: `hold` is a new hold (state
+    /// `held`, the deal's `offer_ttl_ms`) that takes them, as `Reserved` would. Logged after the
+    /// event that freed them.
+    Offered {
+        entry: EntrySeq,
+        hold: Hold,
+    },
+    /// A waiting entry whose turn came while its user's per-user limit was full.
+    WaitlistLapsed {
+        entry: EntrySeq,
+        at_ms: u64,
+    },
+    /// A user left the waitlist. If the entry was offered and its hold still held, the hold
+    /// is released by this event (its units freed, as `Released` frees them).
+    WaitlistCancelled {
+        entry: EntrySeq,
+        at_ms: u64,
+    },
 }
 
 /// Where the allocator puts the events it decides. The allocator calls `append` at the moment
@@ -69,6 +102,13 @@ pub enum Event {
 /// makes every prefix of the log a state that never oversold (see docs/ARCHITECTURE.md).
 pub trait EventSink {
     fn append(&mut self, event: Event, outcome: &crate::command::Outcome);
+
+    /// An event that follows from the command's own, logged after it in the same command (an
+    /// offer or a lapse on a waitlist after a release): ordered like any event, but it is not
+    /// the command's answer, and a keyed command's kept answer stays with its own event.
+    fn append_consequence(&mut self, event: Event, outcome: &crate::command::Outcome) {
+        self.append(event, outcome);
+    }
 }
 
 /// Collects events in order: replay tests and the in-memory server's tooling use it.

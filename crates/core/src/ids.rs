@@ -186,34 +186,81 @@ const fn halves(word: u64) -> (u32, u32) {
     ((word >> 32) as u32, word as u32)
 }
 
+/// The keyed permutation behind hold and entry ids (a 4-round Feistel network on the halves).
+fn permute(n: u64, key: HoldIdKey) -> u64 {
+    let (mut left, mut right) = halves(n);
+    for round in 0..FEISTEL_ROUNDS {
+        let next = left ^ feistel_round(right, key, round);
+        left = right;
+        right = next;
+    }
+    u64::from(left) << 32 | u64::from(right)
+}
+
+fn unpermute(raw: u64, key: HoldIdKey) -> u64 {
+    let (mut left, mut right) = halves(raw);
+    for round in (0..FEISTEL_ROUNDS).rev() {
+        let prev = right ^ feistel_round(left, key, round);
+        right = left;
+        left = prev;
+    }
+    u64::from(left) << 32 | u64::from(right)
+}
+
+/// An id of ours as the caller sees it: a prefix letter and 16 lowercase hex digits of the
+/// permuted number.
+fn to_opaque_id(prefix: char, n: u64, key: HoldIdKey) -> String {
+    format!("{prefix}{:016x}", permute(n, key))
+}
+
+fn from_opaque_id(
+    id: &str,
+    prefix: char,
+    key: HoldIdKey,
+    invalid: InvalidId,
+) -> Result<u64, InvalidId> {
+    let hex = id.strip_prefix(prefix).ok_or(invalid.clone())?;
+    if id.len() != HOLD_ID_LEN || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(invalid);
+    }
+    let raw = u64::from_str_radix(hex, 16).map_err(|_| invalid)?;
+    Ok(unpermute(raw, key))
+}
+
 impl HoldSeq {
     /// The id a caller sees: `h` and 16 lowercase hex digits.
     pub fn to_id(self, key: HoldIdKey) -> String {
-        let (mut left, mut right) = halves(self.0);
-        for round in 0..FEISTEL_ROUNDS {
-            let next = left ^ feistel_round(right, key, round);
-            left = right;
-            right = next;
-        }
-        format!("{HOLD_ID_PREFIX}{:016x}", u64::from(left) << 32 | u64::from(right))
+        to_opaque_id(HOLD_ID_PREFIX, self.0, key)
     }
 
     /// Maps a caller's id back; `Err` if it is not of our shape (any 16 hex digits map to some
     /// sequence number, which then may or may not be a hold).
     pub fn from_id(id: &str, key: HoldIdKey) -> Result<Self, InvalidId> {
         let invalid = InvalidId { field: "hold_id", reason: "not a hold id (h + 16 hex digits)" };
-        let hex = id.strip_prefix(HOLD_ID_PREFIX).ok_or(invalid.clone())?;
-        if id.len() != HOLD_ID_LEN || !hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(invalid);
-        }
-        let raw = u64::from_str_radix(hex, 16).map_err(|_| invalid)?;
-        let (mut left, mut right) = halves(raw);
-        for round in (0..FEISTEL_ROUNDS).rev() {
-            let prev = right ^ feistel_round(left, key, round);
-            right = left;
-            left = prev;
-        }
-        Ok(HoldSeq(u64::from(left) << 32 | u64::from(right)))
+        from_opaque_id(id, HOLD_ID_PREFIX, key, invalid).map(HoldSeq)
+    }
+}
+
+/// A waitlist entry's number. Entries are numbered from the same sequence as holds (a number
+/// is a hold or an entry, never both), and shown through the same keyed permutation with the
+/// prefix `w`.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
+pub struct EntrySeq(pub u64);
+
+const ENTRY_ID_PREFIX: char = 'w';
+
+impl EntrySeq {
+    /// The id a caller sees: `w` and 16 lowercase hex digits.
+    pub fn to_id(self, key: HoldIdKey) -> String {
+        to_opaque_id(ENTRY_ID_PREFIX, self.0, key)
+    }
+
+    pub fn from_id(id: &str, key: HoldIdKey) -> Result<Self, InvalidId> {
+        let invalid =
+            InvalidId { field: "entry_id", reason: "not a waitlist entry id (w + 16 hex digits)" };
+        from_opaque_id(id, ENTRY_ID_PREFIX, key, invalid).map(EntrySeq)
     }
 }
 
@@ -259,5 +306,15 @@ mod tests {
         assert!(HoldSeq::from_id("x0000000000000001", key).is_err());
         assert!(HoldSeq::from_id("h000000000000000G", key).is_err());
         assert!(HoldSeq::from_id("h00000000000000001", key).is_err());
+    }
+
+    #[test]
+    fn entry_ids_round_trip_and_are_not_hold_ids() {
+        let key = HoldIdKey(0xDEAD_BEEF_0123_4567);
+        let id = EntrySeq(42).to_id(key);
+        assert!(id.starts_with('w'));
+        assert_eq!(EntrySeq::from_id(&id, key), Ok(EntrySeq(42)));
+        assert!(HoldSeq::from_id(&id, key).is_err());
+        assert!(EntrySeq::from_id(&HoldSeq(42).to_id(key), key).is_err());
     }
 }

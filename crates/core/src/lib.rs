@@ -16,6 +16,7 @@
 //! | `command.rs` | what a client asks for, and the outcomes |
 //! | `event.rs` | decided changes: what the log records and replay applies |
 //! | `error.rs` | every refusal as an enum with a stable machine code |
+//! | `waitlist.rs` | waitlist options, an entry's life, who is served first |
 //! | `time.rs` | instants in messages, as RFC 3339 UTC |
 
 #![forbid(unsafe_code)]
@@ -29,3 +30,4 @@ pub mod hold;
 pub mod ids;
 pub mod limits;
 pub mod time;
+pub mod waitlist;

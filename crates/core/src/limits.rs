@@ -22,6 +22,9 @@ pub const DEAL_STOCK_UNITS_MAX: u64 = (1 << COUNTER_BITS) - 1;
 pub const HOLD_QTY_MAX: u32 = 1_000;
 /// Lines in one cart reserve.
 pub const CART_LINES_MAX: usize = 32;
+/// Entries one deal's waitlist may hold waiting at once (`waitlist_max` is at most this): a
+/// drop's turned-away viewers, with room to spare.
+pub const WAITLIST_MAX: u32 = 1_000_000;
 /// Deals alive in memory at once (ended deals count until removed).
 pub const DEALS_MAX: usize = 100_000;
 
