@@ -1135,3 +1135,107 @@ fn a_body_declared_as_something_other_than_json_is_refused_with_415() {
         api.raw(b"GET /v1/deals/d HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n\r\n");
     assert_eq!(status, 200);
 }
+
+// ------------------------------------------------------------------ waitlist
+
+#[test]
+fn a_waitlist_over_http_joins_offers_and_cancels() {
+    let api = Api::start();
+    let deal = api.create_deal(json!({
+        "id": "w", "stock": 1, "hold_ttl_ms": 60_000, "waitlist_max": 2, "offer_ttl_ms": 20_000,
+    }));
+    assert_eq!(
+        (deal["waitlist_max"].clone(), deal["offer_ttl_ms"].clone()),
+        (json!(2), json!(20_000))
+    );
+    assert_eq!(deal["waiting"], 0);
+    let plain = api.simple_deal("plain", 1);
+    assert_eq!(
+        (plain["waitlist_max"].clone(), plain["offer_ttl_ms"].clone()),
+        (json!(0), Value::Null)
+    );
+    // Options are validated like the rest of a deal.
+    let bad = api.post_json("/v1/deals", &json!({ "id": "x", "stock": 1, "offer_ttl_ms": 5_000 }));
+    assert_error(&bad, 400, "invalid_request");
+    let bad =
+        api.post_json("/v1/deals", &json!({ "id": "x", "stock": 1, "waitlist_max": 1_000_001 }));
+    assert_error(&bad, 400, "invalid_request");
+
+    let first = api.reserve("w", "a", 1);
+    assert_eq!(first["origin"], "reserve");
+    assert!(first.get("entry_id").is_none(), "only offers name an entry");
+    // Sold out: without `waitlist` a 409 as ever, with it a 202 entry.
+    assert_error(&api.reserve_reply("w", "b", 1), 409, "sold_out");
+    let join = |user: &str| {
+        api.post_json(
+            "/v1/deals/w/reserve",
+            &json!({ "user_id": user, "qty": 1, "waitlist": true }),
+        )
+    };
+    let b = join("b");
+    assert_eq!(b.status, 202, "{}", b.raw);
+    let entry_id = str_of(&b.body, "entry_id").to_owned();
+    assert!(entry_id.starts_with('w') && entry_id.len() == 17, "{entry_id}");
+    assert_eq!(b.body["state"], "waiting");
+    assert_eq!(b.body["position"], 1);
+    assert_eq!(b.body["hold_id"], Value::Null);
+    assert_eq!(b.body["created_at"], T0_TEXT);
+    // The same user again: 200 with the same entry.
+    let again = join("b");
+    assert_eq!((again.status, &again.body), (200, &b.body));
+    let c = join("c");
+    assert_eq!((c.status, c.body["position"].clone()), (202, json!(2)));
+    refused(&api, 409, "waitlist_full", &[&first], || join("d"));
+    assert_eq!(api.deal("w")["waiting"], 2);
+    // On a deal without a waitlist the flag changes nothing.
+    api.reserve("plain", "a", 1);
+    assert_error(
+        &api.post_json(
+            "/v1/deals/plain/reserve",
+            &json!({ "user_id": "b", "qty": 1, "waitlist": true }),
+        ),
+        409,
+        "sold_out",
+    );
+
+    // A release goes to the head of the queue as a hold with the offer's TTL.
+    let released = api.post(&hold_path(&first, "release"), "");
+    assert_eq!(released.status, 200, "{}", released.raw);
+    assert_eq!(released.body["state"], "released", "the release's own answer");
+    let offered = api.get(&format!("/v1/waitlist/{entry_id}"));
+    assert_eq!(offered.status, 200, "{}", offered.raw);
+    assert_eq!(
+        (offered.body["state"].clone(), offered.body["position"].clone()),
+        (json!("offered"), Value::Null)
+    );
+    let offer_id = str_of(&offered.body, "hold_id").to_owned();
+    let offer = api.hold(&offer_id);
+    assert_eq!(offer["origin"], "waitlist");
+    assert_eq!(offer["entry_id"], entry_id.as_str());
+    assert_eq!(offer["user_id"], "b");
+    assert_eq!(offer["expires_at"], "2027-01-15T08:00:20.000Z");
+    assert_eq!(api.counters("w"), (1, 0, 1, 0));
+    let c_id = str_of(&c.body, "entry_id").to_owned();
+    assert_eq!(api.get(&format!("/v1/waitlist/{c_id}")).body["position"], 1);
+
+    // b gives the offer up: its hold is released and c is offered the unit.
+    let cancelled = api.post(&format!("/v1/waitlist/{entry_id}/cancel"), "");
+    assert_eq!(cancelled.status, 200, "{}", cancelled.raw);
+    assert_eq!(cancelled.body["state"], "cancelled");
+    assert_eq!(api.hold(&offer_id)["state"], "released");
+    let c_now = api.get(&format!("/v1/waitlist/{c_id}")).body;
+    assert_eq!(c_now["state"], "offered");
+    // A retry answers the same; bad and unknown ids are told apart.
+    assert_eq!(api.post(&format!("/v1/waitlist/{entry_id}/cancel"), "").body, cancelled.body);
+    assert_error(&api.get("/v1/waitlist/nope"), 400, "invalid_request");
+    assert_error(&api.get("/v1/waitlist/w0000000000000000"), 404, "unknown_entry");
+    assert_error(&api.post("/v1/waitlist/w0000000000000000/cancel", ""), 404, "unknown_entry");
+    // c's offer expires: the entry lapses and cannot be cancelled any more.
+    api.clock.advance_ms(20_000);
+    api.eventually("c's offer expires", || {
+        api.get(&format!("/v1/waitlist/{c_id}")).body["state"] == "lapsed"
+    });
+    let lapsed = api.post(&format!("/v1/waitlist/{c_id}/cancel"), "");
+    assert_error(&lapsed, 409, "entry_lapsed");
+    assert_eq!(api.counters("w"), (1, 1, 0, 0));
+}

@@ -401,3 +401,65 @@ fn a_checkpoint_of_the_64_bit_layout_still_recovers() {
     let future = checkpoint_file(*lsn, 4, &today);
     assert!(checkpoint::decode(&future).is_err());
 }
+
+/// A deal with a waitlist (entries waiting, one offered, one cancelled) recovers exactly from
+/// its log alone and from a checkpoint plus the log after it.
+#[test]
+fn waitlists_recover_from_the_log_and_from_a_checkpoint() {
+    use livestock_core::waitlist::EntryState;
+    let dir = TempDir::new("waitlist");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let open = || {
+        let storage = Arc::new(dir.storage());
+        Node::open(node_config(), clock.clone(), storage, wal_config(), KEY).expect("open").0
+    };
+    let node = open();
+    let mut deal = match create("w", None, 2, Some(2)) {
+        Command::CreateDeal(deal) => deal,
+        other => panic!("{other:?}"),
+    };
+    deal.waitlist_max = Some(10);
+    deal.offer_ttl_ms = Some(30_000);
+    run(&node, &Command::CreateDeal(deal));
+    let a = hold_seq(run(&node, &Command::Reserve(reserve("a", &[("w", 2)], None))));
+    let join = |node: &Node, who: &str, qty: u32| {
+        let mut request = reserve(who, &[("w", qty)], None);
+        request.waitlist = true;
+        match run(node, &Command::Reserve(request)) {
+            Outcome::Entry(view) => view.entry.seq,
+            other => panic!("not an entry: {other:?}"),
+        }
+    };
+    let b = join(&node, "b", 1);
+    let c = join(&node, "c", 2);
+    let d = join(&node, "d", 1);
+    run(&node, &Command::CancelEntry { entry: d });
+    // 1 of 2 comes back: b (1) is first and fits.
+    run(&node, &Command::Confirm { hold: a, qty: Some(1) });
+    let entry = |node: &Node, seq| node.allocator().entry(seq).expect("entry").entry.state;
+    assert_eq!(entry(&node, b), EntryState::Offered);
+    assert_eq!(entry(&node, c), EntryState::Waiting);
+    let live = node.allocator().snapshot();
+    assert_eq!(live.waitlists.len(), 1);
+    let files = dir.files();
+    node.close().expect("close: writes the checkpoint");
+
+    // From the log alone (the files as they were before the close's checkpoint).
+    let copy = TempDir::with("waitlist-log", &files);
+    let r = recovered(&copy.storage(), "the log alone");
+    assert_eq!(r.allocator.snapshot(), live);
+    // From the checkpoint, then more changes in the log after it.
+    let node = open();
+    assert_eq!(node.allocator().snapshot(), live, "from the checkpoint");
+    let e = join(&node, "e", 1);
+    run(&node, &Command::AdjustStock { deal_id: deal_id("w"), delta: 2 });
+    assert_eq!(entry(&node, c), EntryState::Offered);
+    assert_eq!(entry(&node, e), EntryState::Waiting, "c took both");
+    let live = node.allocator().snapshot();
+    let files = dir.files();
+    drop(node);
+    let copy = TempDir::with("waitlist-ckpt", &files);
+    let r = recovered(&copy.storage(), "checkpoint plus log");
+    assert!(r.report.checkpoint_lsn.is_some_and(|lsn| lsn > 0), "{:?}", r.report);
+    assert_eq!(r.allocator.snapshot(), live);
+}
