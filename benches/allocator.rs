@@ -56,6 +56,8 @@ fn allocator_with_deal(stock: u64) -> Allocator {
         hold_ttl_ms_max: Some(HOLD_TTL_MS_MAX),
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     alloc.execute(&Command::CreateDeal(deal), T0_MS, &mut NoSink).expect("the deal is created");
     alloc

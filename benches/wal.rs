@@ -109,6 +109,8 @@ impl Events {
             hold_ttl_ms_max: None,
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         };
         let spec = DealSpec::new(&new, T0_MS).expect("a valid deal");
         let event = Event::DealCreated { spec, stock: DEAL_STOCK_UNITS_MAX };

@@ -1239,3 +1239,78 @@ fn a_waitlist_over_http_joins_offers_and_cancels() {
     assert_error(&lapsed, 409, "entry_lapsed");
     assert_eq!(api.counters("w"), (1, 1, 0, 0));
 }
+
+#[test]
+fn a_draw_over_http_commits_takes_entries_and_reveals_what_recomputes_it() {
+    use livestock_core::draw;
+    let api = Api::start();
+    let deal = api.create_deal(json!({
+        "id": "lucky", "stock": 2, "starts_at": "2027-01-15T08:00:10Z", "draw_window_ms": 5_000,
+        "waitlist_max": 10,
+    }));
+    assert_eq!(deal["draw_window_ms"], 5_000);
+    let commitment = str_of(&deal, "draw_commitment").to_owned();
+    assert_eq!(commitment.len(), 64);
+    assert_eq!(api.simple_deal("plain", 1)["draw_commitment"], Value::Null);
+    assert_error(&api.get("/v1/deals/plain/draw"), 404, "no_draw");
+    assert_error(&api.get("/v1/deals/nope/draw"), 404, "unknown_deal");
+    let bad =
+        api.post_json("/v1/deals", &json!({ "id": "x", "stock": 1, "draw_window_ms": 5_000 }));
+    assert_error(&bad, 400, "invalid_request");
+
+    let before = api.get("/v1/deals/lucky/draw").body;
+    assert_eq!(
+        (before["state"].clone(), before["seed"].clone()),
+        (json!("scheduled"), Value::Null)
+    );
+    assert_eq!(before["commitment"], commitment.as_str());
+    assert_eq!(before["algorithm"], "sha256-rank-v1");
+
+    api.clock.advance_ms(10_000);
+    for i in 0..8 {
+        let entered = api.reserve_reply("lucky", &format!("viewer-{i}"), 1);
+        assert_eq!(entered.status, 202, "{}", entered.raw);
+        assert_eq!(
+            (entered.body["state"].clone(), entered.body["position"].clone()),
+            (json!("entered"), Value::Null)
+        );
+    }
+    assert_eq!(api.reserve_reply("lucky", "viewer-0", 1).status, 200, "the same entry");
+    let cart = api.post_json(
+        "/v1/cart/reserve",
+        &json!({ "user_id": "c", "lines": [{ "deal_id": "lucky", "qty": 1 }] }),
+    );
+    assert_error(&cart, 409, "draw_window");
+    let open = api.get("/v1/deals/lucky/draw").body;
+    assert_eq!((open["state"].clone(), open["entries"].clone()), (json!("open"), json!(8)));
+
+    api.clock.advance_ms(5_000);
+    api.eventually("the reaper draws", || api.get("/v1/deals/lucky/draw").body["state"] == "drawn");
+    let drawn = api.get("/v1/deals/lucky/draw").body;
+    // Anyone can check it: the seed is the committed one, and the order and winners follow.
+    let seed_hex = str_of(&drawn, "seed");
+    let seed: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let seed: draw::DrawSeed = seed.try_into().expect("32 bytes");
+    assert_eq!(draw::hex(&draw::commitment(&seed)), commitment);
+    let entrants = drawn["entrants"].as_array().expect("entrants");
+    let users: Vec<&str> = entrants.iter().map(|e| str_of(e, "user_id")).collect();
+    let order: Vec<&Value> = draw::draw_order(&seed, users.iter().copied())
+        .iter()
+        .map(|i| &entrants[*i]["entry_id"])
+        .collect();
+    assert_eq!(drawn["order"].as_array().expect("order").iter().collect::<Vec<_>>(), order);
+    assert_eq!(drawn["units"], 2);
+    assert_eq!(
+        drawn["winners"].as_array().expect("winners").as_slice(),
+        &[order[0].clone(), order[1].clone()]
+    );
+    // Winners hold offers; the others wait in draw order.
+    let winner = api.get(&format!("/v1/waitlist/{}", order[0].as_str().expect("id"))).body;
+    assert_eq!(winner["state"], "offered");
+    assert_eq!(api.hold(str_of(&winner, "hold_id"))["origin"], "waitlist");
+    let third = api.get(&format!("/v1/waitlist/{}", order[2].as_str().expect("id"))).body;
+    assert_eq!((third["state"].clone(), third["position"].clone()), (json!("waiting"), json!(1)));
+    assert_eq!(api.counters("lucky"), (2, 0, 2, 0));
+}

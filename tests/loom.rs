@@ -35,6 +35,8 @@ fn create(alloc: &Allocator, id: &str, stock: u64, per_user_limit: Option<u32>) 
         hold_ttl_ms_max: Some(60_000),
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     alloc.execute(&Command::CreateDeal(new), T0, &mut EventLog::default()).unwrap();
 }

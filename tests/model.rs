@@ -181,6 +181,8 @@ fn an_extended_hold_expires_once() {
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     let reserve = Command::Reserve(Reserve {
         user_id: user_id(0),
@@ -220,6 +222,8 @@ fn open_deal(ends_at_ms: Option<u64>, starts_at_ms: Option<u64>) -> NewDeal {
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     }
 }
 

@@ -78,6 +78,8 @@ fn node_with_sold_out_deal_keeping(keys_max: usize) -> (Node, Command) {
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     node.execute(&Command::CreateDeal(deal)).unwrap().result.unwrap();
     let reserve = |user: &str| {

@@ -242,6 +242,8 @@ fn measure(deals: usize, holds: usize, limited: bool, shadowed: bool) -> Figures
             hold_ttl_ms_max: None,
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         };
         allocator.execute(&Command::CreateDeal(new), T0_MS, &mut sink).expect("deal created");
     }
@@ -526,6 +528,8 @@ fn measure_log() -> LogFigures {
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     allocator.execute(&Command::CreateDeal(new), T0_MS, &mut framing).expect("created");
     let mut holds = Vec::new();
@@ -625,6 +629,8 @@ fn residue_per_hold(holds: usize, cycles: usize, shadowed: bool) -> f64 {
             hold_ttl_ms_max: None,
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         };
         allocator.execute(&Command::CreateDeal(new), T0_MS, &mut sink).expect("deal created");
     }

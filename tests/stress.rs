@@ -92,6 +92,8 @@ fn new_deal(id: &str, stock: u64) -> NewDeal {
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     }
 }
 

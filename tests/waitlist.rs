@@ -49,6 +49,8 @@ fn new_deal(stock: u64, waitlist_max: u32, per_user_limit: Option<u32>) -> NewDe
         hold_ttl_ms_max: Some(10 * TTL_MS),
         waitlist_max: Some(waitlist_max),
         offer_ttl_ms: (waitlist_max > 0).then_some(OFFER_TTL_MS),
+        draw_window_ms: None,
+        draw_seed: None,
     }
 }
 
@@ -462,4 +464,172 @@ fn concurrent_joins_and_frees_never_oversell_and_replay() {
             );
         }
     }
+}
+
+// ----------------------------------------------------------------------------------- draw
+
+const WINDOW_MS: u64 = 10_000;
+const SEED: [u8; 32] = [42; 32];
+
+fn draw_deal(stock: u64, waitlist_max: u32) -> NewDeal {
+    NewDeal {
+        starts_at_ms: Some(T0 + 1_000),
+        draw_window_ms: Some(WINDOW_MS),
+        draw_seed: Some(SEED),
+        ..new_deal(stock, waitlist_max, None)
+    }
+}
+
+impl Fixture {
+    fn enter(&mut self, who: &str, qty: u32) -> EntryView {
+        match self.reserve(who, qty, false) {
+            Ok(Outcome::Entry(view)) => view,
+            other => panic!("{who} enters for {qty}: {other:?}"),
+        }
+    }
+}
+
+/// Recomputes the draw from what the record reveals, as an outsider would: the order from the
+/// seed, then first fit of the units in that order.
+fn recompute(record: &livestock::alloc::DrawRecord) -> Vec<EntrySeq> {
+    let order =
+        livestock_core::draw::draw_order(&SEED, record.entrants.iter().map(|(_, u, _)| u.as_str()));
+    assert_eq!(order.iter().map(|i| *i as u32).collect::<Vec<_>>(), record.order);
+    let mut units = record.units;
+    let mut winners = Vec::new();
+    for i in order {
+        let (seq, _, qty) = &record.entrants[i];
+        if u64::from(*qty) <= units {
+            units -= u64::from(*qty);
+            winners.push(*seq);
+        }
+    }
+    winners
+}
+
+#[test]
+fn a_draw_window_takes_entries_then_draws_verifiably() {
+    let mut f = Fixture::new(draw_deal(3, 100));
+    assert_eq!(code(f.reserve("early", 1, false)), ErrorCode::DealNotStarted);
+    f.now = T0 + 1_000;
+    let mut entries = Vec::new();
+    for i in 0..12 {
+        let view = f.enter(&format!("u{i}"), 1 + (i % 2));
+        assert_eq!(
+            (view.entry.state, view.position, view.created),
+            (EntryState::Entered, None, true)
+        );
+        entries.push(view.entry.seq);
+        f.now += 100;
+    }
+    // Arriving first is worth nothing, asking again changes nothing, a cart cannot enter.
+    let again = f.enter("u0", 1);
+    assert!(!again.created);
+    let cart = f.run(Command::Cart(Reserve {
+        user_id: user("carter"),
+        lines: vec![Line { deal_id: deal_id(), qty: 1 }],
+        ttl_ms: None,
+        waitlist: false,
+    }));
+    assert_eq!(code(cart), ErrorCode::DrawWindow);
+    let cancelled = f.enter("quitter", 1).entry.seq;
+    f.run(Command::CancelEntry { entry: cancelled }).expect("left the draw");
+    assert_eq!(f.counts(), (3, 0, 0, 0), "nothing is held during the window");
+
+    // The window closes: the reaper draws.
+    f.now = T0 + 1_000 + WINDOW_MS;
+    f.tick(0);
+    let view = f.live.draw_view("drop").expect("the deal");
+    let record = view.record.expect("drawn");
+    assert!(record.closed);
+    assert_eq!(record.entrants.len(), 12, "the cancelled entry is not drawn");
+    assert_eq!(record.units, 3);
+    assert_eq!(recompute(&record), record.winners, "anyone can recompute the winners");
+    let held: u64 = record.winners.iter().map(|seq| u64::from(f.offer(*seq).hold.qty)).sum();
+    assert_eq!(f.counts().1, held);
+    // The others wait in draw order.
+    let waiting: Vec<EntrySeq> = record
+        .order
+        .iter()
+        .map(|i| record.entrants[*i as usize].0)
+        .filter(|seq| !record.winners.contains(seq))
+        .collect();
+    for (position, seq) in waiting.iter().enumerate() {
+        assert_eq!(f.entry(*seq).position, Some(position as u64 + 1));
+    }
+    // After the draw, first come first served, and the waitlist takes the latecomers last.
+    let late = f.join("late", 1);
+    assert_eq!(late.position, Some(waiting.len() as u64 + 1));
+}
+
+#[test]
+fn a_draw_without_a_waitlist_loses_the_rest_and_a_late_reserve_draws_first() {
+    let mut f = Fixture::new(draw_deal(2, 0));
+    f.now = T0 + 1_000;
+    let entries: Vec<EntrySeq> = (0..6).map(|i| f.enter(&format!("u{i}"), 1).entry.seq).collect();
+    // A reserve after the window, before the reaper: the draw runs first, then the reserve.
+    f.now = T0 + 1_000 + WINDOW_MS + 5;
+    assert_eq!(code(f.reserve("late", 1, true)), ErrorCode::SoldOut);
+    let record = f.live.draw_view("drop").and_then(|v| v.record).expect("drawn");
+    assert_eq!(record.winners.len(), 2);
+    for seq in entries {
+        let state = f.entry(seq).entry.state;
+        let won = record.winners.contains(&seq);
+        assert_eq!(state, if won { EntryState::Offered } else { EntryState::Lost });
+    }
+    let lost = record.entrants.iter().find(|(seq, _, _)| !record.winners.contains(seq));
+    let lost = lost.expect("a lost entry").0;
+    assert_eq!(code(f.run(Command::CancelEntry { entry: lost })), ErrorCode::EntryLapsed);
+}
+
+#[test]
+fn a_crash_inside_a_draw_is_finished_by_the_next_tick_with_the_same_winners() {
+    let mut f = Fixture::new(draw_deal(2, 10));
+    f.now = T0 + 1_000;
+    for i in 0..6 {
+        f.enter(&format!("u{i}"), 1);
+    }
+    f.now = T0 + 1_000 + WINDOW_MS;
+    f.tick(0);
+    let winners = f.live.draw_view("drop").and_then(|v| v.record).expect("drawn").winners;
+    let drawn = f
+        .log
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Drawn { .. }))
+        .expect("the draw's record");
+    let recovered = Allocator::new(config());
+    for event in &f.log.events[..=drawn] {
+        recovered.apply(event).expect("applies");
+    }
+    recovered.check_invariants();
+    let mut log = EventLog::default();
+    recovered.expire_due(f.now, &mut log);
+    recovered.check_invariants();
+    let again = recovered.draw_view("drop").and_then(|v| v.record).expect("drawn");
+    assert!(again.closed);
+    assert_eq!(again.winners, winners);
+}
+
+#[test]
+fn a_paused_deal_draws_at_its_resume_and_an_end_lapses_the_entries() {
+    let mut f = Fixture::new(draw_deal(1, 10));
+    f.now = T0 + 1_000;
+    f.enter("a", 1);
+    f.run(Command::PauseDeal(deal_id())).expect("paused");
+    f.now = T0 + 1_000 + WINDOW_MS;
+    f.tick(0);
+    assert!(f.live.draw_view("drop").and_then(|v| v.record).is_none(), "no draw while paused");
+    f.run(Command::ResumeDeal(deal_id())).expect("resumed");
+    let record = f.live.draw_view("drop").and_then(|v| v.record).expect("drawn at the resume");
+    assert_eq!(record.winners.len(), 1);
+
+    let mut g = Fixture::new(draw_deal(1, 10));
+    g.now = T0 + 1_000;
+    let a = g.enter("a", 1).entry.seq;
+    g.run(Command::EndDeal(deal_id())).expect("ended");
+    assert_eq!(g.entry(a).entry.state, EntryState::Lapsed);
+    g.now = T0 + 1_000 + WINDOW_MS;
+    g.tick(0);
+    assert!(g.live.draw_view("drop").and_then(|v| v.record).is_none(), "an ended deal never draws");
 }

@@ -207,6 +207,8 @@ fn create(id: &str, stream_id: Option<&str>, stock: u64, per_user_limit: Option<
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     })
 }
 

@@ -81,6 +81,8 @@ fn new_deal(id: &str, stock: u64, stream: Option<&str>, limit: Option<u32>) -> C
         hold_ttl_ms_max: Some(600_000),
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     })
 }
 

@@ -104,7 +104,13 @@ impl Allocator {
         );
         if let Some(list) = list.as_mut() {
             let open = slot.spec.closed(false, || Lifecycle::Open, now_ms).is_none();
-            self.offer_freed(&slot, list, Freed::Available, open, now_ms, sink);
+            let draw_due = slot.draw_pending()
+                && slot.options.draw_closes_at_ms(&slot.spec).is_some_and(|at| now_ms >= at);
+            if draw_due && open {
+                self.draw_now(&slot, list, now_ms, sink);
+            } else if !slot.draw_pending() {
+                self.offer_freed(&slot, list, Freed::Available, open, now_ms, sink);
+            }
         }
         slot.set_lifecycle(Lifecycle::Open);
         drop(list);
@@ -262,6 +268,8 @@ impl Allocator {
             if let Some(list) = list.as_mut() {
                 list.lapse_all_waiting(now_ms, retention_ms);
                 slot.set_waiting(0);
+                // A draw that never happened never will.
+                slot.set_drawn();
             }
         }
         let mut released: Vec<(HoldSeq, Resolved)> = Vec::new();

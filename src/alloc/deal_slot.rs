@@ -36,6 +36,9 @@ pub struct DealSlot {
     /// Entries waiting, for readers that must not take the lock (views, the live feed);
     /// written under it.
     waiting: AtomicU64,
+    /// Set once the deal's draw is done (its winners fixed), or at once for a deal without
+    /// one: until then a reserve takes the waitlist lock (it enters the draw, or draws).
+    drawn: AtomicU8,
 }
 
 impl DealSlot {
@@ -47,7 +50,8 @@ impl DealSlot {
     ) -> Self {
         let counters = counters.with_shut(lifecycle != Lifecycle::Open);
         DealSlot {
-            waitlist: options.has_waitlist().then(|| Mutex::new(Waitlist::default())),
+            waitlist: options.keeps_entries().then(|| Mutex::new(Waitlist::default())),
+            drawn: AtomicU8::new(u8::from(!options.has_draw())),
             spec,
             options,
             counters: AtomicU128::new(counters.raw()),
@@ -63,8 +67,20 @@ impl DealSlot {
         self.waitlist.as_ref().map(|list| list.lock())
     }
 
-    pub fn has_waitlist(&self) -> bool {
+    /// Whether the deal keeps entries (a waitlist, a draw, or both).
+    pub fn keeps_entries(&self) -> bool {
         self.waitlist.is_some()
+    }
+
+    /// A draw that is not done: its window is open, or closed and not yet drawn. One load;
+    /// `false` at once for deals without a draw.
+    pub fn draw_pending(&self) -> bool {
+        self.drawn.load(Ordering::Acquire) == 0
+    }
+
+    /// The draw's winners are fixed (under the waitlist lock).
+    pub fn set_drawn(&self) {
+        self.drawn.store(1, Ordering::Release);
     }
 
     /// Publishes the waiting count after a change under the waitlist lock.

@@ -66,11 +66,13 @@ use crate::sync::AtomicU64;
 
 pub use deal_slot::DealSlot;
 use holds::{HoldTable, Resolved};
+pub use offers::DrawView;
 use registry::Registry;
 pub use replay::ReplayError;
 pub use reserve::Refusal;
 pub use snapshot::{encode_into, DealSnapshot, LegacySnapshot, Snapshot, WaitlistSnapshot};
 use users::UserCounts;
+pub use waitlist::DrawRecord;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AllocatorConfig {

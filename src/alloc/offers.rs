@@ -23,12 +23,25 @@ use livestock_core::error::{CommandError, HoldError, ReserveError, WaitlistError
 use livestock_core::event::{Event, EventSink};
 use livestock_core::hold::{Hold, HoldState, Settlement};
 use livestock_core::ids::{EntrySeq, HoldSeq};
-use livestock_core::waitlist::{decide_cancel, first_fit, CancelDecision, EntryView, WaitEntry};
+use livestock_core::limits::DRAW_ENTRANTS_MAX;
+use livestock_core::waitlist::{
+    decide_cancel, first_fit, CancelDecision, EntryState, EntryView, WaitEntry,
+};
 
 use super::holds::{Entry, Resolved};
 use super::waitlist::Waitlist;
 use super::{users, Allocator, DealSlot};
 use crate::sync::{Arc, Ordering};
+
+/// A deal's draw, read (`Allocator::draw_view`).
+#[derive(Clone, Debug)]
+pub struct DrawView {
+    pub spec: livestock_core::deal::DealSpec,
+    pub options: livestock_core::waitlist::DealOptions,
+    pub record: Option<super::waitlist::DrawRecord>,
+    /// Entries in the draw while its window is open.
+    pub entered: usize,
+}
 
 /// Units that an event already logged has freed, not yet anyone's.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +246,7 @@ impl Allocator {
             user_id: request.user_id.clone(),
             qty,
             created_at_ms: now_ms,
-            state: livestock_core::waitlist::EntryState::Waiting,
+            state: EntryState::Waiting,
             hold: None,
             resolved_at_ms: None,
         };
@@ -242,6 +255,123 @@ impl Allocator {
         let view = self.entry_view(&list, seq, true);
         sink.append(Event::WaitlistJoined { entry }, &Outcome::Entry(view.clone()));
         Ok(Outcome::Entry(view))
+    }
+
+    /// A single reserve of a deal whose draw is not done (`ReserveError::DrawPending`): under
+    /// the waitlist lock, enter the draw while its window is open (202 `entered`, or the user's
+    /// entry again); once it closed, draw first (if the deal takes offers) and serve the
+    /// reserve as any other after it.
+    pub(super) fn draw_reserve(
+        &self,
+        deal: &Arc<DealSlot>,
+        request: &Reserve,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, ReserveError> {
+        let Some(mut list) = deal.lock_waitlist() else { panic!("a draw deal without a list") };
+        let Some(closes_at_ms) = deal.options.draw_closes_at_ms(&deal.spec) else {
+            panic!("a draw deal without a window");
+        };
+        if deal.draw_pending() && now_ms < closes_at_ms {
+            return self.enter_draw(deal, &mut list, request, now_ms, sink);
+        }
+        if deal.draw_pending() {
+            if !Self::takes_offers(deal, now_ms) {
+                // Paused: no draw until the resume (reserves are refused meanwhile anyway).
+                let closed = deal.spec.closed(deal.counters().shut(), || deal.lifecycle(), now_ms);
+                return Err(match closed {
+                    Some(closed) => closed.error(deal.spec.id.clone()),
+                    None => ReserveError::DrawPending(deal.spec.id.clone()),
+                });
+            }
+            self.draw_now(deal, &mut list, now_ms, sink);
+        }
+        drop(list);
+        self.reserve(request, false, now_ms, sink)
+    }
+
+    fn enter_draw(
+        &self,
+        deal: &Arc<DealSlot>,
+        list: &mut Waitlist,
+        request: &Reserve,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) -> Result<Outcome, ReserveError> {
+        if let Some(entry) = list.active_of(&request.user_id) {
+            let seq = entry.seq;
+            return Ok(Outcome::Entry(self.entry_view(list, seq, false)));
+        }
+        if list.entered_count() >= DRAW_ENTRANTS_MAX as usize {
+            let deal_id = deal.spec.id.clone();
+            return Err(ReserveError::DrawFull { deal_id, max: DRAW_ENTRANTS_MAX });
+        }
+        let qty = request.lines[0].qty;
+        if deal.spec.per_user_limit.is_some() {
+            let taken = self.users.with(&deal.spec.id, &request.user_id, |shard| {
+                users::taken(shard, &deal.spec.id, &request.user_id)
+            });
+            deal.spec.check_user_limit(taken, qty)?;
+        }
+        let seq = EntrySeq(self.next_hold_seq.fetch_add(1, Ordering::Relaxed));
+        let entry = WaitEntry {
+            seq,
+            deal_id: deal.spec.id.clone(),
+            user_id: request.user_id.clone(),
+            qty,
+            created_at_ms: now_ms,
+            state: EntryState::Entered,
+            hold: None,
+            resolved_at_ms: None,
+        };
+        list.enter(entry.clone());
+        let view = self.entry_view(list, seq, true);
+        sink.append(Event::WaitlistJoined { entry }, &Outcome::Entry(view.clone()));
+        Ok(Outcome::Entry(view))
+    }
+
+    /// Draws (the window has closed and the deal takes offers): the entries join the queue in
+    /// the seed's order, the available units are offered to it (the winners), and the rest
+    /// stay on the waitlist or are lost. Resumes a draw that a crash or a lost leadership left
+    /// between its `Drawn` and its `DrawClosed`.
+    pub(super) fn draw_now(
+        &self,
+        deal: &Arc<DealSlot>,
+        list: &mut Waitlist,
+        now_ms: u64,
+        sink: &mut dyn EventSink,
+    ) {
+        let Some(seed) = deal.options.draw_seed else { panic!("a draw deal without a seed") };
+        if list.draw().is_none() {
+            list.start_draw(&seed, now_ms, deal.counters().available());
+            let drawn = Event::Drawn { deal_id: deal.spec.id.clone(), seed, at_ms: now_ms };
+            sink.append_consequence(drawn, &Outcome::Deal(deal.view(now_ms)));
+        }
+        self.offer_freed(deal, list, Freed::Available, true, now_ms, sink);
+        let keep = deal.options.waitlist_max as usize;
+        list.close_draw(now_ms, keep, self.config.resolved_hold_retention_ms);
+        deal.set_waiting(list.waiting_count());
+        deal.set_drawn();
+        let closed = Event::DrawClosed { deal_id: deal.spec.id.clone(), at_ms: now_ms };
+        sink.append_consequence(closed, &Outcome::Deal(deal.view(now_ms)));
+    }
+
+    /// The reaper's step for draws: every deal whose window has closed and that takes offers
+    /// is drawn (or its interrupted draw finished).
+    pub(super) fn run_due_draws(&self, now_ms: u64, sink: &mut dyn EventSink) {
+        for deal in self.waitlist_deals() {
+            if !deal.draw_pending() {
+                continue;
+            }
+            let due = deal.options.draw_closes_at_ms(&deal.spec).is_some_and(|at| now_ms >= at);
+            if !due || !Self::takes_offers(&deal, now_ms) {
+                continue;
+            }
+            let Some(mut list) = deal.lock_waitlist() else { continue };
+            if deal.draw_pending() {
+                self.draw_now(&deal, &mut list, now_ms, sink);
+            }
+        }
     }
 
     /// The deal whose waitlist holds entry `seq`. Deals with a waitlist are few (a scan of
@@ -254,11 +384,23 @@ impl Allocator {
 
     /// Deals that have a waitlist.
     pub(super) fn waitlist_deals(&self) -> Vec<Arc<DealSlot>> {
-        self.deals.all().into_iter().filter(|deal| deal.has_waitlist()).collect()
+        self.deals.all().into_iter().filter(|deal| deal.keeps_entries()).collect()
     }
 
     fn unknown_entry(&self, seq: EntrySeq) -> WaitlistError {
         WaitlistError::UnknownEntry(seq.to_id(self.config.hold_id_key))
+    }
+
+    /// A deal's draw as its callers see it: its options, the record once drawn, and how many
+    /// entries it has while its window is open. `None` for an unknown deal.
+    pub fn draw_view(&self, deal_id: &str) -> Option<DrawView> {
+        let deal = self.deals.get(deal_id)?;
+        let list = deal.lock_waitlist();
+        let (record, entered) = match &list {
+            Some(list) => (list.draw().cloned(), list.entered_count()),
+            None => (None, 0),
+        };
+        Some(DrawView { spec: deal.spec.clone(), options: deal.options, record, entered })
     }
 
     /// A waitlist entry as its caller sees it.

@@ -63,6 +63,7 @@ impl Allocator {
                         let retention_ms = self.config.resolved_hold_retention_ms;
                         list.lapse_all_waiting(*at_ms, retention_ms);
                         slot.set_waiting(0);
+                        slot.set_drawn();
                     }
                     for seq in seqs {
                         self.replay_resolve(*seq, HoldState::Released, None, *at_ms)?;
@@ -87,6 +88,32 @@ impl Allocator {
             }
             Event::Answered { .. } => Ok(()),
             Event::WaitlistJoined { entry } => self.replay_join(entry),
+            Event::Drawn { deal_id, seed, at_ms } => {
+                let slot = self.replay_slot(deal_id)?;
+                let Some(mut list) = slot.lock_waitlist() else {
+                    return err(format!("draw of deal {deal_id} without one"));
+                };
+                if slot.options.draw_seed.as_ref() != Some(seed) || list.draw().is_some() {
+                    return err(format!("draw of deal {deal_id} with another seed, or twice"));
+                }
+                list.start_draw(seed, *at_ms, slot.counters().available());
+                slot.set_waiting(list.waiting_count());
+                Ok(())
+            }
+            Event::DrawClosed { deal_id, at_ms } => {
+                let slot = self.replay_slot(deal_id)?;
+                let Some(mut list) = slot.lock_waitlist() else {
+                    return err(format!("draw of deal {deal_id} without one"));
+                };
+                if !list.draw_open() {
+                    return err(format!("close of a draw of deal {deal_id} that is not open"));
+                }
+                let keep = slot.options.waitlist_max as usize;
+                list.close_draw(*at_ms, keep, self.config.resolved_hold_retention_ms);
+                slot.set_waiting(list.waiting_count());
+                slot.set_drawn();
+                Ok(())
+            }
             Event::Offered { entry, hold } => self.replay_offer(*entry, hold),
             Event::WaitlistLapsed { entry, at_ms } => {
                 self.replay_entry(*entry, |allocator, slot, list| {
@@ -103,7 +130,7 @@ impl Allocator {
                 let offer = self.replay_entry(*entry, |allocator, slot, list| {
                     let Some(found) = list.get(*entry) else { panic!("checked") };
                     let offer = match found.state {
-                        EntryState::Waiting => None,
+                        EntryState::Waiting | EntryState::Entered => None,
                         EntryState::Offered => found.hold,
                         _ => {
                             return Err(ReplayError(format!(
@@ -245,6 +272,21 @@ impl Allocator {
         let Some(mut list) = slot.lock_waitlist() else {
             return Err(ReplayError(format!("deal {} has no waitlist", entry.deal_id)));
         };
+        if entry.state == EntryState::Entered {
+            let fits = slot.draw_pending()
+                && list.draw().is_none()
+                && list.active_of(&entry.user_id).is_none()
+                && list.get(entry.seq).is_none()
+                && entry.hold.is_none()
+                && entry.resolved_at_ms.is_none()
+                && (1..=HOLD_QTY_MAX).contains(&entry.qty);
+            if !fits {
+                return Err(ReplayError(format!("entry {} does not enter the draw", entry.seq.0)));
+            }
+            list.enter(entry.clone());
+            self.next_hold_seq.fetch_max(entry.seq.0 + 1, Ordering::Relaxed);
+            return Ok(());
+        }
         let fresh = entry.state == EntryState::Waiting
             && entry.hold.is_none()
             && entry.resolved_at_ms.is_none()

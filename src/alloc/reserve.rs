@@ -117,8 +117,8 @@ impl Allocator {
     pub fn stock_refusal(&self, request: &Reserve, now_ms: u64) -> Option<ReserveError> {
         let [line] = request.lines.as_slice() else { return None };
         let slot = self.deals.get(line.deal_id.as_str())?;
-        if request.waitlist && slot.has_waitlist() {
-            return None; // it would join the waitlist: the leader decides
+        if (request.waitlist && slot.options.has_waitlist()) || slot.draw_pending() {
+            return None; // it would join the waitlist or enter the draw: the leader decides
         }
         let counters = slot.counters();
         slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms).ok()?;
@@ -159,11 +159,17 @@ impl Allocator {
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, ReserveError> {
         match self.reserve_now(request, cart, now_ms, sink) {
+            Err(ReserveError::DrawPending(deal_id)) if !cart => {
+                match self.deals.get(deal_id.as_str()) {
+                    Some(deal) => self.draw_reserve(&deal, request, now_ms, sink),
+                    None => Err(ReserveError::UnknownDeal(deal_id)),
+                }
+            }
             Err(refused @ (ReserveError::SoldOut(_) | ReserveError::InsufficientStock { .. }))
                 if request.waitlist && !cart =>
             {
                 match self.deals.get(request.lines[0].deal_id.as_str()) {
-                    Some(deal) if deal.has_waitlist() => {
+                    Some(deal) if deal.options.has_waitlist() => {
                         self.join_waitlist(&deal, request, refused, now_ms, sink)
                     }
                     _ => Err(refused),
@@ -192,6 +198,9 @@ impl Allocator {
             let taken = self.deals.with(line.deal_id.as_str(), |slot| {
                 let counters = slot.counters();
                 slot.spec.check_open(counters.shut(), || slot.lifecycle(), now_ms)?;
+                if slot.draw_pending() {
+                    return Err(ReserveError::DrawPending(slot.spec.id.clone()));
+                }
                 slot.spec.take(counters, line.qty)?;
                 let ttl_ms = slot.spec.hold_ttl(request.ttl_ms)?;
                 Ok::<_, ReserveError>(Take { deal: slot.clone(), qty: line.qty, ttl_ms })

@@ -128,6 +128,7 @@ impl Allocator {
                 self.give_back(r, now_ms, sink);
             }
         }
+        self.run_due_draws(now_ms, sink);
         self.lapse_closed_waitlists(now_ms, sink);
         self.hand_on_available(now_ms, sink);
         self.forget_due_entries(now_ms);

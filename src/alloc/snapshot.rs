@@ -10,7 +10,7 @@ use livestock_core::ids::{DealId, EntrySeq, HoldIdKey, HoldSeq, UserId};
 use livestock_core::waitlist::{DealOptions, EntryState, WaitEntry};
 
 use super::holds::Entry;
-use super::waitlist::Waitlist;
+use super::waitlist::{DrawRecord, Waitlist};
 use super::{users, Allocator, AllocatorConfig, DealSlot, ReplayError};
 use crate::sync::{Arc, Ordering};
 
@@ -61,6 +61,10 @@ pub struct WaitlistSnapshot {
     pub options: DealOptions,
     pub entries: Vec<WaitEntry>,
     pub queue: Vec<EntrySeq>,
+    /// Entries in the deal's open draw, in log order.
+    pub entered: Vec<EntrySeq>,
+    /// The draw, once started.
+    pub draw: Option<DrawRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,6 +120,8 @@ impl Allocator {
                     options: deal.options,
                     entries: list.entries_sorted(),
                     queue: list.queue_order(),
+                    entered: list.entered_order(),
+                    draw: list.draw().cloned(),
                 })
             })
             .collect();
@@ -203,7 +209,7 @@ impl Allocator {
             let options = list_of(&spec.id).map_or(DealOptions::none(spec), |l| l.options);
             if !spec.is_valid(deal.counters.stock())
                 || !options.is_valid(spec)
-                || list_of(&spec.id).is_some() != options.has_waitlist()
+                || list_of(&spec.id).is_some() != options.keeps_entries()
             {
                 return Err(err(format!("deal {} has an invalid spec", spec.id)));
             }
@@ -234,12 +240,24 @@ impl Allocator {
             if let Some(entry) = wrong {
                 return Err(err(format!("waitlist entry {} is inconsistent", entry.seq.0)));
             }
-            let restored = Waitlist::restore(list.entries.clone(), &list.queue, retention_ms)
-                .map_err(|e| err(format!("waitlist of deal {}: {e}", list.deal_id)))?;
+            let restored = Waitlist::restore(
+                list.entries.clone(),
+                &list.queue,
+                &list.entered,
+                list.draw.clone(),
+                retention_ms,
+            )
+            .map_err(|e| err(format!("waitlist of deal {}: {e}", list.deal_id)))?;
             if restored.waiting_count() > list.options.waitlist_max as usize {
                 return Err(err(format!("waitlist of deal {} over its maximum", list.deal_id)));
             }
             let Some(mut guard) = slot.lock_waitlist() else { panic!("a deal without its list") };
+            if list.options.has_draw() != (restored.draw().is_some() || slot.draw_pending()) {
+                return Err(err(format!("draw of deal {} is inconsistent", list.deal_id)));
+            }
+            if restored.draw().is_some_and(|d| d.closed) {
+                slot.set_drawn();
+            }
             *guard = restored;
             slot.set_waiting(guard.waiting_count());
         }

@@ -38,6 +38,8 @@ pub fn allocator_with_holds(
         hold_ttl_ms_max: None,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     allocator.execute(&Command::CreateDeal(deal), 0, events).expect("created");
     for user in users {

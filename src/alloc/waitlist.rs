@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use livestock_core::draw::{draw_order, DrawSeed};
 use livestock_core::ids::{EntrySeq, HoldSeq, UserId};
 use livestock_core::waitlist::{EntryState, WaitEntry};
 
@@ -27,6 +28,26 @@ pub struct Waitlist {
     /// forget_at_ms -> entries to drop from memory then (terminal ones, kept readable as long
     /// as resolved holds are).
     forgets: BTreeMap<u64, Vec<u64>>,
+    /// Entries that entered the draw, in log order, while its window is open.
+    entered: Vec<u64>,
+    /// The draw, once it started.
+    draw: Option<DrawRecord>,
+}
+
+/// A draw as it was done: enough to reveal and re-check it whatever becomes of its entries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrawRecord {
+    pub at_ms: u64,
+    /// Units available when it was drawn.
+    pub units: u64,
+    /// The entries drawn, in log order (the algorithm's index order).
+    pub entrants: Vec<(EntrySeq, UserId, u32)>,
+    /// The draw order, as indices into `entrants`.
+    pub order: Vec<u32>,
+    /// Entries served by the draw, in the order they were served.
+    pub winners: Vec<EntrySeq>,
+    /// Winners are fixed and the rest placed (waitlist or lost).
+    pub closed: bool,
 }
 
 impl Waitlist {
@@ -40,6 +61,69 @@ impl Waitlist {
 
     pub fn waiting_count(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Entries in the draw now (its window open).
+    pub fn entered_count(&self) -> usize {
+        self.entered.len()
+    }
+
+    pub fn draw(&self) -> Option<&DrawRecord> {
+        self.draw.as_ref()
+    }
+
+    /// A new entry in the draw (state `entered`).
+    pub fn enter(&mut self, entry: WaitEntry) {
+        assert_eq!(entry.state, EntryState::Entered, "a draw entry is entered");
+        assert!(self.draw.is_none(), "an entry after the draw");
+        let seq = entry.seq.0;
+        let previous = self.active_by_user.insert(entry.user_id.clone(), seq);
+        assert!(previous.is_none(), "user {} has two active entries", entry.user_id);
+        self.entered.push(seq);
+        let previous = self.entries.insert(seq, entry);
+        assert!(previous.is_none(), "entry {seq} inserted twice");
+    }
+
+    /// Draws: the entries still entered, ranked by the seed (`livestock_core::draw`), join
+    /// the queue in that order (the queue is empty before a draw: nobody can wait on a deal
+    /// that has not been on sale). Offers then serve the queue's head; `close_draw` fixes the
+    /// winners.
+    pub fn start_draw(&mut self, seed: &DrawSeed, at_ms: u64, units: u64) {
+        assert!(self.draw.is_none(), "drawn twice");
+        let entered = std::mem::take(&mut self.entered);
+        let entrants: Vec<(EntrySeq, UserId, u32)> = entered
+            .iter()
+            .filter_map(|seq| self.entries.get(seq))
+            .filter(|e| e.state == EntryState::Entered)
+            .map(|e| (e.seq, e.user_id.clone(), e.qty))
+            .collect();
+        let order = draw_order(seed, entrants.iter().map(|(_, user, _)| user.as_str()));
+        for index in &order {
+            let seq = entrants[*index].0;
+            self.entry_mut(seq).state = EntryState::Waiting;
+            self.enqueue(seq.0);
+        }
+        let order = order.into_iter().map(|i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+        self.draw =
+            Some(DrawRecord { at_ms, units, entrants, order, winners: Vec::new(), closed: false });
+    }
+
+    /// Whether the draw started and its winners are not fixed yet (offers now are wins).
+    pub fn draw_open(&self) -> bool {
+        self.draw.as_ref().is_some_and(|d| !d.closed)
+    }
+
+    /// Fixes the winners; the entries still waiting stay on the waitlist up to `keep` (its
+    /// `waitlist_max`, 0 without one), in draw order, and the others are `lost`.
+    pub fn close_draw(&mut self, at_ms: u64, keep: usize, retention_ms: u64) {
+        let Some(draw) = self.draw.as_mut() else { panic!("closing a draw never started") };
+        assert!(!draw.closed, "draw closed twice");
+        draw.closed = true;
+        let lost: Vec<u64> = self.queue.values().skip(keep).copied().collect();
+        for seq in lost {
+            self.dequeue(seq);
+            self.close(EntrySeq(seq), at_ms, retention_ms, WaitEntry::lose);
+        }
     }
 
     /// Waiting entries in serving order, as (number, quantity).
@@ -100,6 +184,9 @@ impl Waitlist {
         self.dequeue(seq.0);
         self.entry_mut(seq).offer(hold);
         self.offers.insert(hold.0, seq.0);
+        if let Some(draw) = self.draw.as_mut().filter(|d| !d.closed) {
+            draw.winners.push(seq);
+        }
     }
 
     /// A waiting entry lapses (its turn came with its user's limit full; its deal ended).
@@ -134,6 +221,8 @@ impl Waitlist {
         let entry = self.entry_mut(seq);
         match entry.state {
             EntryState::Waiting => self.dequeue(seq.0),
+            // Stays in `entered` (log order); the draw skips entries no longer entered.
+            EntryState::Entered => {}
             EntryState::Offered => {
                 if let Some(hold) = entry.hold {
                     self.offers.remove(&hold.0);
@@ -160,13 +249,21 @@ impl Waitlist {
         self.forget_later(seq.0, at_ms, retention_ms);
     }
 
-    /// Every waiting entry lapses (the deal ended); returns how many.
+    /// Every waiting or entered entry lapses (the deal ended); returns how many.
     pub fn lapse_all_waiting(&mut self, at_ms: u64, retention_ms: u64) -> usize {
         let waiting: Vec<u64> = self.queue.values().copied().collect();
         for seq in &waiting {
             self.lapse_waiting(EntrySeq(*seq), at_ms, retention_ms);
         }
-        waiting.len()
+        let entered: Vec<u64> = std::mem::take(&mut self.entered);
+        let mut lapsed = waiting.len();
+        for seq in entered {
+            if self.entries.get(&seq).is_some_and(|e| e.state == EntryState::Entered) {
+                self.close(EntrySeq(seq), at_ms, retention_ms, WaitEntry::lapse);
+                lapsed += 1;
+            }
+        }
+        lapsed
     }
 
     /// Drops terminal entries whose retention has passed.
@@ -177,9 +274,9 @@ impl Waitlist {
             }
             for seq in due.remove() {
                 let inactive = self.entries.get(&seq).is_some_and(|e| match e.state {
-                    EntryState::Waiting => false,
+                    EntryState::Waiting | EntryState::Entered => false,
                     EntryState::Offered => e.hold.is_none_or(|h| !self.offers.contains_key(&h.0)),
-                    EntryState::Cancelled | EntryState::Lapsed => true,
+                    EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost => true,
                 });
                 if inactive {
                     self.entries.remove(&seq);
@@ -200,23 +297,30 @@ impl Waitlist {
         self.queue.values().map(|seq| EntrySeq(*seq)).collect()
     }
 
+    /// Entries that entered the open draw, in log order (snapshots).
+    pub fn entered_order(&self) -> Vec<EntrySeq> {
+        self.entered.iter().map(|seq| EntrySeq(*seq)).collect()
+    }
+
     /// Rebuilds a waitlist from a snapshot's entries and queue order; `Err` says what does not
     /// fit together. Open offers are linked by the caller once holds are restored.
     pub fn restore(
         entries: Vec<WaitEntry>,
         queue: &[EntrySeq],
+        entered: &[EntrySeq],
+        draw: Option<DrawRecord>,
         retention_ms: u64,
     ) -> Result<Self, String> {
-        let mut list = Waitlist::default();
+        let mut list = Waitlist { draw, ..Waitlist::default() };
         for entry in entries {
             let seq = entry.seq.0;
             match (entry.state, entry.resolved_at_ms) {
-                (EntryState::Waiting, None) | (EntryState::Offered, None) => {
+                (EntryState::Waiting | EntryState::Offered | EntryState::Entered, None) => {
                     if list.active_by_user.insert(entry.user_id.clone(), seq).is_some() {
                         return Err(format!("user {} has two active entries", entry.user_id));
                     }
                 }
-                (EntryState::Cancelled | EntryState::Lapsed, Some(at_ms)) => {
+                (EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost, Some(at_ms)) => {
                     list.forget_later(seq, at_ms, retention_ms);
                 }
                 (state, at) => return Err(format!("entry {seq} is {state:?} resolved at {at:?}")),
@@ -239,6 +343,16 @@ impl Waitlist {
             != list.entries.values().filter(|e| e.state == EntryState::Waiting).count()
         {
             return Err("a waiting entry is missing from the queue".into());
+        }
+        for seq in entered {
+            if list.draw.is_some() || !list.entries.contains_key(&seq.0) {
+                return Err(format!("entry {} entered a draw that is not open", seq.0));
+            }
+            list.entered.push(seq.0);
+        }
+        let mut entered_now = list.entries.values().filter(|e| e.state == EntryState::Entered);
+        if entered_now.any(|e| !list.entered.contains(&e.seq.0)) {
+            return Err("an entered entry is missing from the draw".into());
         }
         Ok(list)
     }
@@ -268,6 +382,10 @@ impl Waitlist {
     /// The structure's own rules, for the audit: the queue holds exactly the waiting entries,
     /// each active user has one active entry, each open offer names an offered entry.
     pub fn check(&self) -> Result<(), String> {
+        let entered = self.entries.values().filter(|e| e.state == EntryState::Entered).count();
+        if entered > 0 && self.draw.is_some() {
+            return Err(format!("{entered} entries still entered after the draw"));
+        }
         let waiting = self.entries.values().filter(|e| e.state == EntryState::Waiting).count();
         if waiting != self.queue.len() || waiting != self.order_of.len() {
             return Err(format!("{waiting} waiting entries, {} queued", self.queue.len()));

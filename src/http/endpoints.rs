@@ -40,7 +40,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 27] = [
+pub static ENDPOINTS: [Endpoint; 28] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -51,6 +51,7 @@ pub static ENDPOINTS: [Endpoint; 27] = [
     endpoint!(POST "/v1/deals/{id}/reserve", CLIENT, Reserve, handlers::reserve),
     endpoint!(GET "/v1/deals/{id}/live", FEED, DealFeed, handlers::deal_live),
     endpoint!(GET "/v1/deals/{id}/availability", FEED, Availability, handlers::availability),
+    endpoint!(GET "/v1/deals/{id}/draw", FEED, Draw, handlers::get_draw),
     endpoint!(GET "/v1/streams/{stream_id}/live", FEED, StreamFeed, handlers::stream_live),
     endpoint!(GET "/live/{stream_id}", FEED, LivePage, handlers::live_page),
     endpoint!(POST "/v1/streams/{stream_id}/end", ADMIN, EndStream, handlers::end_stream),

@@ -16,6 +16,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownHold
         | ErrorCode::UnknownStream
         | ErrorCode::UnknownEntry
+        | ErrorCode::NoDraw
         | ErrorCode::UnknownRoute => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -34,6 +35,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::HoldTtlExceeded
         | ErrorCode::WaitlistFull
         | ErrorCode::EntryLapsed
+        | ErrorCode::DrawFull
+        | ErrorCode::DrawWindow
         | ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::IdempotencyCapacity

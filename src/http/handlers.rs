@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use http_body_util::Full;
 use livestock_core::command::{Command, Outcome};
+use livestock_core::draw::DrawSeed;
 use livestock_core::error::{CommandError, ErrorCode};
 use livestock_core::ids::HoldIdKey;
 use serde_json::json;
@@ -201,8 +202,18 @@ pub fn get_hold(call: &Call<'_>) -> Result<Action, ApiError> {
 
 pub fn create_deal(call: &Call<'_>) -> Result<Action, ApiError> {
     let defaults = (call.options.hold_ttl_ms_default, call.options.hold_ttl_ms_max);
-    let command = parse_body::<wire::CreateDealBody>(call.body)?.command(defaults)?;
+    let command = parse_body::<wire::CreateDealBody>(call.body)?.command(defaults, draw_seed)?;
     Ok(Action::Execute { command, scope: ADMIN_SCOPE.to_owned(), answer: Answer::CreatedDeal })
+}
+
+/// A draw's secret seed, from the operating system's random source (the leader's, in a
+/// cluster: a follower forwards the creation before any handler runs).
+fn draw_seed() -> Result<DrawSeed, ApiError> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| {
+        ApiError::new(ErrorCode::Internal, format!("no randomness for the draw's seed: {e}"))
+    })?;
+    Ok(seed)
 }
 
 pub fn pause_deal(call: &Call<'_>) -> Result<Action, ApiError> {
@@ -284,6 +295,21 @@ pub fn extend(call: &Call<'_>) -> Result<Action, ApiError> {
     let hold = wire::hold_seq(call.param, hold_key(call))?;
     let ttl_ms = parse_body::<wire::ExtendBody>(call.body)?.ttl_ms;
     Ok(on_hold(call, Command::Extend { hold, ttl_ms }))
+}
+
+/// `GET /v1/deals/{id}/draw`: the draw's commitment, and once drawn everything needed to
+/// recompute it (docs/draw.md).
+pub fn get_draw(call: &Call<'_>) -> Result<Action, ApiError> {
+    let id = wire::deal_id(call.param)?;
+    let key = hold_key(call);
+    let view = call
+        .node
+        .read(|allocator, now_ms| allocator.draw_view(id.as_str()).map(|view| (view, now_ms)));
+    let (view, now_ms) = view.ok_or_else(|| ApiError::unknown_deal(&id))?;
+    if !view.options.has_draw() {
+        return Err(ApiError::new(ErrorCode::NoDraw, format!("the deal {id:?} has no draw")));
+    }
+    Ok(Action::Reply(wire::reply(200, &wire::draw_json(&view, key, now_ms))))
 }
 
 pub fn get_entry(call: &Call<'_>) -> Result<Action, ApiError> {

@@ -199,6 +199,8 @@ mod tests {
             hold_ttl_ms_max: None,
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         };
         node.execute(&Command::CreateDeal(deal)).expect("up").result.expect("created");
     }

@@ -8,10 +8,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::alloc::DrawView;
 use crate::http::error::ApiError;
 use crate::idempotency::StoredReply;
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealView, NewDeal};
+use livestock_core::draw::{self, DrawSeed};
 use livestock_core::ids::{DealId, EntrySeq, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock_core::waitlist::EntryView;
 
@@ -73,11 +75,18 @@ pub struct CreateDealBody {
     waitlist_max: Option<u32>,
     #[serde(default)]
     offer_ttl_ms: Option<u64>,
+    #[serde(default)]
+    draw_window_ms: Option<u64>,
 }
 
 impl CreateDealBody {
     /// `defaults`: the server's (hold_ttl_ms, hold_ttl_ms_max) for a deal that names neither.
-    pub fn command(self, defaults: (u64, u64)) -> Result<Command, ApiError> {
+    /// `seed` chooses a draw's secret seed (called only for a deal with `draw_window_ms`).
+    pub fn command(
+        self,
+        defaults: (u64, u64),
+        seed: impl FnOnce() -> Result<DrawSeed, ApiError>,
+    ) -> Result<Command, ApiError> {
         let (ttl_default, ttl_max_default) = defaults;
         let hold_ttl_ms_max = self.hold_ttl_ms_max.or(Some(ttl_max_default));
         let ttl_cap = hold_ttl_ms_max.unwrap_or(ttl_max_default);
@@ -99,6 +108,8 @@ impl CreateDealBody {
             hold_ttl_ms_max,
             waitlist_max: self.waitlist_max,
             offer_ttl_ms: self.offer_ttl_ms,
+            draw_window_ms: self.draw_window_ms,
+            draw_seed: self.draw_window_ms.map(|_| seed()).transpose()?,
         }))
     }
 }
@@ -218,6 +229,9 @@ pub fn entry_seq(raw: &str, key: HoldIdKey) -> Result<EntrySeq, ApiError> {
 pub struct DealJson<'a> {
     available: u64,
     created_at: String,
+    /// SHA-256 of the draw's secret seed, hex (null without a draw).
+    draw_commitment: Option<String>,
+    draw_window_ms: Option<u64>,
     ends_at: Option<String>,
     held: u64,
     hold_ttl_ms: u64,
@@ -241,6 +255,8 @@ pub fn deal_json(view: &DealView) -> DealJson<'_> {
     DealJson {
         available: c.available(),
         created_at: timestamp(spec.created_at_ms),
+        draw_commitment: view.options.draw_seed.map(|seed| draw::hex(&draw::commitment(&seed))),
+        draw_window_ms: view.options.draw_window_ms,
         ends_at: spec.ends_at_ms.map(timestamp),
         held: c.held(),
         hold_ttl_ms: spec.hold_ttl_ms,
@@ -323,6 +339,55 @@ pub fn entry_json(view: &EntryView, key: HoldIdKey) -> EntryJson<'_> {
         state: entry.state.as_str(),
         user_id: entry.user_id.as_str(),
     }
+}
+
+/// A deal's draw on the wire: the commitment always; the seed, the entries in log order, the
+/// draw order and the winners once drawn, so that anyone can recompute it (docs/draw.md).
+pub fn draw_json(view: &DrawView, key: HoldIdKey, now_ms: u64) -> serde_json::Value {
+    let options = &view.options;
+    let (Some(seed), Some(window_ms), Some(opens_ms)) =
+        (options.draw_seed, options.draw_window_ms, view.spec.starts_at_ms)
+    else {
+        panic!("draw_json of a deal without a draw");
+    };
+    let closes_ms = opens_ms.saturating_add(window_ms);
+    let state = match &view.record {
+        Some(record) if record.closed => "drawn",
+        Some(_) => "drawing",
+        None if now_ms < opens_ms => "scheduled",
+        None if now_ms < closes_ms => "open",
+        None => "closed",
+    };
+    let mut answer = json!({
+        "deal_id": view.spec.id.as_str(),
+        "algorithm": draw::DRAW_ALGORITHM,
+        "commitment": draw::hex(&draw::commitment(&seed)),
+        "window_opens_at": timestamp(opens_ms),
+        "window_closes_at": timestamp(closes_ms),
+        "state": state,
+        "entries": view.record.as_ref().map_or(view.entered, |r| r.entrants.len()),
+        "seed": null,
+        "drawn_at": null,
+        "units": null,
+        "entrants": null,
+        "order": null,
+        "winners": null,
+    });
+    if let Some(record) = view.record.as_ref().filter(|r| r.closed) {
+        let id = |seq: EntrySeq| seq.to_id(key);
+        answer["seed"] = json!(draw::hex(&seed));
+        answer["drawn_at"] = json!(timestamp(record.at_ms));
+        answer["units"] = json!(record.units);
+        answer["entrants"] = record
+            .entrants
+            .iter()
+            .map(|(seq, user, qty)| json!({ "entry_id": id(*seq), "user_id": user.as_str(), "qty": qty }))
+            .collect();
+        answer["order"] =
+            record.order.iter().map(|i| json!(id(record.entrants[*i as usize].0))).collect();
+        answer["winners"] = record.winners.iter().map(|seq| json!(id(*seq))).collect();
+    }
+    answer
 }
 
 pub fn reply<T: Serialize + ?Sized>(status: u16, body: &T) -> StoredReply {

@@ -60,6 +60,8 @@ pub enum Op {
     Availability,
     /// The live page of a stream (the page alone; its feed counts as `StreamFeed`).
     LivePage,
+    /// A deal's draw read.
+    Draw,
     /// A waitlist entry read.
     GetEntry,
     /// A waitlist entry cancelled.
@@ -69,7 +71,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 27] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -93,6 +95,7 @@ impl Op {
         Op::StreamFeed,
         Op::Availability,
         Op::LivePage,
+        Op::Draw,
         Op::GetEntry,
         Op::CancelEntry,
         Op::Unrouted,
@@ -140,6 +143,7 @@ impl Op {
             Op::StreamFeed => "stream_feed",
             Op::Availability => "availability",
             Op::LivePage => "live_page",
+            Op::Draw => "get_draw",
             Op::GetEntry => "get_entry",
             Op::CancelEntry => "cancel_entry",
             Op::Unrouted => "unrouted",

@@ -877,6 +877,8 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                 hold_ttl_ms_max: *hold_ttl_ms_max,
                 waitlist_max: None,
                 offer_ttl_ms: None,
+                draw_window_ms: None,
+                draw_seed: None,
             };
             let expected = model.create(
                 DEAL_IDS[*deal],

@@ -174,9 +174,8 @@ impl Req {
         let bad = |e: ApiError| e.reply();
         let hold = |seq: &HoldSeq| wire::hold_seq(&seq.to_id(KEY), KEY).map_err(bad);
         let parsed = match self {
-            Req::CreateDeal { .. } => {
-                wire::parse_body::<wire::CreateDealBody>(body).and_then(|b| b.command(defaults()))
-            }
+            Req::CreateDeal { .. } => wire::parse_body::<wire::CreateDealBody>(body)
+                .and_then(|b| b.command(defaults(), || Ok([7; 32]))),
             Req::Reserve { deal, .. } => wire::deal_id(deal).and_then(|id| {
                 wire::parse_body::<wire::ReserveBody>(body).and_then(|b| b.command(id))
             }),

@@ -24,6 +24,11 @@ pub struct NewDeal {
     pub waitlist_max: Option<u32>,
     /// TTL of a hold offered to a waiting entry (default: `hold_ttl_ms`).
     pub offer_ttl_ms: Option<u64>,
+    /// Reserves from `starts_at` for this long enter a draw (`draw.rs`).
+    pub draw_window_ms: Option<u64>,
+    /// The draw's secret seed, chosen by the shell (the core reads no randomness); required
+    /// with `draw_window_ms`.
+    pub draw_seed: Option<crate::draw::DrawSeed>,
 }
 
 impl NewDeal {
@@ -41,6 +46,8 @@ impl NewDeal {
             hold_ttl_ms_max: Some(spec.hold_ttl_ms_max),
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         }
     }
 }
@@ -305,6 +312,8 @@ mod tests {
             hold_ttl_ms_max: Some(60_000),
             waitlist_max: None,
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         }
     }
 

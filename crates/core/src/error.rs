@@ -51,12 +51,18 @@ pub enum ErrorCode {
     UnknownEntry,
     /// A cancel of a waitlist entry that already lapsed (its offer expired or was released).
     EntryLapsed,
+    /// A deal's draw has `DRAW_ENTRANTS_MAX` entries.
+    DrawFull,
+    /// A cart names a deal whose draw is not done yet (its window is open or just closed).
+    DrawWindow,
+    /// `GET /v1/deals/{id}/draw` of a deal without a draw.
+    NoDraw,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -89,6 +95,9 @@ impl ErrorCode {
         ErrorCode::WaitlistFull,
         ErrorCode::UnknownEntry,
         ErrorCode::EntryLapsed,
+        ErrorCode::DrawFull,
+        ErrorCode::DrawWindow,
+        ErrorCode::NoDraw,
         ErrorCode::Internal,
     ];
 
@@ -126,6 +135,9 @@ impl ErrorCode {
             ErrorCode::WaitlistFull => "waitlist_full",
             ErrorCode::UnknownEntry => "unknown_entry",
             ErrorCode::EntryLapsed => "entry_lapsed",
+            ErrorCode::DrawFull => "draw_full",
+            ErrorCode::DrawWindow => "draw_window",
+            ErrorCode::NoDraw => "no_draw",
             ErrorCode::Internal => "internal",
         }
     }
@@ -190,6 +202,12 @@ pub enum ReserveError {
     PerUserLimit { deal_id: DealId, limit: u32, taken: u32 },
     #[error("the waitlist of deal {deal_id:?} is full ({max} entries waiting)")]
     WaitlistFull { deal_id: DealId, max: u32 },
+    #[error("the draw of deal {deal_id:?} is full ({max} entries)")]
+    DrawFull { deal_id: DealId, max: u32 },
+    /// The deal's draw is not done: a single reserve enters it (the allocator routes it
+    /// there); a cart cannot.
+    #[error("the deal {0:?} is in its draw window: reserve it alone to enter the draw")]
+    DrawPending(DealId),
     #[error(transparent)]
     Invalid(#[from] Invalid),
 }
@@ -261,6 +279,8 @@ impl CommandError {
                 ReserveError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
                 ReserveError::PerUserLimit { .. } => ErrorCode::PerUserLimit,
                 ReserveError::WaitlistFull { .. } => ErrorCode::WaitlistFull,
+                ReserveError::DrawFull { .. } => ErrorCode::DrawFull,
+                ReserveError::DrawPending(_) => ErrorCode::DrawWindow,
                 ReserveError::Invalid(_) => ErrorCode::InvalidRequest,
             },
             CommandError::Waitlist(e) => match e {

@@ -93,6 +93,21 @@ pub enum Event {
         entry: EntrySeq,
         at_ms: u64,
     },
+    /// A deal's draw window closed and it was drawn: its entries (state `entered`, in log
+    /// order) join its queue in the order `seed` gives them (`draw.rs`); the `Offered` events
+    /// that follow, up to `DrawClosed`, are its winners. `seed` is the deal's own (revealed
+    /// here; replay checks it).
+    Drawn {
+        deal_id: DealId,
+        seed: crate::draw::DrawSeed,
+        at_ms: u64,
+    },
+    /// The draw's winners are fixed: entries still waiting past the deal's `waitlist_max` (all
+    /// of them without a waitlist) are `lost`.
+    DrawClosed {
+        deal_id: DealId,
+        at_ms: u64,
+    },
 }
 
 /// Where the allocator puts the events it decides. The allocator calls `append` at the moment

@@ -16,6 +16,7 @@
 //! | `command.rs` | what a client asks for, and the outcomes |
 //! | `event.rs` | decided changes: what the log records and replay applies |
 //! | `error.rs` | every refusal as an enum with a stable machine code |
+//! | `draw.rs` | the draw: its commitment, its seeded order, verifiable by anyone |
 //! | `waitlist.rs` | waitlist options, an entry's life, who is served first |
 //! | `time.rs` | instants in messages, as RFC 3339 UTC |
 
@@ -24,6 +25,7 @@
 pub mod command;
 pub mod counters;
 pub mod deal;
+pub mod draw;
 pub mod error;
 pub mod event;
 pub mod hold;

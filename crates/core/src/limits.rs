@@ -25,6 +25,12 @@ pub const CART_LINES_MAX: usize = 32;
 /// Entries one deal's waitlist may hold waiting at once (`waitlist_max` is at most this): a
 /// drop's turned-away viewers, with room to spare.
 pub const WAITLIST_MAX: u32 = 1_000_000;
+/// A draw window's bounds: long enough for a crowd's taps to arrive, short enough that a drop
+/// is still live when it closes. It must close before the deal's `ends_at`.
+pub const DRAW_WINDOW_MS_MIN: u64 = 1_000;
+pub const DRAW_WINDOW_MS_MAX: u64 = 60 * 60 * 1_000;
+/// Entries one draw may take (its reveal lists them all).
+pub const DRAW_ENTRANTS_MAX: u32 = 1_000_000;
 /// Deals alive in memory at once (ended deals count until removed).
 pub const DEALS_MAX: usize = 100_000;
 

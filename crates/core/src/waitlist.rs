@@ -20,9 +20,10 @@
 //! waitlist lock.
 
 use crate::deal::{DealSpec, NewDeal};
+use crate::draw::DrawSeed;
 use crate::error::Invalid;
 use crate::ids::{DealId, EntrySeq, HoldSeq, UserId};
-use crate::limits::{HOLD_TTL_MS_MIN, WAITLIST_MAX};
+use crate::limits::{DRAW_WINDOW_MS_MAX, DRAW_WINDOW_MS_MIN, HOLD_TTL_MS_MIN, WAITLIST_MAX};
 
 /// A deal's waitlist settings (kept beside its [`DealSpec`], logged with it at creation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,12 +32,21 @@ pub struct DealOptions {
     pub waitlist_max: u32,
     /// The TTL of a hold offered to a waiting entry.
     pub offer_ttl_ms: u64,
+    /// Reserves from `starts_at` for this long enter the draw (`draw.rs`).
+    pub draw_window_ms: Option<u64>,
+    /// The draw's secret seed (with `draw_window_ms`), revealed once the draw is done.
+    pub draw_seed: Option<DrawSeed>,
 }
 
 impl DealOptions {
     /// A deal without a waitlist (every deal created before waitlists existed).
     pub fn none(spec: &DealSpec) -> Self {
-        DealOptions { waitlist_max: 0, offer_ttl_ms: spec.hold_ttl_ms }
+        DealOptions {
+            waitlist_max: 0,
+            offer_ttl_ms: spec.hold_ttl_ms,
+            draw_window_ms: None,
+            draw_seed: None,
+        }
     }
 
     /// Validates the options of a deal being created and fills the defaults.
@@ -55,7 +65,41 @@ impl DealOptions {
                 spec.hold_ttl_ms_max
             )));
         }
-        Ok(DealOptions { waitlist_max, offer_ttl_ms })
+        let draw_window_ms = new.draw_window_ms;
+        if let Some(window) = draw_window_ms {
+            if !(DRAW_WINDOW_MS_MIN..=DRAW_WINDOW_MS_MAX).contains(&window) {
+                return Err(Invalid(format!(
+                    "draw_window_ms: must be between {DRAW_WINDOW_MS_MIN} and {DRAW_WINDOW_MS_MAX}"
+                )));
+            }
+            let Some(starts_at_ms) = spec.starts_at_ms else {
+                return Err(Invalid("draw_window_ms: the deal needs a starts_at".into()));
+            };
+            if spec.ends_at_ms.is_some_and(|end| end <= starts_at_ms.saturating_add(window)) {
+                return Err(Invalid("draw_window_ms: the window must close before ends_at".into()));
+            }
+            if new.draw_seed.is_none() {
+                return Err(Invalid("draw_window_ms: no draw seed was chosen".into()));
+            }
+        } else if new.draw_seed.is_some() {
+            return Err(Invalid("draw seed without draw_window_ms".into()));
+        }
+        Ok(DealOptions { waitlist_max, offer_ttl_ms, draw_window_ms, draw_seed: new.draw_seed })
+    }
+
+    /// When the draw window closes, for a deal with a draw.
+    pub fn draw_closes_at_ms(&self, spec: &DealSpec) -> Option<u64> {
+        let window = self.draw_window_ms?;
+        Some(spec.starts_at_ms?.saturating_add(window))
+    }
+
+    pub fn has_draw(&self) -> bool {
+        self.draw_window_ms.is_some()
+    }
+
+    /// Whether the deal keeps entries at all (a waitlist or a draw).
+    pub fn keeps_entries(&self) -> bool {
+        self.has_waitlist() || self.has_draw()
     }
 
     /// Whether options read from outside (log, checkpoint) are ones `new` could have made.
@@ -63,6 +107,8 @@ impl DealOptions {
         let new = NewDeal {
             waitlist_max: Some(self.waitlist_max),
             offer_ttl_ms: (self.waitlist_max > 0).then_some(self.offer_ttl_ms),
+            draw_window_ms: self.draw_window_ms,
+            draw_seed: self.draw_seed,
             ..NewDeal::of_spec(spec, 0)
         };
         DealOptions::new(&new, spec).as_ref() == Ok(self)
@@ -80,11 +126,21 @@ pub enum EntryState {
     Offered,
     Cancelled,
     Lapsed,
+    /// In a deal's draw, during its window (not yet in any order).
+    Entered,
+    /// Not drawn, on a deal without a waitlist (or past `waitlist_max` of it).
+    Lost,
 }
 
 impl EntryState {
-    pub const ALL: [EntryState; 4] =
-        [EntryState::Waiting, EntryState::Offered, EntryState::Cancelled, EntryState::Lapsed];
+    pub const ALL: [EntryState; 6] = [
+        EntryState::Waiting,
+        EntryState::Offered,
+        EntryState::Cancelled,
+        EntryState::Lapsed,
+        EntryState::Entered,
+        EntryState::Lost,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -92,6 +148,8 @@ impl EntryState {
             EntryState::Offered => "offered",
             EntryState::Cancelled => "cancelled",
             EntryState::Lapsed => "lapsed",
+            EntryState::Entered => "entered",
+            EntryState::Lost => "lost",
         }
     }
 
@@ -128,12 +186,25 @@ impl WaitEntry {
     /// was full when its turn came.
     pub fn lapse(&mut self, at_ms: u64) {
         assert!(
-            matches!(self.state, EntryState::Waiting | EntryState::Offered),
+            matches!(self.state, EntryState::Waiting | EntryState::Offered | EntryState::Entered),
             "entry {:?} lapses from {:?}",
             self.seq,
             self.state
         );
         self.state = EntryState::Lapsed;
+        self.resolved_at_ms = Some(at_ms);
+    }
+
+    /// The draw did not serve it and there is no place on a waitlist for it.
+    pub fn lose(&mut self, at_ms: u64) {
+        assert_eq!(
+            self.state,
+            EntryState::Waiting,
+            "entry {:?} lost from {:?}",
+            self.seq,
+            self.state
+        );
+        self.state = EntryState::Lost;
         self.resolved_at_ms = Some(at_ms);
     }
 
@@ -143,9 +214,10 @@ impl WaitEntry {
         self.resolved_at_ms = Some(at_ms);
     }
 
-    /// Waiting or offered: the user's one entry on this deal (a second join answers it).
+    /// Entered, waiting or offered: the user's one entry on this deal (a second join answers
+    /// it).
     pub fn is_active(&self) -> bool {
-        matches!(self.state, EntryState::Waiting | EntryState::Offered)
+        matches!(self.state, EntryState::Waiting | EntryState::Offered | EntryState::Entered)
     }
 }
 
@@ -162,10 +234,10 @@ pub enum CancelDecision {
 
 pub fn decide_cancel(state: EntryState) -> Result<CancelDecision, crate::error::WaitlistError> {
     match state {
-        EntryState::Waiting => Ok(CancelDecision::Leave),
+        EntryState::Waiting | EntryState::Entered => Ok(CancelDecision::Leave),
         EntryState::Offered => Ok(CancelDecision::GiveUpOffer),
         EntryState::Cancelled => Ok(CancelDecision::AlreadyDone),
-        EntryState::Lapsed => Err(crate::error::WaitlistError::Lapsed),
+        EntryState::Lapsed | EntryState::Lost => Err(crate::error::WaitlistError::Lapsed),
     }
 }
 
@@ -207,6 +279,8 @@ mod tests {
             hold_ttl_ms_max: Some(120_000),
             waitlist_max: Some(100),
             offer_ttl_ms: None,
+            draw_window_ms: None,
+            draw_seed: None,
         }
     }
 
@@ -215,7 +289,15 @@ mod tests {
         let new = new_deal();
         let spec = DealSpec::new(&new, T0).unwrap();
         let options = DealOptions::new(&new, &spec).unwrap();
-        assert_eq!(options, DealOptions { waitlist_max: 100, offer_ttl_ms: 60_000 });
+        assert_eq!(
+            options,
+            DealOptions {
+                waitlist_max: 100,
+                offer_ttl_ms: 60_000,
+                draw_window_ms: None,
+                draw_seed: None
+            }
+        );
         assert!(options.is_valid(&spec));
         assert!(DealOptions::none(&spec).is_valid(&spec));
         let too_long = NewDeal { offer_ttl_ms: Some(HOLD_TTL_MS_MAX), ..new_deal() };
@@ -224,7 +306,20 @@ mod tests {
         assert!(DealOptions::new(&no_list, &spec).is_err());
         let huge = NewDeal { waitlist_max: Some(WAITLIST_MAX + 1), ..new_deal() };
         assert!(DealOptions::new(&huge, &spec).is_err());
-        assert!(!DealOptions { waitlist_max: 0, offer_ttl_ms: 5_000 }.is_valid(&spec));
+        assert!(!DealOptions { offer_ttl_ms: 5_000, ..DealOptions::none(&spec) }.is_valid(&spec));
+        // A draw needs a start, a window that closes before the end, and a seed.
+        let draw = NewDeal { draw_window_ms: Some(10_000), draw_seed: Some([1; 32]), ..new_deal() };
+        assert!(DealOptions::new(&draw, &spec).is_err(), "no starts_at");
+        let starting = NewDeal { starts_at_ms: Some(T0 + 1_000), ..draw.clone() };
+        let spec = DealSpec::new(&starting, T0).unwrap();
+        let options = DealOptions::new(&starting, &spec).unwrap();
+        assert!(options.is_valid(&spec));
+        assert_eq!(options.draw_closes_at_ms(&spec), Some(T0 + 11_000));
+        let no_seed = NewDeal { draw_seed: None, ..starting.clone() };
+        assert!(DealOptions::new(&no_seed, &spec).is_err());
+        let ending = NewDeal { ends_at_ms: Some(T0 + 11_000), ..starting.clone() };
+        let spec_ending = DealSpec::new(&ending, T0).unwrap();
+        assert!(DealOptions::new(&ending, &spec_ending).is_err(), "the window outlives the deal");
     }
 
     #[test]
