@@ -698,3 +698,88 @@ fn a_restarted_leader_does_not_lead_its_old_term() {
     assert!(cluster.write_until_ok(next, &reserve("d1", "u1", "k1"), ELECTION).is_success());
     cluster.converged(ELECTION);
 }
+
+/// A waitlist and a draw through a cluster: joins forwarded by a follower, offers decided by
+/// the leader and replicated, a draw done by the leader, and after the leader's death the new
+/// one has every entry, offer and the draw's reveal, identical on every node.
+#[test]
+fn waitlists_and_draws_are_replicated_and_survive_the_leader() {
+    let mut cluster = Cluster::start("cluster-waitlist", &[]);
+    let leader = cluster.leader(ELECTION);
+    let follower = cluster.follower(leader);
+    let body = json!({ "id": "w", "stock": 1, "waitlist_max": 10, "hold_ttl_ms": 60_000 });
+    assert!(cluster
+        .write_until_ok(leader, &Request::post("/v1/deals", "cw", &body), ELECTION)
+        .is_success());
+    let first = cluster.write_until_ok(follower, &reserve("w", "a", "ra"), ELECTION);
+    let first_hold = first.json()["hold_id"].as_str().expect("a hold").to_owned();
+    let join = |user: &str| {
+        let body = json!({ "user_id": user, "qty": 1, "waitlist": true });
+        Request::post("/v1/deals/w/reserve", format!("j{user}"), &body)
+    };
+    // A follower does not answer sold_out itself to a request that would join: it forwards.
+    let b = cluster.write_until_ok(follower, &join("b"), ELECTION);
+    assert_eq!(b.json()["state"], "waiting", "{b:?}");
+    let entry_b = b.json()["entry_id"].as_str().expect("entry").to_owned();
+    let c = cluster.write_until_ok(follower, &join("c"), ELECTION);
+    let entry_c = c.json()["entry_id"].as_str().expect("entry").to_owned();
+    let release = Request::post(format!("/v1/holds/{first_hold}/release"), "rel", &json!({}));
+    assert!(cluster.write_until_ok(follower, &release, ELECTION).is_success());
+
+    // A draw too: it opens now and closes in 2 s; the leader draws.
+    let starts = now_plus_ms(200);
+    let body = json!({ "id": "lucky", "stock": 2, "starts_at": starts, "draw_window_ms": 2_000 });
+    assert!(cluster
+        .write_until_ok(leader, &Request::post("/v1/deals", "cl", &body), ELECTION)
+        .is_success());
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..6 {
+        let entered = cluster.write_until_ok(
+            follower,
+            &reserve("lucky", &format!("v{n}"), &format!("l{n}")),
+            ELECTION,
+        );
+        assert_eq!(entered.json()["state"], "entered", "{entered:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let drawn = loop {
+        let draw = cluster.client(leader).get_json("/v1/deals/lucky/draw").expect("the draw");
+        if draw["state"] == "drawn" {
+            break draw;
+        }
+        assert!(Instant::now() < deadline, "never drawn: {draw}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(drawn["winners"].as_array().map(Vec::len), Some(2));
+    cluster.converged(ELECTION);
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader(ELECTION);
+    let b_now = cluster.client(new_leader).get_json(&format!("/v1/waitlist/{entry_b}")).expect("b");
+    assert_eq!(b_now["state"], "offered", "{b_now}");
+    let offer = b_now["hold_id"].as_str().expect("its offer").to_owned();
+    let hold = cluster.client(new_leader).get_json(&format!("/v1/holds/{offer}")).expect("offer");
+    assert_eq!((hold["origin"].clone(), hold["user_id"].clone()), (json!("waitlist"), json!("b")));
+    let c_now = cluster.client(new_leader).get_json(&format!("/v1/waitlist/{entry_c}")).expect("c");
+    assert_eq!(c_now["position"], 1);
+    let again = cluster.client(new_leader).get_json("/v1/deals/lucky/draw").expect("the draw");
+    assert_eq!(again, drawn, "the reveal is the same after the failover");
+    // b gives the offer up on the new leader: c is offered the unit.
+    let cancel = Request::post(format!("/v1/waitlist/{entry_b}/cancel"), "cb", &json!({}));
+    assert!(cluster.write_until_ok(new_leader, &cancel, ELECTION).is_success());
+    let c_now = cluster.client(new_leader).get_json(&format!("/v1/waitlist/{entry_c}")).expect("c");
+    assert_eq!(c_now["state"], "offered", "{c_now}");
+    cluster.start_node(leader);
+    cluster.converged(ELECTION);
+}
+
+/// Now plus `ms`, as RFC 3339 UTC (the processes' clocks are this machine's).
+fn now_plus_ms(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    let at = i64::try_from(now).expect("ms fit") + i64::try_from(ms).expect("ms fit");
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at).expect("in range");
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
