@@ -1051,3 +1051,35 @@ fn human_logs_off_a_terminal_carry_no_colour_codes() {
     assert!(stderr.contains("final checkpoint written; bye"), "the last line is kept:\n{stderr}");
     assert!(!stderr.contains('\u{1b}'), "escape codes in a log file:\n{stderr:?}");
 }
+
+#[test]
+fn metrics_count_waitlist_offers_lapses_draws_and_waiting_entries() {
+    let dir = TempDir::new("metrics-waitlist");
+    let clock = clock();
+    let storage = Arc::new(DirStorage::open(dir.path()).expect("open the data dir"));
+    let (node, _) = Node::open(node_config(), clock.clone(), storage, wal_config(20), HOLD_ID_KEY)
+        .expect("open");
+    let served = Served::over(node, &Config::default());
+    let http = &served.client;
+    let body = json!({ "id": "w", "stock": 1, "waitlist_max": 10, "per_user_limit": 1 });
+    assert_eq!(http.post("/v1/deals", &body).status, 201);
+    let reserve = |user: &str| {
+        http.post("/v1/deals/w/reserve", &json!({ "user_id": user, "qty": 1, "waitlist": true }))
+    };
+    let first = reserve("a");
+    assert_eq!(first.status, 201, "{first:?}");
+    for user in ["b", "c"] {
+        assert_eq!(reserve(user).status, 202);
+    }
+    let m = http.metrics(None);
+    assert_eq!(m.value("livestock_deal_waiting_entries", &[("deal", "w")]), 2.0);
+    assert_eq!(m.value("livestock_waitlist_offers_total", &[]), 0.0);
+    let released = http.post(&format!("/v1/holds/{}/release", hold_id(&first.json())), &json!({}));
+    assert_eq!(released.status, 200, "{released:?}");
+    let m = http.metrics(None);
+    assert_eq!(m.value("livestock_waitlist_offers_total", &[]), 1.0);
+    assert_eq!(m.value("livestock_deal_waiting_entries", &[("deal", "w")]), 1.0);
+    assert_eq!(m.value("livestock_draws_total", &[]), 0.0);
+    assert_eq!(m.value("livestock_waitlist_lapses_total", &[]), 0.0);
+    assert_eq!(m.get("livestock_deal_waiting_entries", &[("deal", "plain")]), None);
+}

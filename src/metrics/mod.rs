@@ -314,6 +314,12 @@ pub struct Metrics {
     /// Seconds from a hold's `expires_at` to the reaper recording its expiry.
     expiry_lag: std::sync::Arc<AtomicHistogram>,
     recovery_ms: std::sync::Arc<AtomicGauge>,
+    /// Holds offered to waitlist entries (units that came back, draw winners).
+    offers: std::sync::Arc<AtomicCounter>,
+    /// Waitlist entries lapsed at their turn (a per-user limit full) or by a deal's window end.
+    lapses: std::sync::Arc<AtomicCounter>,
+    /// Draws done.
+    draws: std::sync::Arc<AtomicCounter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -332,6 +338,9 @@ impl Default for Metrics {
             expiries: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
             expiry_lag: std::sync::Arc::new(AtomicHistogram::latency()),
             recovery_ms: std::sync::Arc::new(AtomicGauge(AtomicU64::new(0))),
+            offers: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
+            lapses: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
+            draws: std::sync::Arc::new(AtomicCounter(AtomicU64::new(0))),
         }
     }
 }
@@ -363,6 +372,20 @@ impl Metrics {
         self.expiries.0.fetch_add(1, Ordering::Relaxed);
         #[expect(clippy::cast_precision_loss, reason = "a lag in ms is far below 2^53")]
         self.expiry_lag.observe(lag_ms as f64 / 1_000.0);
+    }
+
+    /// A hold offered to a waitlist entry.
+    pub fn offered(&self) {
+        self.offers.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A waitlist entry lapsed by a decision of its own (`WaitlistLapsed`).
+    pub fn lapsed(&self) {
+        self.lapses.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn drawn(&self) {
+        self.draws.0.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn recovered_in(&self, elapsed: std::time::Duration) {
@@ -399,6 +422,17 @@ impl Metrics {
             "Seconds from a hold's expires_at to its units returning",
             Shared(self.expiry_lag.clone()),
         );
+        r.register(
+            "waitlist_offers",
+            "Holds offered to waitlist entries (units that came back, draw winners)",
+            Shared(self.offers.clone()),
+        );
+        r.register(
+            "waitlist_lapses",
+            "Waitlist entries lapsed at their turn (per-user limit) or at their deal's end time",
+            Shared(self.lapses.clone()),
+        );
+        r.register("draws", "Draws done", Shared(self.draws.clone()));
         r.register(
             "recovery_duration_milliseconds",
             "Duration of the recovery at start",

@@ -83,6 +83,12 @@ impl EventSink for Journal<'_> {
     }
 
     fn append_consequence(&mut self, event: Event, _outcome: &Outcome) {
+        match &event {
+            Event::Offered { .. } => self.metrics.offered(),
+            Event::WaitlistLapsed { .. } => self.metrics.lapsed(),
+            Event::Drawn { .. } => self.metrics.drawn(),
+            _ => {}
+        }
         let record = Record { at_ms: self.now_ms, event, reply: None };
         match self.sink {
             Sink::Memory => {}

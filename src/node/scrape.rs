@@ -83,6 +83,13 @@ pub fn scrape(node: &Node) -> String {
     r.register("deal_available_units", "Units available, per deal", per_deal(|c| c.available()));
     r.register("deal_held_units", "Units held, per deal", per_deal(|c| c.held()));
     r.register("deal_sold_units", "Units sold, per deal", per_deal(|c| c.sold()));
+    let waiting = deals.iter().filter(|d| d.options.keeps_entries());
+    let waiting = PerDeal(waiting.map(|d| (d.spec.id.to_string(), gauge(d.waiting))).collect());
+    r.register(
+        "deal_waiting_entries",
+        "Waitlist entries waiting, per deal with a waitlist or a draw",
+        waiting,
+    );
     let sold_out = deals.iter().filter(|d| d.counters.available() == 0).count();
     r.register("deals", "Deals in memory", Snapshot(gauge(deals.len())));
     r.register("deals_sold_out", "Deals with no unit available", Snapshot(gauge(sold_out)));
