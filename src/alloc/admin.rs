@@ -45,7 +45,14 @@ impl Allocator {
                 // Logged before the deal is visible (this runs under the registry's write lock,
                 // before the insert is published): a reserve of it is always logged after it.
                 let view = Outcome::Deal(slot.view(now_ms));
-                sink.append(Event::DealOpened { spec: spec.clone(), options, stock }, &view);
+                // A deal without options is logged as before options existed, so a log of
+                // such deals stays readable by an older build (a rollback).
+                let event = if options == DealOptions::none(&spec) {
+                    Event::DealCreated { spec: spec.clone(), stock }
+                } else {
+                    Event::DealOpened { spec: spec.clone(), options, stock }
+                };
+                sink.append(event, &view);
                 outcome = Some(view);
                 Ok(slot)
             },

@@ -13,8 +13,8 @@ use crate::waitlist::{DealOptions, WaitEntry};
 /// every log written before readable.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
-    /// A deal without options, as logged before deals had any: replays with no waitlist.
-    /// Deals are created with [`Event::DealOpened`] now.
+    /// A deal without options (no waitlist, no draw): logged as before options existed, so
+    /// an older build reads such logs. A deal with options is [`Event::DealOpened`].
     DealCreated {
         spec: DealSpec,
         stock: u64,
@@ -65,7 +65,7 @@ pub enum Event {
     Answered {
         at_ms: u64,
     },
-    /// A deal created with its options (waitlist).
+    /// A deal created with options (a waitlist, a draw).
     DealOpened {
         spec: DealSpec,
         options: DealOptions,
