@@ -37,13 +37,15 @@
 //! | `holds.rs` | the sharded hold table with its timers |
 //! | `registry.rs` | deals by id, lock-free to read |
 //! | `users.rs` | per-user counts for deals with a limit |
-//! | `waitlist.rs` | one deal's waitlist: entries, the queue, forgetting |
+//! | `waitlist.rs` | one deal's waitlist: entries, the queue, the draw's record, forgetting |
+//! | `ranks.rs` | a waiting entry's position in O(log n) (a Fenwick tree) |
 
 mod admin;
 mod audit;
 mod deal_slot;
 mod holds;
 mod offers;
+mod ranks;
 mod registry;
 mod replay;
 mod reserve;

@@ -374,8 +374,8 @@ impl Allocator {
         }
     }
 
-    /// The deal whose waitlist holds entry `seq`. Deals with a waitlist are few (a scan of
-    /// them, each under its own lock briefly), and an entry read is not on the hot path.
+    /// The deal whose waitlist holds entry `seq`: a scan of the deals with a waitlist or a
+    /// draw (few: they are drops), each under its own lock briefly.
     fn waitlist_deal_of(&self, seq: EntrySeq) -> Option<Arc<DealSlot>> {
         self.waitlist_deals()
             .into_iter()
@@ -384,7 +384,7 @@ impl Allocator {
 
     /// Deals that have a waitlist.
     pub(super) fn waitlist_deals(&self) -> Vec<Arc<DealSlot>> {
-        self.deals.all().into_iter().filter(|deal| deal.keeps_entries()).collect()
+        self.deals.keeping_entries()
     }
 
     fn unknown_entry(&self, seq: EntrySeq) -> WaitlistError {

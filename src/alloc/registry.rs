@@ -11,13 +11,20 @@ type Map = HashMap<DealId, Arc<DealSlot>>;
 
 pub struct Registry {
     map: ArcCell<Map>,
+    /// The deals that keep waitlist entries (a waitlist or a draw), sorted by id: the reaper's
+    /// steps and entry lookups scan these, not every deal.
+    keeping_entries: ArcCell<Vec<Arc<DealSlot>>>,
     /// Serializes creations: each copies the map, and two at once would lose one.
     write: Mutex<()>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { map: ArcCell::from_pointee(Map::new()), write: Mutex::new(()) }
+        Registry {
+            map: ArcCell::from_pointee(Map::new()),
+            keeping_entries: ArcCell::from_pointee(Vec::new()),
+            write: Mutex::new(()),
+        }
     }
 }
 
@@ -38,6 +45,11 @@ impl Registry {
         let mut deals: Vec<_> = map.values().cloned().collect();
         deals.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
         deals
+    }
+
+    /// The deals with a waitlist or a draw, sorted by id.
+    pub fn keeping_entries(&self) -> Vec<Arc<DealSlot>> {
+        self.keeping_entries.load().iter().cloned().collect()
     }
 
     /// Inserts a deal made by `make` unless the id is taken or the table is full; `make` runs
@@ -62,6 +74,12 @@ impl Registry {
         let mut next = Map::clone(&current);
         next.insert(id.clone(), slot.clone());
         self.map.store(std::sync::Arc::new(next));
+        if slot.keeps_entries() {
+            let mut keeping: Vec<_> = self.keeping_entries.load().iter().cloned().collect();
+            keeping.push(slot.clone());
+            keeping.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+            self.keeping_entries.store(std::sync::Arc::new(keeping));
+        }
         Ok(slot)
     }
 }

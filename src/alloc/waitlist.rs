@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::ranks::Ranks;
 use livestock_core::draw::{draw_order, DrawSeed};
 use livestock_core::ids::{EntrySeq, HoldSeq, UserId};
 use livestock_core::waitlist::{EntryState, WaitEntry};
@@ -25,6 +26,8 @@ pub struct Waitlist {
     /// offer hold -> its entry, while the hold is open.
     offers: HashMap<u64, u64>,
     next_order: u64,
+    /// Ranks of order numbers, for `position`.
+    ranks: Ranks,
     /// forget_at_ms -> entries to drop from memory then (terminal ones, kept readable as long
     /// as resolved holds are).
     forgets: BTreeMap<u64, Vec<u64>>,
@@ -134,10 +137,10 @@ impl Waitlist {
         })
     }
 
-    /// 1 for the head. O(entries ahead): read by a caller polling its entry, not on a hot path.
+    /// 1 for the head. O(log n) (`ranks.rs`): polls read it under the waitlist lock.
     pub fn position(&self, seq: EntrySeq) -> Option<u64> {
         let order = self.order_of.get(&seq.0)?;
-        Some(self.queue.range(..order).count() as u64 + 1)
+        Some(self.ranks.below(*order) + 1)
     }
 
     /// The entry an offer hold belongs to, while the hold is open.
@@ -159,6 +162,7 @@ impl Waitlist {
     fn enqueue(&mut self, seq: u64) {
         let order = self.next_order;
         self.next_order += 1;
+        self.ranks.insert(order, self.queue.keys().copied());
         self.queue.insert(order, seq);
         self.order_of.insert(seq, order);
     }
@@ -166,6 +170,7 @@ impl Waitlist {
     fn dequeue(&mut self, seq: u64) {
         let Some(order) = self.order_of.remove(&seq) else { panic!("entry {seq} not queued") };
         self.queue.remove(&order);
+        self.ranks.remove(order);
     }
 
     fn entry_mut(&mut self, seq: EntrySeq) -> &mut WaitEntry {
