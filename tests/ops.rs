@@ -49,6 +49,7 @@ fn wal_config(checkpoint_interval_ms: u64) -> WalConfig {
         checkpoint_interval_ms,
         checkpoint_log_bytes: u64::MAX,
         idempotency_window_ms: HOUR_MS,
+        retention_bytes: 0,
         manual: false,
     }
 }
