@@ -523,7 +523,8 @@ fn needs(method: &str, pattern: &str) -> Needs {
         | ("GET", "/v1/cluster")
         | ("POST", "/v1/cluster/members")
         | ("POST", "/v1/cluster/members/{id}/remove")
-        | ("GET", "/v1/cluster/backup") => Needs::Admin,
+        | ("GET", "/v1/cluster/backup")
+        | ("GET", "/v1/events") => Needs::Admin,
         _ => Needs::Client,
     }
 }
@@ -637,7 +638,7 @@ fn every_route_needs_its_role() {
     }
     assert_eq!(
         counted,
-        [6, 8, 11],
+        [6, 8, 12],
         "public, client and admin routes: a new route needs a row here"
     );
 }

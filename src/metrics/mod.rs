@@ -60,12 +60,14 @@ pub enum Op {
     Availability,
     /// The live page of a stream (the page alone; its feed counts as `StreamFeed`).
     LivePage,
+    /// The event stream of decided changes (timed to the start of its stream).
+    Events,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 25] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -89,13 +91,15 @@ impl Op {
         Op::StreamFeed,
         Op::Availability,
         Op::LivePage,
+        Op::Events,
         Op::Unrouted,
     ];
 
     /// Answered by whichever node gets the request, from its own state (health, metrics,
     /// cluster status, the live feed: a stream of events cannot be forwarded, and a viewer's
     /// feed may trail the leader by a follower's replication lag; the live page, whose feed is
-    /// this node's); every other operation goes to the leader in cluster mode.
+    /// this node's; the event stream, which refuses cluster mode on every node); every other
+    /// operation goes to the leader in cluster mode.
     pub const fn is_local(self) -> bool {
         matches!(
             self,
@@ -105,6 +109,7 @@ impl Op {
                 | Op::DealFeed
                 | Op::StreamFeed
                 | Op::LivePage
+                | Op::Events
                 | Op::Unrouted
         )
     }
@@ -134,6 +139,7 @@ impl Op {
             Op::StreamFeed => "stream_feed",
             Op::Availability => "availability",
             Op::LivePage => "live_page",
+            Op::Events => "events",
             Op::Unrouted => "unrouted",
         }
     }
@@ -166,10 +172,17 @@ pub enum Limit {
     UserRate,
     IdempotencyKeys,
     FeedSubscribers,
+    EventsSubscribers,
 }
 
-const LIMITS: [&str; 5] =
-    ["body_bytes", "connections", "user_rate", "idempotency_keys", "feed_subscribers"];
+const LIMITS: [&str; 6] = [
+    "body_bytes",
+    "connections",
+    "user_rate",
+    "idempotency_keys",
+    "feed_subscribers",
+    "events_subscribers",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

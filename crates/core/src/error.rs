@@ -46,12 +46,21 @@ pub enum ErrorCode {
     RateLimited,
     /// The live feed has as many subscribers as it is configured to keep (`feed_subscribers_max`).
     FeedFull,
+    /// The event stream has as many subscribers as it is configured to keep
+    /// (`events_subscribers_max`).
+    EventsFull,
+    /// An event-stream position the log no longer holds (or never held): the consumer must
+    /// resynchronize from the current state.
+    CursorExpired,
+    /// This node cannot serve the endpoint in the mode it runs in (the event stream in
+    /// cluster mode, or without a log).
+    NotImplemented,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -81,6 +90,9 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::FeedFull,
+        ErrorCode::EventsFull,
+        ErrorCode::CursorExpired,
+        ErrorCode::NotImplemented,
         ErrorCode::Internal,
     ];
 
@@ -115,6 +127,9 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::FeedFull => "feed_full",
+            ErrorCode::EventsFull => "events_full",
+            ErrorCode::CursorExpired => "cursor_expired",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Internal => "internal",
         }
     }
