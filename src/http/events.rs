@@ -407,4 +407,109 @@ mod tests {
         assert_eq!(resolve(Start::Oldest, 0, Some(1)), Ok(0));
         assert_eq!(resolve(Start::After(0), 0, Some(1)), Ok(0));
     }
+
+    /// A data directory with records 1..=3 in one segment and 4..=6 in the next.
+    fn two_segments(tag: &str) -> (std::path::PathBuf, Arc<dyn crate::wal::Storage>) {
+        use crate::wal::record::{encode_frame, encode_payload};
+        use crate::wal::segment::{segment_header, segment_name};
+        use livestock_core::event::Event;
+        use livestock_core::ids::HoldSeq;
+        let path =
+            std::env::temp_dir().join(format!("livestock-events-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let storage = Arc::new(crate::wal::DirStorage::open(&path).unwrap());
+        for first in [1, 4] {
+            let mut bytes = segment_header(first).to_vec();
+            for lsn in first..first + 3 {
+                let event = Event::Released { seq: HoldSeq(lsn), at_ms: 1_800_000_000_000 };
+                let record = Record { at_ms: 1_800_000_000_000, event, reply: None };
+                encode_frame(lsn, &encode_payload(&record), &mut bytes);
+            }
+            std::fs::write(path.join(segment_name(first)), bytes).unwrap();
+        }
+        (path, storage)
+    }
+
+    fn subscriber(
+        storage: Arc<dyn crate::wal::Storage>,
+        durable: u64,
+        seats: &Arc<AtomicUsize>,
+    ) -> (Subscriber, watch::Sender<LogState>, watch::Sender<bool>) {
+        let (log_tx, log) = watch::channel(LogState::DurableUpTo(durable));
+        let (serving_tx, serving) = watch::channel(true);
+        seats.fetch_add(1, Relaxed);
+        let subscriber = Subscriber {
+            reader: Some(LogReader::new(storage, 0)),
+            log,
+            serving,
+            end_at: None,
+            key: HoldIdKey(1),
+            heartbeat: None,
+            over: false,
+            _seat: Seat::new(seats.clone()),
+        };
+        (subscriber, log_tx, serving_tx)
+    }
+
+    fn ids(chunk: &[u8]) -> Vec<u64> {
+        std::str::from_utf8(chunk)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.strip_prefix("id: "))
+            .map(|id| id.parse().unwrap())
+            .collect()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    /// Only durable records go out; the stream waits for more, keeps the connection alive
+    /// meanwhile, and ends when the server stops, giving its seat back.
+    #[test]
+    fn a_subscriber_sends_what_is_durable_waits_for_more_and_ends_on_stop() {
+        let (path, storage) = two_segments("live");
+        let seats = Arc::new(AtomicUsize::new(0));
+        let (mut subscriber, log, serving) = subscriber(storage, 2, &seats);
+        runtime().block_on(async {
+            assert_eq!(ids(&subscriber.next().await.unwrap()), [1, 2]);
+            // Caught up: a heartbeat (the paused clock runs to it), not record 3.
+            assert_eq!(&subscriber.next().await.unwrap()[..], HEARTBEAT);
+            log.send_replace(LogState::DurableUpTo(5));
+            assert_eq!(ids(&subscriber.next().await.unwrap()), [3, 4, 5]);
+            serving.send_replace(false);
+            assert_eq!(subscriber.next().await, None);
+        });
+        drop(subscriber);
+        assert_eq!(seats.load(Relaxed), 0, "the seat is given back");
+        std::fs::remove_dir_all(path).unwrap();
+    }
+
+    /// A subscriber whose next record a checkpoint deleted gets the notice, then the end.
+    #[test]
+    fn a_subscriber_that_falls_behind_the_log_is_told_and_ended() {
+        let (path, storage) = two_segments("behind");
+        let seats = Arc::new(AtomicUsize::new(0));
+        let (mut subscriber, log, _serving) = subscriber(storage, 2, &seats);
+        runtime().block_on(async {
+            assert_eq!(ids(&subscriber.next().await.unwrap()), [1, 2]);
+            std::fs::remove_file(path.join(crate::wal::segment::segment_name(1))).unwrap();
+            log.send_replace(LogState::DurableUpTo(6));
+            let notice = subscriber.next().await.unwrap();
+            let text = std::str::from_utf8(&notice).unwrap();
+            assert!(
+                text.starts_with(
+                    "event: cursor_expired\ndata: {\"error\":{\"code\":\"cursor_expired\""
+                ),
+                "{text}"
+            );
+            assert!(text.ends_with("\n\n") && ids(&notice).is_empty(), "{text}");
+            assert_eq!(subscriber.next().await, None);
+        });
+        std::fs::remove_dir_all(path).unwrap();
+    }
 }
