@@ -692,3 +692,20 @@ fn a_node_without_a_log_refuses_and_shutdown_ends_open_streams() {
         assert!(matches!(stream.next(), Next::End), "the stream ends with the server");
     }
 }
+
+/// Cluster mode is not served (the raft log has other positions and is purged by snapshots):
+/// a clear 501 on any node, not a stream that would miss changes.
+#[test]
+fn a_cluster_node_refuses_with_not_implemented() {
+    let dir = support::Scratch::new("events-cluster");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let peer = format!("127.0.0.1:{port}");
+    let peers = format!("1={peer}");
+    let args = ["--node-id", "1", "--peer-listen", peer.as_str(), "--peers", peers.as_str()];
+    let server = support::Server::start(&dir.join("n1"), &dir.join("n1.log"), &args);
+    let client = Client::new(server.base(), None);
+    assert_refused(client.events_as("", None, None), 501, "not_implemented");
+}
