@@ -672,6 +672,29 @@ mod tests {
     }
 
     #[test]
+    fn event_stream_options_come_from_the_file_and_the_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("livestock-config-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.toml");
+        std::fs::write(&file, "events_retention_bytes = 0\nevents_subscribers_max = 3\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file.clone()),
+            events_subscribers_max: Some(9),
+            ..ConfigArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.events_retention_bytes, 0);
+        assert_eq!(config.events_subscribers_max, 9, "the flag over the file");
+        let defaults = Config::default();
+        assert_eq!(defaults.events_retention_bytes, EVENTS_RETENTION_BYTES_DEFAULT);
+        assert_eq!(defaults.events_subscribers_max, EVENTS_SUBSCRIBERS_MAX_DEFAULT);
+        let refused = Config { events_subscribers_max: 0, ..Config::default() }.validate();
+        assert!(refused.is_err_and(|e| e.to_string().contains("events_subscribers_max")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn tokens_never_print() {
         let config = Config {
             admin_tokens: vec![Secret::new("a-very-secret-admin-token")],
