@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use livestock_core::limits::{
-    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, FEED_INTERVAL_MS_DEFAULT,
-    FEED_INTERVAL_MS_MAX, FEED_INTERVAL_MS_MIN, FEED_SUBSCRIBERS_MAX_DEFAULT,
-    FSYNC_INTERVAL_MS_DEFAULT, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
-    IDEMPOTENCY_KEYS_MAX_DEFAULT, IDEMPOTENCY_WINDOW_MS_DEFAULT, REQUEST_BODY_BYTES_MAX,
-    RESOLVED_HOLD_RETENTION_MS_DEFAULT, WAL_SEGMENT_BYTES_MAX_DEFAULT,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, CHECKPOINT_LOG_BYTES_DEFAULT, EVENTS_RETENTION_BYTES_DEFAULT,
+    EVENTS_SUBSCRIBERS_MAX_DEFAULT, FEED_INTERVAL_MS_DEFAULT, FEED_INTERVAL_MS_MAX,
+    FEED_INTERVAL_MS_MIN, FEED_SUBSCRIBERS_MAX_DEFAULT, FSYNC_INTERVAL_MS_DEFAULT,
+    HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, IDEMPOTENCY_KEYS_MAX_DEFAULT,
+    IDEMPOTENCY_WINDOW_MS_DEFAULT, REQUEST_BODY_BYTES_MAX, RESOLVED_HOLD_RETENTION_MS_DEFAULT,
+    WAL_SEGMENT_BYTES_MAX_DEFAULT,
 };
 
 /// When a change is acknowledged (see docs/durability.md).
@@ -174,6 +175,12 @@ pub struct Config {
     /// The live feed and a deal's availability without a token. Default true; false: they
     /// need the client role.
     pub feed_public: bool,
+    /// The event stream (`GET /v1/events`): subscribers at once; past it 503 `events_full`.
+    /// Default 64.
+    pub events_subscribers_max: usize,
+    /// The event stream: log kept behind the newest checkpoint so that a consumer can resume
+    /// from it, bytes (whole segments; 0: none). Default 1073741824 (1 GiB).
+    pub events_retention_bytes: u64,
     /// Tokens of the `admin` role (deals, streams, and everything `client` may do).
     pub admin_tokens: Vec<Secret>,
     /// Tokens of the `client` role (reserve, cart, confirm, release, extend, reads).
@@ -234,6 +241,8 @@ impl Default for Config {
             feed_interval_ms: FEED_INTERVAL_MS_DEFAULT,
             feed_subscribers_max: FEED_SUBSCRIBERS_MAX_DEFAULT,
             feed_public: true,
+            events_subscribers_max: EVENTS_SUBSCRIBERS_MAX_DEFAULT,
+            events_retention_bytes: EVENTS_RETENTION_BYTES_DEFAULT,
             admin_tokens: Vec::new(),
             client_tokens: Vec::new(),
             node_id: None,
@@ -334,6 +343,13 @@ pub struct ConfigArgs {
     /// The live feed and availability without a token; false: the client role [default: true].
     #[arg(long, env = "LIVESTOCK_FEED_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
     pub feed_public: Option<bool>,
+    /// The event stream: most subscribers at once; past it 503 events_full [default: 64].
+    #[arg(long, env = "LIVESTOCK_EVENTS_SUBSCRIBERS_MAX")]
+    pub events_subscribers_max: Option<usize>,
+    /// The event stream: log kept behind the newest checkpoint for consumers to resume from,
+    /// bytes, in whole segments; 0: none [default: 1073741824].
+    #[arg(long, env = "LIVESTOCK_EVENTS_RETENTION_BYTES")]
+    pub events_retention_bytes: Option<u64>,
     /// admin tokens, comma-separated. Prefer the environment or the file: flags show in `ps`.
     #[arg(long, env = "LIVESTOCK_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub admin_tokens: Option<Vec<Secret>>,
@@ -432,6 +448,8 @@ impl Config {
             feed_interval_ms,
             feed_subscribers_max,
             feed_public,
+            events_subscribers_max,
+            events_retention_bytes,
             admin_tokens,
             client_tokens,
             peers,
@@ -469,6 +487,7 @@ impl Config {
             ("headers_max", self.headers_max as u64),
             ("body_bytes_max", self.body_bytes_max as u64),
             ("feed_subscribers_max", self.feed_subscribers_max as u64),
+            ("events_subscribers_max", self.events_subscribers_max as u64),
         ];
         for (name, value) in at_least_1 {
             if value == 0 {
@@ -649,6 +668,29 @@ mod tests {
         assert_eq!(config.feed_subscribers_max, 7);
         assert_eq!(Config::default().feed_interval_ms, FEED_INTERVAL_MS_DEFAULT);
         assert!(Config::default().feed_public);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn event_stream_options_come_from_the_file_and_the_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("livestock-config-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.toml");
+        std::fs::write(&file, "events_retention_bytes = 0\nevents_subscribers_max = 3\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file.clone()),
+            events_subscribers_max: Some(9),
+            ..ConfigArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.events_retention_bytes, 0);
+        assert_eq!(config.events_subscribers_max, 9, "the flag over the file");
+        let defaults = Config::default();
+        assert_eq!(defaults.events_retention_bytes, EVENTS_RETENTION_BYTES_DEFAULT);
+        assert_eq!(defaults.events_subscribers_max, EVENTS_SUBSCRIBERS_MAX_DEFAULT);
+        let refused = Config { events_subscribers_max: 0, ..Config::default() }.validate();
+        assert!(refused.is_err_and(|e| e.to_string().contains("events_subscribers_max")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -371,6 +371,7 @@ fn serve(config: Config) -> ExitCode {
         checkpoint_interval_ms: config.checkpoint_interval_ms,
         checkpoint_log_bytes: config.checkpoint_log_bytes,
         idempotency_window_ms: config.idempotency_window_ms,
+        retention_bytes: config.events_retention_bytes,
         manual: false,
     };
     let started = std::time::Instant::now();

@@ -49,6 +49,7 @@ fn wal_config(checkpoint_interval_ms: u64) -> WalConfig {
         checkpoint_interval_ms,
         checkpoint_log_bytes: u64::MAX,
         idempotency_window_ms: HOUR_MS,
+        retention_bytes: 0,
         manual: false,
     }
 }
@@ -511,7 +512,8 @@ fn needs(method: &str, pattern: &str) -> Needs {
         ("GET", "/healthz" | "/readyz") => Needs::Nothing,
         // The live feed, availability and the live page: public by default (`feed_public`).
         ("GET", "/v1/deals/{id}/live" | "/v1/streams/{stream_id}/live")
-        | ("GET", "/v1/deals/{id}/availability" | "/live/{stream_id}") => Needs::Nothing,
+        | ("GET", "/v1/deals/{id}/availability" | "/live/{stream_id}")
+        | ("GET", "/v1/deals/{id}/draw") => Needs::Nothing,
         ("GET", "/metrics")
         | ("POST", "/v1/deals")
         | ("POST", "/v1/deals/{id}/pause")
@@ -522,7 +524,8 @@ fn needs(method: &str, pattern: &str) -> Needs {
         | ("GET", "/v1/cluster")
         | ("POST", "/v1/cluster/members")
         | ("POST", "/v1/cluster/members/{id}/remove")
-        | ("GET", "/v1/cluster/backup") => Needs::Admin,
+        | ("GET", "/v1/cluster/backup")
+        | ("GET", "/v1/events") => Needs::Admin,
         _ => Needs::Client,
     }
 }
@@ -552,14 +555,30 @@ fn routes(http: &Http, as_admin: Option<&str>) -> Vec<(&'static str, String, &'s
     };
     assert_eq!(hold.status, 201, "{hold:?}");
     let hold = hold_id(&hold.json());
+    // A deal with a draw (for its route) and one with a waitlist and an entry on it.
+    let draw = json!({ "id": "d2", "stock": 1, "starts_at": "2100-01-01T00:00:00Z", "draw_window_ms": 1_000 });
+    let waitlist = json!({ "id": "w1", "stock": 1, "waitlist_max": 5 });
+    let join = json!({ "user_id": "u2", "qty": 1, "waitlist": true });
+    let post = |path: &str, body: &Value| match as_admin {
+        Some(token) => http.post_as(path, token, body),
+        None => http.post(path, body),
+    };
+    assert_eq!(post("/v1/deals", &draw).status, 201);
+    assert_eq!(post("/v1/deals", &waitlist).status, 201);
+    assert_eq!(post("/v1/deals/w1/reserve", &reserve).status, 201);
+    let entry = post("/v1/deals/w1/reserve", &join);
+    assert_eq!(entry.status, 202, "{entry:?}");
+    let entry = entry.json()["entry_id"].as_str().expect("an entry").to_owned();
     ENDPOINTS
         .iter()
         .map(|endpoint| {
             let (method, pattern) = (endpoint.method.as_str(), endpoint.path);
+            let deal = if pattern == "/v1/deals/{id}/draw" { "d2" } else { "d1" };
             let path = pattern
-                .replace("{id}", "d1")
+                .replace("{id}", deal)
                 .replace("{stream_id}", "s1")
-                .replace("{hold_id}", &hold);
+                .replace("{hold_id}", &hold)
+                .replace("{entry_id}", &entry);
             (method, path, pattern)
         })
         .collect()
@@ -636,7 +655,7 @@ fn every_route_needs_its_role() {
     }
     assert_eq!(
         counted,
-        [6, 8, 11],
+        [7, 10, 12],
         "public, client and admin routes: a new route needs a row here"
     );
 }

@@ -134,6 +134,7 @@ fn wal_config() -> WalConfig {
         checkpoint_interval_ms: HOUR_MS,
         checkpoint_log_bytes: u64::MAX,
         idempotency_window_ms: HOUR_MS,
+        retention_bytes: 0,
         manual: false,
     }
 }

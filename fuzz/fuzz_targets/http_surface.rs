@@ -2,8 +2,9 @@
 //! through `http::handle` (routing, the size limits, the wire decoding, idempotency) into
 //! one in-memory node. No input may panic it; every answer is JSON (but a live feed's events
 //! and a 304); every rejection is a 4xx
-//! whose `{"error":{"code","message"}}` code maps to that very status (the one 5xx allowed is
-//! `503 idempotency_capacity`: this node has no log, so `storage_unavailable` cannot happen);
+//! whose `{"error":{"code","message"}}` code maps to that very status (the 5xx allowed are
+//! `503 idempotency_capacity`, and `501 not_implemented` from the event stream, which needs a
+//! log: this node has none, so `storage_unavailable` cannot happen);
 //! a rejection changes no state; and the allocator's invariants hold after every request.
 //!
 //! # Input format
@@ -164,6 +165,8 @@ fn check_error(status: u16, body: &Value, allow: Option<&HeaderValue>, keys_live
     assert_eq!(status_of(*known).as_u16(), status, "code {code} answered with {status}");
     match status {
         400..=499 => {}
+        // `GET /v1/events` on a node without a log.
+        501 => assert_eq!(*known, ErrorCode::NotImplemented, "501: {body}"),
         503 => {
             assert_eq!(*known, ErrorCode::IdempotencyCapacity, "503: {body}");
             // The bound is on keys inside their window: with none left, the table is not full.

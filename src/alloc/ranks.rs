@@ -81,7 +81,8 @@ mod tests {
             members.insert(order);
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             if state >> 62 == 0 {
-                let gone = *members.iter().nth((state as usize >> 8) % members.len()).unwrap();
+                let pick = usize::try_from(state >> 8).unwrap_or(0) % members.len();
+                let gone = *members.iter().nth(pick).unwrap();
                 members.remove(&gone);
                 ranks.remove(gone);
             }

@@ -40,7 +40,7 @@ macro_rules! endpoint {
 }
 
 /// The API. `admin` may do everything; `client` may reserve, confirm, release, extend and read.
-pub static ENDPOINTS: [Endpoint; 28] = [
+pub static ENDPOINTS: [Endpoint; 29] = [
     endpoint!(POST "/v1/deals", ADMIN, CreateDeal, handlers::create_deal),
     endpoint!(GET "/v1/deals", CLIENT, ListDeals, handlers::list_deals),
     endpoint!(GET "/v1/deals/{id}", CLIENT, GetDeal, handlers::get_deal),
@@ -62,6 +62,7 @@ pub static ENDPOINTS: [Endpoint; 28] = [
     endpoint!(POST "/v1/holds/{hold_id}/extend", CLIENT, Extend, handlers::extend),
     endpoint!(GET "/v1/waitlist/{entry_id}", CLIENT, GetEntry, handlers::get_entry),
     endpoint!(POST "/v1/waitlist/{entry_id}/cancel", CLIENT, CancelEntry, handlers::cancel_entry),
+    endpoint!(GET "/v1/events", ADMIN, Events, handlers::events),
     endpoint!(GET "/healthz", Access::Public, Health, handlers::healthz),
     endpoint!(GET "/readyz", Access::Public, Health, handlers::readyz),
     endpoint!(GET "/metrics", Access::AdminUnlessPublic, Metrics, handlers::metrics),

@@ -42,7 +42,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyCapacity
         | ErrorCode::StorageUnavailable
         | ErrorCode::NoLeader
-        | ErrorCode::FeedFull => StatusCode::SERVICE_UNAVAILABLE,
+        | ErrorCode::FeedFull
+        | ErrorCode::EventsFull => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::CursorExpired => StatusCode::GONE,
+        ErrorCode::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,

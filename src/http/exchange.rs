@@ -253,7 +253,14 @@ where
             }
         },
     };
-    let call = Call { node, options, param, body: &body };
+    let call = Call {
+        node,
+        options,
+        param,
+        body: &body,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
     if let Some(replica) = node.replica() {
         // Boxed: the cluster path's future (forwarding, read barriers) is large, and inline it
         // made every request's future bigger to move: +8% on the single-node sold-out answer.

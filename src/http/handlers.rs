@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::http::body::Body;
 use crate::http::error::ApiError;
+use crate::http::events;
 use crate::http::feed_frame::{self, Stock};
 use crate::http::live_page;
 use crate::http::options::ServerOptions;
@@ -31,6 +32,9 @@ pub struct Call<'a> {
     /// The value of the endpoint's `{...}` path segment, unvalidated ("" if it has none).
     pub param: &'a str,
     pub body: &'a Bytes,
+    /// The query string, unvalidated (only the event stream reads one).
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
 }
 
 pub type Handler = fn(&Call<'_>) -> Result<Action, ApiError>;
@@ -42,7 +46,7 @@ pub enum Action {
     /// A response with its own headers or content type. One with an `ETag` answers 304 to a
     /// request whose `If-None-Match` names it (`response::conditional`).
     Response(Response<Full<Bytes>>),
-    /// A stream of events (the live feed), answered as it is.
+    /// A stream of events (the live feed, the event stream), answered as it is.
     Feed(Response<Body>),
     /// Run this command (under the request's `Idempotency-Key`, if any, within `scope`), and
     /// answer its result in the shape `answer` says.
@@ -158,6 +162,12 @@ pub fn deal_live(call: &Call<'_>) -> Result<Action, ApiError> {
 pub fn stream_live(call: &Call<'_>) -> Result<Action, ApiError> {
     let stream = wire::stream_id(call.param)?;
     Ok(Action::Feed(call.options.feed.subscribe_stream(call.node, &stream)?))
+}
+
+/// `GET /v1/events`: every decided change from a position (`events.rs`).
+pub fn events(call: &Call<'_>) -> Result<Action, ApiError> {
+    let start = events::start_of(call.query, call.headers)?;
+    Ok(Action::Feed(call.options.events.subscribe(call.node, start)?))
 }
 
 /// `GET /live/{stream_id}`: the page that shows the stream's feed (`live_page.rs`), for a stream

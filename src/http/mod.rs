@@ -10,11 +10,13 @@
 //! | `server.rs` | the listener and connections, graceful shutdown |
 //! | `options.rs` | the HTTP layer's settings, from the configuration |
 //! | `response.rs` | an answer as a response, with its error code for the metrics; 304s |
-//! | `body.rs` | a response body: the whole answer, or a stream (the live feed) |
+//! | `body.rs` | a response body: the whole answer, or a stream (the live feed, events) |
 //! | `feed.rs` | the live feed: subscriptions and the publisher task |
 //! | `feed_subscriber.rs` | one subscriber's event stream: newest frames, heartbeat, its seat |
 //! | `feed_frame.rs` | what the feed says of a deal, and its bytes (events, availability, ETag) |
 //! | `feed_change.rs` | when the feed publishes a deal (at once, or once per interval) |
+//! | `events.rs` | the event stream (`GET /v1/events`): decided changes read from the log |
+//! | `event_json.rs` | each kind of event as JSON: the one `match` over `Event` |
 //! | `live_page.rs` | `GET /live/{stream_id}`: the page that shows a stream's feed, and its policy |
 //! | `wire.rs` | request bodies to commands, outcomes to JSON |
 //! | `error.rs` | every error code's status, and the JSON error body |
@@ -31,6 +33,8 @@ pub mod cluster;
 pub mod cluster_node;
 pub mod endpoints;
 pub mod error;
+pub mod event_json;
+pub mod events;
 pub mod exchange;
 pub mod feed;
 pub mod feed_change;

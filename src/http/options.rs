@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::http::auth::Tokens;
+use crate::http::events::Events;
 use crate::http::feed::Feed;
 use crate::http::rate::RateLimiter;
 
@@ -21,6 +22,8 @@ pub struct ServerOptions {
     pub feed_public: bool,
     /// The live feed's subscriptions; its publisher runs with the server (`server.rs`).
     pub feed: Arc<Feed>,
+    /// The event stream's subscriptions (`GET /v1/events`); ended by the server as it stops.
+    pub events: Arc<Events>,
     pub tokens: Tokens,
     pub rate: RateLimiter,
     /// Filled into a created deal that names no `hold_ttl_ms` / `hold_ttl_ms_max`.
@@ -44,6 +47,7 @@ impl ServerOptions {
             metrics_public: config.metrics_public,
             feed_public: config.feed_public,
             feed: Arc::new(Feed::new(config.feed_interval_ms, config.feed_subscribers_max)),
+            events: Arc::new(Events::new(config.events_subscribers_max)),
             tokens: Tokens::new(&config.admin_tokens, &config.client_tokens),
             rate: RateLimiter::new(config.user_rate_per_s, config.user_rate_burst),
             hold_ttl_ms_default: config.hold_ttl_ms_default,

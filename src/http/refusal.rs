@@ -263,6 +263,8 @@ mod tests {
                 options: &options,
                 param: deal,
                 body: &Bytes::from_static(body.as_bytes()),
+                query: None,
+                headers: &http::HeaderMap::new(),
             };
             let (shortcut_code, _) = answer(&request).expect("the shortcut answers");
             assert_eq!(shortcut_code, code, "{deal}");
@@ -284,7 +286,15 @@ mod tests {
         create(&node, "few", 2, None);
         let call = |deal: &'static str, body: &'static str| {
             let body = Bytes::from_static(body.as_bytes());
-            let call = Call { node: &node, options: &options, param: deal, body: &body };
+            let headers = http::HeaderMap::new();
+            let call = Call {
+                node: &node,
+                options: &options,
+                param: deal,
+                body: &body,
+                query: None,
+                headers: &headers,
+            };
             answer(&call).map(|(code, _)| code)
         };
         // Stock left: it might succeed.
@@ -334,7 +344,15 @@ mod tests {
         let options = ServerOptions::default();
         create(&node, "gone", 0, None);
         let body = Bytes::from_static(br#"{"user_id":"u1","qty":1}"#);
-        let call = Call { node: &node, options: &options, param: "gone", body: &body };
+        let headers = http::HeaderMap::new();
+        let call = Call {
+            node: &node,
+            options: &options,
+            param: "gone",
+            body: &body,
+            query: None,
+            headers: &headers,
+        };
         let key = "k1";
         let path = "/v1/deals/gone/reserve";
         let (code, _) = answer_keyed(&call, key, path).expect("the shortcut answers");

@@ -45,6 +45,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         options.feed.open();
+        options.events.open();
         let task = tokio::spawn(run(listener, node, Arc::new(options), stop));
         Ok(Server { local_addr, shutdown, task })
     }
@@ -53,8 +54,8 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in flight finish, ends the live feeds, and returns when
-    /// all connections are closed.
+    /// Stops accepting, lets requests in flight finish, ends the live feeds and event streams,
+    /// and returns when all connections are closed.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
@@ -134,6 +135,9 @@ async fn run(
         }
     }
     drop(listener);
+    // Event streams wait for the log, not for the feed's publisher: end them here, or the
+    // graceful shutdown below would wait on them forever.
+    options.events.close();
     graceful.shutdown().await;
     let _ = reaper.await;
     let _ = publisher.await;

@@ -66,12 +66,14 @@ pub enum Op {
     GetEntry,
     /// A waitlist entry cancelled.
     CancelEntry,
+    /// The event stream of decided changes (timed to the start of its stream).
+    Events,
     /// Requests that matched no route.
     Unrouted,
 }
 
 impl Op {
-    pub const ALL: [Op; 27] = [
+    pub const ALL: [Op; 28] = [
         Op::CreateDeal,
         Op::ListDeals,
         Op::GetDeal,
@@ -98,13 +100,15 @@ impl Op {
         Op::Draw,
         Op::GetEntry,
         Op::CancelEntry,
+        Op::Events,
         Op::Unrouted,
     ];
 
     /// Answered by whichever node gets the request, from its own state (health, metrics,
     /// cluster status, the live feed: a stream of events cannot be forwarded, and a viewer's
     /// feed may trail the leader by a follower's replication lag; the live page, whose feed is
-    /// this node's); every other operation goes to the leader in cluster mode.
+    /// this node's; the event stream, which refuses cluster mode on every node); every other
+    /// operation goes to the leader in cluster mode.
     pub const fn is_local(self) -> bool {
         matches!(
             self,
@@ -114,6 +118,7 @@ impl Op {
                 | Op::DealFeed
                 | Op::StreamFeed
                 | Op::LivePage
+                | Op::Events
                 | Op::Unrouted
         )
     }
@@ -146,6 +151,7 @@ impl Op {
             Op::Draw => "get_draw",
             Op::GetEntry => "get_entry",
             Op::CancelEntry => "cancel_entry",
+            Op::Events => "events",
             Op::Unrouted => "unrouted",
         }
     }
@@ -178,10 +184,17 @@ pub enum Limit {
     UserRate,
     IdempotencyKeys,
     FeedSubscribers,
+    EventsSubscribers,
 }
 
-const LIMITS: [&str; 5] =
-    ["body_bytes", "connections", "user_rate", "idempotency_keys", "feed_subscribers"];
+const LIMITS: [&str; 6] = [
+    "body_bytes",
+    "connections",
+    "user_rate",
+    "idempotency_keys",
+    "feed_subscribers",
+    "events_subscribers",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

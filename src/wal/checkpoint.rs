@@ -189,7 +189,8 @@ pub enum Step {
 /// Writes a checkpoint at `lsn` atomically, then deletes what it makes redundant: older
 /// checkpoints and log segments whose records are all at or below `lsn` (a segment is covered
 /// when the next segment starts at or below `lsn + 1`). The segment being written is never
-/// deleted: it has no next segment.
+/// deleted: it has no next segment. Keeps no covered segment (see [`write_payload`] for the
+/// retention the checkpointer keeps for the event stream).
 pub fn write(
     storage: &dyn Storage,
     lsn: u64,
@@ -199,16 +200,22 @@ pub fn write(
         Ok(payload) => payload,
         Err(e) => panic!("a checkpoint always encodes: {e}"),
     };
-    write_payload(storage, lsn, &payload, &mut || {})
+    write_payload(storage, lsn, &payload, 0, &mut || {})
 }
 
 /// [`write`] of a payload already encoded ([`encode_payload`]), a piece at a time: the
 /// checksum and the file are done in `CHECKPOINT_PIECE_BYTES` pieces with `between` called
 /// after each, so that the checkpointer can pace the work.
+///
+/// `retain_bytes`: the newest covered segments are kept while their sizes add up to at most
+/// this (whole segments: 0 keeps none), so that the event stream (`GET /v1/events`) can
+/// still serve the records in them; recovery skips them. The oldest go first, so the segments
+/// left always join up.
 pub fn write_payload(
     storage: &dyn Storage,
     lsn: u64,
     payload: &[u8],
+    retain_bytes: u64,
     between: &mut dyn FnMut(),
 ) -> Result<(), (Step, std::io::Error)> {
     let temp = temp_name(lsn);
@@ -225,20 +232,31 @@ pub fn write_payload(
     drop(file);
     storage.rename(&temp, &checkpoint_name(lsn)).map_err(|e| (Step::Rename, e))?;
     storage.sync_dir().map_err(|e| (Step::SyncDir, e))?;
-    delete_covered(storage, lsn).map_err(|e| (Step::DeleteCovered, e))
+    delete_covered(storage, lsn, retain_bytes).map_err(|e| (Step::DeleteCovered, e))
 }
 
-fn delete_covered(storage: &dyn Storage, lsn: u64) -> std::io::Result<()> {
+fn delete_covered(storage: &dyn Storage, lsn: u64, retain_bytes: u64) -> std::io::Result<()> {
     let names = storage.list()?;
     let mut segments: Vec<(u64, &String)> =
         names.iter().filter_map(|n| parse_segment_name(n).map(|first| (first, n))).collect();
     segments.sort();
-    for pair in segments.windows(2) {
-        let (_, name) = pair[0];
-        let (next_first, _) = pair[1];
-        if next_first <= lsn + 1 {
-            storage.remove(name)?;
+    // Covered segments are a prefix of the log (oldest first).
+    let covered: Vec<&String> =
+        segments.windows(2).take_while(|pair| pair[1].0 <= lsn + 1).map(|pair| pair[0].1).collect();
+    // The newest of them within the retention are kept (none when it is 0: no size is read).
+    let mut keep_from = covered.len();
+    let mut kept_bytes = 0u64;
+    if retain_bytes > 0 {
+        for (i, name) in covered.iter().enumerate().rev() {
+            kept_bytes = kept_bytes.saturating_add(storage.file_len(name)?);
+            if kept_bytes > retain_bytes {
+                break;
+            }
+            keep_from = i;
         }
+    }
+    for name in &covered[..keep_from] {
+        storage.remove(name)?;
     }
     for name in &names {
         let older = parse_checkpoint_name(name).is_some_and(|other| other < lsn);
@@ -299,5 +317,34 @@ mod tests {
         assert_eq!(read, expected);
         // The file is the one `write` makes of the body, byte for byte but the order.
         assert_eq!(bytes.len(), encode(42, &expected).len());
+    }
+
+    /// Covered segments are deleted oldest first; the newest within the retention stay, so
+    /// what is left joins up; the segment being written is never covered.
+    #[test]
+    fn retention_keeps_the_newest_covered_segments_that_fit() {
+        use crate::wal::segment::segment_name;
+        use crate::wal::storage::DirStorage;
+        let path = std::env::temp_dir().join(format!("livestock-retain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let storage = DirStorage::open(&path).unwrap();
+        let firsts = [1u64, 11, 21, 31, 41];
+        let on_disk = |storage: &DirStorage| -> Vec<u64> {
+            let mut left: Vec<u64> =
+                storage.list().unwrap().iter().filter_map(|n| parse_segment_name(n)).collect();
+            left.sort_unstable();
+            left
+        };
+        for (retain_bytes, expected) in
+            [(250, vec![21, 31, 41]), (199, vec![31, 41]), (0, vec![41]), (10_000, firsts.to_vec())]
+        {
+            for first in firsts {
+                std::fs::write(path.join(segment_name(first)), [0u8; 100]).unwrap();
+            }
+            // A checkpoint at 45 covers every segment but the one it is in.
+            delete_covered(&storage, 45, retain_bytes).unwrap();
+            assert_eq!(on_disk(&storage), expected, "retain {retain_bytes}");
+        }
+        std::fs::remove_dir_all(&path).unwrap();
     }
 }

@@ -47,6 +47,8 @@ pub(super) struct Checkpointer {
     /// The newest record's clock: the shadow ages things by it, never by a clock of its own.
     now_ms: u64,
     idempotency_window_ms: u64,
+    /// Covered log kept for the event stream, bytes (`WalConfig::retention_bytes`).
+    retention_bytes: u64,
     /// Pace checkpoints (see `Pacer`); off in manual mode, where the simulator drives the
     /// checkpointer and a sleep would only slow it.
     paced: bool,
@@ -73,6 +75,7 @@ impl Checkpointer {
             log_bytes_since: 0,
             now_ms: 0,
             idempotency_window_ms: config.idempotency_window_ms,
+            retention_bytes: config.retention_bytes,
             paced: !config.manual,
             stats,
         }
@@ -119,10 +122,13 @@ impl Checkpointer {
         let payload = checkpoint::encode_payload(&self.shadow, self.replies.values(), &mut || {
             pacer.pause();
         });
-        let written =
-            checkpoint::write_payload(&*self.storage, self.applied_lsn, &payload, &mut || {
-                pacer.pause();
-            });
+        let written = checkpoint::write_payload(
+            &*self.storage,
+            self.applied_lsn,
+            &payload,
+            self.retention_bytes,
+            &mut || pacer.pause(),
+        );
         match written {
             Ok(()) => {
                 self.checkpoint_lsn = self.applied_lsn;

@@ -18,6 +18,11 @@ pub struct WalConfig {
     pub checkpoint_interval_ms: u64,
     pub checkpoint_log_bytes: u64,
     pub idempotency_window_ms: u64,
+    /// Log a checkpoint made redundant that is kept anyway, for the event stream
+    /// (`GET /v1/events` serves what is on disk): the newest covered segments whose sizes add
+    /// up to at most this many bytes. 0: delete every covered segment (the log is then only
+    /// what recovery needs).
+    pub retention_bytes: u64,
     /// No threads: the owner drives the log with [`Wal::step`] and [`Wal::checkpoint_now`]
     /// (the deterministic fault simulator; see `manual.rs`). Servers run with `false`.
     ///

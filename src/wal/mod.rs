@@ -7,6 +7,7 @@
 //! | `segment.rs` | segment files; telling a torn tail from corruption |
 //! | `checkpoint.rs` | a checkpoint file: the whole state at one LSN, written atomically |
 //! | `recovery.rs` | newest checkpoint + the log after it |
+//! | `reader.rs` | the log read from a position, a piece at a time (the event stream) |
 //! | `config.rs` | what the log starts with: durability mode, cadences, recovered state |
 //! | `stats.rs` | what the log measures, for `/metrics` |
 //! | `checkpointer.rs` | the shadow allocator fed durable batches, and when it checkpoints |
@@ -14,7 +15,7 @@
 //! | `manual.rs` | the log without threads, stepped by the fault simulator |
 //!
 //! Dependencies point one way, down this table's layers: `storage`, `record` and `segment`
-//! at the bottom; `checkpoint` above them; `recovery` above `checkpoint`; `config` and
+//! at the bottom; `checkpoint` and `reader` above them; `recovery` above `checkpoint`; `config` and
 //! `stats` beside them; `checkpointer` above those; `writer` above `checkpointer`; `manual`
 //! on top.
 //!
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod checkpointer;
 pub mod config;
 pub mod manual;
+pub mod reader;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -32,6 +34,7 @@ pub mod storage;
 pub mod writer;
 
 pub use config::{Durability, WalConfig, WalStart};
+pub use reader::{LogReader, ReadError};
 pub use record::{KeptReply, Record};
 pub use recovery::{recover, RecoveryError, RecoveryReport};
 pub use stats::WalStats;

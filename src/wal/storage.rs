@@ -28,6 +28,19 @@ pub trait Storage: Send + Sync {
     /// File names, in no particular order.
     fn list(&self) -> io::Result<Vec<String>>;
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// At most `len` bytes of `name` from `offset` on (fewer at the end of the file). The
+    /// event stream reads the log a piece at a time with it, while the writer appends. The
+    /// default reads the whole file (test storages); a real directory reads only the piece.
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let bytes = self.read(name)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+    /// The size of `name` in bytes (the default reads it whole).
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Ok(self.read(name)?.len() as u64)
+    }
     /// Creates `name` (which must not exist) for appending.
     fn create(&self, name: &str) -> io::Result<Box<dyn AppendFile>>;
     /// Opens an existing file for appending at its end.
@@ -120,6 +133,27 @@ impl Storage for DirStorage {
         let mut bytes = Vec::new();
         File::open(self.path(name))?.read_to_end(&mut bytes)?;
         Ok(bytes)
+    }
+
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let file = File::open(self.path(name))?;
+        let mut bytes = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut bytes[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        bytes.truncate(filled);
+        Ok(bytes)
+    }
+
+    fn file_len(&self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(name))?.len())
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn AppendFile>> {

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use crate::sync::os::{Condvar, Mutex};
 use crate::wal::checkpointer::{checkpoint_loop, Batch, Checkpointer};
 use crate::wal::config::{Durability, WalConfig, WalStart};
+use crate::wal::reader::{self, LogReader, ReadError};
 use crate::wal::record::{encode_frame, encode_payload, Record};
 use crate::wal::segment::{segment_header, segment_name, SEGMENT_HEADER_BYTES};
 use crate::wal::stats::WalStats;
@@ -80,6 +81,8 @@ pub struct Wal {
     /// Manual mode's writer and checkpointer (no threads; see `manual.rs`).
     pub(super) manual: Mutex<Option<(SegmentWriter, Checkpointer)>>,
     stats: Arc<WalStats>,
+    /// The data directory, for readers of the log (`reader.rs`).
+    storage: Arc<dyn Storage>,
 }
 
 pub(super) fn poison(shared: &Shared, reason: String) {
@@ -179,13 +182,14 @@ impl Wal {
             synced_lsn: first_lsn - 1,
             unsynced: Batch::default(),
         };
-        let checkpointer = Checkpointer::new(storage, start, config, stats.clone());
+        let checkpointer = Checkpointer::new(storage.clone(), start, config, stats.clone());
         let mut wal = Wal {
             shared,
             durability: config.durability,
             threads: Mutex::new(Vec::new()),
             manual: Mutex::new(None),
             stats,
+            storage,
         };
         if config.manual {
             *wal.manual.get_mut() = Some((writer, checkpointer));
@@ -259,6 +263,23 @@ impl Wal {
 
     pub fn state(&self) -> LogState {
         self.shared.state.borrow().clone()
+    }
+
+    /// The log's state as it changes: every newly durable LSN, poisoning, the close. The event
+    /// stream waits on it for records to become durable.
+    pub fn watch_state(&self) -> watch::Receiver<LogState> {
+        self.shared.state.subscribe()
+    }
+
+    /// A reader of the durable records after `after` (see `reader.rs`): it reads what is on
+    /// disk, so records the checkpoints deleted are gone from it.
+    pub fn reader(&self, after: u64) -> LogReader {
+        LogReader::new(self.storage.clone(), after)
+    }
+
+    /// The oldest record still on disk (`None`: none yet).
+    pub fn oldest_lsn(&self) -> Result<Option<u64>, ReadError> {
+        reader::oldest_lsn(&*self.storage)
     }
 
     /// Whether appends can still become durable (not poisoned, not closed).

@@ -49,18 +49,43 @@ pub fn serve(
         .build()
         .expect("tokio runtime");
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let config = NodeConfig {
+    let config = node_config(idempotency_keys_max);
+    let node = Arc::new(Node::new(config, clock.clone()));
+    let (runtime, server) = serve_node_on(runtime, node, options);
+    (runtime, server, clock)
+}
+
+/// The node configuration of `serve` (for tests that open a node of their own).
+pub fn node_config(idempotency_keys_max: usize) -> NodeConfig {
+    NodeConfig {
         allocator: AllocatorConfig {
             hold_id_key: HOLD_ID_KEY,
             resolved_hold_retention_ms: RETENTION_MS,
         },
         idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
         idempotency_keys_max,
-    };
-    let node = Arc::new(Node::new(config, clock.clone()));
+    }
+}
+
+/// A runtime and a server with `options` serving `node` (one with a log, say) on a free
+/// loopback port.
+pub fn serve_node(node: Arc<Node>, options: ServerOptions) -> (tokio::runtime::Runtime, Server) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    serve_node_on(runtime, node, options)
+}
+
+fn serve_node_on(
+    runtime: tokio::runtime::Runtime,
+    node: Arc<Node>,
+    options: ServerOptions,
+) -> (tokio::runtime::Runtime, Server) {
     let addr = "127.0.0.1:0".parse().expect("loopback address");
     let server = runtime.block_on(Server::start_with(addr, node, options)).expect("server starts");
-    (runtime, server, clock)
+    (runtime, server)
 }
 
 /// An answer as the client saw it.

@@ -257,6 +257,7 @@ impl Sim {
             checkpoint_interval_ms: u64::MAX,
             checkpoint_log_bytes: u64::MAX,
             idempotency_window_ms: WINDOW_MS,
+            retention_bytes: 0,
             manual: true,
         }
     }

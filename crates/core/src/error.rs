@@ -57,12 +57,21 @@ pub enum ErrorCode {
     DrawWindow,
     /// `GET /v1/deals/{id}/draw` of a deal without a draw.
     NoDraw,
+    /// The event stream has as many subscribers as it is configured to keep
+    /// (`events_subscribers_max`).
+    EventsFull,
+    /// An event-stream position the log no longer holds (or never held): the consumer must
+    /// resynchronize from the current state.
+    CursorExpired,
+    /// This node cannot serve the endpoint in the mode it runs in (the event stream in
+    /// cluster mode, or without a log).
+    NotImplemented,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for tables indexed by code (metrics) and for checks that a list is complete.
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 39] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownDeal,
         ErrorCode::UnknownHold,
@@ -98,6 +107,9 @@ impl ErrorCode {
         ErrorCode::DrawFull,
         ErrorCode::DrawWindow,
         ErrorCode::NoDraw,
+        ErrorCode::EventsFull,
+        ErrorCode::CursorExpired,
+        ErrorCode::NotImplemented,
         ErrorCode::Internal,
     ];
 
@@ -138,6 +150,9 @@ impl ErrorCode {
             ErrorCode::DrawFull => "draw_full",
             ErrorCode::DrawWindow => "draw_window",
             ErrorCode::NoDraw => "no_draw",
+            ErrorCode::EventsFull => "events_full",
+            ErrorCode::CursorExpired => "cursor_expired",
+            ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Internal => "internal",
         }
     }

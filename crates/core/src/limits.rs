@@ -231,3 +231,30 @@ pub const FEED_STREAM_DEALS_MAX: usize = 1_024;
 const _: () = assert!(FEED_INTERVAL_MS_MIN <= FEED_INTERVAL_MS_DEFAULT);
 const _: () = assert!(FEED_INTERVAL_MS_DEFAULT <= FEED_INTERVAL_MS_MAX);
 const _: () = assert!(FEED_TICK_MS < FEED_STREAM_REFRESH_MS);
+
+// ---------------------------------------------------------------- event stream
+
+/// The event stream (`GET /v1/events`, `http/events.rs`) reads the log in pieces of at most
+/// this many bytes (a record larger than that in one read of its own size): what a subscriber
+/// far behind costs per read, whatever the size of the log.
+pub const EVENTS_READ_PIECE_BYTES: usize = 256 * 1024;
+/// Log frames one subscriber reads and sends as one body chunk (their JSON is 2 to 4 times
+/// larger): what the server holds for a subscriber at a time. It reads the next chunk only
+/// once the connection took this one, so a slow consumer costs this much, not a queue.
+pub const EVENTS_CHUNK_BYTES: usize = 64 * 1024;
+/// Event-stream subscribers one server keeps at once; past it 503 `events_full`. Commerce
+/// backends and auditors, not viewers: a few each. Each one reads the log from disk (the page
+/// cache while it keeps up) on a thread of the blocking pool.
+pub const EVENTS_SUBSCRIBERS_MAX_DEFAULT: usize = 64;
+/// Log kept behind the newest checkpoint for the event stream, by default: 1 GiB (16 segments
+/// of the default size). Without it a checkpoint (every minute under load) deletes the log
+/// it covers, and a consumer stopped for longer than that could not resume (410
+/// `cursor_expired`). Sized in docs/operations.md ("Event stream").
+pub const EVENTS_RETENTION_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// A comment line (`: keep-alive`) this often on an idle event stream, as on the live feed.
+pub const EVENTS_HEARTBEAT_MS: u64 = FEED_HEARTBEAT_MS;
+
+const _: () = assert!(EVENTS_CHUNK_BYTES <= EVENTS_READ_PIECE_BYTES);
+const _: () = assert!(EVENTS_READ_PIECE_BYTES <= WAL_RECORD_BYTES_MAX);
+// A whole number of default segments, so the default means what it says.
+const _: () = assert!(EVENTS_RETENTION_BYTES_DEFAULT.is_multiple_of(WAL_SEGMENT_BYTES_MAX_DEFAULT));
