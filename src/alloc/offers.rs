@@ -228,28 +228,12 @@ impl Allocator {
             Err(ReserveError::SoldOut(_) | ReserveError::InsufficientStock { .. }) => {}
             other => return other,
         }
-        let qty = request.lines[0].qty;
         let max = deal.options.waitlist_max;
         if list.waiting_count() >= max as usize {
             return Err(ReserveError::WaitlistFull { deal_id: deal.spec.id.clone(), max });
         }
-        if deal.spec.per_user_limit.is_some() {
-            let taken = self.users.with(&deal.spec.id, &request.user_id, |shard| {
-                users::taken(shard, &deal.spec.id, &request.user_id)
-            });
-            deal.spec.check_user_limit(taken, qty)?;
-        }
-        let seq = EntrySeq(self.next_hold_seq.fetch_add(1, Ordering::Relaxed));
-        let entry = WaitEntry {
-            seq,
-            deal_id: deal.spec.id.clone(),
-            user_id: request.user_id.clone(),
-            qty,
-            created_at_ms: now_ms,
-            state: EntryState::Waiting,
-            hold: None,
-            resolved_at_ms: None,
-        };
+        let entry = self.new_entry(deal, request, EntryState::Waiting, now_ms)?;
+        let seq = entry.seq;
         list.push(entry.clone());
         deal.set_waiting(list.waiting_count());
         let view = self.entry_view(&list, seq, true);
@@ -306,24 +290,8 @@ impl Allocator {
             let deal_id = deal.spec.id.clone();
             return Err(ReserveError::DrawFull { deal_id, max: DRAW_ENTRANTS_MAX });
         }
-        let qty = request.lines[0].qty;
-        if deal.spec.per_user_limit.is_some() {
-            let taken = self.users.with(&deal.spec.id, &request.user_id, |shard| {
-                users::taken(shard, &deal.spec.id, &request.user_id)
-            });
-            deal.spec.check_user_limit(taken, qty)?;
-        }
-        let seq = EntrySeq(self.next_hold_seq.fetch_add(1, Ordering::Relaxed));
-        let entry = WaitEntry {
-            seq,
-            deal_id: deal.spec.id.clone(),
-            user_id: request.user_id.clone(),
-            qty,
-            created_at_ms: now_ms,
-            state: EntryState::Entered,
-            hold: None,
-            resolved_at_ms: None,
-        };
+        let entry = self.new_entry(deal, request, EntryState::Entered, now_ms)?;
+        let seq = entry.seq;
         list.enter(entry.clone());
         let view = self.entry_view(list, seq, true);
         sink.append(Event::WaitlistJoined { entry }, &Outcome::Entry(view.clone()));
@@ -372,6 +340,35 @@ impl Allocator {
                 self.draw_now(&deal, &mut list, now_ms, sink);
             }
         }
+    }
+
+    /// A new entry for a single reserve's user and quantity, in `state` (waiting or entered),
+    /// numbered from the hold sequence; refused if the user's held plus bought units and this
+    /// quantity would pass the deal's per-user limit (checked now; again at offer time).
+    fn new_entry(
+        &self,
+        deal: &DealSlot,
+        request: &Reserve,
+        state: EntryState,
+        now_ms: u64,
+    ) -> Result<WaitEntry, ReserveError> {
+        let qty = request.lines[0].qty;
+        if deal.spec.per_user_limit.is_some() {
+            let taken = self.users.with(&deal.spec.id, &request.user_id, |shard| {
+                users::taken(shard, &deal.spec.id, &request.user_id)
+            });
+            deal.spec.check_user_limit(taken, qty)?;
+        }
+        Ok(WaitEntry {
+            seq: EntrySeq(self.next_hold_seq.fetch_add(1, Ordering::Relaxed)),
+            deal_id: deal.spec.id.clone(),
+            user_id: request.user_id.clone(),
+            qty,
+            created_at_ms: now_ms,
+            state,
+            hold: None,
+            resolved_at_ms: None,
+        })
     }
 
     /// The deal whose waitlist holds entry `seq`: a scan of the deals with a waitlist or a
