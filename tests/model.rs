@@ -20,8 +20,8 @@ use livestock_core::limits::{
     TIMESTAMP_MS_MAX, WAITLIST_MAX,
 };
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use proptest::strategy::ValueTree;
+use proptest::test_runner::FileFailurePersistence;
 use proptest::test_runner::TestRunner;
 use reference::{
     config, deal_id, run, run_covered, user_id, Coverage, Op, DEALS_CREATABLE, HOLD_BACK_GHOST,
@@ -327,7 +327,12 @@ fn the_sequences_reach_every_waitlist_path() {
         }
     }
     println!("waitlist coverage of 256 sequences: {:?}", total.0);
-    assert!(total.missing().is_empty(), "never reached: {:?} (reached: {:?})", total.missing(), total.0);
+    assert!(
+        total.missing().is_empty(),
+        "never reached: {:?} (reached: {:?})",
+        total.missing(),
+        total.0
+    );
 }
 
 /// Found by the model test (shrunk): an extended hold has a timer at each expiry it had, and a

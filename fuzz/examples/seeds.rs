@@ -367,14 +367,39 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
             [
                 plain_deals(),
                 vec![
-                    Op::Cart { user: 0, lines: vec![(1, 1), (2, 3), (1, 1)], ttl_ms: None, waitlist: false },
+                    Op::Cart {
+                        user: 0,
+                        lines: vec![(1, 1), (2, 3), (1, 1)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
                     Op::Cart { user: 0, lines: vec![(1, 1)], ttl_ms: None, waitlist: false },
-                    Op::Cart { user: 1, lines: vec![(1, 2), (0, 6)], ttl_ms: None, waitlist: false },
-                    Op::Cart { user: 1, lines: vec![(2, 600), (2, 600)], ttl_ms: None, waitlist: false },
-                    Op::Cart { user: 1, lines: vec![(2, 1), (ghost, 1)], ttl_ms: None, waitlist: false },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(1, 2), (0, 6)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(2, 600), (2, 600)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(2, 1), (ghost, 1)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
                     Op::Confirm { hold: 1, qty: Some(1) },
                     Op::Release { hold: 0 },
-                    Op::Cart { user: 0, lines: vec![(1, 1), (0, 5)], ttl_ms: Some(60_000), waitlist: false },
+                    Op::Cart {
+                        user: 0,
+                        lines: vec![(1, 1), (0, 5)],
+                        ttl_ms: Some(60_000),
+                        waitlist: false,
+                    },
                     Op::Cart { user: 2, lines: vec![], ttl_ms: None, waitlist: false },
                 ],
             ]

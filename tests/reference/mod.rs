@@ -1336,7 +1336,8 @@ impl Coverage {
                 self.add("join answered the active entry");
             }
             (Op::Reserve { waitlist: true, deal, .. }, Err(code)) => {
-                let has_list = before.deals.get(DEAL_IDS[*deal]).is_some_and(|d| d.waitlist_max > 0);
+                let has_list =
+                    before.deals.get(DEAL_IDS[*deal]).is_some_and(|d| d.waitlist_max > 0);
                 match code {
                     ErrorCode::WaitlistFull => self.add("join refused: waitlist_full"),
                     ErrorCode::PerUserLimit if has_list => self.add("join refused: per_user_limit"),
@@ -1373,7 +1374,8 @@ impl Coverage {
         }
         for e in model.entries.values() {
             let hold = e.hold.and_then(|h| model.holds.get(&h));
-            let deal_closed = model.deals.get(&e.deal).is_some_and(|d| model.state(d) == DealState::Ended);
+            let deal_closed =
+                model.deals.get(&e.deal).is_some_and(|d| model.state(d) == DealState::Ended);
             match (e.state, hold) {
                 (EntryState::Offered, Some(h)) if h.state == HoldState::Confirmed => {
                     self.add("offer confirmed");

@@ -234,7 +234,8 @@ pub fn against_ledger(
                 return Err(format!("{what}: its cancel was acknowledged"));
             }
         }
-        if entry.state == EntryState::Waiting && ledger.deals.get(&fact.deal).is_some_and(|d| d.ended)
+        if entry.state == EntryState::Waiting
+            && ledger.deals.get(&fact.deal).is_some_and(|d| d.ended)
         {
             return Err(format!("{what}: waits after its deal's end was acknowledged"));
         }

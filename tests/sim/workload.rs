@@ -121,18 +121,16 @@ impl Req {
                 ttl_max_ms,
                 starts_at_ms,
                 waitlist_max,
-            } => {
-                object(vec![
-                    ("id", Some(json!(id))),
-                    ("stream_id", stream.as_ref().map(|s| json!(s))),
-                    ("stock", Some(json!(stock))),
-                    ("per_user_limit", limit.map(|l| json!(l))),
-                    ("hold_ttl_ms", ttl_ms.map(|t| json!(t))),
-                    ("hold_ttl_ms_max", ttl_max_ms.map(|t| json!(t))),
-                    ("starts_at", starts_at_ms.map(|t| json!(wire::timestamp(t)))),
-                    ("waitlist_max", waitlist_max.map(|m| json!(m))),
-                ])
-            }
+            } => object(vec![
+                ("id", Some(json!(id))),
+                ("stream_id", stream.as_ref().map(|s| json!(s))),
+                ("stock", Some(json!(stock))),
+                ("per_user_limit", limit.map(|l| json!(l))),
+                ("hold_ttl_ms", ttl_ms.map(|t| json!(t))),
+                ("hold_ttl_ms_max", ttl_max_ms.map(|t| json!(t))),
+                ("starts_at", starts_at_ms.map(|t| json!(wire::timestamp(t)))),
+                ("waitlist_max", waitlist_max.map(|m| json!(m))),
+            ]),
             Req::Reserve { user, qty, ttl_ms, waitlist, .. } => object(vec![
                 ("user_id", Some(json!(user))),
                 ("qty", Some(json!(qty))),
