@@ -146,3 +146,14 @@ fn regression_seed_5002_idempotent_reply_changed() {
 fn regression_seed_7_read_error_reported_as_corruption() {
     regression(7, 5);
 }
+
+/// `sim::KNOWN_BUGS` "checkpoint-with-rejoined-entry-refused": seed 583 checkpoints a state in
+/// which a user whose offer was confirmed waits again on the same deal; the next start refuses
+/// the checkpoint. Passes once the bug is fixed (strict: the known violation fails it).
+#[test]
+fn regression_seed_583_checkpoint_with_rejoined_entry() {
+    let report = sim::run_seed(583, STEPS_DEFAULT, false, true);
+    if let Some(failure) = report.failure {
+        panic!("{failure}");
+    }
+}

@@ -237,6 +237,8 @@ fn create(
         per_user_limit,
         hold_ttl_ms,
         hold_ttl_ms_max,
+        waitlist_max: None,
+        offer_ttl_ms: None,
     }
 }
 
@@ -250,12 +252,76 @@ fn plain_deals() -> Vec<Op> {
 }
 
 fn reserve_op(user: usize, deal: usize, qty: u32, ttl_ms: Option<u64>) -> Op {
-    Op::Reserve { user, deal, qty, ttl_ms }
+    Op::Reserve { user, deal, qty, ttl_ms, waitlist: false }
+}
+
+fn join_op(user: usize, deal: usize, qty: u32) -> Op {
+    Op::Reserve { user, deal, qty, ttl_ms: None, waitlist: true }
+}
+
+/// d0: 2 units, a waitlist of 3 with 20-second offers, limit 3; d1: no waitlist; d2: a
+/// waitlist of 1 whose offers last the deal's hold TTL, in stream s0 with a window.
+fn waitlist_deals() -> Vec<Op> {
+    let with = |mut op: Op, max: Option<u32>, offer: Option<u64>| {
+        if let Op::CreateDeal { waitlist_max, offer_ttl_ms, .. } = &mut op {
+            *waitlist_max = max;
+            *offer_ttl_ms = offer;
+        }
+        op
+    };
+    let ends = reference::T0_MS + 300_000;
+    vec![
+        with(create(0, None, 2, None, None, Some(3), Some(60_000), None), Some(3), Some(20_000)),
+        create(1, None, 1, None, None, None, None, None),
+        with(create(2, Some(0), 1, None, Some(ends), None, None, None), Some(1), None),
+    ]
 }
 
 fn sequences() -> Vec<(&'static str, Vec<Op>)> {
     let ghost = reference::DEALS_CREATABLE;
     vec![
+        // Waitlists: joins past the stock, a second join answered with the entry, a full
+        // list, offers first fit (a 2-unit entry keeps its place while a 1-unit one is
+        // served), an offer confirmed, one expired, cancels of every kind, a lapse by the
+        // user's limit at offer time, the window's end lapsing the rest.
+        (
+            "waitlist",
+            [
+                waitlist_deals(),
+                vec![
+                    reserve_op(0, 0, 2, None),
+                    join_op(1, 0, 2),
+                    join_op(2, 0, 1),
+                    join_op(1, 0, 1),
+                    join_op(3, 0, 1),
+                    join_op(0, 0, 1),
+                    join_op(0, 1, 1),
+                    Op::Cart { user: 2, lines: vec![(0, 1)], ttl_ms: None, waitlist: true },
+                    Op::Confirm { hold: 0, qty: Some(1) },
+                    Op::Confirm { hold: 0, qty: None },
+                    Op::CancelEntry { entry: 0 },
+                    Op::CancelEntry { entry: 1 },
+                    Op::CancelEntry { entry: 1 },
+                    Op::AdjustStock { deal: 0, delta: 2 },
+                    Op::Advance { ms: 25_000, reap: true },
+                    Op::CancelEntry { entry: 0 },
+                    Op::Pause(0),
+                    Op::Release { hold: 0 },
+                    Op::Resume(0),
+                    Op::CancelEntry { entry: 0 },
+                    Op::CancelEntry { entry: reference::HOLD_BACK_GHOST },
+                    Op::CancelEntry { entry: reference::HOLD_BACK_GHOST + 1 },
+                    Op::Confirm { hold: reference::HOLD_BACK_GHOST, qty: None },
+                    reserve_op(1, 2, 1, None),
+                    join_op(0, 2, 1),
+                    join_op(3, 2, 1),
+                    Op::Advance { ms: 300_000, reap: true },
+                    Op::CancelEntry { entry: 0 },
+                    Op::EndDeal(0),
+                ],
+            ]
+            .concat(),
+        ),
         // The last units: one winner, sold out, a release makes room again.
         (
             "sell-out",
@@ -303,15 +369,40 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
             [
                 plain_deals(),
                 vec![
-                    Op::Cart { user: 0, lines: vec![(1, 1), (2, 3), (1, 1)], ttl_ms: None },
-                    Op::Cart { user: 0, lines: vec![(1, 1)], ttl_ms: None },
-                    Op::Cart { user: 1, lines: vec![(1, 2), (0, 6)], ttl_ms: None },
-                    Op::Cart { user: 1, lines: vec![(2, 600), (2, 600)], ttl_ms: None },
-                    Op::Cart { user: 1, lines: vec![(2, 1), (ghost, 1)], ttl_ms: None },
+                    Op::Cart {
+                        user: 0,
+                        lines: vec![(1, 1), (2, 3), (1, 1)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
+                    Op::Cart { user: 0, lines: vec![(1, 1)], ttl_ms: None, waitlist: false },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(1, 2), (0, 6)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(2, 600), (2, 600)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
+                    Op::Cart {
+                        user: 1,
+                        lines: vec![(2, 1), (ghost, 1)],
+                        ttl_ms: None,
+                        waitlist: false,
+                    },
                     Op::Confirm { hold: 1, qty: Some(1) },
                     Op::Release { hold: 0 },
-                    Op::Cart { user: 0, lines: vec![(1, 1), (0, 5)], ttl_ms: Some(60_000) },
-                    Op::Cart { user: 2, lines: vec![], ttl_ms: None },
+                    Op::Cart {
+                        user: 0,
+                        lines: vec![(1, 1), (0, 5)],
+                        ttl_ms: Some(60_000),
+                        waitlist: false,
+                    },
+                    Op::Cart { user: 2, lines: vec![], ttl_ms: None, waitlist: false },
                 ],
             ]
             .concat(),
@@ -389,7 +480,7 @@ fn sequences() -> Vec<(&'static str, Vec<Op>)> {
                 Op::Extend { hold: 0, ttl_ms: 0 },
                 Op::Confirm { hold: 0, qty: Some(0) },
                 Op::Confirm { hold: 0, qty: Some(u32::MAX) },
-                Op::Cart { user: 0, lines: vec![(0, 1); 33], ttl_ms: None },
+                Op::Cart { user: 0, lines: vec![(0, 1); 33], ttl_ms: None, waitlist: false },
                 Op::AdjustStock { deal: 0, delta: i64::MIN },
                 Op::AdjustStock { deal: 0, delta: i64::MAX },
                 Op::Advance { ms: 2 * HOLD_TTL_MS_MAX, reap: true },

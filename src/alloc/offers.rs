@@ -218,6 +218,8 @@ impl Allocator {
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, ReserveError> {
         let Some(mut list) = deal.lock_waitlist() else { return Err(refused) };
+        // A request a served reserve would refuse as invalid is refused as such, not joined.
+        deal.spec.hold_ttl(request.ttl_ms)?;
         if let Some(entry) = list.active_of(&request.user_id) {
             let seq = entry.seq;
             return Ok(Outcome::Entry(self.entry_view(&list, seq, false)));
@@ -282,6 +284,7 @@ impl Allocator {
         now_ms: u64,
         sink: &mut dyn EventSink,
     ) -> Result<Outcome, ReserveError> {
+        deal.spec.hold_ttl(request.ttl_ms)?;
         if let Some(entry) = list.active_of(&request.user_id) {
             let seq = entry.seq;
             return Ok(Outcome::Entry(self.entry_view(list, seq, false)));

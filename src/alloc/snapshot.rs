@@ -286,7 +286,7 @@ impl Allocator {
             for entry in list.entries.iter().filter(|e| e.state == EntryState::Offered) {
                 let Some(hold_seq) = entry.hold else { continue };
                 let hold = allocator.holds.lock(hold_seq).get(hold_seq).map(|e| e.hold.clone());
-                match hold {
+                let linked = match hold {
                     Some(hold)
                         if hold.deal_id != entry.deal_id || hold.user_id != entry.user_id =>
                     {
@@ -294,14 +294,14 @@ impl Allocator {
                     }
                     Some(hold) => {
                         let open = hold.state == HoldState::Held;
-                        let resolved_at = hold.resolved_at_ms;
-                        guard.link_offer(entry.seq, open, resolved_at, retention_ms);
+                        guard.link_offer(entry.seq, open, hold.resolved_at_ms, retention_ms)
                     }
                     // The hold was forgotten: its entry is done, forgotten soon too.
                     None => {
                         guard.link_offer(entry.seq, false, Some(entry.created_at_ms), retention_ms)
                     }
-                }
+                };
+                linked.map_err(|e| err(format!("waitlist of deal {}: {e}", list.deal_id)))?;
             }
         }
         for (deal_id, user_id, count) in &snapshot.user_counts {

@@ -320,11 +320,15 @@ impl Waitlist {
         for entry in entries {
             let seq = entry.seq.0;
             match (entry.state, entry.resolved_at_ms) {
-                (EntryState::Waiting | EntryState::Offered | EntryState::Entered, None) => {
+                (EntryState::Waiting | EntryState::Entered, None) => {
                     if list.active_by_user.insert(entry.user_id.clone(), seq).is_some() {
                         return Err(format!("user {} has two active entries", entry.user_id));
                     }
                 }
+                // Active only while its hold is open: `link_offer` decides, once holds are
+                // restored (a confirmed offer's entry stays `offered`, and its user may have
+                // joined again since).
+                (EntryState::Offered, None) => {}
                 (EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost, Some(at_ms)) => {
                     list.forget_later(seq, at_ms, retention_ms);
                 }
@@ -370,18 +374,19 @@ impl Waitlist {
         hold_open: bool,
         confirmed_at_ms: Option<u64>,
         retention_ms: u64,
-    ) {
+    ) -> Result<(), String> {
         let entry = self.entry_mut(seq);
         let Some(hold) = entry.hold else { panic!("offered entry without a hold") };
         let user = entry.user_id.clone();
         if hold_open {
             self.offers.insert(hold.0, seq.0);
-        } else {
-            self.active_by_user.remove(&user);
-            if let Some(at_ms) = confirmed_at_ms {
-                self.forget_later(seq.0, at_ms, retention_ms);
+            if self.active_by_user.insert(user.clone(), seq.0).is_some() {
+                return Err(format!("user {user} has two active entries"));
             }
+        } else if let Some(at_ms) = confirmed_at_ms {
+            self.forget_later(seq.0, at_ms, retention_ms);
         }
+        Ok(())
     }
 
     /// The structure's own rules, for the audit: the queue holds exactly the waiting entries,

@@ -19,13 +19,14 @@ use livestock::alloc::{Allocator, AllocatorConfig};
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealState, DealView, NewDeal};
 use livestock_core::error::{CommandError, ErrorCode};
-use livestock_core::event::EventLog;
+use livestock_core::event::{Event, EventLog};
 use livestock_core::hold::HoldState;
-use livestock_core::ids::{DealId, HoldIdKey, HoldSeq, StreamId, UserId};
+use livestock_core::ids::{DealId, EntrySeq, HoldIdKey, HoldSeq, StreamId, UserId};
 use livestock_core::limits::{
     CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
-    HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, TIMESTAMP_MS_MIN,
+    HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, TIMESTAMP_MS_MIN, WAITLIST_MAX,
 };
+use livestock_core::waitlist::{EntryState, EntryView};
 
 /// The clock at the start of every sequence: 2027-01-15T08:00:00Z.
 pub const T0_MS: u64 = 1_800_000_000_000;
@@ -40,9 +41,19 @@ pub const DEALS_CREATABLE: usize = 3;
 pub const STREAM_IDS: [&str; 3] = ["s0", "s1", "s-ghost"];
 pub const STREAMS_USED: usize = 2;
 pub const USER_IDS: [&str; 4] = ["u0", "u1", "u2", "u3"];
-/// A hold reference at or past `HOLD_BACK_GHOST` names this never-issued sequence.
+/// A hold or entry reference past `HOLD_BACK_GHOST` names this never-issued sequence.
 pub const GHOST_HOLD: u64 = 1 << 40;
+/// A hold reference of exactly `HOLD_BACK_GHOST` names the latest waitlist entry's number (a
+/// number that is an entry, not a hold), and an entry reference of exactly it the latest
+/// hold's: holds and entries are numbered from one sequence, and neither may be taken for the
+/// other. Past it, both name `GHOST_HOLD`.
 pub const HOLD_BACK_GHOST: usize = 60;
+/// The hold-expiry shards of the allocator (`livestock_core::limits::SHARDS`): the reaper
+/// expires due holds shard by shard (a hold's shard is its number modulo this), and within a
+/// shard by (expiry, number); each expiry's units are handed on to a waitlist before the next.
+/// The order matters once freed units make offers (they take numbers, and a user's limit
+/// counts at offer time), so the model walks due holds in the same order.
+pub const EXPIRY_SHARDS: u64 = 64;
 
 // ------------------------------------------------------------------------------------- ops
 
@@ -61,17 +72,24 @@ pub enum Op {
         per_user_limit: Option<u32>,
         hold_ttl_ms: Option<u64>,
         hold_ttl_ms_max: Option<u64>,
+        /// `None` or `Some(0)`: no waitlist.
+        waitlist_max: Option<u32>,
+        offer_ttl_ms: Option<u64>,
     },
+    /// `waitlist`: join the deal's waitlist if it cannot serve the reserve for want of stock.
     Reserve {
         user: usize,
         deal: usize,
         qty: u32,
         ttl_ms: Option<u64>,
+        waitlist: bool,
     },
+    /// `waitlist` is carried but a cart never joins a waitlist.
     Cart {
         user: usize,
         lines: Vec<(usize, u32)>,
         ttl_ms: Option<u64>,
+        waitlist: bool,
     },
     /// `hold` counts back from the latest hold made (modulo their number); from
     /// `HOLD_BACK_GHOST` on it names a hold that never existed.
@@ -100,6 +118,10 @@ pub enum Op {
     Resume(usize),
     EndDeal(usize),
     EndStream(usize),
+    /// `entry` counts back from the latest waitlist entry made, as `hold` does for holds.
+    CancelEntry {
+        entry: usize,
+    },
 }
 
 // -------------------------------------------------------------------------------- mismatch
@@ -179,6 +201,9 @@ struct ModelDeal {
     available: u64,
     held: u64,
     sold: u64,
+    /// 0: no waitlist.
+    waitlist_max: u32,
+    offer_ttl_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -193,6 +218,25 @@ struct ModelHold {
     confirmed_qty: u32,
     resolved_at_ms: Option<u64>,
     /// Dropped from the allocator after its retention; its sold units still count for its user.
+    forgotten: bool,
+    /// The waitlist entry it was offered to.
+    origin: Option<u64>,
+}
+
+/// A waitlist entry. Waiting entries of a deal are served in number order (entries join at the
+/// back and never go back in), so the queue is not kept: it is the waiting entries, sorted.
+#[derive(Clone, Debug)]
+struct ModelEntry {
+    seq: u64,
+    deal: String,
+    user: String,
+    qty: u32,
+    created_at_ms: u64,
+    state: EntryState,
+    hold: Option<u64>,
+    resolved_at_ms: Option<u64>,
+    /// Dropped after its retention (from when it was cancelled or lapsed, or its offer was
+    /// confirmed).
     forgotten: bool,
 }
 
@@ -214,14 +258,18 @@ enum Expect {
     StreamEnded { stream: String, deals: Vec<String>, released: usize },
     Holds(Vec<u64>),
     Hold(u64),
+    Entry { seq: u64, created: bool },
 }
 
 type Answer = Result<Expect, ErrorCode>;
 
+#[derive(Clone)]
 struct Model {
     now_ms: u64,
     deals: BTreeMap<String, ModelDeal>,
     holds: BTreeMap<u64, ModelHold>,
+    entries: BTreeMap<u64, ModelEntry>,
+    /// Numbers holds and entries alike.
     next_seq: u64,
     /// How many events the allocator should have logged so far.
     events: usize,
@@ -233,17 +281,140 @@ impl Model {
             now_ms: T0_MS,
             deals: BTreeMap::new(),
             holds: BTreeMap::new(),
+            entries: BTreeMap::new(),
             next_seq: 1,
             events: 0,
         }
     }
 
-    fn hold_seq(&self, back: usize) -> u64 {
-        if back >= HOLD_BACK_GHOST || self.holds.is_empty() {
+    /// The `back`-th latest of `numbers` (modulo their count); see `HOLD_BACK_GHOST` for the
+    /// references past them (`other`: the latest number of the other kind).
+    fn counted_back<'a>(
+        numbers: impl DoubleEndedIterator<Item = &'a u64> + ExactSizeIterator,
+        other: Option<u64>,
+        back: usize,
+    ) -> u64 {
+        if back == HOLD_BACK_GHOST {
+            return other.unwrap_or(GHOST_HOLD);
+        }
+        let len = numbers.len();
+        if back > HOLD_BACK_GHOST || len == 0 {
             return GHOST_HOLD;
         }
-        let back = back % self.holds.len();
-        self.holds.keys().rev().nth(back).copied().unwrap_or(GHOST_HOLD)
+        numbers.rev().nth(back % len).copied().unwrap_or(GHOST_HOLD)
+    }
+
+    fn hold_seq(&self, back: usize) -> u64 {
+        Self::counted_back(self.holds.keys(), self.entries.keys().next_back().copied(), back)
+    }
+
+    fn entry_seq(&self, back: usize) -> u64 {
+        Self::counted_back(self.entries.keys(), self.holds.keys().next_back().copied(), back)
+    }
+
+    /// An entry the allocator still remembers.
+    fn known_entry(&self, seq: u64) -> Option<&ModelEntry> {
+        self.entries.get(&seq).filter(|e| !e.forgotten)
+    }
+
+    /// The waiting entries of a deal in serving order: (number, user, qty).
+    fn waiting(&self, deal: &str) -> Vec<(u64, String, u32)> {
+        self.entries
+            .values()
+            .filter(|e| e.deal == deal && e.state == EntryState::Waiting)
+            .map(|e| (e.seq, e.user.clone(), e.qty))
+            .collect()
+    }
+
+    /// 1 for the head of its deal's queue; `None` unless waiting.
+    fn position(&self, seq: u64) -> Option<u64> {
+        let e = self.entries.get(&seq)?;
+        if e.state != EntryState::Waiting {
+            return None;
+        }
+        let ahead = self.waiting(&e.deal).iter().filter(|(s, _, _)| *s < seq).count();
+        Some(ahead as u64 + 1)
+    }
+
+    /// The user's active entry on the deal: waiting, or offered with its hold still recorded
+    /// as held (a hold past its expiry that the reaper has not expired yet still counts, as it
+    /// still counts against the user's limit).
+    fn active_entry(&self, deal: &str, user: &str) -> Option<u64> {
+        self.entries
+            .values()
+            .filter(|e| e.deal == deal && e.user == user)
+            .find(|e| match e.state {
+                EntryState::Waiting | EntryState::Entered => true,
+                EntryState::Offered => e
+                    .hold
+                    .and_then(|h| self.holds.get(&h))
+                    .is_some_and(|h| h.state == HoldState::Held),
+                EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost => false,
+            })
+            .map(|e| e.seq)
+    }
+
+    /// Whether the deal hands out offers now: not ended (by an admin or its window), not
+    /// paused, started.
+    fn takes_offers(&self, d: &ModelDeal) -> bool {
+        d.life == Life::Open && self.state(d) == DealState::Live
+    }
+
+    /// Ends an entry's wait or offer.
+    fn close_entry(&mut self, seq: u64, state: EntryState) {
+        let now = self.now_ms;
+        let Some(e) = self.entries.get_mut(&seq) else { panic!("model: no entry {seq}") };
+        e.state = state;
+        e.resolved_at_ms = Some(now);
+    }
+
+    /// Units came back to a deal (they are in `available` already): while the deal takes
+    /// offers, the first waiting entry in queue order whose quantity fits in what is available
+    /// is served a hold of its quantity with the deal's offer TTL, unless its user's limit
+    /// cannot take that many more (then it lapses); again until no waiting entry fits.
+    fn hand_on(&mut self, id: &str) {
+        loop {
+            let Some(d) = self.deals.get(id) else { panic!("model: no deal {id}") };
+            if d.waitlist_max == 0 || !self.takes_offers(d) {
+                return;
+            }
+            let (available, limit, ttl) = (d.available, d.per_user_limit, d.offer_ttl_ms);
+            let waiting = self.waiting(id);
+            let Some((entry, user, qty)) =
+                waiting.into_iter().find(|(_, _, qty)| u64::from(*qty) <= available)
+            else {
+                return;
+            };
+            if limit.is_some_and(|limit| self.taken(id, &user) + qty > limit) {
+                self.close_entry(entry, EntryState::Lapsed);
+                self.events += 1;
+                continue;
+            }
+            let now = self.now_ms;
+            let Some(d) = self.deals.get_mut(id) else { panic!("model: no deal {id}") };
+            d.available -= u64::from(qty);
+            d.held += u64::from(qty);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let hold = ModelHold {
+                seq,
+                deal: id.to_string(),
+                user,
+                qty,
+                created_at_ms: now,
+                expires_at_ms: now + ttl,
+                state: HoldState::Held,
+                confirmed_qty: 0,
+                resolved_at_ms: None,
+                forgotten: false,
+                origin: Some(entry),
+            };
+            self.holds.insert(seq, hold);
+            let Some(e) = self.entries.get_mut(&entry) else { panic!("model: no entry {entry}") };
+            e.state = EntryState::Offered;
+            e.hold = Some(seq);
+            self.events += 1;
+        }
     }
 
     /// A hold the allocator still remembers.
@@ -285,11 +456,27 @@ impl Model {
         h.state = state;
         h.confirmed_qty = sold;
         h.resolved_at_ms = Some(now);
-        let (deal, qty) = (h.deal.clone(), h.qty);
+        let (deal, qty, origin) = (h.deal.clone(), h.qty, h.origin);
         let Some(d) = self.deals.get_mut(&deal) else { panic!("model: no deal {deal}") };
         d.held -= u64::from(qty);
         d.sold += u64::from(sold);
         d.available += u64::from(qty - sold);
+        // An offer released or expired lapses its entry (no event of its own); a confirmed one
+        // leaves it offered; a cancelled entry gave its offer up and stays cancelled.
+        if let Some(entry) = origin {
+            let offered = self.entries.get(&entry).map(|e| e.state) == Some(EntryState::Offered);
+            if offered && state != HoldState::Confirmed {
+                self.close_entry(entry, EntryState::Lapsed);
+            }
+        }
+    }
+
+    /// A resolved hold's units came back: to its deal's waitlist first.
+    fn given_back(&mut self, seq: u64) {
+        let Some(deal) = self.holds.get(&seq).map(|h| h.deal.clone()) else {
+            panic!("model: no hold {seq}")
+        };
+        self.hand_on(&deal);
     }
 
     #[expect(clippy::too_many_arguments, reason = "one argument per field of a new deal")]
@@ -303,6 +490,8 @@ impl Model {
         per_user_limit: Option<u32>,
         hold_ttl_ms: Option<u64>,
         hold_ttl_ms_max: Option<u64>,
+        waitlist_max: Option<u32>,
+        offer_ttl_ms: Option<u64>,
     ) -> Answer {
         let timestamp_ok = |ms: u64| (TIMESTAMP_MS_MIN..=TIMESTAMP_MS_MAX).contains(&ms);
         if stock > DEAL_STOCK_UNITS_MAX {
@@ -331,6 +520,16 @@ impl Model {
         if !(HOLD_TTL_MS_MIN..=ttl_max).contains(&ttl) {
             return Err(ErrorCode::InvalidRequest);
         }
+        // The waitlist: at most WAITLIST_MAX; an offer TTL only with a waitlist, within the
+        // bounds of a hold's TTL (defaulting to the deal's hold TTL).
+        let waitlist_max = waitlist_max.unwrap_or(0);
+        if waitlist_max > WAITLIST_MAX || (waitlist_max == 0 && offer_ttl_ms.is_some()) {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        let offer_ttl = offer_ttl_ms.unwrap_or(ttl);
+        if !(HOLD_TTL_MS_MIN..=ttl_max).contains(&offer_ttl) {
+            return Err(ErrorCode::InvalidRequest);
+        }
         // A window already over at creation is a mistake, not a deal.
         if ends_at_ms.is_some_and(|e| e <= self.now_ms) {
             return Err(ErrorCode::InvalidRequest);
@@ -351,6 +550,8 @@ impl Model {
             available: stock,
             held: 0,
             sold: 0,
+            waitlist_max,
+            offer_ttl_ms: offer_ttl,
         };
         self.deals.insert(id.to_string(), deal);
         self.events += 1;
@@ -426,12 +627,95 @@ impl Model {
                 confirmed_qty: 0,
                 resolved_at_ms: None,
                 forgotten: false,
+                origin: None,
             };
             self.holds.insert(seq, hold);
             seqs.push(seq);
         }
         self.events += 1;
         Ok(Expect::Holds(seqs))
+    }
+
+    /// A single reserve, which joins the deal's waitlist if it asked to, the deal has one and
+    /// cannot serve it for want of stock. Under the waitlist: the user's active entry is the
+    /// answer; else a full waitlist refuses, then a user limit that the quantity would pass;
+    /// else a new entry waits at the back.
+    fn reserve_or_join(
+        &mut self,
+        user: &str,
+        deal: &str,
+        qty: u32,
+        ttl_ms: Option<u64>,
+        waitlist: bool,
+    ) -> Answer {
+        let refused = match self.reserve(user, &[(deal, qty)], ttl_ms) {
+            Err(code @ (ErrorCode::SoldOut | ErrorCode::InsufficientStock)) => code,
+            other => return other,
+        };
+        let Some(d) = self.deals.get(deal) else { panic!("model: a refusal of no deal {deal}") };
+        if !waitlist || d.waitlist_max == 0 {
+            return Err(refused);
+        }
+        // An invalid TTL is refused as such, not joined.
+        let ttl = ttl_ms.unwrap_or(d.hold_ttl_ms);
+        if !(HOLD_TTL_MS_MIN..=d.hold_ttl_ms_max).contains(&ttl) {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        let (max, limit) = (d.waitlist_max, d.per_user_limit);
+        if let Some(seq) = self.active_entry(deal, user) {
+            return Ok(Expect::Entry { seq, created: false });
+        }
+        if self.waiting(deal).len() >= max as usize {
+            return Err(ErrorCode::WaitlistFull);
+        }
+        if limit.is_some_and(|limit| self.taken(deal, user) + qty > limit) {
+            return Err(ErrorCode::PerUserLimit);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = ModelEntry {
+            seq,
+            deal: deal.to_string(),
+            user: user.to_string(),
+            qty,
+            created_at_ms: self.now_ms,
+            state: EntryState::Waiting,
+            hold: None,
+            resolved_at_ms: None,
+            forgotten: false,
+        };
+        self.entries.insert(seq, entry);
+        self.events += 1;
+        Ok(Expect::Entry { seq, created: true })
+    }
+
+    /// Leaves a waitlist: a waiting entry leaves the queue; an offered one whose hold is still
+    /// live gives it up (released, its units handed on); a cancelled one answers again.
+    fn cancel_entry(&mut self, seq: u64) -> Answer {
+        let now = self.now_ms;
+        let Some(e) = self.known_entry(seq) else { return Err(ErrorCode::UnknownEntry) };
+        match e.state {
+            EntryState::Cancelled => Ok(Expect::Entry { seq, created: false }),
+            EntryState::Lapsed | EntryState::Lost => Err(ErrorCode::EntryLapsed),
+            EntryState::Waiting | EntryState::Entered => {
+                self.close_entry(seq, EntryState::Cancelled);
+                self.events += 1;
+                Ok(Expect::Entry { seq, created: false })
+            }
+            EntryState::Offered => {
+                let Some(hold) = e.hold else { panic!("model: offered entry {seq} without hold") };
+                match self.known_hold(hold).map(|h| h.visible(now)) {
+                    Some(HoldState::Held) => {}
+                    Some(HoldState::Confirmed) => return Err(ErrorCode::HoldConfirmed),
+                    _ => return Err(ErrorCode::EntryLapsed),
+                }
+                self.close_entry(seq, EntryState::Cancelled);
+                self.settle(hold, HoldState::Released, 0);
+                self.events += 1;
+                self.given_back(hold);
+                Ok(Expect::Entry { seq, created: false })
+            }
+        }
     }
 
     /// The caller-facing error of a hold that is not live.
@@ -464,6 +748,7 @@ impl Model {
         }
         self.settle(seq, HoldState::Confirmed, sold);
         self.events += 1;
+        self.given_back(seq);
         Ok(Expect::Hold(seq))
     }
 
@@ -479,6 +764,7 @@ impl Model {
         }
         self.settle(seq, HoldState::Released, 0);
         self.events += 1;
+        self.given_back(seq);
         Ok(Expect::Hold(seq))
     }
 
@@ -510,21 +796,59 @@ impl Model {
         Ok(Expect::Hold(seq))
     }
 
+    /// The reaper: expires due holds (in the allocator's shard order, `EXPIRY_SHARDS`), each
+    /// handing its units on; lapses the waiting entries of deals whose window has closed;
+    /// hands available units to waiting entries they fit; forgets what is past its retention.
     fn expire_due(&mut self) -> usize {
         let now = self.now_ms;
-        let due: Vec<u64> = self
+        let mut due: Vec<(u64, u64, u64)> = self
             .holds
             .values()
             .filter(|h| h.state == HoldState::Held && h.expires_at_ms <= now)
-            .map(|h| h.seq)
+            .map(|h| (h.seq % EXPIRY_SHARDS, h.expires_at_ms, h.seq))
             .collect();
-        for seq in &due {
+        due.sort_unstable();
+        for (_, _, seq) in &due {
             self.settle(*seq, HoldState::Expired, 0);
             self.events += 1;
+            self.given_back(*seq);
         }
+        let ids: Vec<String> = self.deals.keys().cloned().collect();
+        for id in &ids {
+            let closed = self.deals.get(id).is_some_and(|d| d.ends_at_ms.is_some_and(|e| now >= e));
+            if closed {
+                for (seq, _, _) in self.waiting(id) {
+                    self.close_entry(seq, EntryState::Lapsed);
+                    self.events += 1;
+                }
+            }
+        }
+        for id in &ids {
+            let available = self.deals.get(id).map_or(0, |d| d.available);
+            if available > 0 && !self.waiting(id).is_empty() {
+                self.hand_on(id);
+            }
+        }
+        let forget = |at: Option<u64>| at.is_some_and(|at| at + RETENTION_MS <= now);
         for h in self.holds.values_mut() {
-            if h.resolved_at_ms.is_some_and(|at| at + RETENTION_MS <= now) {
+            if forget(h.resolved_at_ms) {
                 h.forgotten = true;
+            }
+        }
+        let holds = &self.holds;
+        for e in self.entries.values_mut() {
+            let done_at = match e.state {
+                EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost => e.resolved_at_ms,
+                // Offered: done once its hold was confirmed.
+                EntryState::Offered => e
+                    .hold
+                    .and_then(|h| holds.get(&h))
+                    .filter(|h| h.state == HoldState::Confirmed)
+                    .and_then(|h| h.resolved_at_ms),
+                EntryState::Waiting | EntryState::Entered => None,
+            };
+            if forget(done_at) {
+                e.forgotten = true;
             }
         }
         due.len()
@@ -551,6 +875,8 @@ impl Model {
             Life::Paused => {
                 d.life = Life::Open;
                 self.events += 1;
+                // What was freed while it was paused goes to the waitlist before reserves.
+                self.hand_on(id);
             }
         }
         Ok(Expect::Deal(id.to_string()))
@@ -570,6 +896,9 @@ impl Model {
                 return Err(ErrorCode::InvalidRequest);
             }
             d.available += units;
+            self.events += 1;
+            self.hand_on(id);
+            return Ok(Expect::Deal(id.to_string()));
         } else {
             if d.available < units {
                 return Err(ErrorCode::InsufficientStock);
@@ -594,6 +923,10 @@ impl Model {
         for id in &ending {
             if let Some(d) = self.deals.get_mut(id) {
                 d.life = Life::Ended;
+            }
+            // Their waiting entries lapse with the end (its one event).
+            for (seq, _, _) in self.waiting(id) {
+                self.close_entry(seq, EntryState::Lapsed);
             }
         }
         let now = self.now_ms;
@@ -654,6 +987,9 @@ struct DealSeen {
     sold: u64,
     stock: u64,
     shut: bool,
+    waitlist_max: u32,
+    offer_ttl_ms: u64,
+    waiting: u64,
 }
 
 fn deal_seen(view: &DealView) -> DealSeen {
@@ -673,6 +1009,9 @@ fn deal_seen(view: &DealView) -> DealSeen {
         sold: c.sold(),
         stock: c.stock(),
         shut: c.shut(),
+        waitlist_max: view.options.waitlist_max,
+        offer_ttl_ms: view.options.offer_ttl_ms,
+        waiting: view.waiting,
     }
 }
 
@@ -692,6 +1031,9 @@ fn deal_expected(model: &Model, d: &ModelDeal) -> DealSeen {
         sold: d.sold,
         stock: d.available + d.held + d.sold,
         shut: d.life != Life::Open,
+        waitlist_max: d.waitlist_max,
+        offer_ttl_ms: d.offer_ttl_ms,
+        waiting: model.waiting(&d.id).len() as u64,
     }
 }
 
@@ -707,6 +1049,7 @@ struct HoldSeen {
     visible: HoldState,
     confirmed_qty: u32,
     resolved_at_ms: Option<u64>,
+    origin: Option<u64>,
 }
 
 fn hold_seen(view: &HoldView) -> HoldSeen {
@@ -722,6 +1065,7 @@ fn hold_seen(view: &HoldView) -> HoldSeen {
         visible: view.state,
         confirmed_qty: h.confirmed_qty,
         resolved_at_ms: h.resolved_at_ms,
+        origin: view.origin.map(|e| e.0),
     }
 }
 
@@ -737,7 +1081,56 @@ fn hold_expected(h: &ModelHold, now_ms: u64) -> HoldSeen {
         visible: h.visible(now_ms),
         confirmed_qty: h.confirmed_qty,
         resolved_at_ms: h.resolved_at_ms,
+        origin: h.origin,
     }
+}
+
+/// A waitlist entry as a caller sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct EntrySeen {
+    seq: u64,
+    deal: String,
+    user: String,
+    qty: u32,
+    created_at_ms: u64,
+    state: EntryState,
+    hold: Option<u64>,
+    resolved_at_ms: Option<u64>,
+    position: Option<u64>,
+    created: bool,
+}
+
+fn entry_seen(view: &EntryView) -> EntrySeen {
+    let e = &view.entry;
+    EntrySeen {
+        seq: e.seq.0,
+        deal: e.deal_id.to_string(),
+        user: e.user_id.to_string(),
+        qty: e.qty,
+        created_at_ms: e.created_at_ms,
+        state: e.state,
+        hold: e.hold.map(|h| h.0),
+        resolved_at_ms: e.resolved_at_ms,
+        position: view.position,
+        created: view.created,
+    }
+}
+
+fn model_entry(model: &Model, seq: u64, created: bool) -> Result<EntrySeen, Mismatch> {
+    let e = model.known_entry(seq);
+    let e = e.ok_or_else(|| Mismatch(format!("model has no entry {seq}")))?;
+    Ok(EntrySeen {
+        seq: e.seq,
+        deal: e.deal.clone(),
+        user: e.user.clone(),
+        qty: e.qty,
+        created_at_ms: e.created_at_ms,
+        state: e.state,
+        hold: e.hold,
+        resolved_at_ms: e.resolved_at_ms,
+        position: model.position(seq),
+        created,
+    })
 }
 
 fn model_deal<'m>(model: &'m Model, id: &str) -> Result<&'m ModelDeal, Mismatch> {
@@ -782,6 +1175,9 @@ fn check_answer(
         (Ok(Outcome::Hold(view)), Ok(Expect::Hold(seq))) => {
             ensure_eq!(hold_seen(&view), model_hold(model, seq)?);
         }
+        (Ok(Outcome::Entry(view)), Ok(Expect::Entry { seq, created })) => {
+            ensure_eq!(entry_seen(&view), model_entry(model, seq, created)?);
+        }
         (real, expected) => {
             return Err(Mismatch(format!("allocator: {real:?}\nmodel: {expected:?}")));
         }
@@ -802,6 +1198,16 @@ fn check_state(alloc: &Allocator, model: &Model, log: &EventLog) -> Result<(), M
         ensure_eq!(seen, expected);
     }
     ensure!(alloc.hold(HoldSeq(GHOST_HOLD), now).is_none());
+    for e in model.entries.values() {
+        let seen = alloc.entry(EntrySeq(e.seq)).map(|view| entry_seen(&view));
+        let expected = (!e.forgotten).then(|| model_entry(model, e.seq, false)).transpose()?;
+        ensure_eq!(seen, expected, "entry {}", e.seq);
+    }
+    ensure!(alloc.entry(EntrySeq(GHOST_HOLD)).is_none());
+    // A hold's number is no entry's.
+    if let Some(seq) = model.holds.keys().next_back() {
+        ensure!(alloc.entry(EntrySeq(*seq)).is_none());
+    }
     ensure_eq!(log.events.len(), model.events, "events logged");
 
     let snapshot = alloc.snapshot();
@@ -852,9 +1258,118 @@ pub fn stream_id(index: usize) -> StreamId {
     }
 }
 
+/// What a run went through on the waitlist side, by kind, so that a generator can be held to
+/// reaching each (`tests/model.rs`): events logged, how entries ended, and answers.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage(pub BTreeMap<&'static str, u64>);
+
+impl Coverage {
+    /// Every kind a good generator reaches.
+    pub const KINDS: [&'static str; 15] = [
+        "joined",
+        "join answered the active entry",
+        "offered",
+        "offer confirmed",
+        "offer lapsed (released or expired)",
+        "lapsed at offer time (user limit)",
+        "lapsed with its deal (end or window)",
+        "cancelled waiting",
+        "cancelled offered",
+        "cancel retried",
+        "cancel refused: entry_lapsed",
+        "cancel refused: hold_confirmed",
+        "cancel refused: unknown_entry",
+        "join refused: waitlist_full",
+        "join refused: per_user_limit",
+    ];
+
+    fn add(&mut self, kind: &'static str) {
+        *self.0.entry(kind).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Coverage) {
+        for (kind, n) in &other.0 {
+            *self.0.entry(kind).or_default() += n;
+        }
+    }
+
+    /// The kinds of `KINDS` never reached.
+    pub fn missing(&self) -> Vec<&'static str> {
+        Self::KINDS.into_iter().filter(|k| self.0.get(k).copied().unwrap_or(0) == 0).collect()
+    }
+
+    /// Counts what one step's answer was, from the model before it.
+    fn answer(&mut self, op: &Op, before: &Model, answer: &Answer) {
+        match (op, answer) {
+            (Op::Reserve { .. }, Ok(Expect::Entry { created: false, .. })) => {
+                self.add("join answered the active entry");
+            }
+            (Op::Reserve { waitlist: true, deal, .. }, Err(code)) => {
+                let has_list =
+                    before.deals.get(DEAL_IDS[*deal]).is_some_and(|d| d.waitlist_max > 0);
+                match code {
+                    ErrorCode::WaitlistFull => self.add("join refused: waitlist_full"),
+                    ErrorCode::PerUserLimit if has_list => self.add("join refused: per_user_limit"),
+                    _ => {}
+                }
+            }
+            (Op::CancelEntry { entry }, answer) => {
+                let seq = before.entry_seq(*entry);
+                let state = before.known_entry(seq).map(|e| e.state);
+                match (state, answer) {
+                    (Some(EntryState::Waiting), Ok(_)) => self.add("cancelled waiting"),
+                    (Some(EntryState::Offered), Ok(_)) => self.add("cancelled offered"),
+                    (Some(EntryState::Cancelled), Ok(_)) => self.add("cancel retried"),
+                    (_, Err(ErrorCode::EntryLapsed)) => self.add("cancel refused: entry_lapsed"),
+                    (_, Err(ErrorCode::HoldConfirmed)) => {
+                        self.add("cancel refused: hold_confirmed");
+                    }
+                    (_, Err(ErrorCode::UnknownEntry)) => self.add("cancel refused: unknown_entry"),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts the events and the entries' ends of a finished run.
+    fn finish(&mut self, model: &Model, log: &EventLog) {
+        for event in &log.events {
+            match event {
+                Event::WaitlistJoined { .. } => self.add("joined"),
+                Event::Offered { .. } => self.add("offered"),
+                _ => {}
+            }
+        }
+        for e in model.entries.values() {
+            let hold = e.hold.and_then(|h| model.holds.get(&h));
+            let deal_closed =
+                model.deals.get(&e.deal).is_some_and(|d| model.state(d) == DealState::Ended);
+            match (e.state, hold) {
+                (EntryState::Offered, Some(h)) if h.state == HoldState::Confirmed => {
+                    self.add("offer confirmed");
+                }
+                (EntryState::Lapsed, Some(_)) => self.add("offer lapsed (released or expired)"),
+                (EntryState::Lapsed, None) if deal_closed => {
+                    self.add("lapsed with its deal (end or window)");
+                }
+                (EntryState::Lapsed, None) => self.add("lapsed at offer time (user limit)"),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Applies one op to both sides, then compares their answers and their whole state.
-fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Result<(), Mismatch> {
+fn step(
+    alloc: &Allocator,
+    model: &mut Model,
+    log: &mut EventLog,
+    op: &Op,
+    coverage: &mut Coverage,
+) -> Result<(), Mismatch> {
     let now = model.now_ms;
+    let before = model.clone();
     let (command, expected) = match op {
         Op::CreateDeal {
             deal,
@@ -865,6 +1380,8 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
             per_user_limit,
             hold_ttl_ms,
             hold_ttl_ms_max,
+            waitlist_max,
+            offer_ttl_ms,
         } => {
             let new = NewDeal {
                 id: deal_id(*deal),
@@ -875,8 +1392,8 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                 per_user_limit: *per_user_limit,
                 hold_ttl_ms: *hold_ttl_ms,
                 hold_ttl_ms_max: *hold_ttl_ms_max,
-                waitlist_max: None,
-                offer_ttl_ms: None,
+                waitlist_max: *waitlist_max,
+                offer_ttl_ms: *offer_ttl_ms,
                 draw_window_ms: None,
                 draw_seed: None,
             };
@@ -889,19 +1406,22 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                 *per_user_limit,
                 *hold_ttl_ms,
                 *hold_ttl_ms_max,
+                *waitlist_max,
+                *offer_ttl_ms,
             );
             (Command::CreateDeal(new), expected)
         }
-        Op::Reserve { user, deal, qty, ttl_ms } => {
+        Op::Reserve { user, deal, qty, ttl_ms, waitlist } => {
             let command = Command::Reserve(Reserve {
                 user_id: user_id(*user),
                 lines: vec![Line { deal_id: deal_id(*deal), qty: *qty }],
                 ttl_ms: *ttl_ms,
-                waitlist: false,
+                waitlist: *waitlist,
             });
-            (command, model.reserve(USER_IDS[*user], &[(DEAL_IDS[*deal], *qty)], *ttl_ms))
+            let (user, deal) = (USER_IDS[*user], DEAL_IDS[*deal]);
+            (command, model.reserve_or_join(user, deal, *qty, *ttl_ms, *waitlist))
         }
-        Op::Cart { user, lines, ttl_ms } => {
+        Op::Cart { user, lines, ttl_ms, waitlist } => {
             let command = Command::Cart(Reserve {
                 user_id: user_id(*user),
                 lines: lines
@@ -909,7 +1429,7 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
                     .map(|(deal, qty)| Line { deal_id: deal_id(*deal), qty: *qty })
                     .collect(),
                 ttl_ms: *ttl_ms,
-                waitlist: false,
+                waitlist: *waitlist,
             });
             let lines: Vec<(&str, u32)> =
                 lines.iter().map(|(deal, qty)| (DEAL_IDS[*deal], *qty)).collect();
@@ -945,7 +1465,12 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
         Op::EndStream(stream) => {
             (Command::EndStream(stream_id(*stream)), model.end_stream(STREAM_IDS[*stream]))
         }
+        Op::CancelEntry { entry } => {
+            let seq = model.entry_seq(*entry);
+            (Command::CancelEntry { entry: EntrySeq(seq) }, model.cancel_entry(seq))
+        }
     };
+    coverage.answer(op, &before, &expected);
     let real = alloc.execute(&command, now, log);
     check_answer(real, expected, model)?;
     check_state(alloc, model, log)
@@ -955,11 +1480,17 @@ fn step(alloc: &Allocator, model: &mut Model, log: &mut EventLog, op: &Op) -> Re
 /// that the event log replays, and a snapshot restores, to the same state. Panics only where
 /// the allocator itself does (its invariant checks, or a bug).
 pub fn run(ops: &[Op]) -> Result<(), Mismatch> {
+    run_covered(ops).map(|_| ())
+}
+
+/// [`run`], also saying what the sequence did on the waitlist side.
+pub fn run_covered(ops: &[Op]) -> Result<Coverage, Mismatch> {
     let alloc = Allocator::new(config());
     let mut model = Model::new();
     let mut log = EventLog::default();
+    let mut coverage = Coverage::default();
     for op in ops {
-        step(&alloc, &mut model, &mut log, op)?;
+        step(&alloc, &mut model, &mut log, op, &mut coverage)?;
     }
     // Reap once more so that both allocators below forget the same resolved holds: forgetting
     // is the reaper's housekeeping, not an event, so a replay forgets only when its reaper runs.
@@ -980,8 +1511,15 @@ pub fn run(ops: &[Op]) -> Result<(), Mismatch> {
     let snapshot = alloc.snapshot();
     ensure_eq!(replayed.snapshot(), snapshot.clone());
     // And a checkpoint of the same state restores to it.
-    let restored = Allocator::restore(config(), &snapshot);
-    let restored = restored.map_err(|e| Mismatch(format!("restore: {e}")))?;
+    let restored =
+        Allocator::restore(config(), &snapshot).map_err(|e| Mismatch(format!("restore: {e}")))?;
     ensure_eq!(restored.snapshot(), snapshot);
-    Ok(())
+    // Entries read the same from the replayed and the restored allocator.
+    for e in model.entries.values() {
+        let live = alloc.entry(EntrySeq(e.seq));
+        ensure_eq!(replayed.entry(EntrySeq(e.seq)), live.clone(), "replayed entry {}", e.seq);
+        ensure_eq!(restored.entry(EntrySeq(e.seq)), live, "restored entry {}", e.seq);
+    }
+    coverage.finish(&model, &log);
+    Ok(coverage)
 }

@@ -7,6 +7,11 @@
 //!   a reserve or an extend: any state, but never an expiry earlier than promised) unless it
 //!   was resolved long enough ago to be forgotten; `sold` covers every acknowledged confirm.
 //! - **Holds resolve once**: every resolution seen durably reads the same forever after.
+//! - **Waitlists**: every acknowledged join's entry is there (same deal, user, quantity) unless
+//!   it could have ended and been forgotten; an acknowledged cancel reads cancelled at its
+//!   instant; an entry seen ended (cancelled, lapsed) durably reads the same after; no entry of
+//!   a deal whose end was acknowledged still waits. Offers are holds: the hold checks cover
+//!   them, and the audit checks that each names its entry.
 //! - **Exactly the logged prefix**: the recovered state equals the live node's state right
 //!   after the last recovered record (modulo resolved holds past their retention, which either
 //!   side may have forgotten).
@@ -16,7 +21,8 @@
 use livestock::alloc::Snapshot;
 use livestock_core::deal::Lifecycle;
 use livestock_core::hold::HoldState;
-use livestock_core::ids::HoldSeq;
+use livestock_core::ids::{EntrySeq, HoldSeq};
+use livestock_core::waitlist::EntryState;
 
 use super::ledger::{Fate, Ledger};
 
@@ -41,7 +47,19 @@ pub fn no_oversell(snapshot: &Snapshot) -> Result<(), String> {
 /// forget them at different moments.
 pub fn normalized(snapshot: &Snapshot, now_ms: u64, retention_ms: u64) -> Snapshot {
     let mut s = snapshot.clone();
-    s.holds.retain(|h| h.resolved_at_ms.is_none_or(|at| at.saturating_add(retention_ms) > now_ms));
+    let kept = |at: Option<u64>| at.is_none_or(|at| at.saturating_add(retention_ms) > now_ms);
+    s.holds.retain(|h| kept(h.resolved_at_ms));
+    // Entries are forgotten with their end (or their confirmed offer) past the retention.
+    let holds = s.holds.clone();
+    for list in &mut s.waitlists {
+        list.entries.retain(|e| match e.state {
+            EntryState::Waiting | EntryState::Entered => true,
+            EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost => kept(e.resolved_at_ms),
+            EntryState::Offered => {
+                holds.iter().any(|h| Some(h.seq) == e.hold && kept(h.resolved_at_ms))
+            }
+        });
+    }
     s
 }
 
@@ -193,6 +211,52 @@ pub fn against_ledger(
         let present = snapshot.holds.iter().any(|h| h.seq == HoldSeq(*seq));
         if !present && !forgettable(r.resolved_at_ms) {
             return Err(format!("hold {seq} resolved {:?} per {} is gone", r.state, r.seen));
+        }
+    }
+    let entries: Vec<_> = snapshot.waitlists.iter().flat_map(|list| &list.entries).collect();
+    for (seq, fact) in &ledger.entries {
+        let Some(entry) = entries.iter().find(|e| e.seq == EntrySeq(*seq)) else {
+            // Any entry may end (lapse, a cancel whose answer was lost, a confirmed offer) and
+            // be forgotten after the retention: at the earliest from its creation.
+            if forgettable(fact.cancelled_at_ms.unwrap_or(fact.created_at_ms)) {
+                continue;
+            }
+            return Err(format!("acknowledged entry {seq} ({fact:?}) is gone"));
+        };
+        let what = format!("acknowledged entry {seq} ({fact:?}) reads {entry:?}");
+        if (entry.deal_id.as_str(), entry.user_id.as_str(), entry.qty)
+            != (fact.deal.as_str(), fact.user.as_str(), fact.qty)
+        {
+            return Err(format!("{what}: not the entry that joined"));
+        }
+        if let Some(at) = fact.cancelled_at_ms {
+            if (entry.state, entry.resolved_at_ms) != (EntryState::Cancelled, Some(at)) {
+                return Err(format!("{what}: its cancel was acknowledged"));
+            }
+        }
+        if entry.state == EntryState::Waiting
+            && ledger.deals.get(&fact.deal).is_some_and(|d| d.ended)
+        {
+            return Err(format!("{what}: waits after its deal's end was acknowledged"));
+        }
+    }
+    for entry in &entries {
+        let (EntryState::Cancelled | EntryState::Lapsed) = entry.state else { continue };
+        let Some(at) = entry.resolved_at_ms else {
+            return Err(format!("ended entry without resolved_at: {entry:?}"));
+        };
+        if durable {
+            ledger.observe_entry(entry.seq, entry.state, at, seen)?;
+        } else if let Some((state, ended_at, before)) = ledger.entries_ended.get(&entry.seq.0) {
+            if (*state, *ended_at) != (entry.state, at) {
+                return Err(format!("entry ended {state:?} per {before} reads {entry:?}"));
+            }
+        }
+    }
+    for (seq, (state, at, before)) in &ledger.entries_ended {
+        let present = entries.iter().any(|e| e.seq == EntrySeq(*seq));
+        if !present && !forgettable(*at) {
+            return Err(format!("entry {seq} ended {state:?} per {before} is gone"));
         }
     }
     Ok(())

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use livestock::idempotency::StoredReply;
 use livestock_core::hold::HoldState;
-use livestock_core::ids::HoldSeq;
+use livestock_core::ids::{EntrySeq, HoldSeq};
+use livestock_core::waitlist::EntryState;
 use serde_json::Value;
 
 use super::workload::{Req, KEY};
@@ -86,6 +87,51 @@ pub fn holds_in(reply: &StoredReply) -> Vec<HoldBody> {
     }
 }
 
+/// A waitlist entry as an answer describes it (a join's, a cancel's).
+#[derive(Clone, Debug)]
+pub struct EntryBody {
+    pub seq: EntrySeq,
+    pub deal: String,
+    pub user: String,
+    pub qty: u32,
+    pub state: EntryState,
+    pub created_at_ms: u64,
+    pub resolved_at_ms: Option<u64>,
+}
+
+pub fn parse_entry(value: &Value) -> Result<EntryBody, String> {
+    let id = text(value, "entry_id")?;
+    let seq = EntrySeq::from_id(&id, KEY).map_err(|e| e.to_string())?;
+    let state = text(value, "state")?;
+    let state = EntryState::parse(&state).ok_or_else(|| format!("entry state {state:?}"))?;
+    Ok(EntryBody {
+        seq,
+        deal: text(value, "deal_id")?,
+        user: text(value, "user_id")?,
+        qty: number(value, "qty")? as u32,
+        state,
+        created_at_ms: ms(value, "created_at")?.ok_or("created_at missing")?,
+        resolved_at_ms: ms(value, "resolved_at")?,
+    })
+}
+
+/// The entry an answer describes, if it is one.
+pub fn entries_in(reply: &StoredReply) -> Vec<EntryBody> {
+    let Ok(body) = serde_json::from_slice::<Value>(&reply.body) else { return Vec::new() };
+    parse_entry(&body).into_iter().collect()
+}
+
+/// What an acknowledged join or cancel says of an entry: it waits (joined), or it was
+/// cancelled at an instant.
+#[derive(Clone, Debug)]
+pub struct EntryFact {
+    pub deal: String,
+    pub user: String,
+    pub qty: u32,
+    pub created_at_ms: u64,
+    pub cancelled_at_ms: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {
     Held,
@@ -123,6 +169,11 @@ pub struct Ledger {
     pub deals: BTreeMap<String, DealFact>,
     pub holds: BTreeMap<u64, HoldFact>,
     pub resolved: BTreeMap<u64, Resolution>,
+    /// Waitlist entries an acknowledged answer described.
+    pub entries: BTreeMap<u64, EntryFact>,
+    /// Entries seen durably in a terminal state (cancelled or lapsed) at an instant: an
+    /// entry's life is one way, so they read the same until forgotten.
+    pub entries_ended: BTreeMap<u64, (EntryState, u64, String)>,
 }
 
 impl Ledger {
@@ -158,6 +209,27 @@ impl Ledger {
         }
     }
 
+    /// Records an entry's end seen durably; `Err` if it was seen to end otherwise before.
+    pub fn observe_entry(
+        &mut self,
+        seq: EntrySeq,
+        state: EntryState,
+        at_ms: u64,
+        seen: &str,
+    ) -> Result<(), String> {
+        match self.entries_ended.get(&seq.0) {
+            Some((s, at, before)) if (*s, *at) != (state, at_ms) => Err(format!(
+                "entry {} ended {s:?} at {at} per {before}, now {state:?} at {at_ms} per {seen}",
+                seq.0
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.entries_ended.insert(seq.0, (state, at_ms, seen.to_owned()));
+                Ok(())
+            }
+        }
+    }
+
     fn hold_fact(&mut self, hold: &HoldBody) -> &mut HoldFact {
         self.holds.entry(hold.seq.0).or_insert_with(|| HoldFact {
             deal: hold.deal.clone(),
@@ -183,6 +255,35 @@ impl Ledger {
             .map_err(|e| format!("a {} answer is not JSON: {e}", reply.status))?;
         let bad = |e: String| format!("answer to {}: {e}: {body}", req.describe());
         match req {
+            Req::Reserve { waitlist: true, .. } | Req::CancelEntry { .. }
+                if body.get("entry_id").is_some() =>
+            {
+                let entry = parse_entry(&body).map_err(bad)?;
+                let fact = self.entries.entry(entry.seq.0).or_insert_with(|| EntryFact {
+                    deal: entry.deal.clone(),
+                    user: entry.user.clone(),
+                    qty: entry.qty,
+                    created_at_ms: entry.created_at_ms,
+                    cancelled_at_ms: None,
+                });
+                if (fact.deal.as_str(), fact.user.as_str(), fact.qty)
+                    != (entry.deal.as_str(), entry.user.as_str(), entry.qty)
+                {
+                    return Err(bad(format!("entry {} changed deal, user or qty", entry.seq.0)));
+                }
+                if let Req::CancelEntry { .. } = req {
+                    if entry.state != EntryState::Cancelled {
+                        return Err(bad(format!("a cancel answers {:?}", entry.state)));
+                    }
+                    let at = entry.resolved_at_ms.ok_or_else(|| bad("no resolved_at".into()))?;
+                    if fact.cancelled_at_ms.is_some_and(|before| before != at) {
+                        return Err(bad(format!("entry {} cancelled twice", entry.seq.0)));
+                    }
+                    fact.cancelled_at_ms = Some(at);
+                    self.observe_entry(entry.seq, EntryState::Cancelled, at, seen)?;
+                }
+            }
+            Req::CancelEntry { .. } => return Err(bad("a 2xx cancel without an entry".into())),
             Req::Reserve { .. } | Req::Cart { .. } => {
                 let holds = match &body["holds"] {
                     Value::Array(holds) => holds.iter().map(parse_hold).collect(),

@@ -47,6 +47,10 @@ pub struct Stats {
     pub ledger_checks: u64,
     pub replays_checked: u64,
     pub histories_ended_early: u64,
+    /// Acknowledged waitlist joins (202), cancels (2xx), and offers the clients saw.
+    pub waitlist_joins: u64,
+    pub waitlist_cancels: u64,
+    pub offers_seen: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub known: BTreeMap<&'static str, u64>,
 }
@@ -75,6 +79,9 @@ impl Stats {
         self.ledger_checks += o.ledger_checks;
         self.replays_checked += o.replays_checked;
         self.histories_ended_early += o.histories_ended_early;
+        self.waitlist_joins += o.waitlist_joins;
+        self.waitlist_cancels += o.waitlist_cancels;
+        self.offers_seen += o.offers_seen;
         for (k, v) in &o.faults {
             *self.faults.entry(k).or_default() += v;
         }
@@ -96,6 +103,7 @@ impl Stats {
              \x20 corrupted_sectors={} harmless={} recoveries_refused_for_corruption={}\n\
              \x20 recoveries={} failed_starts={} torn_tails_cut={}\n\
              \x20 checks passed: recovered_state_exact={} ledger={} idempotent_replays={}\n\
+             \x20 waitlists: joins={} cancels={} offers_seen={}\n\
              \x20 histories_ended_early={} known_bugs_hit=[{}]",
             self.seeds,
             self.steps,
@@ -120,6 +128,9 @@ impl Stats {
             self.exact_state_checks,
             self.ledger_checks,
             self.replays_checked,
+            self.waitlist_joins,
+            self.waitlist_cancels,
+            self.offers_seen,
             self.histories_ended_early,
             known.join(" "),
         )

@@ -11,7 +11,7 @@ use livestock::http::wire;
 use livestock::idempotency::{fingerprint, StoredReply};
 use livestock_core::command::{Command, Outcome};
 use livestock_core::error::CommandError;
-use livestock_core::ids::{HoldIdKey, HoldSeq};
+use livestock_core::ids::{EntrySeq, HoldIdKey, HoldSeq};
 use serde_json::{json, Map, Value};
 
 use super::rng::Rng;
@@ -33,12 +33,19 @@ pub enum Req {
         ttl_ms: Option<u64>,
         ttl_max_ms: Option<u64>,
         starts_at_ms: Option<u64>,
+        waitlist_max: Option<u32>,
     },
+    /// `waitlist`: join the deal's waitlist if it cannot serve the reserve (202 or 200 with the
+    /// entry).
     Reserve {
         deal: String,
         user: String,
         qty: u32,
         ttl_ms: Option<u64>,
+        waitlist: bool,
+    },
+    CancelEntry {
+        entry: EntrySeq,
     },
     Cart {
         user: String,
@@ -99,26 +106,36 @@ impl Req {
             Req::EndDeal { deal } => format!("/v1/deals/{deal}/end"),
             Req::EndStream { stream } => format!("/v1/streams/{stream}/end"),
             Req::AdjustStock { deal, .. } => format!("/v1/deals/{deal}/stock"),
+            Req::CancelEntry { entry } => format!("/v1/waitlist/{}/cancel", entry.to_id(KEY)),
         }
     }
 
     pub fn body(&self) -> Value {
         match self {
-            Req::CreateDeal { id, stream, stock, limit, ttl_ms, ttl_max_ms, starts_at_ms } => {
-                object(vec![
-                    ("id", Some(json!(id))),
-                    ("stream_id", stream.as_ref().map(|s| json!(s))),
-                    ("stock", Some(json!(stock))),
-                    ("per_user_limit", limit.map(|l| json!(l))),
-                    ("hold_ttl_ms", ttl_ms.map(|t| json!(t))),
-                    ("hold_ttl_ms_max", ttl_max_ms.map(|t| json!(t))),
-                    ("starts_at", starts_at_ms.map(|t| json!(wire::timestamp(t)))),
-                ])
-            }
-            Req::Reserve { user, qty, ttl_ms, .. } => object(vec![
+            Req::CreateDeal {
+                id,
+                stream,
+                stock,
+                limit,
+                ttl_ms,
+                ttl_max_ms,
+                starts_at_ms,
+                waitlist_max,
+            } => object(vec![
+                ("id", Some(json!(id))),
+                ("stream_id", stream.as_ref().map(|s| json!(s))),
+                ("stock", Some(json!(stock))),
+                ("per_user_limit", limit.map(|l| json!(l))),
+                ("hold_ttl_ms", ttl_ms.map(|t| json!(t))),
+                ("hold_ttl_ms_max", ttl_max_ms.map(|t| json!(t))),
+                ("starts_at", starts_at_ms.map(|t| json!(wire::timestamp(t)))),
+                ("waitlist_max", waitlist_max.map(|m| json!(m))),
+            ]),
+            Req::Reserve { user, qty, ttl_ms, waitlist, .. } => object(vec![
                 ("user_id", Some(json!(user))),
                 ("qty", Some(json!(qty))),
                 ("ttl_ms", ttl_ms.map(|t| json!(t))),
+                ("waitlist", waitlist.then_some(json!(true))),
             ]),
             Req::Cart { user, lines, ttl_ms } => object(vec![
                 ("user_id", Some(json!(user))),
@@ -137,7 +154,8 @@ impl Req {
             | Req::Pause { .. }
             | Req::Resume { .. }
             | Req::EndDeal { .. }
-            | Req::EndStream { .. } => json!({}),
+            | Req::EndStream { .. }
+            | Req::CancelEntry { .. } => json!({}),
         }
     }
 
@@ -148,6 +166,7 @@ impl Req {
             Req::Confirm { hold, .. } | Req::Release { hold } | Req::Extend { hold, .. } => {
                 format!("hold:{}", hold.to_id(KEY))
             }
+            Req::CancelEntry { entry } => format!("entry:{}", entry.to_id(KEY)),
             _ => "admin".into(),
         }
     }
@@ -185,6 +204,10 @@ impl Req {
                 return Ok(Command::Confirm { hold: hold(h)?, qty });
             }
             Req::Release { hold: h } => return Ok(Command::Release { hold: hold(h)? }),
+            Req::CancelEntry { entry } => {
+                let entry = wire::entry_seq(&entry.to_id(KEY), KEY).map_err(bad)?;
+                return Ok(Command::CancelEntry { entry });
+            }
             Req::Extend { hold: h, .. } => {
                 let ttl_ms = wire::parse_body::<wire::ExtendBody>(body).map_err(bad)?.ttl_ms;
                 return Ok(Command::Extend { hold: hold(h)?, ttl_ms });
@@ -223,8 +246,15 @@ fn defaults() -> (u64, u64) {
 /// Which answers a retry gets back: the server's own rule.
 pub use livestock::http::exchange::remembered;
 
-/// Draws a new request. `holds`: hold numbers the clients have seen, newest last.
-pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64) -> Req {
+/// Draws a new request. `holds`, `entries`: hold and waitlist entry numbers the clients have
+/// seen, newest last.
+pub fn request(
+    rng: &mut Rng,
+    created: &[String],
+    holds: &[HoldSeq],
+    entries: &[EntrySeq],
+    now_ms: u64,
+) -> Req {
     let deal = |rng: &mut Rng| -> String {
         match rng.pick(created) {
             Some(d) if !rng.chance(25) => d.clone(),
@@ -251,7 +281,7 @@ pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64
     };
     // Deals first: until two exist, most requests would only be told `unknown_deal`.
     let create = if created.len() < 2 { 60 } else { 4 };
-    let weights = [create, 30, 8, 18, 8, 8, 2, 2, 2, 2, 3];
+    let weights = [create, 30, 8, 18, 8, 8, 2, 2, 2, 2, 3, 4];
     match rng.weighted(&weights) {
         0 => {
             let fresh: Vec<&&str> =
@@ -266,10 +296,14 @@ pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64
             } else {
                 None
             };
+            // Most deals keep a short waitlist and little stock: sold out quickly, with units
+            // coming back often.
+            let waitlist_max = rng.chance(600).then(|| rng.range(1, 4) as u32);
+            let stock = if waitlist_max.is_some() { rng.range(1, 3) } else { rng.range(1, 8) };
             Req::CreateDeal {
                 id,
                 stream: rng.pick(&STREAMS).filter(|_| rng.chance(700)).map(|s| (*s).to_owned()),
-                stock: rng.range(1, 8),
+                stock,
                 limit: if rng.chance(400) { Some(rng.range(1, 3) as u32) } else { None },
                 ttl_ms,
                 ttl_max_ms,
@@ -278,6 +312,7 @@ pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64
                 } else {
                     None
                 },
+                waitlist_max,
             }
         }
         1 => Req::Reserve {
@@ -285,6 +320,7 @@ pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64
             user: user(rng),
             qty: rng.range(1, 3) as u32,
             ttl_ms: ttl(rng),
+            waitlist: rng.chance(500),
         },
         2 => {
             let lines = (0..rng.range(1, 3)).map(|_| (deal(rng), rng.range(1, 2) as u32)).collect();
@@ -300,6 +336,17 @@ pub fn request(rng: &mut Rng, created: &[String], holds: &[HoldSeq], now_ms: u64
         7 => Req::Resume { deal: deal(rng) },
         8 => Req::EndDeal { deal: deal(rng) },
         9 => Req::EndStream { stream: (*rng.pick(&STREAMS).expect("streams")).to_owned() },
+        11 => {
+            // Mostly recent entries; sometimes a number that is no entry.
+            let entry = match rng.pick(entries) {
+                Some(_) if !rng.chance(100) => {
+                    let n = entries.len() as u64;
+                    entries[(n - 1 - rng.below(n.min(3))) as usize]
+                }
+                _ => EntrySeq(rng.range(1, 40)),
+            };
+            Req::CancelEntry { entry }
+        }
         _ => {
             let delta = rng.range(1, 3) as i64;
             Req::AdjustStock {

@@ -32,7 +32,7 @@ use super::check::{self, Digests};
 use super::machine::{Machine, SimClock, CLOCK_SPEED, T0_MS};
 use super::net::SimNet;
 use super::{Plan, Stats};
-use crate::sim::ledger::{holds_in, Ledger};
+use crate::sim::ledger::{entries_in, holds_in, Ledger};
 use crate::sim::rng::{Rng, TraceHash};
 use crate::sim::storage::SimStorage;
 use crate::sim::workload::{self, remembered, Req};
@@ -96,6 +96,8 @@ pub struct History {
     origin: tokio::time::Instant,
     created: Vec<String>,
     holds: Vec<HoldSeq>,
+    /// Waitlist entries the clients have seen, newest last.
+    entries: Vec<livestock_core::ids::EntrySeq>,
     ledger: Ledger,
     /// Every key sent, with its request (retries pick from these).
     sent_keys: BTreeMap<(String, String), Req>,
@@ -144,6 +146,7 @@ impl History {
             origin,
             created: Vec::new(),
             holds: Vec::new(),
+            entries: Vec::new(),
             ledger: Ledger::default(),
             sent_keys: BTreeMap::new(),
             acked_keys: BTreeMap::new(),
@@ -291,7 +294,13 @@ impl History {
         match self.rng.weighted(&weights) {
             0 => {
                 let now = self.now_ms();
-                let req = workload::request(&mut self.rng, &self.created, &self.holds, now);
+                let req = workload::request(
+                    &mut self.rng,
+                    &self.created,
+                    &self.holds,
+                    &self.entries,
+                    now,
+                );
                 let key = self.rng.chance(self.plan.keyed_per_mille).then(|| {
                     self.next_key += 1;
                     format!("k{}", self.next_key)
@@ -506,6 +515,11 @@ impl History {
         let seen = format!("the answer at step {} from node {node}", self.step);
         self.ledger.acknowledge(&req, &reply, &seen).map_err(|e| format!("[ledger] {e}"))?;
         if (200..300).contains(&reply.status) {
+            for entry in entries_in(&reply) {
+                if !self.entries.contains(&entry.seq) {
+                    self.entries.push(entry.seq);
+                }
+            }
             for hold in holds_in(&reply) {
                 if !self.holds.contains(&hold.seq) {
                     self.holds.push(hold.seq);
@@ -726,6 +740,7 @@ impl History {
             ttl_ms: None,
             ttl_max_ms: None,
             starts_at_ms: None,
+            waitlist_max: None,
         };
         self.send(fresh, Some("k-final".into()), leader)?;
         while self.waiting > 0 {

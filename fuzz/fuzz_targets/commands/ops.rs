@@ -8,12 +8,14 @@
 //! The weights follow the property test's strategies, but numbers reach further: any `u32`
 //! quantity, any `u64` TTL or timestamp, any `i64` stock delta. A sequence is the three deal
 //! creations first (like the property test, so that most sequences have deals to work on),
-//! then ops until the bytes run out, at most `OPS_MAX`.
+//! then ops until the bytes run out, at most `OPS_MAX`. Deals carry waitlist options (mostly a
+//! short waitlist), reserves and carts say whether they would wait (half do), and
+//! `CancelEntry` refers to entries as holds are referred to.
 
 use arbitrary::{Arbitrary, Unstructured};
 use livestock_core::limits::{
     CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
-    HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX,
+    HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, WAITLIST_MAX,
 };
 
 use crate::reference::{
@@ -28,7 +30,7 @@ const RECENT_HOLDS: usize = 3;
 const STOCK_SMALL: usize = 20;
 
 // The weights of each choice's buckets, in bucket order (see the decoder for what each is).
-const OP: [u32; 12] = [2, 12, 4, 5, 3, 3, 6, 2, 1, 1, 1, 1];
+const OP: [u32; 13] = [2, 12, 4, 5, 3, 3, 6, 2, 1, 1, 1, 1, 3];
 const DEAL: [u32; 2] = [12, 1];
 const HOLD: [u32; 2] = [6, 2];
 const RESERVE_TTL: [u32; 6] = [8, 12, 1, 1, 1, 1];
@@ -47,6 +49,12 @@ const EXTEND_TTL: [u32; 7] = [1, 1, 1, 8, 1, 1, 1];
 const ADVANCE: [u32; 3] = [6, 1, 1];
 const REAP: [u32; 2] = [3, 1];
 const DELTA: [u32; 3] = [10, 1, 1];
+/// waitlist_max: none, 1..=3, 0, WAITLIST_MAX, WAITLIST_MAX + 1, any.
+const WAITLIST: [u32; 6] = [12, 24, 1, 1, 1, 1];
+/// offer_ttl_ms: none, 5 s steps up to a minute, HOLD_TTL_MS_MIN - 1, HOLD_TTL_MS_MAX, any.
+const OFFER_TTL: [u32; 5] = [6, 6, 1, 1, 1];
+/// Whether a reserve (or a cart) asks to wait: no, yes.
+const JOIN: [u32; 2] = [1, 1];
 
 // ------------------------------------------------------------------------------- decoding
 
@@ -164,6 +172,21 @@ fn create_deal(u: &mut Unstructured, deal: usize) -> Result<Op> {
         5 => Some(HOLD_TTL_MS_MAX + 1),
         _ => Some(any_u64(u)?),
     };
+    let waitlist_max = match weighted(u, &WAITLIST)? {
+        0 => None,
+        1 => Some(1 + pick(u, 3)? as u32),
+        2 => Some(0),
+        3 => Some(WAITLIST_MAX),
+        4 => Some(WAITLIST_MAX + 1),
+        _ => Some(any_u32(u)?),
+    };
+    let offer_ttl_ms = match weighted(u, &OFFER_TTL)? {
+        0 => None,
+        1 => Some((1 + pick(u, 12)? as u64) * 5_000),
+        2 => Some(HOLD_TTL_MS_MIN - 1),
+        3 => Some(HOLD_TTL_MS_MAX),
+        _ => Some(any_u64(u)?),
+    };
     Ok(Op::CreateDeal {
         deal,
         stream,
@@ -173,6 +196,8 @@ fn create_deal(u: &mut Unstructured, deal: usize) -> Result<Op> {
         per_user_limit,
         hold_ttl_ms,
         hold_ttl_ms_max,
+        waitlist_max,
+        offer_ttl_ms,
     })
 }
 
@@ -187,6 +212,7 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             deal: any_deal(u)?,
             qty: qty(u)?,
             ttl_ms: reserve_ttl(u)?,
+            waitlist: weighted(u, &JOIN)? == 1,
         },
         2 => {
             let user = pick(u, USER_IDS.len())?;
@@ -207,7 +233,7 @@ fn op(u: &mut Unstructured) -> Result<Op> {
                 };
                 lines.push((any_deal(u)?, qty));
             }
-            Op::Cart { user, lines, ttl_ms: reserve_ttl(u)? }
+            Op::Cart { user, lines, ttl_ms: reserve_ttl(u)?, waitlist: weighted(u, &JOIN)? == 1 }
         }
         3 => {
             let hold = any_hold(u)?;
@@ -252,7 +278,8 @@ fn op(u: &mut Unstructured) -> Result<Op> {
         8 => Op::Pause(any_deal(u)?),
         9 => Op::Resume(any_deal(u)?),
         10 => Op::EndDeal(any_deal(u)?),
-        _ => Op::EndStream(pick(u, STREAM_IDS.len())?),
+        11 => Op::EndStream(pick(u, STREAM_IDS.len())?),
+        _ => Op::CancelEntry { entry: any_hold(u)? },
     })
 }
 
@@ -392,6 +419,8 @@ fn put_create_deal(
     per_user_limit: Option<u32>,
     hold_ttl_ms: Option<u64>,
     hold_ttl_ms_max: Option<u64>,
+    waitlist_max: Option<u32>,
+    offer_ttl_ms: Option<u64>,
 ) -> Encoded {
     match stream {
         None => t.weighted(&STREAM, 0),
@@ -469,6 +498,33 @@ fn put_create_deal(
     if !put_option(t, &TTL_MAX, &ttl_maxes, &hold_ttl_ms_max) {
         t.any_u64(hold_ttl_ms_max.ok_or("a missing TTL max has its own bucket")?);
     }
+    match waitlist_max {
+        None => t.weighted(&WAITLIST, 0),
+        Some(m @ 1..=3) => {
+            t.weighted(&WAITLIST, 1);
+            t.int(2, u64::from(m - 1));
+        }
+        Some(0) => t.weighted(&WAITLIST, 2),
+        Some(WAITLIST_MAX) => t.weighted(&WAITLIST, 3),
+        Some(m) if m == WAITLIST_MAX + 1 => t.weighted(&WAITLIST, 4),
+        Some(m) => {
+            t.weighted(&WAITLIST, 5);
+            t.any_u32(m);
+        }
+    }
+    match offer_ttl_ms {
+        None => t.weighted(&OFFER_TTL, 0),
+        Some(ms) if steps_of(ms, 5_000, 12).is_some() => {
+            t.weighted(&OFFER_TTL, 1);
+            t.int(11, ms / 5_000 - 1);
+        }
+        Some(ms) if ms == HOLD_TTL_MS_MIN - 1 => t.weighted(&OFFER_TTL, 2),
+        Some(HOLD_TTL_MS_MAX) => t.weighted(&OFFER_TTL, 3),
+        Some(ms) => {
+            t.weighted(&OFFER_TTL, 4);
+            t.any_u64(ms);
+        }
+    }
     Ok(())
 }
 
@@ -483,6 +539,8 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
             per_user_limit,
             hold_ttl_ms,
             hold_ttl_ms_max,
+            waitlist_max,
+            offer_ttl_ms,
         } => {
             t.weighted(&OP, 0);
             t.pick(DEALS_CREATABLE, *deal)?;
@@ -495,16 +553,19 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
                 *per_user_limit,
                 *hold_ttl_ms,
                 *hold_ttl_ms_max,
+                *waitlist_max,
+                *offer_ttl_ms,
             )?;
         }
-        Op::Reserve { user, deal, qty, ttl_ms } => {
+        Op::Reserve { user, deal, qty, ttl_ms, waitlist } => {
             t.weighted(&OP, 1);
             t.pick(USER_IDS.len(), *user)?;
             put_deal(t, *deal)?;
             put_qty(t, *qty);
             put_reserve_ttl(t, *ttl_ms);
+            t.weighted(&JOIN, usize::from(*waitlist));
         }
-        Op::Cart { user, lines, ttl_ms } => {
+        Op::Cart { user, lines, ttl_ms, waitlist } => {
             t.weighted(&OP, 2);
             t.pick(USER_IDS.len(), *user)?;
             match lines.len() {
@@ -532,6 +593,7 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
                 put_deal(t, *deal)?;
             }
             put_reserve_ttl(t, *ttl_ms);
+            t.weighted(&JOIN, usize::from(*waitlist));
         }
         Op::Confirm { hold, qty } => {
             t.weighted(&OP, 3);
@@ -621,6 +683,10 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
             t.weighted(&OP, 11);
             t.pick(STREAM_IDS.len(), *stream)?;
         }
+        Op::CancelEntry { entry } => {
+            t.weighted(&OP, 12);
+            put_hold(t, *entry)?;
+        }
     }
     Ok(())
 }
@@ -643,6 +709,8 @@ pub fn encode(ops: &[Op]) -> std::result::Result<Vec<u8>, String> {
                 per_user_limit,
                 hold_ttl_ms,
                 hold_ttl_ms_max,
+                waitlist_max,
+                offer_ttl_ms,
             } = op
             else {
                 return Err(format!("op {i} must create deal {i}"));
@@ -659,6 +727,8 @@ pub fn encode(ops: &[Op]) -> std::result::Result<Vec<u8>, String> {
                 *per_user_limit,
                 *hold_ttl_ms,
                 *hold_ttl_ms_max,
+                *waitlist_max,
+                *offer_ttl_ms,
             )?;
         } else {
             put_op(&mut t, op)?;
