@@ -6,6 +6,12 @@
 //! move thousands of times a second, and a viewer needs a smooth number, not every step. A
 //! change held back is not stored: the publisher reads the counters again on its next tick
 //! and publishes whatever they are then, so a held change is never lost, only merged.
+//!
+//! Both are paid from a [`Budget`] of writes to subscribers' sockets per second: the write is
+//! most of what a subscriber costs the server's core (the kernel's TCP send), so with many
+//! subscribers counters go out less often than `feed_interval_ms`, keeping the feed's share
+//! of the core bounded whatever the crowd. A change of state is never held back for counters:
+//! counters go out only when the budget would still pay one state change to every subscriber.
 
 use crate::http::feed_frame::Stock;
 
@@ -17,8 +23,10 @@ pub enum Decision {
     /// Counters changed, but the last publication is younger than the interval: look again on
     /// a later tick.
     Wait,
-    /// Encode and send a frame now.
+    /// Counters alone changed and the interval has passed: send a frame if the budget allows.
     Publish,
+    /// The state changed (sold out, back in stock, paused, ended): send a frame now.
+    PublishState,
 }
 
 /// One deal as the feed last published it.
@@ -42,9 +50,9 @@ impl Tracker {
     pub fn decide(&self, seen: &Stock, now_ms: u64, interval_ms: u64) -> Decision {
         if *seen == self.published {
             Decision::Same
-        } else if seen.state != self.published.state
-            || now_ms >= self.published_at_ms.saturating_add(interval_ms)
-        {
+        } else if seen.state != self.published.state {
+            Decision::PublishState
+        } else if now_ms >= self.published_at_ms.saturating_add(interval_ms) {
             Decision::Publish
         } else {
             Decision::Wait
@@ -56,6 +64,61 @@ impl Tracker {
         self.published = stock;
         self.published_at_ms = now_ms;
     }
+}
+
+/// Writes to subscribers' sockets the feed may make, refilled at `sends_per_s` and spent as
+/// frames go out (a deal's frame costs one write per subscriber of each feed it goes to).
+/// Counted in thousandths of a write, so a 10-ms tick's refill loses no fraction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    sends_per_s: u64,
+    milli_sends: i64,
+    at_ms: u64,
+}
+
+impl Budget {
+    /// Full (one second of sends) at `now_ms`.
+    pub fn new(sends_per_s: u64, now_ms: u64) -> Budget {
+        let full = i64::try_from(sends_per_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+        Budget { sends_per_s, milli_sends: full, at_ms: now_ms }
+    }
+
+    /// What accrued up to `now_ms`, kept at most a second's worth or two writes to each of
+    /// `subscribers` (whichever is more: a crowd larger than a second's budget still gets its
+    /// counters, only less often).
+    pub fn refill(&mut self, now_ms: u64, subscribers: usize) {
+        let elapsed_ms = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        let accrued =
+            i64::try_from(self.sends_per_s.saturating_mul(elapsed_ms)).unwrap_or(i64::MAX);
+        let cap = self.sends_per_s.max(two_rounds(subscribers)).saturating_mul(1_000);
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        self.milli_sends = self.milli_sends.saturating_add(accrued).min(cap);
+    }
+
+    /// Whether counters may go out to `subscribers`: only with a whole round left after them,
+    /// so that the change of state that may follow goes out at once.
+    pub fn allows_counters(&self, subscribers: usize) -> bool {
+        self.milli_sends
+            >= i64::try_from(two_rounds(subscribers).saturating_mul(1_000)).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a change of state may go out: unless earlier changes of state overspent (a deal
+    /// flapping between sold out and back in stock), in which case it waits for the refill.
+    pub fn allows_state(&self) -> bool {
+        self.milli_sends >= 0
+    }
+
+    /// `sends` writes made (or about to be).
+    pub fn spend(&mut self, sends: usize) {
+        let cost = i64::try_from(sends).unwrap_or(i64::MAX / 1_000).saturating_mul(1_000);
+        self.milli_sends = self.milli_sends.saturating_sub(cost);
+    }
+}
+
+/// Two writes to each subscriber: the counters' round and the state change kept in reserve.
+fn two_rounds(subscribers: usize) -> u64 {
+    u64::try_from(subscribers).unwrap_or(u64::MAX).saturating_mul(2)
 }
 
 #[cfg(test)]
@@ -94,9 +157,9 @@ mod tests {
     fn sold_out_and_back_in_stock_go_out_at_once() {
         let mut tracker = Tracker::new(live(1, 0), 1_000);
         // One millisecond after the last publication: the interval does not hold it back.
-        assert_eq!(tracker.decide(&live(0, 1), 1_001, INTERVAL_MS), Decision::Publish);
+        assert_eq!(tracker.decide(&live(0, 1), 1_001, INTERVAL_MS), Decision::PublishState);
         tracker.publish(live(0, 1), 1_001);
-        assert_eq!(tracker.decide(&live(1, 0), 1_002, INTERVAL_MS), Decision::Publish);
+        assert_eq!(tracker.decide(&live(1, 0), 1_002, INTERVAL_MS), Decision::PublishState);
     }
 
     #[test]
@@ -104,7 +167,11 @@ mod tests {
         let tracker = Tracker::new(live(5, 0), 1_000);
         for state in [FeedState::Paused, FeedState::Ended, FeedState::Scheduled] {
             let seen = Stock { state, ..live(5, 0) };
-            assert_eq!(tracker.decide(&seen, 1_000, INTERVAL_MS), Decision::Publish, "{state:?}");
+            assert_eq!(
+                tracker.decide(&seen, 1_000, INTERVAL_MS),
+                Decision::PublishState,
+                "{state:?}"
+            );
         }
     }
 
@@ -114,5 +181,54 @@ mod tests {
         assert_eq!(tracker.decide(&live(4, 1), u64::MAX - 1, INTERVAL_MS), Decision::Wait);
         // The interval's end saturates at the clock's end instead of wrapping to the past.
         assert_eq!(tracker.decide(&live(4, 1), u64::MAX, INTERVAL_MS), Decision::Publish);
+    }
+
+    #[test]
+    fn the_budget_sends_counters_only_with_a_state_change_in_reserve() {
+        // 20,000 writes a second, 10,000 subscribers: the cap is two rounds (20,000).
+        let mut budget = Budget::new(20_000, 0);
+        budget.refill(0, 10_000);
+        assert!(budget.allows_counters(10_000));
+        budget.spend(10_000);
+        assert!(!budget.allows_counters(10_000), "one round left: kept for a state change");
+        assert!(budget.allows_state());
+        budget.spend(10_000); // a sell-out to everyone
+        assert!(budget.allows_state(), "spent to zero, not past it");
+        budget.spend(10_000); // back in stock at once: the budget is overspent
+        assert!(!budget.allows_state(), "a third change waits for the refill");
+        budget.refill(499, 10_000);
+        assert!(!budget.allows_state());
+        budget.refill(500, 10_000);
+        assert!(budget.allows_state() && !budget.allows_counters(10_000));
+        // Counters again once two rounds have accrued: one second later.
+        budget.refill(1_499, 10_000);
+        assert!(!budget.allows_counters(10_000));
+        budget.refill(1_500, 10_000);
+        assert!(budget.allows_counters(10_000));
+    }
+
+    #[test]
+    fn the_budget_keeps_at_most_a_second_or_two_rounds_and_refills_without_losing_fractions() {
+        let mut budget = Budget::new(1_000, 0);
+        budget.refill(60_000, 10);
+        budget.spend(1_000);
+        assert!(budget.allows_state(), "a minute idle keeps a second's worth");
+        budget.spend(1);
+        assert!(!budget.allows_state(), "and no more");
+        // A crowd above the second's budget: the cap grows to two rounds of it.
+        let mut budget = Budget::new(1_000, 0);
+        budget.spend(1_000);
+        budget.refill(10_000, 5_000);
+        assert!(budget.allows_counters(5_000));
+        // 3 ms ticks at 1,000/s accrue 3 writes each, exactly.
+        let mut budget = Budget::new(1_000, 0);
+        budget.spend(1_000);
+        for tick in 1..=100 {
+            budget.refill(tick * 3, 1);
+        }
+        budget.spend(300);
+        assert!(budget.allows_state());
+        budget.spend(1);
+        assert!(!budget.allows_state());
     }
 }

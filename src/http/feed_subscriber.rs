@@ -1,110 +1,232 @@
-//! One subscriber of the live feed: its `text/event-stream` answer, which sends the frames of
-//! its feed's newest snapshot it has not sent yet (in id order), a heartbeat comment every
-//! `FEED_HEARTBEAT_MS`, and ends when its feed closes. It holds a seat among the subscribers
-//! for as long as its body lives.
+//! The subscribers of one feed and the fan-out that writes to them.
+//!
+//! A subscription starts as an ordinary hyper answer: `text/event-stream`, chunked, whose body
+//! is the feed's newest frames. Once hyper has flushed that first chunk, the connection is
+//! handed off (`server.rs` takes the socket back from hyper, see [`Ticket`]) to its feed's
+//! [`Group`]: one fan-out task per feed that writes each new snapshot to every socket of the
+//! feed itself, as HTTP/1.1 chunks.
+//!
+//! Why not a hyper body per subscriber: then every event wakes one task per subscriber, which
+//! polls hyper's connection, which writes its socket; with 10,000 subscribers that was 29% of
+//! the server's core in tokio's run queue alone, and each connection kept hyper's buffers
+//! (about 13 KiB of the 15 KiB a subscriber cost). The fan-out is one wake per feed per
+//! event and a loop of `writev`s, and a handed-off subscriber is its socket and a few words.
+//!
+//! A subscriber slow to read (its socket's send buffer full) is not waited for: it keeps the
+//! remainder of a chunk it could not finish, and on a later try it sends what it missed from
+//! the feed's newest snapshot: the kept changes of state, then each deal's newest frame
+//! (`Snapshot::since`). Nothing queues per subscriber beyond one chunk.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{header, HeaderValue, Response};
 use http_body_util::{BodyExt, StreamBody};
-use livestock_core::limits::FEED_HEARTBEAT_MS;
-use tokio::sync::watch;
+use hyper::body::{Body as HttpBody, Frame as HttpFrame, SizeHint};
+use livestock_core::limits::{FEED_HEARTBEAT_MS, FEED_TICK_MS};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
 
 use crate::http::body::Body;
-use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT};
+use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT_CHUNK, LAST_CHUNK};
+use crate::sync::os::Mutex;
 
-/// A place among the subscribers, given back when the subscription's body is dropped.
-pub struct Seat(Arc<AtomicUsize>);
+/// Sockets written between two yields of the fan-out: a sell-out to 10,000 subscribers is
+/// tens of milliseconds of `writev`, during which reserves on the same core must still run.
+const WRITES_PER_YIELD: usize = 64;
+/// A feed that is over gives its slow subscribers this many retries (one a tick) to take
+/// their last chunks before their sockets are closed anyway.
+const CLOSING_RETRIES: u32 = 100;
+
+/// A place among the subscribers, given back when the subscriber is dropped (the client went
+/// away, or the feed ended).
+pub struct Seat {
+    total: Arc<AtomicUsize>,
+    group: Option<Arc<Group>>,
+}
 
 impl Seat {
-    /// A seat already counted in `count`.
-    pub fn new(count: Arc<AtomicUsize>) -> Seat {
-        Seat(count)
+    /// A seat already counted in `total`.
+    pub fn new(total: Arc<AtomicUsize>) -> Seat {
+        Seat { total, group: None }
+    }
+
+    /// The seat counted among `group`'s members too.
+    fn join(&mut self, group: &Arc<Group>) {
+        group.members.fetch_add(1, Relaxed);
+        if let Some(old) = self.group.replace(group.clone()) {
+            old.members.fetch_sub(1, Relaxed);
+        }
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.total.fetch_sub(1, Relaxed);
+        if let Some(group) = &self.group {
+            group.members.fetch_sub(1, Relaxed);
+        }
     }
 }
 
-/// One subscriber: the frames it has yet to send, and the newest id it sent.
-struct Subscriber {
+/// The subscribers of one live feed (a deal's or a stream's) and its fan-out task.
+#[derive(Default)]
+pub struct Group {
+    /// Subscribers of the feed, handed off or not: what a frame sent to it costs in writes.
+    members: AtomicUsize,
+    joining: Mutex<Joining>,
+    joined: Notify,
+}
+
+#[derive(Default)]
+struct Joining {
+    subscribers: Vec<Subscriber>,
+    /// A fan-out task runs for this group (it stops when it has no subscriber left).
+    running: bool,
+}
+
+impl Group {
+    /// Subscribers now.
+    pub fn members(&self) -> usize {
+        self.members.load(Relaxed)
+    }
+}
+
+/// A subscription the handler made, waiting for its connection to be handed off.
+struct Waiting {
+    group: Arc<Group>,
     rx: watch::Receiver<Arc<Snapshot>>,
-    pending: VecDeque<Bytes>,
     sent_id: u64,
-    over: bool,
-    /// Made on the first poll, inside the runtime (a timer needs one).
-    heartbeat: Option<tokio::time::Interval>,
-    _seat: Seat,
+    seat: Seat,
 }
 
-impl Subscriber {
-    /// Queues the newest snapshot's frames this subscriber has not sent, oldest first. A
-    /// subscriber that fell behind skips every snapshot in between: it sends each deal's newest.
-    fn take_latest(&mut self) {
-        let snapshot = Arc::clone(&self.rx.borrow_and_update());
-        let mut fresh: Vec<&Frame> =
-            snapshot.frames.iter().filter(|f| f.id > self.sent_id).collect();
-        fresh.sort_unstable_by_key(|f| f.id);
-        for frame in fresh {
-            self.pending.push_back(frame.bytes.clone());
-            self.sent_id = frame.id;
-        }
-        self.over |= snapshot.closed;
+/// What a feed answer tells the connection that carries it: the subscription to hand off, and
+/// how far hyper got with the first chunk. Travels as a response extension (cloned, hence the
+/// `Arc`).
+#[derive(Clone)]
+pub struct Ticket(Arc<TicketInner>);
+
+struct TicketInner {
+    phase: AtomicU8,
+    waiting: Mutex<Option<Waiting>>,
+}
+
+const PHASE_ANSWERED: u8 = 0;
+/// The body gave hyper its first (and only) chunk.
+const PHASE_GIVEN: u8 = 1;
+/// Hyper flushed its buffer after that: the head and the first chunk are on the socket, and
+/// hyper has nothing more to write.
+const PHASE_FLUSHED: u8 = 2;
+
+impl Ticket {
+    /// Hyper flushed the connection: the first chunk, if given, is out.
+    pub fn flushed(&self) {
+        let _ = self.0.phase.compare_exchange(PHASE_GIVEN, PHASE_FLUSHED, Relaxed, Relaxed);
     }
 
-    /// The next chunk of the body; `None` ends it.
-    async fn next(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(bytes) = self.pending.pop_front() {
-                return Some(bytes);
-            }
-            if self.over {
-                return None;
-            }
-            let heartbeat = self.heartbeat.get_or_insert_with(|| {
-                let period = Duration::from_millis(FEED_HEARTBEAT_MS);
-                let mut interval =
-                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                interval
-            });
-            tokio::select! {
-                changed = self.rx.changed() => {
-                    // An error: the channel's sender is gone (its feed ended). It always
-                    // closes the snapshot first; a feed dropped without a word ends too.
-                    self.over |= changed.is_err();
-                    self.take_latest();
-                }
-                _ = heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
-            }
+    /// Whether the connection may be taken from hyper now.
+    pub fn ready(&self) -> bool {
+        self.0.phase.load(Relaxed) == PHASE_FLUSHED
+    }
+
+    /// Hands `stream` to the feed's fan-out, with `guard` kept for as long as the socket is
+    /// (the server's count of open connections).
+    pub fn hand_off(&self, stream: TcpStream, guard: Box<dyn Send + Sync>) {
+        let Some(waiting) = self.0.waiting.lock().take() else { return };
+        let subscriber = Subscriber {
+            stream,
+            sent_id: waiting.sent_id,
+            rest: Bytes::new(),
+            _seat: waiting.seat,
+            _guard: guard,
+        };
+        let group = waiting.group;
+        let spawn = {
+            let mut joining = group.joining.lock();
+            joining.subscribers.push(subscriber);
+            !std::mem::replace(&mut joining.running, true)
+        };
+        if spawn {
+            tokio::spawn(fan_out(group.clone(), waiting.rx));
+        } else {
+            group.joined.notify_one();
         }
     }
 }
 
-/// The streaming answer: `text/event-stream` from the receiver's current snapshot on.
-pub fn sse(rx: watch::Receiver<Arc<Snapshot>>, seat: Seat) -> Response<Body> {
-    let mut subscriber = Subscriber {
-        rx,
-        pending: VecDeque::new(),
-        sent_id: 0,
-        over: false,
-        heartbeat: None,
-        _seat: seat,
-    };
-    subscriber.take_latest();
-    let chunks = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
-        let bytes = subscriber.next().await?;
-        Some((Ok::<_, Infallible>(hyper::body::Frame::data(bytes)), subscriber))
+/// The first events of a live feed's answer, then nothing: the fan-out writes the rest once
+/// the connection is handed off. Never ends by itself (the connection is taken from hyper).
+struct FirstEvents {
+    bytes: Option<Bytes>,
+    ticket: Ticket,
+}
+
+impl HttpBody for FirstEvents {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<HttpFrame<Bytes>, Infallible>>> {
+        match self.bytes.take() {
+            Some(bytes) => {
+                self.ticket.0.phase.store(PHASE_GIVEN, Relaxed);
+                Poll::Ready(Some(Ok(HttpFrame::data(bytes))))
+            }
+            // No waker kept: nothing more will come through hyper.
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The streaming answer of a live feed (`group`), from the receiver's current snapshot on. It
+/// carries a [`Ticket`] in its extensions for the connection to hand it off.
+pub fn sse(
+    rx: watch::Receiver<Arc<Snapshot>>,
+    group: Arc<Group>,
+    mut seat: Seat,
+) -> Response<Body> {
+    seat.join(&group);
+    let snapshot = Arc::clone(&rx.borrow());
+    let waiting = Waiting { group, rx, sent_id: snapshot.last_id(), seat };
+    let ticket = Ticket(Arc::new(TicketInner {
+        phase: AtomicU8::new(PHASE_ANSWERED),
+        waiting: Mutex::new(Some(waiting)),
+    }));
+    let body = FirstEvents { bytes: Some(snapshot.first_events()), ticket: ticket.clone() };
+    let mut response = answer(Body::Stream(body.boxed_unsync()));
+    response.extensions_mut().insert(ticket);
+    response
+}
+
+/// The answer of a feed that is already over (its deals ended, or no publisher runs): its
+/// newest frames, then the end, through hyper alone.
+pub fn sse_ended(snapshot: &Snapshot, seat: Seat) -> Response<Body> {
+    let bytes = snapshot.first_events();
+    let chunks = futures_util::stream::once(async move {
+        let _seat = seat;
+        Ok::<_, Infallible>(HttpFrame::data(bytes))
     });
-    let mut response = Response::new(Body::Stream(StreamBody::new(chunks).boxed_unsync()));
+    answer(Body::Stream(StreamBody::new(chunks).boxed_unsync()))
+}
+
+fn answer(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -112,4 +234,271 @@ pub fn sse(rx: watch::Receiver<Arc<Snapshot>>, seat: Seat) -> Response<Body> {
     // to for this answer.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// One handed-off subscriber: its socket, the newest id it sent, the rest of a chunk its
+/// socket did not take.
+struct Subscriber {
+    stream: TcpStream,
+    sent_id: u64,
+    rest: Bytes,
+    _seat: Seat,
+    _guard: Box<dyn Send + Sync>,
+}
+
+/// What a write left a subscriber as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Everything it had to send is out.
+    All,
+    /// Its socket is full: it tries again later.
+    Blocked,
+    /// Its socket failed (the client went away): dropped.
+    Gone,
+}
+
+impl Subscriber {
+    /// Writes the rest of a chunk, then what `snapshot` has past `sent_id`, in one `writev`
+    /// when it fits (the usual case: one frame).
+    fn write(&mut self, snapshot: &Snapshot) -> Wrote {
+        loop {
+            let frames = snapshot.since(self.sent_id);
+            if self.rest.is_empty() && frames.is_empty() {
+                return Wrote::All;
+            }
+            let mut slices = [IoSlice::new(&[]); 16];
+            let mut n = 0;
+            if !self.rest.is_empty() {
+                slices[0] = IoSlice::new(&self.rest);
+                n = 1;
+            }
+            for frame in frames.iter().take(slices.len() - n) {
+                slices[n] = IoSlice::new(&frame.chunk);
+                n += 1;
+            }
+            let written = match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(written) => written,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Wrote::Blocked,
+                Err(_) => return Wrote::Gone,
+            };
+            if written == 0 {
+                return Wrote::Gone;
+            }
+            if !self.take_written(written, frames) {
+                return Wrote::Blocked;
+            }
+        }
+    }
+
+    /// Accounts for `written` bytes of the rest and then of `frames`' chunks; a chunk written
+    /// in part leaves its remainder as the rest. Returns whether all of it was written.
+    fn take_written(&mut self, mut written: usize, frames: &[Frame]) -> bool {
+        let rest = self.rest.len().min(written);
+        self.rest.advance(rest);
+        written -= rest;
+        if !self.rest.is_empty() {
+            return false;
+        }
+        for frame in frames {
+            if written == 0 {
+                break;
+            }
+            self.sent_id = frame.id;
+            if written < frame.chunk.len() {
+                self.rest = frame.chunk.slice(written..);
+                return false;
+            }
+            written -= frame.chunk.len();
+        }
+        true
+    }
+
+    /// A heartbeat, unless the socket is in the middle of a chunk (the rest goes first).
+    fn heartbeat(&mut self) -> Wrote {
+        if !self.rest.is_empty() {
+            return Wrote::Blocked;
+        }
+        match self.stream.try_write(HEARTBEAT_CHUNK) {
+            Ok(n) if n == HEARTBEAT_CHUNK.len() => Wrote::All,
+            Ok(0) => Wrote::Gone,
+            Ok(n) => {
+                self.rest = Bytes::from_static(HEARTBEAT_CHUNK).slice(n..);
+                Wrote::Blocked
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Wrote::Blocked,
+            Err(_) => Wrote::Gone,
+        }
+    }
+}
+
+/// A group's fan-out: writes every new snapshot of its feed to its subscribers, retries the
+/// slow ones every tick, sends heartbeats, and ends the stream of each when the feed is over.
+/// Stops when it has no subscriber left (the next one to join starts another).
+async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut blocked: Vec<bool> = Vec::new();
+    let period = Duration::from_millis(FEED_HEARTBEAT_MS);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(Duration::from_millis(FEED_TICK_MS));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sender_gone = false;
+    let mut closing_retries = 0;
+    loop {
+        {
+            let mut joining = group.joining.lock();
+            let joined = joining.subscribers.len();
+            subscribers.append(&mut joining.subscribers);
+            blocked.resize(subscribers.len(), false);
+            // The newcomers may have missed what came since they were answered.
+            let start = blocked.len() - joined;
+            blocked[start..].iter_mut().for_each(|b| *b = true);
+            if subscribers.is_empty() {
+                joining.running = false;
+                return;
+            }
+        }
+        let snapshot = Arc::clone(&rx.borrow_and_update());
+        let over = snapshot.closed || sender_gone;
+        let any_blocked = write_round(&mut subscribers, &mut blocked, &snapshot, over).await;
+        if over {
+            closing_retries += 1;
+            if !any_blocked || closing_retries > CLOSING_RETRIES {
+                // Dropping the sockets closes them; a stream not ended (its client would not
+                // read) is cut.
+                subscribers.clear();
+                blocked.clear();
+                // Newcomers may still join (answered just before the end): they are ended on
+                // the next turn, with the same snapshot.
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = rx.changed(), if !sender_gone => {
+                sender_gone = changed.is_err();
+                // A new snapshot: everyone is due.
+                blocked.iter_mut().for_each(|b| *b = true);
+            }
+            () = group.joined.notified() => {}
+            _ = retry.tick(), if any_blocked || over => {}
+            _ = heartbeat.tick() => {
+                let mut i = 0;
+                while i < subscribers.len() {
+                    if subscribers[i].heartbeat() == Wrote::Gone {
+                        subscribers.swap_remove(i);
+                        blocked.swap_remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `snapshot` to every subscriber that is due (`blocked`), yielding now and then;
+/// with `over`, ends each stream it completes. Returns whether any is still blocked.
+async fn write_round(
+    subscribers: &mut Vec<Subscriber>,
+    blocked: &mut Vec<bool>,
+    snapshot: &Snapshot,
+    over: bool,
+) -> bool {
+    let mut any_blocked = false;
+    let mut i = 0;
+    let mut writes = 0;
+    while i < subscribers.len() {
+        if !blocked[i] {
+            i += 1;
+            continue;
+        }
+        let mut wrote = subscribers[i].write(snapshot);
+        if over && wrote == Wrote::All {
+            wrote = match subscribers[i].stream.try_write(LAST_CHUNK) {
+                Ok(n) if n == LAST_CHUNK.len() => Wrote::Gone,
+                _ => Wrote::Gone, // the end cut short: the client sees the stream break
+            };
+        }
+        match wrote {
+            Wrote::All => {
+                blocked[i] = false;
+                i += 1;
+            }
+            Wrote::Blocked => {
+                any_blocked = true;
+                i += 1;
+            }
+            Wrote::Gone => {
+                subscribers.swap_remove(i);
+                blocked.swap_remove(i);
+            }
+        }
+        writes += 1;
+        if writes % WRITES_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    any_blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::feed_frame::{FeedState, Stock};
+
+    fn frame(id: u64) -> Frame {
+        Frame::encode(id, "d", &Stock { state: FeedState::Live, available: id, held: 0, sold: 0 })
+    }
+
+    /// A subscriber on one end of a loopback connection, and the other end.
+    async fn pair() -> (Subscriber, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let stream = TcpStream::from_std(server).unwrap();
+        let seat = Seat::new(Arc::new(AtomicUsize::new(1)));
+        let subscriber = Subscriber {
+            stream,
+            sent_id: 0,
+            rest: Bytes::new(),
+            _seat: seat,
+            _guard: Box::new(()),
+        };
+        (subscriber, client)
+    }
+
+    #[test]
+    fn a_partial_write_keeps_the_rest_of_its_chunk_and_later_frames_follow_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (mut subscriber, _client) = pair().await;
+            let frames = [frame(3), frame(5)];
+            let first = frames[0].chunk.len();
+            assert!(!subscriber.take_written(first + 4, &frames));
+            assert_eq!((subscriber.sent_id, &subscriber.rest[..]), (5, &frames[1].chunk[4..]));
+            assert!(subscriber.take_written(frames[1].chunk.len() - 4, &[]));
+            assert!(subscriber.rest.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_slow_subscriber_sends_the_changes_of_state_it_missed_then_the_newest() {
+        use std::io::Read;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (mut subscriber, mut client) = pair().await;
+            subscriber.sent_id = 1;
+            // Missed: 2 (a change of state, kept) and 3 (counters, superseded); 4 is newest.
+            let snapshot = Snapshot::new(vec![frame(4)], [frame(2)], false);
+            // A new socket's readiness is learnt from the reactor.
+            subscriber.stream.writable().await.unwrap();
+            assert!(subscriber.write(&snapshot) == Wrote::All);
+            assert_eq!(subscriber.sent_id, 4);
+            let want = [frame(2).chunk, frame(4).chunk].concat();
+            let mut got = vec![0; want.len()];
+            client.read_exact(&mut got).unwrap();
+            assert_eq!(got, want);
+        });
+    }
 }
