@@ -125,7 +125,9 @@ impl Followed {
 
     /// The deal's own feed's snapshot.
     fn snapshot(&self, closed: bool) -> Snapshot {
-        Snapshot::new(vec![self.frame.clone()], self.history.iter().cloned(), closed)
+        let frames = vec![self.frame.clone()];
+        let snapshot = Snapshot::new(frames, self.history.iter().cloned(), closed);
+        Snapshot { urgent: self.frame_is_state, ..snapshot }
     }
 }
 
@@ -541,7 +543,9 @@ impl State {
     fn snapshot_of(&self, ids: &[String], closed: bool) -> Snapshot {
         let followed = || ids.iter().filter_map(|id| self.deals.get(id));
         let frames = followed().map(|f| f.frame.clone()).collect();
-        Snapshot::new(frames, followed().flat_map(|f| f.history.iter().cloned()), closed)
+        let history = followed().flat_map(|f| f.history.iter().cloned());
+        let snapshot = Snapshot::new(frames, history, closed);
+        Snapshot { urgent: followed().any(|f| f.changed && f.frame_is_state), ..snapshot }
     }
 
     /// Sends a new snapshot to each stream one of whose deals was published on this tick, and

@@ -132,6 +132,8 @@ pub struct Snapshot {
     /// sent up to some id sends next is a suffix of this.
     pub ordered: Vec<Frame>,
     pub closed: bool,
+    /// It carries a change of state: the fan-out gives it priority over the requests beside it.
+    pub urgent: bool,
 }
 
 impl Snapshot {
@@ -140,7 +142,7 @@ impl Snapshot {
         let mut ordered: Vec<Frame> = frames.iter().cloned().chain(history).collect();
         ordered.sort_unstable_by_key(|f| f.id);
         ordered.dedup_by_key(|f| f.id);
-        Snapshot { frames, ordered, closed }
+        Snapshot { frames, ordered, closed, urgent: false }
     }
 
     /// The frames a subscriber that has sent every frame up to `sent_id` sends next, oldest

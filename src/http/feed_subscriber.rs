@@ -37,9 +37,13 @@ use crate::http::body::Body;
 use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT_CHUNK, LAST_CHUNK};
 use crate::sync::os::Mutex;
 
-/// Sockets written between two yields of the fan-out: a sell-out to 10,000 subscribers is
-/// tens of milliseconds of `writev`, during which reserves on the same core must still run.
+/// Sockets written between two yields of the fan-out: a round to 10,000 subscribers is
+/// about 70 ms of `writev`, during which reserves on the same core must still run. A round
+/// of counters yields often (it can wait); a change of state (a sell-out) yields every few
+/// milliseconds only, so that it reaches everyone within about its own cost, not that plus
+/// every reserve that arrived meanwhile.
 const WRITES_PER_YIELD: usize = 64;
+const WRITES_PER_YIELD_URGENT: usize = 512;
 /// A feed that is over gives its slow subscribers this many retries (one a tick) to take
 /// their last chunks before their sockets are closed anyway.
 const CLOSING_RETRIES: u32 = 100;
@@ -331,12 +335,23 @@ impl Subscriber {
     }
 }
 
+/// Where a subscriber is with the feed's newest snapshot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// It has sent it.
+    No,
+    /// It is to write it in this round.
+    Now,
+    /// Its socket was full: it tries again on the next retry tick (or the next snapshot).
+    Retry,
+}
+
 /// A group's fan-out: writes every new snapshot of its feed to its subscribers, retries the
 /// slow ones every tick, sends heartbeats, and ends the stream of each when the feed is over.
 /// Stops when it has no subscriber left (the next one to join starts another).
 async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
     let mut subscribers: Vec<Subscriber> = Vec::new();
-    let mut blocked: Vec<bool> = Vec::new();
+    let mut due: Vec<Due> = Vec::new();
     let period = Duration::from_millis(FEED_HEARTBEAT_MS);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,30 +359,32 @@ async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sender_gone = false;
     let mut closing_retries = 0;
+    let mut snapshot = Arc::clone(&rx.borrow_and_update());
     loop {
         {
             let mut joining = group.joining.lock();
-            let joined = joining.subscribers.len();
             subscribers.append(&mut joining.subscribers);
-            blocked.resize(subscribers.len(), false);
             // The newcomers may have missed what came since they were answered.
-            let start = blocked.len() - joined;
-            blocked[start..].iter_mut().for_each(|b| *b = true);
+            due.resize(subscribers.len(), Due::Now);
             if subscribers.is_empty() {
                 joining.running = false;
                 return;
             }
         }
-        let snapshot = Arc::clone(&rx.borrow_and_update());
+        if !sender_gone && rx.has_changed().unwrap_or(false) {
+            snapshot = Arc::clone(&rx.borrow_and_update());
+            due.fill(Due::Now);
+        }
         let over = snapshot.closed || sender_gone;
-        let any_blocked = write_round(&mut subscribers, &mut blocked, &snapshot, over).await;
+        write_round(&mut subscribers, &mut due, &mut rx, &mut snapshot, over).await;
+        let any_retry = due.contains(&Due::Retry);
         if over {
             closing_retries += 1;
-            if !any_blocked || closing_retries > CLOSING_RETRIES {
+            if !any_retry || closing_retries > CLOSING_RETRIES {
                 // Dropping the sockets closes them; a stream not ended (its client would not
                 // read) is cut.
                 subscribers.clear();
-                blocked.clear();
+                due.clear();
                 // Newcomers may still join (answered just before the end): they are ended on
                 // the next turn, with the same snapshot.
                 continue;
@@ -376,17 +393,19 @@ async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
         tokio::select! {
             changed = rx.changed(), if !sender_gone => {
                 sender_gone = changed.is_err();
-                // A new snapshot: everyone is due.
-                blocked.iter_mut().for_each(|b| *b = true);
+                snapshot = Arc::clone(&rx.borrow_and_update());
+                due.fill(Due::Now);
             }
             () = group.joined.notified() => {}
-            _ = retry.tick(), if any_blocked || over => {}
+            _ = retry.tick(), if any_retry || over => {
+                due.iter_mut().filter(|d| **d == Due::Retry).for_each(|d| *d = Due::Now);
+            }
             _ = heartbeat.tick() => {
                 let mut i = 0;
                 while i < subscribers.len() {
                     if subscribers[i].heartbeat() == Wrote::Gone {
                         subscribers.swap_remove(i);
-                        blocked.swap_remove(i);
+                        due.swap_remove(i);
                     } else {
                         i += 1;
                     }
@@ -396,49 +415,61 @@ async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
     }
 }
 
-/// Writes `snapshot` to every subscriber that is due (`blocked`), yielding now and then;
-/// with `over`, ends each stream it completes. Returns whether any is still blocked.
+/// Writes the newest snapshot to every subscriber that is due, yielding now and then. A newer
+/// snapshot published meanwhile is taken at the next yield and the round goes on with it from
+/// where it is, wrapping round: a sell-out waits for a few milliseconds of writes, not for a
+/// whole round of counters. With `over`, ends each stream it completes.
 async fn write_round(
     subscribers: &mut Vec<Subscriber>,
-    blocked: &mut Vec<bool>,
-    snapshot: &Snapshot,
+    due: &mut Vec<Due>,
+    rx: &mut watch::Receiver<Arc<Snapshot>>,
+    snapshot: &mut Arc<Snapshot>,
     over: bool,
-) -> bool {
-    let mut any_blocked = false;
+) {
     let mut i = 0;
+    // Positions looked at since the snapshot last changed: a whole turn ends the round.
+    let mut looked = 0;
     let mut writes = 0;
-    while i < subscribers.len() {
-        if !blocked[i] {
+    while looked < subscribers.len() {
+        if i >= subscribers.len() {
+            i = 0;
+        }
+        looked += 1;
+        if due[i] != Due::Now {
             i += 1;
             continue;
         }
         let mut wrote = subscribers[i].write(snapshot);
         if over && wrote == Wrote::All {
-            wrote = match subscribers[i].stream.try_write(LAST_CHUNK) {
-                Ok(n) if n == LAST_CHUNK.len() => Wrote::Gone,
-                _ => Wrote::Gone, // the end cut short: the client sees the stream break
-            };
+            // Ended (the end chunk written, or cut short: the client sees the stream break).
+            let _ = subscribers[i].stream.try_write(LAST_CHUNK);
+            wrote = Wrote::Gone;
         }
         match wrote {
             Wrote::All => {
-                blocked[i] = false;
+                due[i] = Due::No;
                 i += 1;
             }
             Wrote::Blocked => {
-                any_blocked = true;
+                due[i] = Due::Retry;
                 i += 1;
             }
             Wrote::Gone => {
                 subscribers.swap_remove(i);
-                blocked.swap_remove(i);
+                due.swap_remove(i);
             }
         }
         writes += 1;
-        if writes % WRITES_PER_YIELD == 0 {
+        let per_yield = if snapshot.urgent { WRITES_PER_YIELD_URGENT } else { WRITES_PER_YIELD };
+        if writes % per_yield == 0 {
             tokio::task::yield_now().await;
+            if !over && rx.has_changed().unwrap_or(false) {
+                *snapshot = Arc::clone(&rx.borrow_and_update());
+                due.fill(Due::Now);
+                looked = 0;
+            }
         }
     }
-    any_blocked
 }
 
 #[cfg(test)]

@@ -239,15 +239,17 @@ async fn run(
                 let io = TokioIo::new(Io(hand_off.clone()));
                 let conn = graceful.watch(builder.serve_connection(io, service));
                 tokio::spawn(async move {
-                    let mut conn = std::pin::pin!(conn);
                     // Served by hyper until it ends, or until a feed answer's first events
-                    // are out: then hyper is dropped and the socket goes to the feed.
-                    let taken = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
-                        Poll::Ready(_) => Poll::Ready(None),
-                        Poll::Pending => hand_off.take().map_or(Poll::Pending, |t| Poll::Ready(Some(t))),
-                    })
-                    .await;
-                    drop(conn);
+                    // are out: then hyper (its buffers, its state) is dropped at the end of
+                    // this block and the socket goes to the feed.
+                    let taken = {
+                        let mut conn = std::pin::pin!(conn);
+                        std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                            Poll::Ready(_) => Poll::Ready(None),
+                            Poll::Pending => hand_off.take().map_or(Poll::Pending, |t| Poll::Ready(Some(t))),
+                        })
+                        .await
+                    };
                     match taken {
                         Some((stream, ticket)) => ticket.hand_off(stream, Box::new(guard)),
                         None => drop(guard),
