@@ -19,12 +19,14 @@
 //! publisher closes every channel, so graceful shutdown does not wait on open feeds).
 //!
 //! Budget: every frame costs a write per subscriber of its feed, and those writes are most of
-//! the feed's cost (the kernel's TCP send). The publisher pays them from a budget of
-//! `FEED_SENDS_PER_S` (`feed_change.rs`, [`Budget`]): a change of state goes out on the tick
-//! that sees it, counters alone only when the budget keeps a change of state to everyone in
-//! reserve. With few subscribers that is every `feed_interval_ms`; with 10,000 on one deal
-//! twice a second. Counters of every deal due go out on the same tick, so a stream's
-//! subscriber gets one write per tick whatever the number of its deals that changed.
+//! the feed's cost (the kernel's TCP send). The fan-outs measure the time their writes take
+//! and the publisher charges it to a budget of `FEED_CPU_SHARE_PERCENT` of one core
+//! (`feed_change.rs`, [`Budget`]): a change of state goes out on the tick that sees it,
+//! counters alone only when the budget keeps a change of state to everyone in reserve. With
+//! few subscribers that is every `feed_interval_ms`; with 10,000 on one deal about once a
+//! second on an idle core, less often on a busy one. Counters of every deal due go out on the
+//! same tick, so a stream's subscriber gets one write per tick whatever the number of its
+//! deals that changed.
 //!
 //! Lock order: the feed's one mutex is a leaf. It is never held while the node is read (the
 //! publisher reads, then takes the lock to publish), nor across an `.await`.
@@ -39,8 +41,8 @@ use livestock_core::deal::DealView;
 use livestock_core::error::ErrorCode;
 use livestock_core::ids::{DealId, StreamId};
 use livestock_core::limits::{
-    FEED_SENDS_PER_S, FEED_STATE_FRAMES_KEPT, FEED_STREAM_DEALS_MAX, FEED_STREAM_REFRESH_MS,
-    FEED_TICK_MS,
+    FEED_CPU_SHARE_PERCENT, FEED_STATE_FRAMES_KEPT, FEED_STREAM_DEALS_MAX, FEED_STREAM_REFRESH_MS,
+    FEED_TICK_MS, FEED_WRITE_NS_INITIAL,
 };
 use tokio::sync::watch;
 
@@ -48,7 +50,7 @@ use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::http::feed_change::{Budget, Decision, Tracker};
 use crate::http::feed_frame::{FeedState, Frame, Snapshot, Stock};
-use crate::http::feed_subscriber::{sse, sse_ended, Group, Seat};
+use crate::http::feed_subscriber::{sse, sse_ended, Group, Seat, WriteMeter};
 use crate::metrics::Limit;
 use crate::node::Node;
 use crate::sync::os::Mutex;
@@ -75,8 +77,11 @@ struct State {
     /// Every deal someone follows, through its own feed or its stream's.
     deals: HashMap<String, Followed>,
     streams: HashMap<String, FollowedStream>,
-    /// Writes to subscribers the feed may still make (see the module's doc).
+    /// The time the feed may still spend writing (see the module's doc).
     budget: Budget,
+    /// What the fan-outs spent, and how much of it the budget has been charged.
+    meter: Arc<WriteMeter>,
+    metered: (u64, u64),
 }
 
 impl Default for State {
@@ -86,7 +91,9 @@ impl Default for State {
             now_ms: 0,
             deals: HashMap::new(),
             streams: HashMap::new(),
-            budget: Budget::new(FEED_SENDS_PER_S, 0),
+            budget: Budget::new(FEED_CPU_SHARE_PERCENT, FEED_WRITE_NS_INITIAL, 0),
+            meter: Arc::new(WriteMeter::default()),
+            metered: (0, 0),
         }
     }
 }
@@ -138,9 +145,9 @@ struct Channel {
 }
 
 impl Channel {
-    fn open(snapshot: Snapshot) -> (Channel, Tap) {
+    fn open(snapshot: Snapshot, meter: &Arc<WriteMeter>) -> (Channel, Tap) {
         let (sender, rx) = watch::channel(Arc::new(snapshot));
-        let group = Arc::new(Group::default());
+        let group = Arc::new(Group::new(meter.clone()));
         (Channel { sender, group: group.clone() }, Tap::Live(rx, group))
     }
 
@@ -148,10 +155,8 @@ impl Channel {
         Tap::Live(self.sender.subscribe(), self.group.clone())
     }
 
-    /// Sends `snapshot`; returns the writes it costs (one per subscriber).
-    fn send(&self, snapshot: Snapshot) -> usize {
+    fn send(&self, snapshot: Snapshot) {
         self.sender.send_replace(Arc::new(snapshot));
-        self.group.members()
     }
 }
 
@@ -318,20 +323,21 @@ impl Feed {
         let next_id = || self.next_id();
         let subscribers = self.subscribers();
         let mut state = self.state.lock();
+        let (ns, writes) = state.meter.read();
+        let (ns_then, writes_then) = std::mem::replace(&mut state.metered, (ns, writes));
+        state.budget.spend(ns - ns_then, writes - writes_then);
         state.budget.refill(now_ms, subscribers);
         let allow = Allow {
             counters: state.budget.allows_counters(subscribers),
             state: state.budget.allows_state(),
         };
-        let mut sends = 0;
         for (id, stock) in ids.iter().zip(stocks) {
-            sends += state.observe(id, stock, now_ms, self.interval_ms, allow, &next_id);
+            state.observe(id, stock, now_ms, self.interval_ms, allow, &next_id);
         }
         for (stream, deals) in &joined {
             state.join(stream, deals, now_ms, &next_id);
         }
-        sends += state.publish_streams();
-        state.budget.spend(sends);
+        state.publish_streams();
     }
 
     /// Ends every feed: their subscribers get the newest frames they have not sent, then the
@@ -394,7 +400,7 @@ impl State {
         if closed {
             return Some(Tap::Ended(snapshot));
         }
-        let (channel, tap) = Channel::open(snapshot);
+        let (channel, tap) = Channel::open(snapshot, &self.meter);
         followed.channel = Some(channel);
         Some(tap)
     }
@@ -407,7 +413,7 @@ impl State {
         if closed {
             return Tap::Ended(snapshot);
         }
-        let (channel, tap) = Channel::open(snapshot);
+        let (channel, tap) = Channel::open(snapshot, &self.meter);
         let tracker = Tracker::new(stock, self.now_ms);
         self.deals.insert(id.to_owned(), Followed::new(tracker, frame, Some(channel), false));
         tap
@@ -447,7 +453,7 @@ impl State {
         if snapshot.closed {
             return Tap::Ended(snapshot);
         }
-        let (channel, tap) = Channel::open(snapshot);
+        let (channel, tap) = Channel::open(snapshot, &self.meter);
         let ids = deals.iter().map(|(id, _)| id.clone()).collect();
         let refreshed_at_ms = self.now_ms;
         self.streams
@@ -470,7 +476,7 @@ impl State {
     }
 
     /// A followed deal read as `stock` (`None`: it is gone) at `now_ms`, published if `allow`
-    /// says the budget pays for it. Returns the writes its own feed's snapshot costs.
+    /// says the budget pays for it.
     fn observe(
         &mut self,
         id: &str,
@@ -479,29 +485,31 @@ impl State {
         interval_ms: u64,
         allow: Allow,
         next_id: &dyn Fn() -> u64,
-    ) -> usize {
-        let Some(followed) = self.deals.get_mut(id) else { return 0 };
+    ) {
+        let Some(followed) = self.deals.get_mut(id) else { return };
         let Some(stock) = stock else {
             // No deal is removed today; if one ever is, its feed ends with what it last said.
-            return followed.channel.take().map_or(0, |c| c.send(followed.snapshot(true)));
+            if let Some(channel) = followed.channel.take() {
+                channel.send(followed.snapshot(true));
+            }
+            return;
         };
         let is_state = match followed.tracker.decide(&stock, now_ms, interval_ms) {
             Decision::Publish if allow.counters => false,
             Decision::PublishState if allow.state => true,
-            Decision::Same | Decision::Wait | Decision::Publish | Decision::PublishState => {
-                return 0;
-            }
+            Decision::Same | Decision::Wait | Decision::Publish | Decision::PublishState => return,
         };
         followed.replace(Frame::encode(next_id(), id, &stock), is_state);
         followed.tracker.publish(stock, now_ms);
         followed.changed = true;
         let ended = stock.state == FeedState::Ended;
-        let sends = followed.channel.as_ref().map_or(0, |c| c.send(followed.snapshot(ended)));
+        if let Some(channel) = &followed.channel {
+            channel.send(followed.snapshot(ended));
+        }
         if ended {
             // Its subscribers have the final frame and the end; nothing more will come.
             followed.channel = None;
         }
-        sends
     }
 
     /// A followed stream's deals as read at `now_ms`: deals created in it since join its feed.
@@ -549,10 +557,9 @@ impl State {
     }
 
     /// Sends a new snapshot to each stream one of whose deals was published on this tick, and
-    /// ends the streams whose deals have all ended. Returns the writes it costs.
-    fn publish_streams(&mut self) -> usize {
+    /// ends the streams whose deals have all ended.
+    fn publish_streams(&mut self) {
         let mut ended = Vec::new();
-        let mut sends = 0;
         let deals = &self.deals;
         for (id, stream) in &self.streams {
             let followed = move || stream.deals.iter().filter_map(move |d| deals.get(d));
@@ -560,7 +567,7 @@ impl State {
                 continue;
             }
             let over = followed().all(|f| f.tracker.published().state == FeedState::Ended);
-            sends += stream.channel.send(self.snapshot_of(&stream.deals, over));
+            stream.channel.send(self.snapshot_of(&stream.deals, over));
             if over {
                 ended.push(id.clone());
             }
@@ -571,7 +578,6 @@ impl State {
         for followed in self.deals.values_mut() {
             followed.changed = false;
         }
-        sends
     }
 }
 
@@ -591,6 +597,15 @@ pub async fn run(feed: Arc<Feed>, node: Arc<Node>, mut stop: watch::Receiver<boo
         }
     }
     feed.close();
+    // The fan-outs end their subscribers' streams on their own tasks: give them a moment (a
+    // tick at a time, a second at most, for sockets that would not take their last event), so
+    // that a server that stops right after this has sent every stream its end.
+    for _ in 0..1_000 / FEED_TICK_MS {
+        if feed.subscribers() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(FEED_TICK_MS)).await;
+    }
 }
 
 #[cfg(test)]
@@ -708,6 +723,50 @@ mod tests {
         state.publish_streams();
         assert!(rx.borrow_and_update().closed);
         assert!(state.streams.is_empty());
+    }
+
+    #[test]
+    fn a_deal_feed_keeps_its_changes_of_state_for_a_subscriber_that_fell_behind() {
+        let next_id = numbering();
+        let mut state = State { open: true, ..State::default() };
+        let mut rx = rx(state.follow_deal("d1", live(1), next_id()));
+        let behind = rx.borrow_and_update().last_id();
+        state.observe("d1", Some(live(0)), 10, INTERVAL_MS, Allow::ALL, &next_id); // sold out
+        state.observe("d1", Some(live(1)), 20, INTERVAL_MS, Allow::ALL, &next_id); // back
+        state.observe("d1", Some(live(2)), 200, INTERVAL_MS, Allow::ALL, &next_id); // counters
+        let snapshot = rx.borrow_and_update().clone();
+        let states: Vec<&str> = snapshot
+            .since(behind)
+            .iter()
+            .map(|f| if text(f).contains("sold_out") { "sold_out" } else { "live" })
+            .collect();
+        assert_eq!(states, ["sold_out", "live", "live"], "both changes of state, then the newest");
+        assert_eq!(snapshot.frames.len(), 1, "a new subscriber starts with the newest alone");
+        // At most FEED_STATE_FRAMES_KEPT are kept.
+        for n in 0..2 * FEED_STATE_FRAMES_KEPT {
+            let available = u64::try_from(n % 2).unwrap();
+            state.observe("d1", Some(live(available)), 300, INTERVAL_MS, Allow::ALL, &next_id);
+        }
+        let snapshot = rx.borrow_and_update().clone();
+        assert_eq!(snapshot.ordered.len(), FEED_STATE_FRAMES_KEPT + 1);
+    }
+
+    #[test]
+    fn without_budget_counters_wait_and_changes_of_state_wait_only_for_an_overspent_budget() {
+        let next_id = numbering();
+        let mut state = State { open: true, ..State::default() };
+        let mut rx = rx(state.follow_deal("d1", live(3), next_id()));
+        rx.borrow_and_update();
+        let counters_only = Allow { counters: false, state: true };
+        state.observe("d1", Some(live(2)), 200, INTERVAL_MS, counters_only, &next_id);
+        assert!(!rx.has_changed().unwrap(), "counters wait for the budget");
+        state.observe("d1", Some(live(0)), 210, INTERVAL_MS, counters_only, &next_id);
+        assert!(rx.borrow_and_update().urgent, "a sell-out goes out, urgent");
+        let nothing = Allow { counters: false, state: false };
+        state.observe("d1", Some(live(1)), 220, INTERVAL_MS, nothing, &next_id);
+        assert!(!rx.has_changed().unwrap(), "an overspent budget holds even a change of state");
+        state.observe("d1", Some(live(1)), 230, INTERVAL_MS, Allow::ALL, &next_id);
+        assert!(text(&rx.borrow_and_update().frames[0]).contains("\"state\":\"live\""));
     }
 
     #[test]

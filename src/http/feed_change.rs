@@ -7,8 +7,8 @@
 //! change held back is not stored: the publisher reads the counters again on its next tick
 //! and publishes whatever they are then, so a held change is never lost, only merged.
 //!
-//! Both are paid from a [`Budget`] of writes to subscribers' sockets per second: the write is
-//! most of what a subscriber costs the server's core (the kernel's TCP send), so with many
+//! Both are paid from a [`Budget`]: a share of one core for writing to subscribers' sockets,
+//! which is most of what a subscriber costs the server (the kernel's TCP send). With many
 //! subscribers counters go out less often than `feed_interval_ms`, keeping the feed's share
 //! of the core bounded whatever the crowd. A change of state is never held back for counters:
 //! counters go out only when the budget would still pay one state change to every subscriber.
@@ -66,21 +66,27 @@ impl Tracker {
     }
 }
 
-/// Writes to subscribers' sockets the feed may make, refilled at `sends_per_s` and spent as
-/// frames go out (a deal's frame costs one write per subscriber of each feed it goes to).
-/// Counted in thousandths of a write, so a 10-ms tick's refill loses no fraction.
+/// The time the feed may spend writing to subscribers' sockets: `share_percent` of one core,
+/// refilled with the publisher's clock and spent as the fan-outs measure their writes. Counted
+/// in time rather than in writes because a write's cost is not a constant: about 7 µs on an
+/// idle core here, several times that when other work shares the core, and a budget in writes
+/// would then take a larger share of a core the sale needs. So the feed backs off when the
+/// machine is busy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
-    sends_per_s: u64,
-    milli_sends: i64,
+    share_percent: u64,
+    /// Time left, ns (negative: overspent).
+    left_ns: i64,
     at_ms: u64,
+    /// What one write costs, ns, as measured lately (a moving average).
+    write_ns: u64,
 }
 
 impl Budget {
-    /// Full (one second of sends) at `now_ms`.
-    pub fn new(sends_per_s: u64, now_ms: u64) -> Budget {
-        let full = i64::try_from(sends_per_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
-        Budget { sends_per_s, milli_sends: full, at_ms: now_ms }
+    /// Full (one second's worth) at `now_ms`, a write guessed at `write_ns` until measured.
+    pub fn new(share_percent: u64, write_ns: u64, now_ms: u64) -> Budget {
+        let left_ns = to_i64(share_percent.saturating_mul(10_000_000));
+        Budget { share_percent, left_ns, at_ms: now_ms, write_ns: write_ns.max(1) }
     }
 
     /// What accrued up to `now_ms`, kept at most a second's worth or two writes to each of
@@ -89,36 +95,49 @@ impl Budget {
     pub fn refill(&mut self, now_ms: u64, subscribers: usize) {
         let elapsed_ms = now_ms.saturating_sub(self.at_ms);
         self.at_ms = self.at_ms.max(now_ms);
-        let accrued =
-            i64::try_from(self.sends_per_s.saturating_mul(elapsed_ms)).unwrap_or(i64::MAX);
-        let cap = self.sends_per_s.max(two_rounds(subscribers)).saturating_mul(1_000);
-        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
-        self.milli_sends = self.milli_sends.saturating_add(accrued).min(cap);
+        let accrued = elapsed_ms.saturating_mul(self.share_percent).saturating_mul(10_000);
+        let second = self.share_percent.saturating_mul(10_000_000);
+        let cap = to_i64(second.max(self.two_rounds_ns(subscribers)));
+        self.left_ns = self.left_ns.saturating_add(to_i64(accrued)).min(cap);
     }
 
     /// Whether counters may go out to `subscribers`: only with a whole round left after them,
     /// so that the change of state that may follow goes out at once.
     pub fn allows_counters(&self, subscribers: usize) -> bool {
-        self.milli_sends
-            >= i64::try_from(two_rounds(subscribers).saturating_mul(1_000)).unwrap_or(i64::MAX)
+        self.left_ns >= to_i64(self.two_rounds_ns(subscribers))
     }
 
     /// Whether a change of state may go out: unless earlier changes of state overspent (a deal
     /// flapping between sold out and back in stock), in which case it waits for the refill.
     pub fn allows_state(&self) -> bool {
-        self.milli_sends >= 0
+        self.left_ns >= 0
     }
 
-    /// `sends` writes made (or about to be).
-    pub fn spend(&mut self, sends: usize) {
-        let cost = i64::try_from(sends).unwrap_or(i64::MAX / 1_000).saturating_mul(1_000);
-        self.milli_sends = self.milli_sends.saturating_sub(cost);
+    /// `writes` writes took `ns`.
+    pub fn spend(&mut self, ns: u64, writes: u64) {
+        self.left_ns = self.left_ns.saturating_sub(to_i64(ns));
+        // A moving average over about eight measurements (ticks with writes).
+        if let Some(measured) = ns.checked_div(writes) {
+            self.write_ns = (self.write_ns.saturating_mul(7).saturating_add(measured) / 8).max(1);
+        }
+    }
+
+    /// What one write is reckoned to cost now, ns.
+    pub fn write_ns(&self) -> u64 {
+        self.write_ns
+    }
+
+    /// Two writes to each subscriber: the counters' round and the state change kept in reserve.
+    fn two_rounds_ns(&self, subscribers: usize) -> u64 {
+        u64::try_from(subscribers)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2)
+            .saturating_mul(self.write_ns)
     }
 }
 
-/// Two writes to each subscriber: the counters' round and the state change kept in reserve.
-fn two_rounds(subscribers: usize) -> u64 {
-    u64::try_from(subscribers).unwrap_or(u64::MAX).saturating_mul(2)
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -185,16 +204,17 @@ mod tests {
 
     #[test]
     fn the_budget_sends_counters_only_with_a_state_change_in_reserve() {
-        // 20,000 writes a second, 10,000 subscribers: the cap is two rounds (20,000).
-        let mut budget = Budget::new(20_000, 0);
+        // 20% of a core, 10 µs a write, 10,000 subscribers: a round is 100 ms of writes, and
+        // the cap is two rounds (200 ms, a second's worth).
+        let mut budget = Budget::new(20, 10_000, 0);
         budget.refill(0, 10_000);
         assert!(budget.allows_counters(10_000));
-        budget.spend(10_000);
+        budget.spend(100_000_000, 10_000);
         assert!(!budget.allows_counters(10_000), "one round left: kept for a state change");
         assert!(budget.allows_state());
-        budget.spend(10_000); // a sell-out to everyone
+        budget.spend(100_000_000, 10_000); // a sell-out to everyone
         assert!(budget.allows_state(), "spent to zero, not past it");
-        budget.spend(10_000); // back in stock at once: the budget is overspent
+        budget.spend(100_000_000, 10_000); // back in stock at once: the budget is overspent
         assert!(!budget.allows_state(), "a third change waits for the refill");
         budget.refill(499, 10_000);
         assert!(!budget.allows_state());
@@ -208,27 +228,42 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_keeps_at_most_a_second_or_two_rounds_and_refills_without_losing_fractions() {
-        let mut budget = Budget::new(1_000, 0);
-        budget.refill(60_000, 10);
-        budget.spend(1_000);
-        assert!(budget.allows_state(), "a minute idle keeps a second's worth");
-        budget.spend(1);
-        assert!(!budget.allows_state(), "and no more");
-        // A crowd above the second's budget: the cap grows to two rounds of it.
-        let mut budget = Budget::new(1_000, 0);
-        budget.spend(1_000);
-        budget.refill(10_000, 5_000);
-        assert!(budget.allows_counters(5_000));
-        // 3 ms ticks at 1,000/s accrue 3 writes each, exactly.
-        let mut budget = Budget::new(1_000, 0);
-        budget.spend(1_000);
-        for tick in 1..=100 {
-            budget.refill(tick * 3, 1);
+    fn dearer_writes_make_rounds_rarer() {
+        let mut budget = Budget::new(10, 10_000, 0);
+        for _ in 0..64 {
+            budget.spend(0, 1); // measured: as good as free
         }
-        budget.spend(300);
-        assert!(budget.allows_state());
-        budget.spend(1);
-        assert!(!budget.allows_state());
+        assert_eq!(budget.write_ns(), 1);
+        for _ in 0..64 {
+            budget.spend(0, 0);
+        }
+        assert_eq!(budget.write_ns(), 1, "a tick without writes measures nothing");
+        let mut budget = Budget::new(10, 10_000, 0);
+        for _ in 0..64 {
+            budget.spend(30_000, 1); // a busy core: 30 µs a write
+        }
+        assert!(budget.write_ns() > 29_000, "{}", budget.write_ns());
+        // 1,000 subscribers now need 60 ms in reserve: 600 ms of refill at 10%.
+        let mut budget = Budget { left_ns: 0, ..budget };
+        budget.at_ms = 0;
+        budget.refill(590, 1_000);
+        assert!(!budget.allows_counters(1_000));
+        budget.refill(610, 1_000);
+        assert!(budget.allows_counters(1_000));
+    }
+
+    #[test]
+    fn the_budget_keeps_at_most_a_second_or_two_rounds() {
+        let mut budget = Budget::new(10, 10_000, 0);
+        budget.refill(60_000, 10);
+        budget.spend(100_000_000, 0);
+        assert!(budget.allows_state(), "a minute idle keeps a second's worth");
+        budget.spend(1, 0);
+        assert!(!budget.allows_state(), "and no more");
+        // A crowd larger than a second's budget: the cap grows to two rounds of it.
+        let mut budget = Budget::new(10, 10_000, 0);
+        budget.spend(100_000_000, 0);
+        budget.refill(10_000, 50_000);
+        assert!(budget.allows_counters(50_000));
     }
 }

@@ -4,7 +4,8 @@
 //! is the feed's newest frames. Once hyper has flushed that first chunk, the connection is
 //! handed off (`server.rs` takes the socket back from hyper, see [`Ticket`]) to its feed's
 //! [`Group`]: one fan-out task per feed that writes each new snapshot to every socket of the
-//! feed itself, as HTTP/1.1 chunks.
+//! feed itself, as HTTP/1.1 chunks (for an HTTP/1.0 request, which hyper answers with a body
+//! delimited by the connection's end, the events as they are).
 //!
 //! Why not a hyper body per subscriber: then every event wakes one task per subscriber, which
 //! polls hyper's connection, which writes its socket; with 10,000 subscribers that was 29% of
@@ -20,7 +21,7 @@
 use std::convert::Infallible;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use crate::http::body::Body;
-use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT_CHUNK, LAST_CHUNK};
+use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT, HEARTBEAT_CHUNK, LAST_CHUNK};
 use crate::sync::os::Mutex;
 
 /// Sockets written between two yields of the fan-out: a round to 10,000 subscribers is
@@ -50,40 +51,45 @@ const CLOSING_RETRIES: u32 = 100;
 
 /// A place among the subscribers, given back when the subscriber is dropped (the client went
 /// away, or the feed ended).
-pub struct Seat {
-    total: Arc<AtomicUsize>,
-    group: Option<Arc<Group>>,
-}
+pub struct Seat(Arc<AtomicUsize>);
 
 impl Seat {
     /// A seat already counted in `total`.
     pub fn new(total: Arc<AtomicUsize>) -> Seat {
-        Seat { total, group: None }
-    }
-
-    /// The seat counted among `group`'s members too.
-    fn join(&mut self, group: &Arc<Group>) {
-        group.members.fetch_add(1, Relaxed);
-        if let Some(old) = self.group.replace(group.clone()) {
-            old.members.fetch_sub(1, Relaxed);
-        }
+        Seat(total)
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.total.fetch_sub(1, Relaxed);
-        if let Some(group) = &self.group {
-            group.members.fetch_sub(1, Relaxed);
-        }
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The time the fan-outs spent writing, and their writes, since the server started: the
+/// publisher charges it to the feed's budget.
+#[derive(Debug, Default)]
+pub struct WriteMeter {
+    ns: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl WriteMeter {
+    fn add(&self, elapsed: Duration, writes: u64) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.ns.fetch_add(ns, Relaxed);
+        self.writes.fetch_add(writes, Relaxed);
+    }
+
+    /// (ns, writes) so far.
+    pub fn read(&self) -> (u64, u64) {
+        (self.ns.load(Relaxed), self.writes.load(Relaxed))
     }
 }
 
 /// The subscribers of one live feed (a deal's or a stream's) and its fan-out task.
-#[derive(Default)]
 pub struct Group {
-    /// Subscribers of the feed, handed off or not: what a frame sent to it costs in writes.
-    members: AtomicUsize,
+    meter: Arc<WriteMeter>,
     joining: Mutex<Joining>,
     joined: Notify,
 }
@@ -96,9 +102,9 @@ struct Joining {
 }
 
 impl Group {
-    /// Subscribers now.
-    pub fn members(&self) -> usize {
-        self.members.load(Relaxed)
+    /// A feed's subscribers, whose writes go to `meter`.
+    pub fn new(meter: Arc<WriteMeter>) -> Group {
+        Group { meter, joining: Mutex::default(), joined: Notify::new() }
     }
 }
 
@@ -140,12 +146,14 @@ impl Ticket {
     }
 
     /// Hands `stream` to the feed's fan-out, with `guard` kept for as long as the socket is
-    /// (the server's count of open connections).
-    pub fn hand_off(&self, stream: TcpStream, guard: Box<dyn Send + Sync>) {
+    /// (the server's count of open connections). `chunked`: hyper answered HTTP/1.1 with a
+    /// chunked body (else HTTP/1.0, delimited by the connection's end).
+    pub fn hand_off(&self, stream: TcpStream, guard: Box<dyn Send + Sync>, chunked: bool) {
         let Some(waiting) = self.0.waiting.lock().take() else { return };
         let subscriber = Subscriber {
             stream,
             sent_id: waiting.sent_id,
+            chunked,
             rest: Bytes::new(),
             _seat: waiting.seat,
             _guard: guard,
@@ -200,12 +208,7 @@ impl HttpBody for FirstEvents {
 
 /// The streaming answer of a live feed (`group`), from the receiver's current snapshot on. It
 /// carries a [`Ticket`] in its extensions for the connection to hand it off.
-pub fn sse(
-    rx: watch::Receiver<Arc<Snapshot>>,
-    group: Arc<Group>,
-    mut seat: Seat,
-) -> Response<Body> {
-    seat.join(&group);
+pub fn sse(rx: watch::Receiver<Arc<Snapshot>>, group: Arc<Group>, seat: Seat) -> Response<Body> {
     let snapshot = Arc::clone(&rx.borrow());
     let waiting = Waiting { group, rx, sent_id: snapshot.last_id(), seat };
     let ticket = Ticket(Arc::new(TicketInner {
@@ -245,6 +248,8 @@ fn answer(body: Body) -> Response<Body> {
 struct Subscriber {
     stream: TcpStream,
     sent_id: u64,
+    /// Its body is chunked (HTTP/1.1); else the events go as they are (HTTP/1.0).
+    chunked: bool,
     rest: Bytes,
     _seat: Seat,
     _guard: Box<dyn Send + Sync>,
@@ -262,6 +267,15 @@ enum Wrote {
 }
 
 impl Subscriber {
+    /// A frame as this subscriber's body carries it.
+    fn wire<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+        if self.chunked {
+            &frame.chunk
+        } else {
+            &frame.bytes
+        }
+    }
+
     /// Writes the rest of a chunk, then what `snapshot` has past `sent_id`, in one `writev`
     /// when it fits (the usual case: one frame).
     fn write(&mut self, snapshot: &Snapshot) -> Wrote {
@@ -277,7 +291,7 @@ impl Subscriber {
                 n = 1;
             }
             for frame in frames.iter().take(slices.len() - n) {
-                slices[n] = IoSlice::new(&frame.chunk);
+                slices[n] = IoSlice::new(self.wire(frame));
                 n += 1;
             }
             let written = match self.stream.try_write_vectored(&slices[..n]) {
@@ -308,11 +322,12 @@ impl Subscriber {
                 break;
             }
             self.sent_id = frame.id;
-            if written < frame.chunk.len() {
-                self.rest = frame.chunk.slice(written..);
+            let wire = self.wire(frame);
+            if written < wire.len() {
+                self.rest = wire.slice(written..);
                 return false;
             }
-            written -= frame.chunk.len();
+            written -= wire.len();
         }
         true
     }
@@ -322,11 +337,12 @@ impl Subscriber {
         if !self.rest.is_empty() {
             return Wrote::Blocked;
         }
-        match self.stream.try_write(HEARTBEAT_CHUNK) {
-            Ok(n) if n == HEARTBEAT_CHUNK.len() => Wrote::All,
+        let heartbeat = if self.chunked { HEARTBEAT_CHUNK } else { HEARTBEAT };
+        match self.stream.try_write(heartbeat) {
+            Ok(n) if n == heartbeat.len() => Wrote::All,
             Ok(0) => Wrote::Gone,
             Ok(n) => {
-                self.rest = Bytes::from_static(HEARTBEAT_CHUNK).slice(n..);
+                self.rest = Bytes::from_static(heartbeat).slice(n..);
                 Wrote::Blocked
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Wrote::Blocked,
@@ -376,7 +392,7 @@ async fn fan_out(group: Arc<Group>, mut rx: watch::Receiver<Arc<Snapshot>>) {
             due.fill(Due::Now);
         }
         let over = snapshot.closed || sender_gone;
-        write_round(&mut subscribers, &mut due, &mut rx, &mut snapshot, over).await;
+        write_round(&mut subscribers, &mut due, &mut rx, &mut snapshot, over, &group.meter).await;
         let any_retry = due.contains(&Due::Retry);
         if over {
             closing_retries += 1;
@@ -425,11 +441,15 @@ async fn write_round(
     rx: &mut watch::Receiver<Arc<Snapshot>>,
     snapshot: &mut Arc<Snapshot>,
     over: bool,
+    meter: &WriteMeter,
 ) {
     let mut i = 0;
     // Positions looked at since the snapshot last changed: a whole turn ends the round.
     let mut looked = 0;
     let mut writes = 0;
+    // Writes since the last yield, and when they started: what goes to the meter.
+    let mut started = tokio::time::Instant::now();
+    let mut timed = 0;
     while looked < subscribers.len() {
         if i >= subscribers.len() {
             i = 0;
@@ -441,8 +461,11 @@ async fn write_round(
         }
         let mut wrote = subscribers[i].write(snapshot);
         if over && wrote == Wrote::All {
-            // Ended (the end chunk written, or cut short: the client sees the stream break).
-            let _ = subscribers[i].stream.try_write(LAST_CHUNK);
+            // Ended (the end chunk written, or cut short: the client sees the stream break;
+            // HTTP/1.0: the end of the connection is the end of the body).
+            if subscribers[i].chunked {
+                let _ = subscribers[i].stream.try_write(LAST_CHUNK);
+            }
             wrote = Wrote::Gone;
         }
         match wrote {
@@ -460,9 +483,12 @@ async fn write_round(
             }
         }
         writes += 1;
+        timed += 1;
         let per_yield = if snapshot.urgent { WRITES_PER_YIELD_URGENT } else { WRITES_PER_YIELD };
         if writes % per_yield == 0 {
+            meter.add(started.elapsed(), std::mem::take(&mut timed));
             tokio::task::yield_now().await;
+            started = tokio::time::Instant::now();
             if !over && rx.has_changed().unwrap_or(false) {
                 *snapshot = Arc::clone(&rx.borrow_and_update());
                 due.fill(Due::Now);
@@ -470,6 +496,7 @@ async fn write_round(
             }
         }
     }
+    meter.add(started.elapsed(), timed);
 }
 
 #[cfg(test)]
@@ -492,6 +519,7 @@ mod tests {
         let subscriber = Subscriber {
             stream,
             sent_id: 0,
+            chunked: true,
             rest: Bytes::new(),
             _seat: seat,
             _guard: Box::new(()),

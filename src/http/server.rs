@@ -95,14 +95,16 @@ struct ConnectionGuard(Arc<Node>);
 /// connection's task are the same task.
 struct HandOff {
     stream: Mutex<Option<TcpStream>>,
-    ticket: Mutex<Option<Ticket>>,
+    /// With the request's version: hyper frames an HTTP/1.1 body in chunks, an HTTP/1.0 one
+    /// by the connection's end, and the fan-out must go on alike.
+    ticket: Mutex<Option<(Ticket, http::Version)>>,
 }
 
 impl HandOff {
     /// The socket and the ticket, once hyper has flushed a feed answer's first events.
-    fn take(&self) -> Option<(TcpStream, Ticket)> {
+    fn take(&self) -> Option<(TcpStream, (Ticket, http::Version))> {
         let mut ticket = self.ticket.lock();
-        if !ticket.as_ref().is_some_and(Ticket::ready) {
+        if !ticket.as_ref().is_some_and(|(t, _)| t.ready()) {
             return None;
         }
         let stream = self.stream.lock().take()?;
@@ -165,7 +167,7 @@ impl AsyncWrite for Io {
             None => Poll::Ready(Ok(())),
         };
         if flushed.is_ready() {
-            if let Some(ticket) = self.0.ticket.lock().as_ref() {
+            if let Some((ticket, _)) = self.0.ticket.lock().as_ref() {
                 ticket.flushed();
             }
         }
@@ -224,9 +226,10 @@ async fn run(
                     let shared = shared.clone();
                     async move {
                         let (node, options, hand_off) = &*shared;
+                        let version = req.version();
                         let mut response = handle_with(node, options, req).await;
                         if let Some(ticket) = response.extensions_mut().remove::<Ticket>() {
-                            *hand_off.ticket.lock() = Some(ticket);
+                            *hand_off.ticket.lock() = Some((ticket, version));
                         }
                         Ok::<_, Infallible>(response)
                     }
@@ -251,7 +254,10 @@ async fn run(
                         .await
                     };
                     match taken {
-                        Some((stream, ticket)) => ticket.hand_off(stream, Box::new(guard)),
+                        Some((stream, (ticket, version))) => {
+                            let chunked = version >= http::Version::HTTP_11;
+                            ticket.hand_off(stream, Box::new(guard), chunked);
+                        }
                         None => drop(guard),
                     }
                 });
