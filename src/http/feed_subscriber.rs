@@ -39,12 +39,13 @@ use crate::http::feed_frame::{Frame, Snapshot, HEARTBEAT, HEARTBEAT_CHUNK, LAST_
 use crate::sync::os::Mutex;
 
 /// Sockets written between two yields of the fan-out: a round to 10,000 subscribers is
-/// about 70 ms of `writev`, during which reserves on the same core must still run. A round
-/// of counters yields often (it can wait); a change of state (a sell-out) yields every few
-/// milliseconds only, so that it reaches everyone within about its own cost, not that plus
-/// every reserve that arrived meanwhile.
+/// about 100 ms of `writev`, during which reserves on the same core must still run. A round
+/// of counters yields often (it can wait). A change of state (a sell-out) yields every 15-20
+/// ms only: each yield waits for every task ready to run, and with the server saturated by a
+/// drop that is hundreds of requests, so yielding often made a sell-out take several times
+/// its own cost to reach everyone. Reserves then wait up to one such stretch.
 const WRITES_PER_YIELD: usize = 64;
-const WRITES_PER_YIELD_URGENT: usize = 512;
+const WRITES_PER_YIELD_URGENT: usize = 2048;
 /// A feed that is over gives its slow subscribers this many retries (one a tick) to take
 /// their last chunks before their sockets are closed anyway.
 const CLOSING_RETRIES: u32 = 100;
