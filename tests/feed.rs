@@ -1,7 +1,7 @@
 //! Guards the live stock feed and the availability answer over real sockets: the first event,
 //! a sold-out and a back-in-stock event with increasing ids, the end of a deal ending its feed,
-//! a stream's feed, the subscriber bound (503 `feed_full`), `ETag`/304, the `feed_public`
-//! switch, and that a server with open feeds still shuts down.
+//! a stream's feed, a feed over HTTP/1.0 (unchunked), the subscriber bound (503 `feed_full`),
+//! `ETag`/304, the `feed_public` switch, and that a server with open feeds still shuts down.
 //!
 //! No timed assertions: every wait is a blocking read whose timeout only turns a hang into a
 //! failure.
@@ -210,6 +210,38 @@ fn a_deal_feed_starts_with_the_stock_and_tells_sold_out_back_in_stock_and_the_en
     let mut again = f.feed("/v1/deals/d1/live").expect("subscribed");
     assert_eq!(again.next().expect("the final event").state(), "ended");
     assert!(again.next().is_none());
+}
+
+#[test]
+fn an_http_1_0_feed_is_the_events_unchunked_until_the_connection_ends() {
+    use std::io::Write;
+    let f = Fixture::with_defaults();
+    f.create(&json!({"id": "d1", "stock": 1}));
+    let addr = f.base.strip_prefix("http://").expect("an http base");
+    let mut socket = std::net::TcpStream::connect(addr).expect("connected");
+    socket.set_read_timeout(Some(READ_TIMEOUT)).expect("a read timeout");
+    socket.write_all(b"GET /v1/deals/d1/live HTTP/1.0\r\n\r\n").expect("sent");
+    let mut lines = BufReader::new(socket);
+    let mut until = |wanted: &str| {
+        let mut seen = String::new();
+        while !seen.contains(wanted) {
+            let mut line = String::new();
+            assert!(lines.read_line(&mut line).expect("a line") > 0, "ended before {wanted}");
+            seen.push_str(&line);
+        }
+        seen
+    };
+    let head = until("\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+    assert!(until("\n\n").contains("\"state\":\"live\""));
+    // Handed off to the fan-out by now: the next event comes unchunked too.
+    f.reserve("d1", "u1", 1);
+    let sold_out = until("\n\n");
+    assert!(
+        sold_out.starts_with("id: ") && sold_out.contains("\"state\":\"sold_out\""),
+        "{sold_out:?}"
+    );
 }
 
 #[test]

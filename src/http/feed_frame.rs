@@ -69,7 +69,12 @@ pub struct Frame {
     /// Increasing over the server's life (one counter for every deal): a subscriber sends the
     /// frames it has not sent yet in id order, so ids increase along every connection.
     pub id: u64,
+    /// The event, for a body hyper writes (the first events of a subscription).
     pub bytes: Bytes,
+    /// The event as one HTTP/1.1 chunk (`{len:x}\r\n`, the event, `\r\n`), for the fan-out,
+    /// which writes a subscriber's socket itself once hyper has sent the response's head.
+    /// `bytes` is a slice of it: one allocation for both.
+    pub chunk: Bytes,
 }
 
 /// Viewers waiting for a unit: always 0 until the waitlist exists (the field is in the event
@@ -97,26 +102,78 @@ impl Frame {
     /// `id: N`, `event: stock`, `data: {...}` and the blank line that ends an event.
     pub fn encode(id: u64, deal_id: &str, stock: &Stock) -> Frame {
         use std::io::Write as _;
-        let mut out = Vec::with_capacity(160);
-        let head = write!(out, "id: {id}\nevent: stock\ndata: ");
-        write_fields(&mut out, deal_id, stock);
-        let tail = write!(out, ",\"waiting\":{WAITING}}}\n\n");
+        let mut event = Vec::with_capacity(160);
+        let head = write!(event, "id: {id}\nevent: stock\ndata: ");
+        write_fields(&mut event, deal_id, stock);
+        let tail = write!(event, ",\"waiting\":{WAITING}}}\n\n");
         debug_assert!(head.is_ok() && tail.is_ok(), "a Vec takes any write");
-        Frame { id, bytes: Bytes::from(out) }
+        let mut chunk = Vec::with_capacity(event.len() + 8);
+        let size = write!(chunk, "{:x}\r\n", event.len());
+        debug_assert!(size.is_ok(), "a Vec takes any write");
+        let start = chunk.len();
+        chunk.extend_from_slice(&event);
+        chunk.extend_from_slice(b"\r\n");
+        let chunk = Bytes::from(chunk);
+        let bytes = chunk.slice(start..chunk.len() - 2);
+        Frame { id, bytes, chunk }
     }
 }
 
 /// What one feed's subscribers see: the newest frame of each of its deals (one for a deal's
-/// feed, one per deal for a stream's), and whether the feed is over (the deals ended, or the
-/// server is stopping). A subscriber that falls behind skips straight to this: nothing queues.
+/// feed, one per deal for a stream's), the deals' recent changes of state, and whether the
+/// feed is over (the deals ended, or the server is stopping). A subscriber that falls behind
+/// skips straight to this: it sends the changes of state it missed, then each deal's newest
+/// frame; counters in between are skipped, and nothing queues per subscriber.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// The newest frame of each deal: what a new subscriber starts with.
     pub frames: Vec<Frame>,
+    /// `frames` and the kept changes of state older than them, by id: what a subscriber that
+    /// sent up to some id sends next is a suffix of this.
+    pub ordered: Vec<Frame>,
     pub closed: bool,
+    /// It carries a change of state: the fan-out gives it priority over the requests beside it.
+    pub urgent: bool,
+}
+
+impl Snapshot {
+    /// The newest `frames` of each deal and their `history` (kept changes of state).
+    pub fn new(frames: Vec<Frame>, history: impl IntoIterator<Item = Frame>, closed: bool) -> Self {
+        let mut ordered: Vec<Frame> = frames.iter().cloned().chain(history).collect();
+        ordered.sort_unstable_by_key(|f| f.id);
+        ordered.dedup_by_key(|f| f.id);
+        Snapshot { frames, ordered, closed, urgent: false }
+    }
+
+    /// The frames a subscriber that has sent every frame up to `sent_id` sends next, oldest
+    /// first.
+    pub fn since(&self, sent_id: u64) -> &[Frame] {
+        let from = self.ordered.partition_point(|f| f.id <= sent_id);
+        &self.ordered[from..]
+    }
+
+    /// The highest id in it: a subscriber that sent `frames` has nothing older left to send.
+    pub fn last_id(&self) -> u64 {
+        self.ordered.last().map_or(0, |f| f.id)
+    }
+
+    /// A new subscriber's first events: each deal's newest frame, by id, in one piece.
+    pub fn first_events(&self) -> Bytes {
+        let mut frames: Vec<&Frame> = self.frames.iter().collect();
+        frames.sort_unstable_by_key(|f| f.id);
+        match frames.as_slice() {
+            [one] => one.bytes.clone(),
+            many => many.iter().flat_map(|f| f.bytes.iter().copied()).collect::<Vec<u8>>().into(),
+        }
+    }
 }
 
 /// An SSE comment: ignored by clients, but traffic for proxies that close idle connections.
 pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+/// The same as one HTTP/1.1 chunk (14 bytes).
+pub const HEARTBEAT_CHUNK: &[u8] = b"e\r\n: keep-alive\n\n\r\n";
+/// The end of a chunked body: the feed is over.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// The availability answer: `{"deal_id":...,"state":...,"available":...,"held":...,"sold":...}`.
 pub fn availability_json(deal_id: &str, stock: &Stock) -> Bytes {
@@ -197,5 +254,27 @@ mod tests {
     #[test]
     fn the_heartbeat_is_a_comment() {
         assert!(HEARTBEAT.starts_with(b":") && HEARTBEAT.ends_with(b"\n\n"));
+        assert_eq!(HEARTBEAT_CHUNK, [b"e\r\n", HEARTBEAT, b"\r\n"].concat());
+        assert_eq!(HEARTBEAT.len(), 0xe);
+    }
+
+    #[test]
+    fn a_frame_chunk_is_its_event_framed_for_http_1_1() {
+        let frame = Frame::encode(7, "d", &stock(FeedState::Live, 1, 0, 0));
+        let len = format!("{:x}\r\n", frame.bytes.len());
+        assert_eq!(frame.chunk, [len.as_bytes(), &frame.bytes, b"\r\n"].concat());
+    }
+
+    #[test]
+    fn a_snapshot_orders_its_frames_and_history_by_id() {
+        let f = |id| Frame::encode(id, "d", &stock(FeedState::Live, 1, 0, 0));
+        let snapshot = Snapshot::new(vec![f(9), f(4)], [f(2), f(7)], false);
+        let ids = |frames: &[Frame]| frames.iter().map(|f| f.id).collect::<Vec<_>>();
+        assert_eq!(ids(snapshot.since(0)), [2, 4, 7, 9]);
+        assert_eq!(ids(snapshot.since(4)), [7, 9]);
+        assert_eq!(ids(snapshot.since(5)), [7, 9]);
+        assert!(snapshot.since(9).is_empty());
+        assert_eq!(snapshot.last_id(), 9);
+        assert_eq!(snapshot.first_events(), [f(4).bytes, f(9).bytes].concat(), "no history");
     }
 }

@@ -227,6 +227,19 @@ pub const FEED_STREAM_REFRESH_MS: u64 = 1_000;
 /// Deals one stream feed carries (the first, by id): a stream's snapshot is rebuilt whenever
 /// one of its deals changes, so its size is bounded like everything else.
 pub const FEED_STREAM_DEALS_MAX: usize = 1_024;
+/// The live feed's budget (`http/feed_change.rs`): the share of one core, on average, that
+/// writing to feed subscribers' sockets may take from the sale. A write is 7-10 µs on an idle
+/// core here (the kernel's TCP send, on loopback the receiver's side too), so 10% is about
+/// 10,000 writes a second: 10,000 subscribers of one deal get its counters about once a
+/// second, fewer when the core is busy. Changes of state go out at once regardless, but are
+/// paid from it too, so a deal flapping between sold out and back in stock waits.
+pub const FEED_CPU_SHARE_PERCENT: u64 = 10;
+/// What a write is reckoned to cost before the feed has measured one.
+pub const FEED_WRITE_NS_INITIAL: u64 = 10_000;
+/// Changes of state (sold out, back in stock, ...) a deal's feed keeps for a subscriber that
+/// fell behind: it sends them before the newest frame, so a slow viewer still sees a sell-out
+/// undone since; past this many in its backlog it skips the oldest (memory stays bounded).
+pub const FEED_STATE_FRAMES_KEPT: usize = 4;
 
 const _: () = assert!(FEED_INTERVAL_MS_MIN <= FEED_INTERVAL_MS_DEFAULT);
 const _: () = assert!(FEED_INTERVAL_MS_DEFAULT <= FEED_INTERVAL_MS_MAX);
