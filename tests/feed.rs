@@ -409,3 +409,23 @@ fn shutdown_ends_open_feeds_and_completes() {
     assert!(deal_feed.next().is_none(), "the deal's feed ended cleanly");
     assert!(stream_feed.next().is_none(), "the stream's feed ended cleanly");
 }
+
+#[test]
+fn the_feed_counts_the_waitlist() {
+    let f = Fixture::with_defaults();
+    f.create(&json!({"id": "w", "stock": 1, "waitlist_max": 10}));
+    let mut feed = f.feed("/v1/deals/w/live").expect("subscribed");
+    let mut last_id = feed.next().expect("a first event").id;
+    let hold = f.reserve("w", "a", 1);
+    for user in ["b", "c"] {
+        let (status, body) =
+            f.post("/v1/deals/w/reserve", &json!({"user_id": user, "qty": 1, "waitlist": true}));
+        assert_eq!(status, 202, "{body}");
+    }
+    let two = feed.until(&mut last_id, |e| e.data["waiting"] == 2);
+    assert_eq!(two.state(), "sold_out");
+    // The released unit goes to b: still sold out, one fewer waiting.
+    f.release(&hold);
+    let one = feed.until(&mut last_id, |e| e.data["waiting"] == 1);
+    assert_eq!((one.state(), &one.data["held"]), ("sold_out", &json!(1)));
+}

@@ -619,7 +619,7 @@ mod tests {
     const INTERVAL_MS: u64 = 100;
 
     fn stock(state: FeedState, available: u64) -> Stock {
-        Stock { state, available, held: 5 - available, sold: 0 }
+        Stock { state, available, held: 5 - available, sold: 0, waiting: 0 }
     }
 
     fn live(available: u64) -> Stock {

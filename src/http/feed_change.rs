@@ -149,7 +149,7 @@ mod tests {
 
     fn live(available: u64, held: u64) -> Stock {
         let state = if available == 0 { FeedState::SoldOut } else { FeedState::Live };
-        Stock { state, available, held, sold: 10 - available - held }
+        Stock { state, available, held, sold: 10 - available - held, waiting: 0 }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Stock {
     pub available: u64,
     pub held: u64,
     pub sold: u64,
+    /// Entries waiting on the deal's waitlist (0 without one).
+    pub waiting: u64,
 }
 
 impl Stock {
@@ -59,6 +61,7 @@ impl Stock {
             available: c.available(),
             held: c.held(),
             sold: c.sold(),
+            waiting: view.waiting,
         }
     }
 }
@@ -76,10 +79,6 @@ pub struct Frame {
     /// `bytes` is a slice of it: one allocation for both.
     pub chunk: Bytes,
 }
-
-/// Viewers waiting for a unit: always 0 until the waitlist exists (the field is in the event
-/// now so that apps need no change when it does).
-const WAITING: u64 = 0;
 
 /// Writes `{"deal_id":...,"state":...,"available":...,"held":...,"sold":...}` without the
 /// closing brace. Deal ids are `[A-Za-z0-9._-]` (validated when the deal was made), so the id
@@ -105,7 +104,7 @@ impl Frame {
         let mut event = Vec::with_capacity(160);
         let head = write!(event, "id: {id}\nevent: stock\ndata: ");
         write_fields(&mut event, deal_id, stock);
-        let tail = write!(event, ",\"waiting\":{WAITING}}}\n\n");
+        let tail = write!(event, ",\"waiting\":{}}}\n\n", stock.waiting);
         debug_assert!(head.is_ok() && tail.is_ok(), "a Vec takes any write");
         let mut chunk = Vec::with_capacity(event.len() + 8);
         let size = write!(chunk, "{:x}\r\n", event.len());
@@ -196,7 +195,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn stock(state: FeedState, available: u64, held: u64, sold: u64) -> Stock {
-        Stock { state, available, held, sold }
+        Stock { state, available, held, sold, waiting: 3 }
     }
 
     #[test]
@@ -211,7 +210,7 @@ mod tests {
         assert_eq!(
             data,
             json!({"deal_id": "drop-1.a_b", "state": "live", "available": 3, "held": 1,
-                   "sold": 6, "waiting": 0})
+                   "sold": 6, "waiting": 3})
         );
     }
 
