@@ -183,18 +183,7 @@ impl Client {
         if let Some(id) = last_event_id {
             request = request.set("Last-Event-ID", &id.to_string());
         }
-        match request.call() {
-            Ok(response) => {
-                assert_eq!(response.status(), 200);
-                assert_eq!(response.header("content-type"), Some("text/event-stream"));
-                assert_eq!(response.header("cache-control"), Some("no-cache"));
-                Ok(Stream { lines: BufReader::new(response.into_reader()) })
-            }
-            Err(ureq::Error::Status(status, response)) => {
-                Err((status, response.into_json().unwrap_or(Value::Null)))
-            }
-            Err(e) => panic!("GET /v1/events{query}: {e}"),
-        }
+        Ok(Stream { lines: common::open_sse(request)? })
     }
 
     fn events(&self, query: &str, last_event_id: Option<u64>) -> Stream {

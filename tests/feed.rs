@@ -90,18 +90,8 @@ impl Fixture {
 
     /// Opens a feed; `Err((status, body))` if it is refused.
     fn feed(&self, path: &str) -> Result<Feed, (u16, Value)> {
-        match self.agent.get(&format!("{}{path}", self.base)).call() {
-            Ok(response) => {
-                assert_eq!(response.status(), 200);
-                assert_eq!(response.header("content-type"), Some("text/event-stream"));
-                assert_eq!(response.header("cache-control"), Some("no-cache"));
-                Ok(Feed { lines: BufReader::new(response.into_reader()) })
-            }
-            Err(ureq::Error::Status(status, response)) => {
-                Err((status, response.into_json().unwrap_or(Value::Null)))
-            }
-            Err(e) => panic!("GET {path}: {e}"),
-        }
+        let lines = common::open_sse(self.agent.get(&format!("{}{path}", self.base)))?;
+        Ok(Feed { lines })
     }
 }
 

@@ -294,3 +294,24 @@ pub fn ghost_hold_id() -> String {
 pub fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
     value[field].as_str().unwrap_or_else(|| panic!("{field} in {value}"))
 }
+
+/// An open Server-Sent Events answer, read line by line.
+pub type SseLines = std::io::BufReader<Box<dyn Read + Send + Sync>>;
+
+/// Sends a request for a stream of events: its lines if it is one (200, `text/event-stream`,
+/// `no-cache`), or `Err((status, body))` if it is refused.
+pub fn open_sse(request: ureq::Request) -> Result<SseLines, (u16, Value)> {
+    let url = request.url().to_owned();
+    match request.call() {
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.header("content-type"), Some("text/event-stream"));
+            assert_eq!(response.header("cache-control"), Some("no-cache"));
+            Ok(std::io::BufReader::new(response.into_reader()))
+        }
+        Err(ureq::Error::Status(status, response)) => {
+            Err((status, response.into_json().unwrap_or(Value::Null)))
+        }
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
