@@ -120,8 +120,11 @@ impl Allocator {
         };
         loop {
             let free = pool + deal.counters().available();
-            // A deal that takes no offers (paused, ended) serves nobody: the units go back.
-            let fit = if open { first_fit(list.waiting(), free) } else { None };
+            // A deal that takes no offers (paused, ended) serves nobody: the units go back. So
+            // does a free smaller than every quantity waiting (no walk of the queue for it).
+            let fits_someone =
+                list.smallest_waiting_qty().is_some_and(|qty| u64::from(qty) <= free);
+            let fit = if open && fits_someone { first_fit(list.waiting(), free) } else { None };
             let Some((seq, qty)) = fit else { break };
             let Some(user) = list.get(seq).map(|e| e.user_id.clone()) else {
                 panic!("a queued entry vanished under its lock");

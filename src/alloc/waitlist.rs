@@ -19,6 +19,10 @@ pub struct Waitlist {
     entries: HashMap<u64, WaitEntry>,
     /// order -> entry number, waiting entries only, in serving order.
     queue: BTreeMap<u64, u64>,
+    /// The quantities the waiting entries ask, as counts: a free smaller than the smallest is
+    /// handed to nobody without walking the queue (most frees of a drop: a confirm frees 0,
+    /// and after the last offer of a free what is left is below every entry's quantity).
+    waiting_qtys: BTreeMap<u32, u32>,
     /// entry number -> its key in `queue`, waiting entries only.
     order_of: HashMap<u64, u64>,
     /// A user's one active entry: waiting, or offered with its hold still open.
@@ -154,12 +158,19 @@ impl Waitlist {
         let seq = entry.seq.0;
         let previous = self.active_by_user.insert(entry.user_id.clone(), seq);
         assert!(previous.is_none(), "user {} has two active entries", entry.user_id);
-        self.enqueue(seq);
         let previous = self.entries.insert(seq, entry);
         assert!(previous.is_none(), "entry {seq} inserted twice");
+        self.enqueue(seq);
+    }
+
+    /// The smallest quantity a waiting entry asks (`None` if nobody waits).
+    pub fn smallest_waiting_qty(&self) -> Option<u32> {
+        self.waiting_qtys.keys().next().copied()
     }
 
     fn enqueue(&mut self, seq: u64) {
+        let qty = self.entries.get(&seq).map_or(0, |e| e.qty);
+        *self.waiting_qtys.entry(qty).or_default() += 1;
         let order = self.next_order;
         self.next_order += 1;
         self.ranks.insert(order, self.queue.keys().copied());
@@ -170,6 +181,14 @@ impl Waitlist {
     fn dequeue(&mut self, seq: u64) {
         let Some(order) = self.order_of.remove(&seq) else { panic!("entry {seq} not queued") };
         self.queue.remove(&order);
+        let qty = self.entries.get(&seq).map_or(0, |e| e.qty);
+        match self.waiting_qtys.get_mut(&qty) {
+            Some(1) => {
+                self.waiting_qtys.remove(&qty);
+            }
+            Some(count) => *count -= 1,
+            None => panic!("entry {seq} asks {qty}, a quantity nobody waits for"),
+        }
         self.ranks.remove(order);
     }
 
@@ -397,6 +416,10 @@ impl Waitlist {
             return Err(format!("{entered} entries still entered after the draw"));
         }
         let waiting = self.entries.values().filter(|e| e.state == EntryState::Waiting).count();
+        let counted: u32 = self.waiting_qtys.values().sum();
+        if counted as usize != waiting {
+            return Err(format!("{waiting} waiting entries, {counted} counted by quantity"));
+        }
         if waiting != self.queue.len() || waiting != self.order_of.len() {
             return Err(format!("{waiting} waiting entries, {} queued", self.queue.len()));
         }

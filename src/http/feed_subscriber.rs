@@ -506,7 +506,11 @@ mod tests {
     use crate::http::feed_frame::{FeedState, Stock};
 
     fn frame(id: u64) -> Frame {
-        Frame::encode(id, "d", &Stock { state: FeedState::Live, available: id, held: 0, sold: 0, waiting: 0 })
+        Frame::encode(
+            id,
+            "d",
+            &Stock { state: FeedState::Live, available: id, held: 0, sold: 0, waiting: 0 },
+        )
     }
 
     /// A subscriber on one end of a loopback connection, and the other end.
