@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::feed::FeedReport;
 use crate::ledger::{Fairness, Verification};
 use crate::recorder::{us_to_ms, Measurements};
-use crate::waitlist::{LagStats, Returns, WaitlistReport};
+use crate::waitlist_check::{LagStats, Returns, WaitlistReport};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SellOut {

@@ -24,7 +24,7 @@ use crate::recorder::us_to_ms;
 use crate::report::{self, RunReport, SellOut};
 use crate::schedule::Schedule;
 use crate::settings::{settings, Settings};
-use crate::waitlist::{self, check_entries, EntryRead, ReadHold, WaitlistReport};
+use crate::waitlist_check::{self, check_entries, EntryRead, ReadHold, WaitlistReport};
 
 /// What `livestock-load` produced.
 #[derive(Clone, Debug)]
@@ -374,7 +374,7 @@ async fn single(
             })
             .collect();
         let (offers_seen, offers_missed, still_waiting_at_end, offers_given_up, learn_lag) =
-            waitlist::entry_tallies(ledger, t0_wall_ms, &created_ms);
+            waitlist_check::entry_tallies(ledger, t0_wall_ms, &created_ms);
         waitlist_report = Some(WaitlistReport {
             waitlist_max: w.max,
             offer_ttl_ms: w.offer_ttl_ms,
@@ -429,7 +429,7 @@ async fn single(
             .map(|h| u64::from(h.qty))
             .sum();
         let unsold = after.iter().map(|c| c.stock.saturating_sub(c.sold)).sum();
-        waitlist::returns(&read_holds, &sold_out_ms, resold, unsold)
+        waitlist_check::returns(&read_holds, &sold_out_ms, resold, unsold)
     });
     if !completed {
         verification.passed = false;
