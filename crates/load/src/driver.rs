@@ -49,7 +49,9 @@ use crate::client::Outcome;
 use crate::ledger::{user_id, Answered, Fate, HoldRecord, Ledger};
 use crate::recorder::{Op, Recorder};
 use crate::schedule::{After, Arrival, Schedule};
-use crate::waitlist::{poll_delay_ms, poll_ms_max, EntryStep, Joined, PollBudget, QueueSpeed};
+use crate::waitlist::{
+    poll_delay_ms, poll_ms_max, EntryFate, EntryStep, Joined, PollBudget, QueueSpeed,
+};
 
 /// How often the available stock is sampled for the burn-down chart.
 pub const STOCK_POLL_MS: u64 = 100;
@@ -476,8 +478,12 @@ fn pace(
     follow_ups: channel::Receiver<(Instant, Job)>,
 ) {
     let mut waiting: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
-    // Entry reads that are due, waiting for the budget, oldest first.
-    let mut due_polls: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    // Entry reads that are due, waiting for the budget, by entry: the entries made first are
+    // nearest the head of their queue (it serves in arrival order), so they are read first and
+    // a budget too small for every entry starves only those far back, which no offer reaches
+    // soon. (Entry indexes follow the answers' order, close to the server's.)
+    let mut due_polls: std::collections::BTreeMap<usize, String> =
+        std::collections::BTreeMap::new();
     let mut budget = shared.waitlist.map(|w| PollBudget::new(w.poll_rate_per_s));
     let follow_until = shared.waitlist.map(|w| shared.t0 + us(w.follow_until_us));
     let mut seq = 0u64;
@@ -500,8 +506,8 @@ fn pace(
         }
         while waiting.peek().is_some_and(|Reverse(d)| d.at <= now) {
             if let Some(Reverse(due)) = waiting.pop() {
-                if matches!(due.job.task, Task::Poll { .. }) {
-                    due_polls.push_back(due.job);
+                if let Task::Poll { entry, entry_id } = due.job.task {
+                    due_polls.insert(entry, entry_id);
                 } else {
                     shared.enqueue(due.job);
                 }
@@ -509,19 +515,23 @@ fn pace(
         }
         let over = follow_until.is_some_and(|until| now >= until);
         let now_us = shared.us(now);
-        while let Some(job) = due_polls.pop_front() {
-            let Job { task: Task::Poll { entry, entry_id }, .. } = job else { continue };
+        while let Some(&entry) = due_polls.keys().next() {
+            // An entry offered meanwhile (a repeated tap answered with its offer) is neither
+            // read nor cancelled again: its viewer is paying.
+            if shared.ledger.lock().entries[entry].fate != EntryFate::Waiting {
+                due_polls.remove(&entry);
+                shared.finish_one();
+                continue;
+            }
             // The window is over: the viewer gives up, at once and whatever the budget.
             let task = if over {
+                let Some(entry_id) = due_polls.remove(&entry) else { break };
+                shared.ledger.lock().entry_cancel_sent(entry);
                 Task::Cancel { entry, entry_id }
             } else if budget.as_mut().is_some_and(|b| b.take(now_us)) {
+                let Some(entry_id) = due_polls.remove(&entry) else { break };
                 Task::Poll { entry, entry_id }
             } else {
-                due_polls.push_front(Job {
-                    intended: now,
-                    task: Task::Poll { entry, entry_id },
-                    _permit: None,
-                });
                 break;
             };
             // Counted from its release: the budget's queue is the tool's choice, not the

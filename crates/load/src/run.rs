@@ -429,7 +429,10 @@ async fn single(
             .map(|h| u64::from(h.qty))
             .sum();
         let unsold = after.iter().map(|c| c.stock.saturating_sub(c.sold)).sum();
-        waitlist_check::returns(&read_holds, &sold_out_ms, resold, unsold)
+        let until_ms = s
+            .waitlist
+            .map_or(u64::MAX, |w| t0_wall_ms + (s.phase_us + w.window_ms * 1_000) / 1_000);
+        waitlist_check::returns(&read_holds, &sold_out_ms, until_ms, resold, unsold)
     });
     if !completed {
         verification.passed = false;

@@ -49,7 +49,7 @@ pub enum EntryFate {
     /// The cancel was refused (409): `entry_lapsed` (an offer expired since the last read) or
     /// `hold_confirmed`.
     CancelRefused,
-    /// The cancel got no answer: it may or may not have happened.
+    /// The cancel was sent and got no answer (yet): it may or may not have happened.
     CancelUnknown,
 }
 
@@ -231,12 +231,20 @@ impl Ledger {
         self.entries[entry].reads += 1;
     }
 
-    /// The tool's cancel of entry `entry` (still waiting when the entries stopped being
-    /// followed) was answered: `Ok(seen)` acknowledged, `Err(true)` refused by the rules,
-    /// `Err(false)` unknown.
+    /// The tool cancels entry `entry` (still waiting when the entries stopped being followed):
+    /// until its answer comes, it may or may not have happened.
+    pub fn entry_cancel_sent(&mut self, entry: usize) {
+        let record = &mut self.entries[entry];
+        if record.fate == EntryFate::Waiting {
+            record.fate = EntryFate::CancelUnknown;
+        }
+    }
+
+    /// The tool's cancel of entry `entry` was answered: `Ok(seen)` acknowledged, `Err(true)`
+    /// refused by the rules, `Err(false)` unknown.
     pub fn entry_cancelled(&mut self, entry: usize, answer: Result<&EntrySeen, bool>) {
         let record = &mut self.entries[entry];
-        if record.fate != EntryFate::Waiting {
+        if !matches!(record.fate, EntryFate::Waiting | EntryFate::CancelUnknown) {
             return;
         }
         record.fate = match answer {

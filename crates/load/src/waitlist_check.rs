@@ -90,8 +90,9 @@ pub fn offer_lags_ms(mut backs: Vec<(u64, u32)>, mut offers: Vec<(u64, u32)>) ->
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Returns {
     /// Units released or expired after the deal's first turned-away reserve (`sold_out`, or a
-    /// waitlist entry), by the server's clock: a release's `resolved_at`, an expiry's
-    /// `expires_at`. Offers that came back are included (a unit may come back several times).
+    /// waitlist entry) and, with `--waitlist`, before the end of the followed window, by the
+    /// server's clock: a release's `resolved_at`, an expiry's `expires_at`. Offers that came
+    /// back are included (a unit may come back several times).
     pub came_back_units: u64,
     /// Of those, units of offers that came back (they went on to the next entry).
     pub came_back_from_offers_units: u64,
@@ -115,11 +116,14 @@ pub struct ReadHold<'a> {
 }
 
 /// Counts the units that came back after each deal's sell-out (`sold_out_ms[deal]`, server
-/// clock; never sold out: nothing counts) over every hold read back, and what the waitlist
-/// resold (`resold_units`, from the ledger).
+/// clock; never sold out: nothing counts) and until `until_ms` (the end of the followed
+/// window: the offers the tool's final cancels give up, passed from one cancelled entry to the
+/// next, are not the drop's) over every hold read back, and what the waitlist resold
+/// (`resold_units`, from the ledger).
 pub fn returns(
     holds: &[ReadHold<'_>],
     sold_out_ms: &[Option<u64>],
+    until_ms: u64,
     resold_units: u64,
     unsold_units: u64,
 ) -> Returns {
@@ -134,7 +138,8 @@ pub fn returns(
         }
         let Some(back) = came_back_at_ms(hold) else { continue };
         backs.push((back, h.qty));
-        if sold_out_ms.get(h.deal).copied().flatten().is_some_and(|s| back >= s) {
+        let after_sell_out = sold_out_ms.get(h.deal).copied().flatten().is_some_and(|s| back >= s);
+        if after_sell_out && back <= until_ms {
             r.came_back_units += u64::from(h.qty);
             if hold.from_waitlist {
                 r.came_back_from_offers_units += u64::from(h.qty);
@@ -583,12 +588,14 @@ mod tests {
                 ReadHold { deal: 0, qty, read }
             })
             .collect();
-        let r = returns(&holds, &[Some(100)], 1, 3);
+        let r = returns(&holds, &[Some(100)], u64::MAX, 1, 3);
         assert_eq!(r.came_back_units, 3, "2 of the first hand, 1 of an offer; not the one before");
         assert_eq!((r.came_back_from_offers_units, r.came_back_first_hand_units), (1, 2));
         assert_eq!(r.resold_share, Some(0.5));
         assert_eq!(r.offer_lag.as_ref().map(|l| (l.count, l.max_ms)), Some((2, 1)));
-        let never = returns(&holds, &[None], 0, 3);
+        let never = returns(&holds, &[None], u64::MAX, 0, 3);
+        let cut = returns(&holds, &[Some(100)], 1_000, 1, 3);
+        assert_eq!(cut.came_back_units, 2, "the offer that came back after the window is not");
         assert_eq!((never.came_back_units, never.resold_share), (0, None));
     }
 }
