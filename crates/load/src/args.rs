@@ -68,6 +68,7 @@ write acknowledged after it.
 Examples:
   livestock-load --profile drop --rate 20000 --viewers 50000 --stock 5000 --plot target/drop.svg
   livestock-load --profile steady --rate 5000 --duration-ms 10000 --deals 100 --zipf 1.1
+  livestock-load --profile drop --rate 10000 --viewers 50000 --stock 5000 --waitlist
   livestock-load --find-capacity --p99-slo-ms 5
   livestock-load --target 127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083 --rate 2000 --stock 2000
   livestock-load --backend redis --target 127.0.0.1:6379 --profile steady --rate 5000

@@ -429,6 +429,15 @@ mod tests {
         assert_eq!(ledger.deals[0].offered_units, 1);
         assert_eq!(ledger.entry_read(0, &o, 3_000, 3_100, 1_000_000), EntryStep::Done);
         assert!(!ledger.entries[0].hold_changed);
+        // A cancel counts as sent until its answer; a refused one as refused.
+        let w3 = seen("e3", EntryState::Waiting, Some(9), None);
+        ledger.joined(0, 8, after, &w3, 5_000, 5_100, 1_000_000);
+        ledger.entry_cancel_sent(1);
+        assert_eq!(ledger.entries[1].fate, EntryFate::CancelUnknown);
+        ledger.entry_cancelled(1, Err(true));
+        assert_eq!(ledger.entries[1].fate, EntryFate::CancelRefused);
+        ledger.entry_cancel_sent(0);
+        assert_eq!(ledger.entries[0].fate, EntryFate::Offered, "an offered entry is not cancelled");
         let other = seen("e1", EntryState::Offered, None, Some("h10"));
         ledger.entry_read(0, &other, 4_000, 4_100, 1_000_000);
         assert!(ledger.entries[0].hold_changed, "a second offer to one entry");
