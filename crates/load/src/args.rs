@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::backend::BackendKind;
-use crate::limits::WAIT_MS_DEFAULT;
+use crate::limits::{ENTRY_POLL_RATE_DEFAULT, WAIT_MS_DEFAULT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProfileArg {
@@ -68,6 +68,7 @@ write acknowledged after it.
 Examples:
   livestock-load --profile drop --rate 20000 --viewers 50000 --stock 5000 --plot target/drop.svg
   livestock-load --profile steady --rate 5000 --duration-ms 10000 --deals 100 --zipf 1.1
+  livestock-load --profile drop --rate 10000 --viewers 50000 --stock 5000 --waitlist
   livestock-load --find-capacity --p99-slo-ms 5
   livestock-load --target 127.0.0.1:8081,127.0.0.1:8082,127.0.0.1:8083 --rate 2000 --stock 2000
   livestock-load --backend redis --target 127.0.0.1:6379 --profile steady --rate 5000
@@ -164,6 +165,31 @@ pub struct LoadArgs {
     /// Hold TTL, ms; holds left to expire resolve this long after their reserve.
     #[arg(long, default_value_t = 5_000, help_heading = "After a reserve")]
     pub hold_ttl_ms: u64,
+
+    /// Give the created deals a waitlist and send every reserve with `waitlist: true`: a
+    /// viewer turned away joins the queue (202), polls its entry, and pays for an offer as a
+    /// winner of a reserve does (--confirm-ratio, --release-ratio, --payment-delay-ms). The
+    /// report adds the units that came back after the sell-out and the share the waitlist
+    /// resold. Drop and steady profiles, livestock only.
+    #[arg(long, help_heading = "Waitlist")]
+    pub waitlist: bool,
+    /// Entries each created deal's waitlist may hold at once (`waitlist_max`). Default: the
+    /// number of viewers, at most the server's 1,000,000.
+    #[arg(long, requires = "waitlist", help_heading = "Waitlist")]
+    pub waitlist_max: Option<u32>,
+    /// TTL of a hold offered from the waitlist, ms (`offer_ttl_ms`). Default: --hold-ttl-ms.
+    #[arg(long, requires = "waitlist", help_heading = "Waitlist")]
+    pub offer_ttl_ms: Option<u64>,
+    /// Reads of waitlist entries per second, all entries together (entries near the head of
+    /// the queue are read often, those far back rarely).
+    #[arg(long, default_value_t = ENTRY_POLL_RATE_DEFAULT, help_heading = "Waitlist")]
+    pub entry_poll_rate: f64,
+    /// How long after the arrival phase the entries are still followed, ms; then every entry
+    /// still waiting is cancelled (the viewer gives up) and counted as such. Default:
+    /// --hold-ttl-ms + 2 x the offer TTL + the longest payment delay (the last direct holds
+    /// expire, their units are offered, and one offer that comes back is offered again).
+    #[arg(long, requires = "waitlist", help_heading = "Waitlist")]
+    pub waitlist_ms: Option<u64>,
 
     /// Open loop: keep-alive connections (requests wait for a free one; their latency still
     /// counts from their intended instant).

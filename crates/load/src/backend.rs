@@ -20,11 +20,12 @@ use http::Method;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, Outcome, Target, Unhealthy};
+use crate::client::{entry_of, Client, Outcome, Target, Unhealthy};
 use crate::ledger::Counters;
 use crate::limits::WAIT_RETRY_MS;
 use crate::postgres::{PgConn, PgSettings};
 use crate::redis::RedisConn;
+use crate::waitlist::EntrySeen;
 
 /// Up to this many deals are polled one by one over HTTP; more are read with one list request.
 const STOCK_POLL_SINGLY_MAX: usize = 16;
@@ -229,11 +230,13 @@ impl Drop for Reaper {
     }
 }
 
-/// How a reserve was answered: the outcome, and the hold's id when one was granted.
+/// How a reserve was answered: the outcome, and the hold's id when one was granted (or the
+/// waitlist entry, [`Outcome::Waitlisted`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reserved {
     pub outcome: Outcome,
     pub hold_id: Option<String>,
+    pub entry: Option<EntrySeen>,
 }
 
 /// One connection to the backend, used by one worker at a time.
@@ -295,8 +298,23 @@ impl Conn {
         per_user_limit: Option<u32>,
         hold_ttl_ms: u64,
     ) -> Result<Counters, String> {
+        self.create_deal_with(id, stock, per_user_limit, hold_ttl_ms, None).await
+    }
+
+    /// [`Conn::create_deal`] with a waitlist (`waitlist_max`, `offer_ttl_ms`): livestock only.
+    pub async fn create_deal_with(
+        &mut self,
+        id: &str,
+        stock: u64,
+        per_user_limit: Option<u32>,
+        hold_ttl_ms: u64,
+        waitlist: Option<(u32, u64)>,
+    ) -> Result<Counters, String> {
+        if waitlist.is_some() && !matches!(self, Conn::Http(_)) {
+            return Err("only livestock has a waitlist".to_owned());
+        }
         match self {
-            Conn::Http(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms).await,
+            Conn::Http(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms, waitlist).await,
             Conn::Redis(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms).await,
             Conn::Postgres(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms).await,
         }
@@ -346,25 +364,62 @@ impl Conn {
         qty: u32,
         ttl_ms: u64,
     ) -> Reserved {
+        self.reserve_or_wait(deal, key, user, qty, ttl_ms, false).await
+    }
+
+    /// [`Conn::reserve`], and with `waitlist` (livestock only) join the deal's waitlist if it
+    /// cannot serve the request now: the answer is then [`Outcome::Waitlisted`] with the entry.
+    pub async fn reserve_or_wait(
+        &mut self,
+        deal: &str,
+        key: &str,
+        user: &str,
+        qty: u32,
+        ttl_ms: u64,
+        waitlist: bool,
+    ) -> Reserved {
         match self {
             Conn::Http(c) => {
                 let path = format!("/v1/deals/{deal}/reserve");
-                let body =
-                    Bytes::from(format!(r#"{{"user_id":"{user}","qty":{qty},"ttl_ms":{ttl_ms}}}"#));
+                let join = if waitlist { r#","waitlist":true"# } else { "" };
+                let body = Bytes::from(format!(
+                    r#"{{"user_id":"{user}","qty":{qty},"ttl_ms":{ttl_ms}{join}}}"#
+                ));
                 match c.call(Method::POST, &path, Some(key), body).await {
                     Ok((status, body)) => {
-                        let outcome = Outcome::of(status, &body);
-                        let hold_id = (outcome == Outcome::Ok)
+                        let mut outcome = Outcome::of(status, &body);
+                        let json = (outcome == Outcome::Ok)
                             .then(|| serde_json::from_slice::<Value>(&body).ok())
-                            .flatten()
+                            .flatten();
+                        // 202 (a new entry) or 200 (the viewer's own): an entry, not a hold.
+                        let entry = json.as_ref().filter(|_| status != 201).and_then(entry_of);
+                        if entry.is_some() {
+                            outcome = Outcome::Waitlisted;
+                        }
+                        let hold_id = json
+                            .filter(|_| entry.is_none())
                             .and_then(|v| v["hold_id"].as_str().map(str::to_owned));
-                        Reserved { outcome, hold_id }
+                        Reserved { outcome, hold_id, entry }
                     }
-                    Err(transport) => Reserved { outcome: transport, hold_id: None },
+                    Err(transport) => Reserved { outcome: transport, hold_id: None, entry: None },
                 }
             }
             Conn::Redis(c) => c.reserve(deal, user, qty, ttl_ms).await,
             Conn::Postgres(c) => c.reserve(deal, user, qty, ttl_ms).await,
+        }
+    }
+
+    /// One attempt at reading (or, `cancel`, cancelling with `key`) a waitlist entry; the
+    /// peers have none.
+    pub async fn entry(
+        &mut self,
+        entry_id: &str,
+        cancel: bool,
+        key: Option<&str>,
+    ) -> (Outcome, Option<EntrySeen>) {
+        match self {
+            Conn::Http(c) => c.entry_call(entry_id, cancel, key).await,
+            Conn::Redis(_) | Conn::Postgres(_) => (peer_failure("no_waitlist"), None),
         }
     }
 

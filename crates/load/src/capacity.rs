@@ -258,6 +258,7 @@ pub async fn find_capacity(settings: &Settings) -> Result<CapacityReport, String
                 poll_stock: false,
                 progress: false,
                 marks: None,
+                waitlist: None,
             };
             let mut driver = Driver::start(plan, &deals).await?;
             let completed = driver.finish(settings.deadline_us(phase_us)).await;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::ledger::{Counters, HoldState, ServerHold};
 use crate::limits::{RETRY_BACKOFF_MS_MAX, RETRY_BACKOFF_MS_MIN, TARGETS_MAX};
+use crate::waitlist::{EntrySeen, EntryState};
 
 /// Where the load goes: an address on this machine, never anywhere else.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +135,9 @@ impl fmt::Display for Target {
 pub enum Outcome {
     /// A 2xx answer.
     Ok,
+    /// A reserve answered with a waitlist entry (202 a new one, 200 the viewer's own): the
+    /// entry exists, no hold was granted.
+    Waitlisted,
     /// An error answer: the API's code (`sold_out`, `per_user_limit`, ...), or `http_{status}`
     /// if the body carries none.
     Refused { status: u16, code: String },
@@ -157,6 +161,7 @@ impl Outcome {
     pub fn label(&self) -> &str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Waitlisted => "waitlisted",
             Outcome::Refused { code, .. } => code,
             Outcome::Transport(kind) => kind,
         }
@@ -171,7 +176,7 @@ impl Outcome {
             Outcome::Transport(kind) => matches!(*kind, "connect" | "io"),
             Outcome::Refused { status: 503, code } => code == "no_leader",
             Outcome::Refused { status: 409, code } => code == "idempotency_key_in_use",
-            Outcome::Ok | Outcome::Refused { .. } => false,
+            Outcome::Ok | Outcome::Waitlisted | Outcome::Refused { .. } => false,
         }
     }
 
@@ -181,7 +186,7 @@ impl Outcome {
     pub fn is_known_refusal(&self) -> bool {
         match self {
             Outcome::Refused { status, code } => *status < 500 && code != "idempotency_key_in_use",
-            Outcome::Ok | Outcome::Transport(_) => false,
+            Outcome::Ok | Outcome::Waitlisted | Outcome::Transport(_) => false,
         }
     }
 
@@ -190,7 +195,7 @@ impl Outcome {
     /// system working as designed).
     pub fn is_error(&self) -> bool {
         match self {
-            Outcome::Ok => false,
+            Outcome::Ok | Outcome::Waitlisted => false,
             Outcome::Refused { status, .. } => *status != 409,
             Outcome::Transport(_) => true,
         }
@@ -514,16 +519,22 @@ impl Client {
         })
     }
 
+    /// Creates a deal; `waitlist`: its `waitlist_max` and `offer_ttl_ms`.
     pub async fn create_deal(
         &mut self,
         id: &str,
         stock: u64,
         per_user_limit: Option<u32>,
         hold_ttl_ms: u64,
+        waitlist: Option<(u32, u64)>,
     ) -> Result<Counters, String> {
         let mut body = json!({ "id": id, "stock": stock, "hold_ttl_ms": hold_ttl_ms });
         if let Some(limit) = per_user_limit {
             body["per_user_limit"] = json!(limit);
+        }
+        if let Some((waitlist_max, offer_ttl_ms)) = waitlist {
+            body["waitlist_max"] = json!(waitlist_max);
+            body["offer_ttl_ms"] = json!(offer_ttl_ms);
         }
         // Keyed: a creation retried after a lost answer gets the same deal, not `deal_exists`.
         let key = format!("create-{id}");
@@ -540,6 +551,59 @@ impl Client {
         let counters = counters_of(&deal).ok_or_else(|| format!("GET {path}: no counters"))?;
         let limit = deal["per_user_limit"].as_u64().and_then(|l| u32::try_from(l).ok());
         Ok((counters, limit))
+    }
+
+    /// A deal's counters and its waiting entries (`waiting`).
+    pub async fn deal_waiting(&mut self, id: &str) -> Result<(Counters, u64), String> {
+        let path = format!("/v1/deals/{id}");
+        let deal = self.call_json(Method::GET, &path, None, Bytes::new()).await?;
+        let counters = counters_of(&deal).ok_or_else(|| format!("GET {path}: no counters"))?;
+        let waiting = deal["waiting"].as_u64().ok_or_else(|| format!("GET {path}: no waiting"))?;
+        Ok((counters, waiting))
+    }
+
+    /// One attempt at an entry's read (`GET /v1/waitlist/{id}`) or cancel (`POST
+    /// .../cancel`, with `key`): the outcome, and the entry if the answer carries one.
+    pub async fn entry_call(
+        &mut self,
+        entry_id: &str,
+        cancel: bool,
+        key: Option<&str>,
+    ) -> (Outcome, Option<EntrySeen>) {
+        let (method, path) = if cancel {
+            (Method::POST, format!("/v1/waitlist/{entry_id}/cancel"))
+        } else {
+            (Method::GET, format!("/v1/waitlist/{entry_id}"))
+        };
+        match self.call(method, &path, key, Bytes::new()).await {
+            Ok((status, body)) => {
+                let outcome = Outcome::of(status, &body);
+                let entry = (outcome == Outcome::Ok)
+                    .then(|| serde_json::from_slice::<Value>(&body).ok())
+                    .flatten()
+                    .and_then(|v| entry_of(&v));
+                (outcome, entry)
+            }
+            Err(transport) => (transport, None),
+        }
+    }
+
+    /// An entry as the server has it, `None` if it does not know it (the end-of-run read).
+    pub async fn entry(&mut self, id: &str) -> Result<Option<EntrySeen>, String> {
+        let path = format!("/v1/waitlist/{id}");
+        let (status, bytes) =
+            self.call_retrying(Method::GET, &path, None, Bytes::new()).await.map_err(|o| {
+                format!("GET {path}: no answer from {} ({})", self.targets[self.last], o.label())
+            })?;
+        if status == 404 && Outcome::of(status, &bytes).label() == "unknown_entry" {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&bytes)));
+        }
+        let entry: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("GET {path}: the answer is not JSON: {e}"))?;
+        entry_of(&entry).map(Some).ok_or_else(|| format!("GET {path}: not an entry: {entry}"))
     }
 
     /// Every deal's id and counters (one request, for polling many deals).
@@ -574,10 +638,43 @@ impl Client {
                 user_id: field("user_id")?,
                 qty: u32::try_from(hold["qty"].as_u64()?).ok()?,
                 state: HoldState::parse(hold["state"].as_str()?)?,
+                from_waitlist: match hold["origin"].as_str() {
+                    // Servers from before the waitlist say nothing: a reserve's.
+                    None | Some("reserve") => false,
+                    Some("waitlist") => true,
+                    Some(_) => return None,
+                },
+                entry_id: field("entry_id"),
+                created_at_ms: Some(epoch_ms(hold["created_at"].as_str()?)?),
+                expires_at_ms: epoch_ms(hold["expires_at"].as_str()?)?,
+                resolved_at_ms: match hold["resolved_at"].as_str() {
+                    None => None,
+                    Some(t) => Some(epoch_ms(t)?),
+                },
             })
         })();
         parsed.map(Some).ok_or_else(|| format!("GET {path}: not a hold: {hold}"))
     }
+}
+
+/// An RFC 3339 timestamp (the API's `2026-12-07T01:02:03.456Z`) as ms since the epoch.
+pub fn epoch_ms(raw: &str) -> Option<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(raw).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
+}
+
+/// A waitlist entry from its JSON (a reserve's 200/202, a read, a cancel).
+pub fn entry_of(v: &Value) -> Option<EntrySeen> {
+    let field = |name: &str| v[name].as_str().map(str::to_owned);
+    Some(EntrySeen {
+        entry_id: field("entry_id")?,
+        deal_id: field("deal_id")?,
+        user_id: field("user_id")?,
+        qty: u32::try_from(v["qty"].as_u64()?).ok()?,
+        state: EntryState::parse(v["state"].as_str()?)?,
+        position: v["position"].as_u64(),
+        hold_id: field("hold_id"),
+    })
 }
 
 fn counters_of(deal: &Value) -> Option<Counters> {
@@ -646,6 +743,23 @@ mod tests {
         assert!(bare.is_error());
         assert!(Outcome::of(400, b"{}").is_error());
         assert!(Outcome::Transport("timeout").is_error());
+    }
+
+    #[test]
+    fn entries_and_timestamps_parse_from_the_wire() {
+        assert_eq!(epoch_ms("2027-01-15T08:00:00.123Z"), Some(1_800_000_000_123));
+        assert_eq!(epoch_ms("yesterday"), None);
+        let waiting = json!({"created_at":"2027-01-15T08:00:00.123Z","deal_id":"d","entry_id":"w1",
+            "hold_id":null,"position":3,"qty":1,"resolved_at":null,"state":"waiting","user_id":"v1"});
+        let e = entry_of(&waiting).expect("an entry");
+        assert_eq!((e.state, e.position, e.hold_id), (EntryState::Waiting, Some(3), None));
+        let offered = json!({"deal_id":"d","entry_id":"w1","hold_id":"h1","position":null,
+            "qty":1,"state":"offered","user_id":"v1"});
+        let e = entry_of(&offered).expect("an entry");
+        assert_eq!((e.state, e.hold_id.as_deref()), (EntryState::Offered, Some("h1")));
+        assert_eq!(entry_of(&json!({"hold_id":"h1"})), None, "a hold is not an entry");
+        assert!(!Outcome::Waitlisted.is_error() && !Outcome::Waitlisted.is_retryable());
+        assert_eq!(Outcome::Waitlisted.label(), "waitlisted");
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //! After a granted reserve the viewer's follow-up (confirm or release after a payment delay)
 //! goes back to the pacer with its own intended instant.
 //!
+//! **The waitlist** (`--waitlist`): a reserve answered with an entry (202) makes the viewer
+//! read the entry later (`GET /v1/waitlist/{id}`), sooner the nearer the head of the queue
+//! ([`crate::waitlist::poll_delay_ms`]); the reads wait in the pacer until their instant and
+//! then for the poll budget (`--entry-poll-rate`, a token bucket), so however many entries
+//! fall due at once the reads never exceed the rate. An offer the read sees is followed up as
+//! a won reserve is. At the end of the followed window every read still to come becomes the
+//! entry's cancel (the viewer gives up), so the run ends.
+//!
 //! **Several targets** (a cluster): connections are spread over the nodes round-robin. A
 //! request that no node could serve (refused connection, reset, 503 `no_leader`) is sent again
 //! on the next node, with the same idempotency key (follow-ups carry keys too when retries are
@@ -41,6 +49,9 @@ use crate::client::Outcome;
 use crate::ledger::{user_id, Answered, Fate, HoldRecord, Ledger};
 use crate::recorder::{Op, Recorder};
 use crate::schedule::{After, Arrival, Schedule};
+use crate::waitlist::{
+    poll_delay_ms, poll_ms_max, EntryFate, EntryStep, Joined, PollBudget, QueueSpeed,
+};
 
 /// How often the available stock is sampled for the burn-down chart.
 pub const STOCK_POLL_MS: u64 = 100;
@@ -82,12 +93,44 @@ pub struct Plan {
     /// SIGUSR1, listened to during the run: each signal marks an instant (a node's kill) for
     /// the report's time to the first acknowledged write after it.
     pub marks: Option<tokio::signal::unix::Signal>,
+    /// `--waitlist`: reserves join the waitlist, and entries are followed.
+    pub waitlist: Option<WaitlistPlan>,
+}
+
+/// How the entries of a `--waitlist` run are followed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WaitlistPlan {
+    pub offer_ttl_ms: u64,
+    /// Entry reads per second, all entries together.
+    pub poll_rate_per_s: f64,
+    /// Entries are read until this instant (µs from the start); then those still waiting are
+    /// cancelled.
+    pub follow_until_us: u64,
 }
 
 enum Task {
-    Reserve { arrival: Arrival, early: bool },
-    Confirm { hold: usize, hold_id: String },
-    Release { hold: usize, hold_id: String },
+    Reserve {
+        arrival: Arrival,
+        early: bool,
+    },
+    Confirm {
+        hold: usize,
+        hold_id: String,
+    },
+    Release {
+        hold: usize,
+        hold_id: String,
+    },
+    /// Read a waitlist entry (within the poll budget).
+    Poll {
+        entry: usize,
+        entry_id: String,
+    },
+    /// Cancel a waitlist entry still waiting at the end of the followed window.
+    Cancel {
+        entry: usize,
+        entry_id: String,
+    },
 }
 
 struct Job {
@@ -140,6 +183,9 @@ struct Shared {
     timeout: Duration,
     /// Confirms and releases carry idempotency keys (when requests may be retried).
     key_follow_ups: bool,
+    waitlist: Option<WaitlistPlan>,
+    /// How fast each deal's waitlist moves, as the reads see it.
+    speeds: Mutex<Vec<QueueSpeed>>,
 }
 
 impl Shared {
@@ -184,17 +230,29 @@ impl Shared {
                 let key = format!("{}-r{}", self.run_id, arrival.index);
                 let user = user_id(arrival.viewer);
                 let deal = &self.deal_ids[arrival.deal];
-                (Op::Reserve, conn.reserve(deal, &key, &user, arrival.qty, self.ttl_ms).await)
+                let join = self.waitlist.is_some();
+                let reserved =
+                    conn.reserve_or_wait(deal, &key, &user, arrival.qty, self.ttl_ms, join).await;
+                (Op::Reserve, reserved)
             }
             Task::Confirm { hold, hold_id } => {
                 let key = self.key_follow_ups.then(|| format!("{}-c{hold}", self.run_id));
                 let outcome = conn.confirm(hold_id, key.as_deref()).await;
-                (Op::Confirm, Reserved { outcome, hold_id: None })
+                (Op::Confirm, Reserved { outcome, hold_id: None, entry: None })
             }
             Task::Release { hold, hold_id } => {
                 let key = self.key_follow_ups.then(|| format!("{}-x{hold}", self.run_id));
                 let outcome = conn.release(hold_id, key.as_deref()).await;
-                (Op::Release, Reserved { outcome, hold_id: None })
+                (Op::Release, Reserved { outcome, hold_id: None, entry: None })
+            }
+            Task::Poll { entry_id, .. } => {
+                let (outcome, entry) = conn.entry(entry_id, false, None).await;
+                (Op::Entry, Reserved { outcome, hold_id: None, entry })
+            }
+            Task::Cancel { entry, entry_id } => {
+                let key = self.key_follow_ups.then(|| format!("{}-w{entry}", self.run_id));
+                let (outcome, entry) = conn.entry(entry_id, true, key.as_deref()).await;
+                (Op::Cancel, Reserved { outcome, hold_id: None, entry })
             }
         }
     }
@@ -205,7 +263,7 @@ impl Shared {
         let started = Instant::now();
         conn.set_budget_end(Some(started + self.timeout));
         let mut retry = 0;
-        let (op, Reserved { outcome, hold_id }, last_started) = loop {
+        let (op, Reserved { outcome, hold_id, entry }, last_started) = loop {
             let attempt_started = Instant::now();
             let (op, answer) = self.attempt(conn, &job.task).await;
             self.recorder.lock().attempt(conn.last_target(), &answer.outcome);
@@ -227,21 +285,121 @@ impl Shared {
         {
             let mut recorder = self.recorder.lock();
             recorder.record(op, &outcome, intended_us, started_us, done_us, latency_us);
-            if outcome == Outcome::Ok {
+            // A read is not a write.
+            if matches!(outcome, Outcome::Ok | Outcome::Waitlisted) && op != Op::Entry {
                 recorder.acknowledged(self.us(last_started), done_us);
             }
         }
         let answered = match &outcome {
-            Outcome::Ok => Answered::Ok,
+            Outcome::Ok | Outcome::Waitlisted => Answered::Ok,
             refused if refused.is_known_refusal() => Answered::Refused,
             Outcome::Refused { .. } | Outcome::Transport(_) => Answered::Unknown,
         };
         match job.task {
             Task::Reserve { arrival, early } => {
+                if let (Outcome::Waitlisted, Some(seen)) = (&outcome, &entry) {
+                    let joined = {
+                        let mut ledger = self.ledger.lock();
+                        ledger.deals[arrival.deal].early_arrivals += u64::from(early);
+                        let offer_ttl_us = self.offer_ttl_us();
+                        let (deal, viewer, after) = (arrival.deal, arrival.viewer, arrival.after);
+                        ledger.joined(deal, viewer, after, seen, started_us, done_us, offer_ttl_us)
+                    };
+                    match joined {
+                        Joined::New { entry, position } => {
+                            self.next_poll(entry, &seen.entry_id, arrival.deal, position, done);
+                        }
+                        Joined::Offer { hold, .. } => self.follow_offer(hold, arrival.after, done),
+                        Joined::Known => {}
+                    }
+                    return;
+                }
                 self.booked_reserve(arrival, early, &outcome, hold_id, started_us, done_us, done);
             }
             Task::Confirm { hold, .. } => self.ledger.lock().confirmed(hold, answered),
             Task::Release { hold, .. } => self.ledger.lock().released(hold, answered, started_us),
+            Task::Poll { entry: at, entry_id } => {
+                self.booked_read(at, &entry_id, &outcome, entry.as_ref(), started_us, done);
+            }
+            Task::Cancel { entry: at, .. } => {
+                let answer = match (&answered, &entry) {
+                    (Answered::Ok, Some(seen)) => Ok(seen),
+                    (Answered::Refused, _) => Err(true),
+                    _ => Err(false),
+                };
+                self.ledger.lock().entry_cancelled(at, answer);
+            }
+        }
+    }
+
+    fn offer_ttl_us(&self) -> u64 {
+        self.waitlist.map_or(self.ttl_ms, |w| w.offer_ttl_ms) * 1_000
+    }
+
+    /// Reads entry `entry` again after the wait its position calls for (at the latest at the
+    /// end of the followed window, where the read becomes its cancel).
+    fn next_poll(&self, entry: usize, entry_id: &str, deal: usize, position: u64, now: Instant) {
+        let Some(plan) = self.waitlist else { return };
+        let speed = self.speeds.lock()[deal];
+        let delay_ms = poll_delay_ms(position, speed, poll_ms_max(plan.offer_ttl_ms));
+        let until = self.t0 + Duration::from_micros(plan.follow_until_us);
+        let at = (now + Duration::from_millis(delay_ms)).min(until.max(now));
+        self.follow_up(at, Task::Poll { entry, entry_id: entry_id.to_owned() });
+    }
+
+    /// The viewer of an offer does what it drew for its tap: pays, changes its mind, or walks
+    /// away, as a winner of a reserve.
+    fn follow_offer(&self, hold: usize, after: After, now: Instant) {
+        let hold_id = self.ledger.lock().holds[hold].hold_id.clone();
+        match after {
+            After::Expire => self.ledger.lock().let_expire(hold),
+            After::Confirm { delay_us } => {
+                self.follow_up(now + us(delay_us), Task::Confirm { hold, hold_id });
+            }
+            After::Release { delay_us } => {
+                self.follow_up(now + us(delay_us), Task::Release { hold, hold_id });
+            }
+        }
+    }
+
+    /// Books a read of entry `entry` and does what it calls for.
+    fn booked_read(
+        &self,
+        entry: usize,
+        entry_id: &str,
+        outcome: &Outcome,
+        seen: Option<&crate::waitlist::EntrySeen>,
+        sent_us: u64,
+        done: Instant,
+    ) {
+        let done_us = self.us(done);
+        let mut ledger = self.ledger.lock();
+        ledger.entry_read_sent(entry);
+        let (deal, after, before) = {
+            let e = &ledger.entries[entry];
+            (e.deal, e.after, e.position.map(|p| (p, e.position_us)))
+        };
+        let Some(seen) = seen.filter(|_| *outcome == Outcome::Ok) else {
+            ledger.entry_read_failed(entry);
+            drop(ledger);
+            // An entry the server does not know is not read again: the final read judges it.
+            if outcome.label() != "unknown_entry" {
+                self.next_poll(entry, entry_id, deal, u64::MAX, done);
+            }
+            return;
+        };
+        let step = ledger.entry_read(entry, seen, sent_us, done_us, self.offer_ttl_us());
+        drop(ledger);
+        match step {
+            EntryStep::Wait { position } => {
+                if let Some((was, was_us)) = before {
+                    let moved = was.saturating_sub(position);
+                    self.speeds.lock()[deal].observe(moved, done_us.saturating_sub(was_us));
+                }
+                self.next_poll(entry, entry_id, deal, position, done);
+            }
+            EntryStep::Offer { hold } => self.follow_offer(hold, after, done),
+            EntryStep::Done => {}
         }
     }
 
@@ -279,6 +437,7 @@ impl Shared {
                 acked_us,
                 ttl_us: self.ttl_ms * 1_000,
                 fate: Fate::Open,
+                entry_id: None,
             },
             early,
         );
@@ -319,6 +478,14 @@ fn pace(
     follow_ups: channel::Receiver<(Instant, Job)>,
 ) {
     let mut waiting: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
+    // Entry reads that are due, waiting for the budget, by entry: the entries made first are
+    // nearest the head of their queue (it serves in arrival order), so they are read first and
+    // a budget too small for every entry starves only those far back, which no offer reaches
+    // soon. (Entry indexes follow the answers' order, close to the server's.)
+    let mut due_polls: std::collections::BTreeMap<usize, String> =
+        std::collections::BTreeMap::new();
+    let mut budget = shared.waitlist.map(|w| PollBudget::new(w.poll_rate_per_s));
+    let follow_until = shared.waitlist.map(|w| shared.t0 + us(w.follow_until_us));
     let mut seq = 0u64;
     let mut next = arrivals.as_mut().and_then(|(s, _)| s.next());
     if arrivals.is_some() && next.is_none() {
@@ -339,10 +506,46 @@ fn pace(
         }
         while waiting.peek().is_some_and(|Reverse(d)| d.at <= now) {
             if let Some(Reverse(due)) = waiting.pop() {
-                shared.enqueue(due.job);
+                if let Task::Poll { entry, entry_id } = due.job.task {
+                    due_polls.insert(entry, entry_id);
+                } else {
+                    shared.enqueue(due.job);
+                }
             }
         }
+        let over = follow_until.is_some_and(|until| now >= until);
+        let now_us = shared.us(now);
+        while let Some(&entry) = due_polls.keys().next() {
+            // An entry offered meanwhile (a repeated tap answered with its offer) is neither
+            // read nor cancelled again: its viewer is paying.
+            if shared.ledger.lock().entries[entry].fate != EntryFate::Waiting {
+                due_polls.remove(&entry);
+                shared.finish_one();
+                continue;
+            }
+            // The window is over: the viewer gives up, at once and whatever the budget.
+            let task = if over {
+                let Some(entry_id) = due_polls.remove(&entry) else { break };
+                shared.ledger.lock().entry_cancel_sent(entry);
+                Task::Cancel { entry, entry_id }
+            } else if budget.as_mut().is_some_and(|b| b.take(now_us)) {
+                let Some(entry_id) = due_polls.remove(&entry) else { break };
+                Task::Poll { entry, entry_id }
+            } else {
+                break;
+            };
+            // Counted from its release: the budget's queue is the tool's choice, not the
+            // server's latency.
+            shared.enqueue(Job { intended: now, task, _permit: None });
+        }
         let mut wake = now + Duration::from_millis(PACER_NAP_MS);
+        if !due_polls.is_empty() {
+            let wait_us = budget.as_mut().map_or(0, |b| b.wait_us(now_us)).max(100);
+            wake = wake.min(now + us(wait_us));
+        }
+        if let Some(until) = follow_until.filter(|u| *u > now && !due_polls.is_empty()) {
+            wake = wake.min(until);
+        }
         if let Some(arrival) = &next {
             wake = wake.min(shared.t0 + us(arrival.offset_us));
         }
@@ -477,6 +680,7 @@ impl Driver {
             poll_stock: poll,
             progress,
             marks,
+            waitlist,
         } = plan;
         let workers_n = match mode {
             Mode::Open => connections,
@@ -511,6 +715,8 @@ impl Driver {
             run_id,
             timeout: backend.timeout,
             key_follow_ups: backend.retries > 0,
+            waitlist,
+            speeds: Mutex::new(vec![QueueSpeed::default(); deals.ids.len()]),
         });
         let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
         let workers = conns

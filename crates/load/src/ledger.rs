@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::limits::exact_f64;
+use crate::waitlist::EntryRecord;
 
 /// Slack subtracted from a hold's TTL when deciding until when it surely lived: the server
 /// times the TTL with its own clock from the moment it created the hold.
@@ -63,6 +64,8 @@ pub struct HoldRecord {
     pub acked_us: u64,
     pub ttl_us: u64,
     pub fate: Fate,
+    /// An offer from the waitlist: the entry it was made to (`None`: the hold of a reserve).
+    pub entry_id: Option<String>,
 }
 
 impl HoldRecord {
@@ -93,6 +96,13 @@ pub struct ServerHold {
     pub user_id: String,
     pub qty: u32,
     pub state: HoldState,
+    /// `origin: "waitlist"`, and the entry it was offered to.
+    pub from_waitlist: bool,
+    pub entry_id: Option<String>,
+    /// The server's timestamps, ms since the epoch (`created_at` is absent from the peers').
+    pub created_at_ms: Option<u64>,
+    pub expires_at_ms: u64,
+    pub resolved_at_ms: Option<u64>,
 }
 
 /// What reading one of our holds back gave.
@@ -138,18 +148,27 @@ pub struct DealTally {
     /// Reserve arrivals among the first `stock` units' worth on this deal, and how many won.
     pub early_arrivals: u64,
     pub early_won: u64,
+    /// `--waitlist`: units of the offers the tool learned of in time to follow them up.
+    pub offered_units: u64,
 }
 
 /// Everything the server acknowledged to this run.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub deals: Vec<DealTally>,
+    /// Holds of reserves, and offers from the waitlist (`entry_id`).
     pub holds: Vec<HoldRecord>,
+    /// `--waitlist`: the entries the server made for us (`crate::waitlist`), by id.
+    pub entries: Vec<EntryRecord>,
+    pub entry_ids: HashMap<String, usize>,
+    /// Taps answered with the viewer's existing entry (200), and refused `waitlist_full`.
+    pub entry_repeats: u64,
+    pub waitlist_full: u64,
 }
 
 impl Ledger {
     pub fn new(deals: usize) -> Ledger {
-        Ledger { deals: vec![DealTally::default(); deals], holds: Vec::new() }
+        Ledger { deals: vec![DealTally::default(); deals], ..Ledger::default() }
     }
 
     /// A granted hold; returns its index for the follow-up.
@@ -175,6 +194,7 @@ impl Ledger {
         let tally = &mut self.deals[deal];
         tally.reserve_refused_units += u64::from(qty);
         tally.early_arrivals += u64::from(early);
+        self.waitlist_full += u64::from(code == "waitlist_full");
         if code == "sold_out" {
             tally.first_sold_out_us =
                 Some(tally.first_sold_out_us.map_or(sent_us, |t| t.min(sent_us)));
@@ -383,6 +403,8 @@ pub fn check_hold(record: &HoldRecord, deal_id: &str, read: &HoldRead) -> HoldVe
     if found.deal_id != deal_id
         || found.user_id != user_id(record.viewer)
         || found.qty != record.qty
+        || found.from_waitlist != record.entry_id.is_some()
+        || found.entry_id != record.entry_id
     {
         return HoldVerdict::LostReserve;
     }
@@ -618,7 +640,17 @@ mod tests {
 
     fn hold(viewer: u64, sent_us: u64, acked_us: u64, fate: Fate) -> HoldRecord {
         let hold_id = format!("h{viewer}-{sent_us}");
-        HoldRecord { hold_id, deal: 0, viewer, qty: 1, sent_us, acked_us, ttl_us: 1_000_000, fate }
+        HoldRecord {
+            hold_id,
+            deal: 0,
+            viewer,
+            qty: 1,
+            sent_us,
+            acked_us,
+            ttl_us: 1_000_000,
+            fate,
+            entry_id: None,
+        }
     }
 
     fn counters(stock: u64, held: u64, sold: u64) -> Counters {
@@ -768,13 +800,22 @@ mod tests {
         assert!(v.passed, "{:?}", v.problems);
     }
 
-    fn found(record: &HoldRecord, state: HoldState) -> HoldRead {
-        HoldRead::Found(ServerHold {
-            deal_id: "d".to_owned(),
-            user_id: user_id(record.viewer),
-            qty: record.qty,
+    fn server_hold(deal_id: &str, user_id: String, qty: u32, state: HoldState) -> ServerHold {
+        ServerHold {
+            deal_id: deal_id.to_owned(),
+            user_id,
+            qty,
             state,
-        })
+            from_waitlist: false,
+            entry_id: None,
+            created_at_ms: Some(0),
+            expires_at_ms: 1_000,
+            resolved_at_ms: None,
+        }
+    }
+
+    fn found(record: &HoldRecord, state: HoldState) -> HoldRead {
+        HoldRead::Found(server_hold("d", user_id(record.viewer), record.qty, state))
     }
 
     #[test]
@@ -804,17 +845,12 @@ mod tests {
         assert_eq!(v.lost_changes, Some(0));
         assert_eq!(v.holds.as_ref().map(|c| c.read), Some(4));
 
-        let other_qty = HoldRead::Found(ServerHold {
-            deal_id: "d".into(),
-            user_id: user_id(3),
-            qty: 2,
-            state: Expired,
-        });
-        let other_deal = HoldRead::Found(ServerHold {
-            deal_id: "elsewhere".into(),
-            user_id: user_id(3),
-            qty: 1,
-            state: Expired,
+        let other_qty = HoldRead::Found(server_hold("d", user_id(3), 2, Expired));
+        let other_deal = HoldRead::Found(server_hold("elsewhere", user_id(3), 1, Expired));
+        let an_offer = HoldRead::Found(ServerHold {
+            from_waitlist: true,
+            entry_id: Some("e1".into()),
+            ..server_hold("d", user_id(3), 1, Expired)
         });
         for (i, read, lost, what) in [
             (a, found(&h(a), Expired), 1, "lost_confirms"),
@@ -824,6 +860,7 @@ mod tests {
             (c, HoldRead::Missing, 1, "lost_reserves"),
             (c, other_qty, 1, "lost_reserves"),
             (c, other_deal, 1, "lost_reserves"),
+            (c, an_offer, 1, "lost_reserves"),
             (c, found(&h(c), Confirmed), 0, "unexplained"),
             (d, found(&h(d), Released), 0, "unexplained"),
             (b, HoldRead::Unread("timeout".into()), 0, "unread"),

@@ -23,6 +23,8 @@
 //! | `report.rs` | pure: the run's report (the JSON) and its human summary |
 //! | `plot.rs` | the SVG: offered vs served, p50/p99 over time, the stock burning down |
 //! | `capacity.rs` | the step search for the highest rate that holds a p99 SLO |
+//! | `waitlist.rs` | pure: `--waitlist`'s entries as the tool knows them, the poll budget, when to read an entry again |
+//! | `waitlist_check.rs` | pure: the units that came back after the sell-out and the share the waitlist resold, the check of every entry and offer read back |
 //!
 //! See `docs/load.md`, and `benches/peers/` for the peer benchmark.
 
@@ -46,6 +48,8 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod settings;
+pub mod waitlist;
+pub mod waitlist_check;
 
 pub use args::LoadArgs;
 pub use run::{main, run, LoadOutcome};

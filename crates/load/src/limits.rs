@@ -7,7 +7,7 @@
 //! not `DEALS_MAX`) so they cannot be mistaken for the server's.
 
 use livestock_core::limits::{
-    DEALS_MAX, DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN,
+    DEALS_MAX, DEAL_STOCK_UNITS_MAX, EXPIRY_TICK_MS, HOLD_TTL_MS_MAX, HOLD_TTL_MS_MIN, WAITLIST_MAX,
 };
 
 /// The arrival phase (of a run, or of one capacity step) is at most this long.
@@ -77,6 +77,24 @@ pub const FEED_OPENS_CONCURRENT: usize = 256;
 /// One line of the event stream, at most: a `stock` event's `data:` line is about 100 bytes; a
 /// longer line is a broken stream, not something to buffer without end.
 pub const FEED_LINE_BYTES_MAX: usize = 4_096;
+/// `--waitlist-max`: entries one created deal's waitlist may hold, at most: the server's bound.
+pub const RUN_WAITLIST_MAX: u32 = WAITLIST_MAX;
+/// `--entry-poll-rate` when absent: reads of waitlist entries per second, all entries together.
+/// A viewer's app would poll its entry every second or two; 50,000 turned-away viewers doing
+/// so would be 25,000-50,000 reads/s, more than the drop itself. The tool polls the entries
+/// near the head of the queue often and the others rarely (`waitlist::poll_delay_ms`), within
+/// this budget.
+pub const ENTRY_POLL_RATE_DEFAULT: f64 = 2_000.0;
+/// `--entry-poll-rate`: at most.
+pub const ENTRY_POLL_RATE_MAX: f64 = 100_000.0;
+/// An entry near the head of the queue is read again after this long at the soonest: its
+/// viewer learns of an offer within about this (plus the budget's queue).
+pub const ENTRY_POLL_MS_MIN: u64 = 200;
+/// An entry far back is read again after this long at the latest (or half the offer's TTL, if
+/// shorter), so an offer made sooner than expected is still seen in time to pay for it.
+pub const ENTRY_POLL_MS_MAX: u64 = 5_000;
+/// `--waitlist-ms`: how long after the arrival phase the entries are still followed, at most.
+pub const WAITLIST_WINDOW_MS_MAX: u64 = 10 * 60 * 1_000;
 /// Latencies above this are recorded as this (an hour: past any run's deadline, see below).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Integers up to this convert to `f64` exactly. Every count, unit and µs of a run stays
@@ -112,10 +130,21 @@ const _: () = assert!(10 * EXPIRY_TICK_MS <= DRAIN_GRACE_MS);
 // No request of a run can take longer than the run's deadline (`Settings::deadline_us`), so
 // the histograms never clamp a real latency.
 const _: () = assert!(
-    (ARRIVAL_PHASE_MS_MAX + PAYMENT_DELAY_MS_MAX + 2 * REQUEST_TIMEOUT_MS_MAX + DRAIN_GRACE_MS)
+    (ARRIVAL_PHASE_MS_MAX
+        + WAITLIST_WINDOW_MS_MAX
+        + PAYMENT_DELAY_MS_MAX
+        + 2 * REQUEST_TIMEOUT_MS_MAX
+        + DRAIN_GRACE_MS)
         * 1_000
         <= LATENCY_US_MAX
 );
+// The tool never asks for a longer waitlist than the server keeps.
+const _: () = assert!(RUN_WAITLIST_MAX <= WAITLIST_MAX);
+const _: () = assert!(0 < ENTRY_POLL_MS_MIN && ENTRY_POLL_MS_MIN < ENTRY_POLL_MS_MAX);
+// An entry far back is still read several times within the shortest offer TTL...
+const _: () = assert!(2 * ENTRY_POLL_MS_MIN <= HOLD_TTL_MS_MIN);
+// ...and the budget's default fits well under its bound.
+const _: () = assert!(ENTRY_POLL_RATE_DEFAULT <= ENTRY_POLL_RATE_MAX);
 const _: () = assert!(1.0 < CAPACITY_RATE_FACTOR_MAX);
 const _: () = assert!(RETRIES_CLUSTER_DEFAULT <= RETRIES_MAX);
 const _: () = assert!(0 < RETRY_BACKOFF_MS_MIN && RETRY_BACKOFF_MS_MIN <= RETRY_BACKOFF_MS_MAX);

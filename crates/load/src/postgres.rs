@@ -254,7 +254,7 @@ impl PgConn {
     pub async fn reserve(&mut self, deal: &str, user: &str, qty: u32, ttl_ms: u64) -> Reserved {
         let (client, statements) = match self.prepared().await {
             Ok((client, s)) => (Arc::clone(client), s.reserve.clone()),
-            Err(outcome) => return Reserved { outcome, hold_id: None },
+            Err(outcome) => return Reserved { outcome, hold_id: None, entry: None },
         };
         let qty = i32::try_from(qty).unwrap_or(i32::MAX);
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -266,16 +266,22 @@ impl PgConn {
                 let code: String = row.get(0);
                 let hold_id: Option<i64> = row.get(1);
                 match (code.as_str(), hold_id) {
-                    ("ok", Some(id)) => {
-                        Reserved { outcome: Outcome::Ok, hold_id: Some(id.to_string()) }
+                    ("ok", Some(id)) => Reserved {
+                        outcome: Outcome::Ok,
+                        hold_id: Some(id.to_string()),
+                        entry: None,
+                    },
+                    ("ok", None) => Reserved {
+                        outcome: peer_failure("pg_no_hold_id"),
+                        hold_id: None,
+                        entry: None,
+                    },
+                    (code, _) => {
+                        Reserved { outcome: peer_outcome(code), hold_id: None, entry: None }
                     }
-                    ("ok", None) => {
-                        Reserved { outcome: peer_failure("pg_no_hold_id"), hold_id: None }
-                    }
-                    (code, _) => Reserved { outcome: peer_outcome(code), hold_id: None },
                 }
             }
-            Err(outcome) => Reserved { outcome, hold_id: None },
+            Err(outcome) => Reserved { outcome, hold_id: None, entry: None },
         }
     }
 

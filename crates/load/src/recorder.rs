@@ -35,14 +35,22 @@ pub enum Op {
     Reserve,
     Confirm,
     Release,
+    /// `--waitlist`: a read of a waitlist entry (`GET /v1/waitlist/{id}`).
+    Entry,
+    /// `--waitlist`: the cancel of an entry still waiting at the end.
+    Cancel,
 }
 
 impl Op {
+    pub const ALL: [Op; 5] = [Op::Reserve, Op::Confirm, Op::Release, Op::Entry, Op::Cancel];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Reserve => "reserve",
             Op::Confirm => "confirm",
             Op::Release => "release",
+            Op::Entry => "entry",
+            Op::Cancel => "cancel",
         }
     }
 }
@@ -311,7 +319,7 @@ impl Recorder {
         let peak_offered = in_phase.clone().map(|b| b.offered).max().unwrap_or(0);
         let peak_served = in_phase.map(|b| b.answered).max().unwrap_or(0);
         let mut latency = Vec::new();
-        for op in [Op::Reserve, Op::Confirm, Op::Release] {
+        for op in Op::ALL {
             for ((o, outcome), h) in &self.by_outcome {
                 if *o == op {
                     latency.push(OpLatency {

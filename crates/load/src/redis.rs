@@ -251,12 +251,16 @@ impl RedisConn {
         match answer {
             Ok(reply) => match reply.as_slice() {
                 [ok, id] if ok == "ok" => {
-                    Reserved { outcome: Outcome::Ok, hold_id: Some(id.clone()) }
+                    Reserved { outcome: Outcome::Ok, hold_id: Some(id.clone()), entry: None }
                 }
-                [code] => Reserved { outcome: peer_outcome(code), hold_id: None },
-                _ => Reserved { outcome: peer_failure("redis_bad_reply"), hold_id: None },
+                [code] => Reserved { outcome: peer_outcome(code), hold_id: None, entry: None },
+                _ => Reserved {
+                    outcome: peer_failure("redis_bad_reply"),
+                    hold_id: None,
+                    entry: None,
+                },
             },
-            Err(outcome) => Reserved { outcome, hold_id: None },
+            Err(outcome) => Reserved { outcome, hold_id: None, entry: None },
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::feed::FeedReport;
 use crate::ledger::{Fairness, Verification};
 use crate::recorder::{us_to_ms, Measurements};
+use crate::waitlist_check::{LagStats, Returns, WaitlistReport};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SellOut {
@@ -49,6 +50,13 @@ pub struct RunReport {
     /// `--feed-subscribers`: what the live feed's subscribers saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<FeedReport>,
+    /// The units that came back after the sell-out, and what became of them (livestock: read
+    /// from the holds at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returns: Option<Returns>,
+    /// `--waitlist`: the entries, the offers, and their check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waitlist: Option<WaitlistReport>,
     pub verification: Verification,
 }
 
@@ -175,6 +183,12 @@ pub fn render(r: &RunReport) -> String {
     if let Some(feed) = &r.feed {
         render_feed(&mut out, feed);
     }
+    if let Some(returns) = &r.returns {
+        render_returns(&mut out, returns, r.waitlist.is_some());
+    }
+    if let Some(waitlist) = &r.waitlist {
+        render_waitlist(&mut out, waitlist);
+    }
     let v = &r.verification;
     let _ = writeln!(out, "verification: {}", if v.passed { "PASS" } else { "FAIL" });
     let _ = writeln!(
@@ -230,6 +244,86 @@ pub fn render(r: &RunReport) -> String {
         }
     }
     out
+}
+
+fn lag(l: Option<&LagStats>) -> String {
+    match l {
+        Some(l) => format!(
+            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms over {}",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
+        ),
+        None => "none".to_owned(),
+    }
+}
+
+/// The units that came back after the sell-out.
+fn render_returns(out: &mut String, r: &Returns, waitlist: bool) {
+    let _ = writeln!(
+        out,
+        "came back after the sell-out: {} units ({} from the first buyers, {} of offers that came \
+         back); unsold at the end: {} units",
+        r.came_back_units,
+        r.came_back_first_hand_units,
+        r.came_back_from_offers_units,
+        r.unsold_units
+    );
+    if waitlist {
+        let share = r.resold_share.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0));
+        let _ = writeln!(
+            out,
+            "  resold by the waitlist: {} units, {share} of those that came back from the first \
+             buyers; from a unit coming back to its offer (server clock): {}",
+            r.resold_units,
+            lag(r.offer_lag.as_ref())
+        );
+    }
+}
+
+/// `--waitlist`'s lines of the summary.
+fn render_waitlist(out: &mut String, w: &WaitlistReport) {
+    let s = &w.states;
+    let _ = writeln!(
+        out,
+        "waitlist: {} entries ({} taps answered with their own, {} refused waitlist_full); \
+         offers seen and followed {}, missed (expired before a read saw them) {}",
+        w.entries, w.entry_repeats, w.waitlist_full, w.offers_seen, w.offers_missed
+    );
+    let _ = writeln!(
+        out,
+        "  at the end: offered and bought {}, lapsed {}, cancelled {}, waiting {}; still waiting \
+         when followed until {:.0} ms: {} (cancelled by the tool, {} of them giving up an offer \
+         made since their last read)",
+        s.offered,
+        s.lapsed,
+        s.cancelled,
+        s.waiting,
+        w.followed_until_ms,
+        w.still_waiting_at_end,
+        w.offers_given_up
+    );
+    let _ = writeln!(
+        out,
+        "  entry reads: {} ({} without an answer) within {:.0}/s; from an offer to the read that \
+         saw it: {}",
+        w.reads,
+        w.read_errors,
+        w.entry_poll_rate_per_s,
+        lag(w.learn_lag.as_ref())
+    );
+    let c = &w.check;
+    let _ = writeln!(
+        out,
+        "  entries checked: {} read back; lost {}, wrong state {}, still waiting {}, bad offers \
+         {}, offered twice {}, unread {} (must be 0); waited while units sat available: {}",
+        c.read,
+        c.lost,
+        c.wrong_state,
+        c.still_waiting,
+        c.bad_offers,
+        c.offered_twice,
+        c.unread,
+        if w.waiting_while_available.is_empty() { "no" } else { "YES" }
+    );
 }
 
 /// The live feed's lines of the summary.

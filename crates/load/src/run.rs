@@ -3,10 +3,11 @@
 //! expire, read the counters and every hold back, verify them against the client's ledger,
 //! write the report and the plot, and pick the exit code.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livestock_core::limits::EXPIRY_TICK_MS;
 
@@ -14,15 +15,16 @@ use crate::args::LoadArgs;
 use crate::backend::{Backend, BackendKind, Conn};
 use crate::capacity::{self, CapacityReport};
 use crate::client::Client;
-use crate::driver::{self, Deals, Driver, Mode, Plan};
+use crate::driver::{self, Deals, Driver, Mode, Plan, WaitlistPlan};
 use crate::feed::{self, rss_kib, ServerRss};
-use crate::ledger::{verify, Counters, DealState, HoldRead};
+use crate::ledger::{verify, Counters, DealState, Fate, HoldRead};
 use crate::limits::{ARRIVALS_MAX, CLIENT_THREADS_MAX, DRAIN_GRACE_MS, HOLD_READ_CONNECTIONS_MAX};
 use crate::plot;
 use crate::recorder::us_to_ms;
 use crate::report::{self, RunReport, SellOut};
 use crate::schedule::Schedule;
 use crate::settings::{settings, Settings};
+use crate::waitlist_check::{self, check_entries, EntryRead, ReadHold, WaitlistReport};
 
 /// What `livestock-load` produced.
 #[derive(Clone, Debug)]
@@ -74,6 +76,38 @@ async fn read_all(admin: &mut Conn, ids: &[String]) -> Result<Vec<Counters>, Str
 /// connections spread over the targets, each retried on the next node as the load's are;
 /// `reads[i]` is `ids[i]`'s.
 async fn read_holds(backend: &Backend, ids: Vec<String>) -> Vec<HoldRead> {
+    let reads = read_back(backend, ids, false).await;
+    reads
+        .into_iter()
+        .map(|r| match r {
+            Reading::Hold(hold) => hold,
+            Reading::Entry(_) => HoldRead::Unread("not read".to_owned()),
+        })
+        .collect()
+}
+
+/// Reads every waitlist entry back (`GET /v1/waitlist/{id}`), as [`read_holds`] does holds.
+async fn read_entries(backend: &Backend, ids: Vec<String>) -> Vec<EntryRead> {
+    let reads = read_back(backend, ids, true).await;
+    reads
+        .into_iter()
+        .map(|r| match r {
+            Reading::Entry(entry) => entry,
+            Reading::Hold(_) => EntryRead::Unread("not read".to_owned()),
+        })
+        .collect()
+}
+
+/// One read of [`read_back`].
+#[derive(Clone)]
+enum Reading {
+    Hold(HoldRead),
+    Entry(EntryRead),
+}
+
+/// Reads holds (or with `entries`, waitlist entries) back on up to
+/// [`HOLD_READ_CONNECTIONS_MAX`] connections; `reads[i]` is `ids[i]`'s.
+async fn read_back(backend: &Backend, ids: Vec<String>, entries: bool) -> Vec<Reading> {
     let ids = Arc::new(ids);
     let next = Arc::new(AtomicUsize::new(0));
     let readers = HOLD_READ_CONNECTIONS_MAX.min(ids.len());
@@ -86,24 +120,82 @@ async fn read_holds(backend: &Backend, ids: Vec<String>) -> Vec<HoldRead> {
                 loop {
                     let at = next.fetch_add(1, Ordering::Relaxed);
                     let Some(id) = ids.get(at) else { return read };
-                    let hold = match client.hold(id).await {
-                        Ok(Some(hold)) => HoldRead::Found(hold),
-                        Ok(None) => HoldRead::Missing,
-                        Err(why) => HoldRead::Unread(why),
+                    let reading = if entries {
+                        Reading::Entry(match client.entry(id).await {
+                            Ok(Some(entry)) => EntryRead::Found(entry),
+                            Ok(None) => EntryRead::Missing,
+                            Err(why) => EntryRead::Unread(why),
+                        })
+                    } else {
+                        Reading::Hold(match client.hold(id).await {
+                            Ok(Some(hold)) => HoldRead::Found(hold),
+                            Ok(None) => HoldRead::Missing,
+                            Err(why) => HoldRead::Unread(why),
+                        })
                     };
-                    read.push((at, hold));
+                    read.push((at, reading));
                 }
             })
         })
         .collect();
-    let mut reads = vec![HoldRead::Unread("not read".to_owned()); ids.len()];
+    let unread = if entries {
+        Reading::Entry(EntryRead::Unread("not read".to_owned()))
+    } else {
+        Reading::Hold(HoldRead::Unread("not read".to_owned()))
+    };
+    let mut reads = vec![unread; ids.len()];
     for task in tasks {
-        // A reader that panicked leaves its holds unread, which fails the verification.
-        for (at, hold) in task.await.unwrap_or_default() {
-            reads[at] = hold;
+        // A reader that panicked leaves its reads undone, which fails the verification.
+        for (at, reading) in task.await.unwrap_or_default() {
+            reads[at] = reading;
         }
     }
     reads
+}
+
+/// The wall clock now, ms since the epoch (the server's timestamps count from it).
+fn wall_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `instant` on the wall clock, ms since the epoch.
+fn wall_ms_at(instant: Instant) -> u64 {
+    let (wall, now) = (wall_ms(), Instant::now());
+    if instant >= now {
+        wall + u64::try_from((instant - now).as_millis()).unwrap_or(0)
+    } else {
+        wall.saturating_sub(u64::try_from((now - instant).as_millis()).unwrap_or(0))
+    }
+}
+
+/// At the end of the followed window, before the cancels: the deals with units available
+/// (at least `qty`, what one entry asks) while entries wait, twice a couple of reaper ticks
+/// apart (the server publishes `waiting` beside the counters, not with them), as
+/// `deal: available, waiting`.
+async fn waiting_while_available(
+    backend: Backend,
+    ids: Vec<String>,
+    at: Instant,
+    qty: u32,
+) -> Vec<String> {
+    tokio::time::sleep_until(at.into()).await;
+    let Conn::Http(mut client) = backend.conn() else { return Vec::new() };
+    let mut found = Vec::new();
+    for id in &ids {
+        let suspect = |c: Counters, waiting: u64| c.available >= u64::from(qty) && waiting > 0;
+        let Ok((c, waiting)) = client.deal_waiting(id).await else { continue };
+        if !suspect(c, waiting) {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(2 * EXPIRY_TICK_MS)).await;
+        if let Ok((c, waiting)) = client.deal_waiting(id).await {
+            if suspect(c, waiting) {
+                found.push(format!("{id}: {} available, {waiting} waiting", c.available));
+            }
+        }
+    }
+    found
 }
 
 /// One run: set up the deals, drive the load, drain the holds, verify, report.
@@ -119,7 +211,8 @@ async fn single(
         let mut ids = Vec::new();
         for i in 0..s.deals {
             let id = format!("{}-d{i}", s.run_id);
-            admin.create_deal(&id, s.stock, s.per_user_limit, s.hold_ttl_ms).await?;
+            let waitlist = s.waitlist.map(|w| (w.max, w.offer_ttl_ms));
+            admin.create_deal_with(&id, s.stock, s.per_user_limit, s.hold_ttl_ms, waitlist).await?;
             ids.push(id);
         }
         (ids, vec![s.per_user_limit; s.deals])
@@ -148,6 +241,11 @@ async fn single(
         poll_stock: true,
         progress: s.progress,
         marks,
+        waitlist: s.waitlist.map(|w| WaitlistPlan {
+            offer_ttl_ms: w.offer_ttl_ms,
+            poll_rate_per_s: w.poll_rate_per_s,
+            follow_until_us: s.phase_us + w.window_ms * 1_000,
+        }),
     };
     // The feed's subscribers are in place before the first arrival, as a drop's viewers are.
     let rss_before_kib = match s.server_pid {
@@ -166,12 +264,20 @@ async fn single(
     };
     let mut driver = Driver::start(plan, &deals).await?;
     let t0 = driver.t0();
+    let t0_wall_ms = wall_ms_at(t0);
+    // Just before the entries' cancels: did anyone wait while units sat available?
+    let end_check = s.waitlist.map(|w| {
+        let at = t0 + Duration::from_micros(s.phase_us + w.window_ms * 1_000);
+        let at = at.checked_sub(Duration::from_millis(150)).unwrap_or(at);
+        tokio::spawn(waiting_while_available(s.backend.clone(), ids.clone(), at, s.qty))
+    });
     let completed = driver.finish(s.deadline_us(s.phase_us)).await;
     let arrival_phase_ms = us_to_ms(s.phase_us);
 
     // Drain: holds left to expire come back within their TTL; wait (bounded) until every
     // deal holds no more than it did before the run.
-    let drain_until = Instant::now() + Duration::from_millis(s.hold_ttl_ms + DRAIN_GRACE_MS);
+    let ttl_ms = s.waitlist.map_or(s.hold_ttl_ms, |w| w.offer_ttl_ms.max(s.hold_ttl_ms));
+    let drain_until = Instant::now() + Duration::from_millis(ttl_ms + DRAIN_GRACE_MS);
     let (after, drained) = loop {
         let now = read_all(&mut admin, &ids).await?;
         let drained = now.iter().zip(&before).all(|(a, b)| a.held <= b.held);
@@ -223,6 +329,111 @@ async fn single(
         BackendKind::Redis | BackendKind::Postgres => None,
     };
     let mut verification = verify(&states, &driven.ledger, drained, holds.as_deref());
+    // The waitlist's entries, and every offer they name that the ledger does not hold.
+    let mut offer_reads: HashMap<String, HoldRead> = HashMap::new();
+    if let Some(reads) = &holds {
+        for (record, read) in driven.ledger.holds.iter().zip(reads) {
+            offer_reads.insert(record.hold_id.clone(), read.clone());
+        }
+    }
+    let mut waitlist_report = None;
+    if let Some(w) = s.waitlist {
+        let ledger = &driven.ledger;
+        let entry_ids = ledger.entries.iter().map(|e| e.entry_id.clone()).collect();
+        let entry_reads = read_entries(&s.backend, entry_ids).await;
+        let unseen: Vec<String> = entry_reads
+            .iter()
+            .filter_map(|r| match r {
+                EntryRead::Found(e) => e.hold_id.clone().filter(|h| !offer_reads.contains_key(h)),
+                _ => None,
+            })
+            .collect();
+        let unseen_reads = read_holds(&s.backend, unseen.clone()).await;
+        offer_reads.extend(unseen.into_iter().zip(unseen_reads));
+        let deal_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (check, states, problems) =
+            check_entries(ledger, &deal_ids, &entry_reads, &offer_reads);
+        let waiting_while_available = match end_check {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if !waiting_while_available.is_empty() {
+            verification.problems.push(format!(
+                "entries waited while units sat available at the end of the window (a server \
+                 bug: units that come back go to the waiting first): {}",
+                waiting_while_available.join("; ")
+            ));
+        }
+        verification.passed &= problems.is_empty() && waiting_while_available.is_empty();
+        verification.problems.extend(problems);
+        let created_ms: HashMap<String, u64> = offer_reads
+            .iter()
+            .filter_map(|(id, r)| match r {
+                HoldRead::Found(h) if h.from_waitlist => Some((id.clone(), h.created_at_ms?)),
+                _ => None,
+            })
+            .collect();
+        let (offers_seen, offers_missed, still_waiting_at_end, offers_given_up, learn_lag) =
+            waitlist_check::entry_tallies(ledger, t0_wall_ms, &created_ms);
+        waitlist_report = Some(WaitlistReport {
+            waitlist_max: w.max,
+            offer_ttl_ms: w.offer_ttl_ms,
+            entry_poll_rate_per_s: w.poll_rate_per_s,
+            followed_until_ms: us_to_ms(s.phase_us + w.window_ms * 1_000),
+            entries: ledger.entries.len() as u64,
+            entry_repeats: ledger.entry_repeats,
+            waitlist_full: ledger.waitlist_full,
+            offers_seen,
+            offers_missed,
+            still_waiting_at_end,
+            offers_given_up,
+            states,
+            reads: ledger.entries.iter().map(|e| e.reads).sum(),
+            read_errors: ledger.entries.iter().map(|e| e.read_errors).sum(),
+            learn_lag,
+            waiting_while_available,
+            check,
+        });
+    }
+    // Units that came back after the sell-out, and what the waitlist resold of them.
+    let returns = holds.as_ref().map(|reads| {
+        let mut read_holds: Vec<ReadHold<'_>> = driven
+            .ledger
+            .holds
+            .iter()
+            .zip(reads)
+            .map(|(h, read)| ReadHold { deal: h.deal, qty: h.qty, read })
+            .collect();
+        let known: std::collections::HashSet<&str> =
+            driven.ledger.holds.iter().map(|h| h.hold_id.as_str()).collect();
+        let deal_of: HashMap<&str, usize> =
+            ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        for (id, read) in &offer_reads {
+            if let (false, HoldRead::Found(h)) = (known.contains(id.as_str()), read) {
+                if let Some(&deal) = deal_of.get(h.deal_id.as_str()) {
+                    read_holds.push(ReadHold { deal, qty: h.qty, read });
+                }
+            }
+        }
+        let sold_out_ms: Vec<Option<u64>> = driven
+            .ledger
+            .deals
+            .iter()
+            .map(|d| d.first_sold_out_us.map(|us| t0_wall_ms + us / 1_000))
+            .collect();
+        let resold = driven
+            .ledger
+            .holds
+            .iter()
+            .filter(|h| h.entry_id.is_some() && h.fate == Fate::Confirmed)
+            .map(|h| u64::from(h.qty))
+            .sum();
+        let unsold = after.iter().map(|c| c.stock.saturating_sub(c.sold)).sum();
+        let until_ms = s
+            .waitlist
+            .map_or(u64::MAX, |w| t0_wall_ms + (s.phase_us + w.window_ms * 1_000) / 1_000);
+        waitlist_check::returns(&read_holds, &sold_out_ms, until_ms, resold, unsold)
+    });
     if !completed {
         verification.passed = false;
         verification.problems.push(format!(
@@ -279,6 +490,8 @@ async fn single(
         },
         fairness: driven.ledger.fairness(),
         feed,
+        returns,
+        waitlist: waitlist_report,
         verification,
     })
 }

@@ -13,10 +13,10 @@ use crate::driver::Mode;
 use crate::limits::{
     ARRIVALS_MAX, ARRIVALS_MAX_F64, ARRIVAL_PHASE_MS_MAX, CAPACITY_RATE_FACTOR_MAX,
     CAPACITY_STEPS_MAX, CAPACITY_STEP_MS_MIN, CAPACITY_STEP_RETRIES_MAX, CLIENT_THREADS_MAX,
-    CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, FEED_SUBSCRIBERS_MAX,
-    PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX, REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT,
-    RETRIES_MAX, RUN_DEALS_MAX, RUN_DEAL_STOCK_UNITS_MAX, RUN_HOLD_TTL_MS_MAX, WAIT_MS_MAX,
-    ZIPF_EXPONENT_MAX,
+    CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, ENTRY_POLL_RATE_MAX,
+    FEED_SUBSCRIBERS_MAX, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX, REQUEST_TIMEOUT_MS_MAX,
+    RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX, RUN_DEAL_STOCK_UNITS_MAX,
+    RUN_HOLD_TTL_MS_MAX, RUN_WAITLIST_MAX, WAITLIST_WINDOW_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
 };
 use crate::postgres::PgSettings;
 use crate::random::Zipf;
@@ -36,6 +36,20 @@ pub struct CapacitySettings {
     pub bisect_steps: u32,
     pub steps_max: u32,
     pub step_retries: u32,
+}
+
+/// `--waitlist`: the created deals' waitlist, and how the tool follows its entries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WaitlistSettings {
+    /// `waitlist_max` of each created deal.
+    pub max: u32,
+    /// `offer_ttl_ms` of each created deal.
+    pub offer_ttl_ms: u64,
+    /// Entry reads per second, all entries together.
+    pub poll_rate_per_s: f64,
+    /// Entries are followed this long after the arrival phase; then those still waiting are
+    /// cancelled.
+    pub window_ms: u64,
 }
 
 /// The arguments, checked against the bounds.
@@ -67,6 +81,8 @@ pub struct Settings {
     pub feed_subscribers: usize,
     /// `--server-pid`: whose resident memory to read around the subscribers.
     pub server_pid: Option<u32>,
+    /// `--waitlist`.
+    pub waitlist: Option<WaitlistSettings>,
 }
 
 impl Settings {
@@ -75,6 +91,7 @@ impl Settings {
     /// answer, and each may take a timeout.
     pub fn deadline_us(&self, phase_us: u64) -> u64 {
         phase_us
+            + self.waitlist.map_or(0, |w| w.window_ms * 1_000)
             + self.payment_delay_ms_max * 1_000
             + 2 * u64::try_from(self.request_timeout.as_micros()).unwrap_or(u64::MAX / 4)
             + DRAIN_GRACE_MS * 1_000
@@ -175,6 +192,7 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
     let existing = args.existing_deals.clone();
     check(existing.len() <= RUN_DEALS_MAX, || format!("at most {RUN_DEALS_MAX} --deal"))?;
     let deals = if existing.is_empty() { args.deals } else { existing.len() };
+    let waitlist = if args.waitlist { Some(waitlist_settings(args)?) } else { None };
 
     let spacing = match args.spacing {
         SpacingArg::Poisson => Spacing::Poisson,
@@ -338,7 +356,44 @@ pub fn settings(args: &LoadArgs) -> Result<Settings, String> {
         server_pid: args.server_pid,
         wait: Duration::from_millis(args.wait_ms),
         capacity,
+        waitlist,
     })
+}
+
+/// `--waitlist` and its bounds: drop and steady runs that create their deals, on livestock.
+fn waitlist_settings(args: &LoadArgs) -> Result<WaitlistSettings, String> {
+    check(args.backend == BackendKind::Http, || {
+        format!("--backend {} has no waitlist: drop --waitlist", args.backend)
+    })?;
+    check(matches!(args.profile, ProfileArg::Drop | ProfileArg::Steady), || {
+        "--waitlist drives the drop and steady profiles".to_owned()
+    })?;
+    check(!args.closed_loop && !args.find_capacity, || {
+        "--waitlist is for one open-loop run (not --closed-loop or --find-capacity)".to_owned()
+    })?;
+    check(args.existing_deals.is_empty(), || {
+        "--waitlist creates its deals with a waitlist: drop --deal".to_owned()
+    })?;
+    let max = args.waitlist_max.unwrap_or_else(|| {
+        u32::try_from(args.viewers.min(u64::from(RUN_WAITLIST_MAX))).unwrap_or(RUN_WAITLIST_MAX)
+    });
+    check((1..=RUN_WAITLIST_MAX).contains(&max), || {
+        format!("--waitlist-max must be 1..={RUN_WAITLIST_MAX}")
+    })?;
+    let offer_ttl_ms = args.offer_ttl_ms.unwrap_or(args.hold_ttl_ms);
+    check((HOLD_TTL_MS_MIN..=RUN_HOLD_TTL_MS_MAX).contains(&offer_ttl_ms), || {
+        format!("--offer-ttl-ms must be {HOLD_TTL_MS_MIN}..={RUN_HOLD_TTL_MS_MAX}")
+    })?;
+    let rate = args.entry_poll_rate;
+    check(rate.is_finite() && (1.0..=ENTRY_POLL_RATE_MAX).contains(&rate), || {
+        format!("--entry-poll-rate must be in [1, {ENTRY_POLL_RATE_MAX}]")
+    })?;
+    let window_ms =
+        args.waitlist_ms.unwrap_or(args.hold_ttl_ms + 2 * offer_ttl_ms + args.payment_delay_ms.max);
+    check(window_ms <= WAITLIST_WINDOW_MS_MAX, || {
+        format!("--waitlist-ms must be 0..={WAITLIST_WINDOW_MS_MAX}")
+    })?;
+    Ok(WaitlistSettings { max, offer_ttl_ms, poll_rate_per_s: rate, window_ms })
 }
 
 fn replay_timing(args: &LoadArgs, deals: usize) -> Result<Timing, String> {
@@ -432,11 +487,54 @@ mod tests {
             (&["--backend", "redis", "--target", "127.0.0.1:1,127.0.0.1:2"][..], "one --target"),
             (&["--backend", "redis", "--target", "127.0.0.1:1", "--retries", "1"][..], "retried"),
             (&["--retries", "101"][..], "--retries"),
+            (&["--waitlist", "--profile", "replay"][..], "drop and steady"),
+            (&["--waitlist", "--backend", "redis", "--target", "127.0.0.1:1"][..], "no waitlist"),
+            (&["--waitlist", "--closed-loop"][..], "open-loop"),
+            (&["--waitlist", "--deal", "x"][..], "drop --deal"),
+            (&["--waitlist", "--waitlist-max", "1000001"][..], "--waitlist-max"),
+            (&["--waitlist", "--waitlist-max", "0"][..], "--waitlist-max"),
+            (&["--waitlist", "--offer-ttl-ms", "10"][..], "--offer-ttl-ms"),
+            (&["--waitlist", "--entry-poll-rate", "0"][..], "--entry-poll-rate"),
+            (&["--waitlist", "--waitlist-ms", "600001"][..], "--waitlist-ms"),
         ] {
             let e = parse(argv).err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
             assert!(e.contains(says), "{argv:?}: {e}");
         }
         assert!(parse(&["--find-capacity"]).is_err(), "capacity needs an SLO");
+    }
+
+    #[test]
+    fn a_waitlist_run_defaults_to_the_viewers_and_the_hold_ttl() {
+        assert_eq!(parse(&[]).unwrap().waitlist, None);
+        let s = parse(&["--waitlist", "--viewers", "50000"]).unwrap();
+        let w = s.waitlist.unwrap();
+        assert_eq!(w.max, 50_000);
+        assert_eq!(w.offer_ttl_ms, 5_000, "the hold TTL");
+        assert_eq!(w.window_ms, 5_000 + 2 * 5_000 + 1_500);
+        assert!(s.deadline_us(s.phase_us) > s.phase_us + w.window_ms * 1_000);
+        let many = parse(&["--waitlist", "--viewers", "5000000"]).unwrap();
+        assert_eq!(many.waitlist.unwrap().max, RUN_WAITLIST_MAX, "capped at the server's");
+        let set = parse(&[
+            "--waitlist",
+            "--waitlist-max",
+            "7",
+            "--offer-ttl-ms",
+            "2000",
+            "--entry-poll-rate",
+            "50",
+            "--waitlist-ms",
+            "0",
+            "--profile",
+            "steady",
+        ])
+        .unwrap();
+        let w = set.waitlist.unwrap();
+        assert_eq!((w.max, w.offer_ttl_ms, w.window_ms), (7, 2_000, 0));
+        assert!((w.poll_rate_per_s - 50.0).abs() < 1e-9);
+        assert!(
+            LoadArgs::parse_from_args(["l", "--waitlist-max", "3"]).is_err(),
+            "needs --waitlist"
+        );
     }
 
     #[test]

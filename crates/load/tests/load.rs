@@ -9,7 +9,9 @@
 //! (refused connection, `no_leader` after the decision was made) is retried on the next node
 //! with its idempotency key and booked once, and targets that are not a cluster are refused.
 //! Live-feed subscribers (`--feed-subscribers`) each get their deal's `sold_out`, are counted
-//! in the report, and one the server turns away fails the verification.
+//! in the report, and one the server turns away fails the verification. A drop with
+//! `--waitlist` resells units that come back to the viewers it turned away, and every entry and
+//! offer is checked.
 #![allow(clippy::expect_used, reason = "test code: a failed set-up is a failed test")]
 
 use std::net::SocketAddr;
@@ -308,6 +310,92 @@ fn every_feed_subscriber_gets_the_sold_out_and_the_report_counts_them() {
     assert_eq!(written["feed"]["subscribers"], 5);
     assert_eq!(written["feed"]["sold_out_missed"], 0);
     assert_eq!(written["feed"]["sold_out_lag"]["count"], 5);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_waitlist_drop_resells_the_units_that_come_back_and_checks_every_entry() {
+    let runtime = runtime();
+    let dir = scratch("waitlist");
+    let json = dir.join("report.json");
+    runtime.block_on(async {
+        let server = server().await;
+        let target = server.local_addr().to_string();
+        let args = args(
+            &target,
+            &[
+                "--profile",
+                "drop",
+                "--rate",
+                "600",
+                "--ramp-ms",
+                "200",
+                "--hold-ms",
+                "600",
+                "--decay-ms",
+                "200",
+                "--stock",
+                "40",
+                "--viewers",
+                "400",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "20..200",
+                "--connections",
+                "8",
+                "--seed",
+                "21",
+                "--waitlist",
+                "--entry-poll-rate",
+                "400",
+                "--json",
+                json.to_str().expect("utf-8 path"),
+            ],
+        );
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the run starts") else {
+            panic!("not a capacity run");
+        };
+        let v = &report.verification;
+        assert!(v.passed, "{:?}", v.problems);
+        assert_eq!((v.oversell_units, v.oversell_units_client), (0, 0));
+        assert_eq!(v.lost_changes, Some(0));
+        let deal = &v.deals[0];
+        assert_eq!(deal.sold_units, deal.confirmed_units, "server sold == direct + offers");
+        let w = report.waitlist.as_ref().expect("a waitlist report");
+        assert_eq!(w.waitlist_max, 400, "the viewers");
+        assert!(w.entries > 0, "turned-away viewers joined: {w:?}");
+        assert!(w.offers_seen > 0, "offers were seen and followed: {w:?}");
+        assert!(w.reads > 0);
+        let c = &w.check;
+        assert_eq!(c.read, w.entries, "every entry read back: {c:?}");
+        let s = &w.states;
+        assert_eq!(s.waiting, 0, "nobody waits after the run");
+        assert_eq!(s.offered + s.cancelled + s.lapsed, w.entries);
+        assert!(s.offered > 0, "some offers were bought");
+        assert!(w.waiting_while_available.is_empty());
+        let r = report.returns.as_ref().expect("returns");
+        assert!(r.came_back_units > 0, "{r:?}");
+        assert!(r.resold_units > 0, "the waitlist resold units: {r:?}");
+        assert!(r.resold_share.is_some_and(|share| share > 0.0), "{r:?}");
+        let offers_bought = report
+            .measured
+            .latency
+            .iter()
+            .find(|l| l.op == load::recorder::Op::Entry && l.outcome == "all")
+            .map_or(0, |l| l.latency.count);
+        assert!(offers_bought > 0, "entry reads are in the latency table");
+        let text = load::report::render(&report);
+        assert!(text.contains("resold by the waitlist"), "{text}");
+        assert!(text.contains("entries checked"), "{text}");
+        server.shutdown().await;
+    });
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON report written"))
+            .expect("the report is JSON");
+    assert_eq!(written["verification"]["passed"], true);
+    assert!(written["waitlist"]["entries"].as_u64().is_some_and(|n| n > 0));
+    assert!(written["returns"]["resold_units"].as_u64().is_some_and(|n| n > 0));
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
