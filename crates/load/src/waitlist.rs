@@ -180,7 +180,8 @@ impl Ledger {
             return EntryStep::Done;
         }
         match (seen.state, &seen.hold_id) {
-            (EntryState::Waiting, _) => {
+            // Entered: in a draw whose window is open (it has no position yet).
+            (EntryState::Waiting | EntryState::Entered, _) => {
                 let position = seen.position.unwrap_or(1);
                 record.waiting_sent_us = record.waiting_sent_us.max(sent_us);
                 record.position = Some(position);
@@ -210,7 +211,7 @@ impl Ledger {
                 EntryStep::Offer { hold }
             }
             // Offered without a hold would be a server bug: the end-of-run read judges it.
-            (EntryState::Offered, None) | (EntryState::Lapsed, _) => {
+            (EntryState::Offered, None) | (EntryState::Lapsed | EntryState::Lost, _) => {
                 record.fate = EntryFate::Lapsed;
                 EntryStep::Done
             }

@@ -232,10 +232,11 @@ pub fn check_entries(
         };
         check.read += 1;
         match seen.state {
-            EntryState::Waiting => states.waiting += 1,
+            EntryState::Waiting | EntryState::Entered => states.waiting += 1,
             EntryState::Offered => states.offered += 1,
             EntryState::Cancelled => states.cancelled += 1,
-            EntryState::Lapsed => states.lapsed += 1,
+            // Not drawn, without a place on the waitlist: an end like a lapse.
+            EntryState::Lapsed | EntryState::Lost => states.lapsed += 1,
         }
         if seen.deal_id != deal_ids[record.deal]
             || seen.user_id != crate::ledger::user_id(record.viewer)
@@ -248,7 +249,7 @@ pub fn check_entries(
             );
             continue;
         }
-        if seen.state == EntryState::Waiting {
+        if matches!(seen.state, EntryState::Waiting | EntryState::Entered) {
             check.still_waiting += 1;
             note("still_waiting", format!("{id} ({:?} in our ledger)", record.fate));
         }
@@ -308,7 +309,9 @@ pub fn check_entries(
             matches!(record.fate, EntryFate::Cancelled { .. } | EntryFate::CancelUnknown);
         let fine = match seen.state {
             // Counted above.
-            EntryState::Waiting => true,
+            EntryState::Waiting | EntryState::Entered => true,
+            // Not drawn, and no place on the waitlist: no offer was ever made.
+            EntryState::Lost => hold_state.is_none(),
             // Bought: the entry stays offered.
             EntryState::Offered => hold_state == Some(HoldState::Confirmed),
             // Its offer released or expired, or the user's limit full when its turn came.
