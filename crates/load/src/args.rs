@@ -190,6 +190,16 @@ pub struct LoadArgs {
     /// expire, their units are offered, and one offer that comes back is offered again).
     #[arg(long, requires = "waitlist", help_heading = "Waitlist")]
     pub waitlist_ms: Option<u64>,
+    /// A draw: the created deals start now and take every reserve of their first MS as an
+    /// entry; when the window closes the server draws (docs/draw.md). The report checks each
+    /// draw from its reveal (seed, order, winners) and its fairness over
+    /// --draw-fairness-seeds other seeds (chi-square against uniform); the drawn losers wait on
+    /// the waitlist. Needs --waitlist (entries are followed the same way).
+    #[arg(long, requires = "waitlist", help_heading = "Waitlist")]
+    pub draw_window_ms: Option<u64>,
+    /// Seeds the draw's fairness test redoes each draw under.
+    #[arg(long, default_value_t = 100, help_heading = "Waitlist")]
+    pub draw_fairness_seeds: u32,
 
     /// Open loop: keep-alive connections (requests wait for a free one; their latency still
     /// counts from their intended instant).

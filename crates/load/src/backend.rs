@@ -308,7 +308,7 @@ impl Conn {
         stock: u64,
         per_user_limit: Option<u32>,
         hold_ttl_ms: u64,
-        waitlist: Option<(u32, u64)>,
+        waitlist: Option<(u32, u64, Option<u64>)>,
     ) -> Result<Counters, String> {
         if waitlist.is_some() && !matches!(self, Conn::Http(_)) {
             return Err("only livestock has a waitlist".to_owned());
@@ -317,6 +317,14 @@ impl Conn {
             Conn::Http(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms, waitlist).await,
             Conn::Redis(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms).await,
             Conn::Postgres(c) => c.create_deal(id, stock, per_user_limit, hold_ttl_ms).await,
+        }
+    }
+
+    /// A deal's draw as revealed: livestock only.
+    pub async fn draw(&mut self, id: &str) -> Result<serde_json::Value, String> {
+        match self {
+            Conn::Http(c) => c.draw(id).await,
+            Conn::Redis(_) | Conn::Postgres(_) => Err("only livestock draws".to_owned()),
         }
     }
 

@@ -519,20 +519,33 @@ impl Client {
         })
     }
 
-    /// Creates a deal; `waitlist`: its `waitlist_max` and `offer_ttl_ms`.
+    /// Creates a deal; `waitlist`: its `waitlist_max`, `offer_ttl_ms` and a draw window that
+    /// opens now (`starts_at` this instant).
     pub async fn create_deal(
         &mut self,
         id: &str,
         stock: u64,
         per_user_limit: Option<u32>,
         hold_ttl_ms: u64,
-        waitlist: Option<(u32, u64)>,
+        waitlist: Option<(u32, u64, Option<u64>)>,
     ) -> Result<Counters, String> {
         let mut body = json!({ "id": id, "stock": stock, "hold_ttl_ms": hold_ttl_ms });
+        if let Some((_, _, Some(draw_window_ms))) = waitlist {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| format!("the clock is before 1970: {e}"))?
+                .as_millis();
+            let now = i64::try_from(now_ms)
+                .ok()
+                .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+                .ok_or("the clock is out of range")?;
+            body["starts_at"] = json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            body["draw_window_ms"] = json!(draw_window_ms);
+        }
         if let Some(limit) = per_user_limit {
             body["per_user_limit"] = json!(limit);
         }
-        if let Some((waitlist_max, offer_ttl_ms)) = waitlist {
+        if let Some((waitlist_max, offer_ttl_ms, _)) = waitlist {
             body["waitlist_max"] = json!(waitlist_max);
             body["offer_ttl_ms"] = json!(offer_ttl_ms);
         }
@@ -542,6 +555,12 @@ impl Client {
             .call_json(Method::POST, "/v1/deals", Some(&key), Bytes::from(body.to_string()))
             .await?;
         counters_of(&deal).ok_or_else(|| format!("POST /v1/deals: no counters in {deal}"))
+    }
+
+    /// A deal's draw as revealed (`GET /v1/deals/{id}/draw`).
+    pub async fn draw(&mut self, id: &str) -> Result<Value, String> {
+        let path = format!("/v1/deals/{id}/draw");
+        self.call_json(Method::GET, &path, None, Bytes::new()).await
     }
 
     /// A deal's counters and per-user limit.
@@ -674,6 +693,7 @@ pub fn entry_of(v: &Value) -> Option<EntrySeen> {
         state: EntryState::parse(v["state"].as_str()?)?,
         position: v["position"].as_u64(),
         hold_id: field("hold_id"),
+        created_at_ms: v["created_at"].as_str().and_then(epoch_ms),
     })
 }
 

@@ -17,6 +17,7 @@
 //! | `redis.rs`, `postgres.rs` | the peers of the benchmark: Lua scripts, PL/pgSQL functions (`peers/`) |
 //! | `ceiling.rs` | `livestock-ceiling`: a bare hyper server with fixed answers, the benchmark's ceiling |
 //! | `driver.rs` | open loop (a pacer releases requests at their intended instants) and closed loop |
+//! | `draw_check.rs` | pure: `--draw-window-ms`: a deal's draw recomputed from its reveal, and its fairness over many seeds (chi-square) |
 //! | `feed.rs` | `--feed-subscribers`: live-feed (SSE) connections read through the run, the SSE parser (pure), the `sold_out` lag |
 //! | `ledger.rs` | pure: what the server acknowledged, and the end-of-run verification (counters, and every hold read back) |
 //! | `recorder.rs` | pure: HdrHistogram per operation and outcome, the time series, attempts per target, failover marks, the measured figures |
@@ -35,6 +36,7 @@ pub mod backend;
 pub mod capacity;
 pub mod ceiling;
 pub mod client;
+pub mod draw_check;
 pub mod driver;
 pub mod feed;
 pub mod ledger;

@@ -87,6 +87,9 @@ pub const RUN_WAITLIST_MAX: u32 = WAITLIST_MAX;
 pub const ENTRY_POLL_RATE_DEFAULT: f64 = 2_000.0;
 /// `--entry-poll-rate`: at most.
 pub const ENTRY_POLL_RATE_MAX: f64 = 100_000.0;
+/// `--draw-fairness-seeds`: each seed redoes a draw (a SHA-256 per entrant), so a drop of
+/// 100,000 entries under 1,000 seeds is 10^8 hashes, about a minute.
+pub const DRAW_FAIRNESS_SEEDS_MAX: u32 = 1_000;
 /// An entry near the head of the queue is read again after this long at the soonest: its
 /// viewer learns of an offer within about this (plus the budget's queue).
 pub const ENTRY_POLL_MS_MIN: u64 = 200;

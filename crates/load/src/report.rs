@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::draw_check::DrawCheck;
 use crate::feed::FeedReport;
 use crate::ledger::{Fairness, Verification};
 use crate::recorder::{us_to_ms, Measurements};
@@ -57,6 +58,9 @@ pub struct RunReport {
     /// `--waitlist`: the entries, the offers, and their check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waitlist: Option<WaitlistReport>,
+    /// `--draw-window-ms`: each deal's draw, checked from its reveal, and its fairness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draws: Option<Vec<DrawCheck>>,
     pub verification: Verification,
 }
 
@@ -188,6 +192,25 @@ pub fn render(r: &RunReport) -> String {
     }
     if let Some(waitlist) = &r.waitlist {
         render_waitlist(&mut out, waitlist);
+    }
+    for d in r.draws.iter().flatten() {
+        let _ = writeln!(
+            out,
+            "draw {}: {} entries, {} units, {} winners; verified from its seed: {}; fairness over \
+             {} seeds: chi-square {:.0} ({} df), p = {:.3}; win rate of the first tenth to \
+             enter {:.3} (everyone {:.3})",
+            d.deal_id,
+            d.entrants,
+            d.units,
+            d.winners,
+            if d.verified { "yes" } else { "NO" },
+            d.fairness_seeds,
+            d.chi_square,
+            d.degrees_of_freedom,
+            d.p_value,
+            d.early_win_rate,
+            d.win_rate
+        );
     }
     let v = &r.verification;
     let _ = writeln!(out, "verification: {}", if v.passed { "PASS" } else { "FAIL" });

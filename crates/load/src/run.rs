@@ -15,6 +15,7 @@ use crate::args::LoadArgs;
 use crate::backend::{Backend, BackendKind, Conn};
 use crate::capacity::{self, CapacityReport};
 use crate::client::Client;
+use crate::draw_check;
 use crate::driver::{self, Deals, Driver, Mode, Plan, WaitlistPlan};
 use crate::feed::{self, rss_kib, ServerRss};
 use crate::ledger::{verify, Counters, DealState, Fate, HoldRead};
@@ -211,7 +212,7 @@ async fn single(
         let mut ids = Vec::new();
         for i in 0..s.deals {
             let id = format!("{}-d{i}", s.run_id);
-            let waitlist = s.waitlist.map(|w| (w.max, w.offer_ttl_ms));
+            let waitlist = s.waitlist.map(|w| (w.max, w.offer_ttl_ms, w.draw_window_ms));
             admin.create_deal_with(&id, s.stock, s.per_user_limit, s.hold_ttl_ms, waitlist).await?;
             ids.push(id);
         }
@@ -337,10 +338,18 @@ async fn single(
         }
     }
     let mut waitlist_report = None;
+    let mut entry_reads_for_draws: Vec<crate::waitlist::EntrySeen> = Vec::new();
     if let Some(w) = s.waitlist {
         let ledger = &driven.ledger;
         let entry_ids = ledger.entries.iter().map(|e| e.entry_id.clone()).collect();
         let entry_reads = read_entries(&s.backend, entry_ids).await;
+        entry_reads_for_draws = entry_reads
+            .iter()
+            .filter_map(|r| match r {
+                EntryRead::Found(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
         let unseen: Vec<String> = entry_reads
             .iter()
             .filter_map(|r| match r {
@@ -394,6 +403,28 @@ async fn single(
             waiting_while_available,
             check,
         });
+    }
+    // Each deal's draw, checked from its reveal as an outsider would.
+    let mut draws = None;
+    if let Some(w) = s.waitlist.filter(|w| w.draw_window_ms.is_some()) {
+        let mut checks = Vec::new();
+        for id in &ids {
+            let reveal = admin.draw(id).await?;
+            let closes_ms = reveal["window_closes_at"].as_str().and_then(crate::client::epoch_ms);
+            let entered: Vec<String> = entry_reads_for_draws
+                .iter()
+                .filter(|e| &e.deal_id == id)
+                .filter(|e| e.created_at_ms.zip(closes_ms).is_some_and(|(at, end)| at < end))
+                .map(|e| e.entry_id.clone())
+                .collect();
+            let check = draw_check::check(&reveal, &entered, w.draw_fairness_seeds);
+            if !check.problems.is_empty() {
+                verification.passed = false;
+                verification.problems.extend(check.problems.iter().cloned());
+            }
+            checks.push(check);
+        }
+        draws = Some(checks);
     }
     // Units that came back after the sell-out, and what the waitlist resold of them.
     let returns = holds.as_ref().map(|reads| {
@@ -492,6 +523,7 @@ async fn single(
         feed,
         returns,
         waitlist: waitlist_report,
+        draws,
         verification,
     })
 }

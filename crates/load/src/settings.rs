@@ -13,10 +13,11 @@ use crate::driver::Mode;
 use crate::limits::{
     ARRIVALS_MAX, ARRIVALS_MAX_F64, ARRIVAL_PHASE_MS_MAX, CAPACITY_RATE_FACTOR_MAX,
     CAPACITY_STEPS_MAX, CAPACITY_STEP_MS_MIN, CAPACITY_STEP_RETRIES_MAX, CLIENT_THREADS_MAX,
-    CONNECTIONS_MAX, DRAIN_GRACE_MS, DURATION_MS_DEFAULT, ENTRY_POLL_RATE_MAX,
-    FEED_SUBSCRIBERS_MAX, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX, REQUEST_TIMEOUT_MS_MAX,
-    RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX, RUN_DEAL_STOCK_UNITS_MAX,
-    RUN_HOLD_TTL_MS_MAX, RUN_WAITLIST_MAX, WAITLIST_WINDOW_MS_MAX, WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
+    CONNECTIONS_MAX, DRAIN_GRACE_MS, DRAW_FAIRNESS_SEEDS_MAX, DURATION_MS_DEFAULT,
+    ENTRY_POLL_RATE_MAX, FEED_SUBSCRIBERS_MAX, PAYMENT_DELAY_MS_MAX, RATE_PER_S_MAX,
+    REQUEST_TIMEOUT_MS_MAX, RETRIES_CLUSTER_DEFAULT, RETRIES_MAX, RUN_DEALS_MAX,
+    RUN_DEAL_STOCK_UNITS_MAX, RUN_HOLD_TTL_MS_MAX, RUN_WAITLIST_MAX, WAITLIST_WINDOW_MS_MAX,
+    WAIT_MS_MAX, ZIPF_EXPONENT_MAX,
 };
 use crate::postgres::PgSettings;
 use crate::random::Zipf;
@@ -50,6 +51,9 @@ pub struct WaitlistSettings {
     /// Entries are followed this long after the arrival phase; then those still waiting are
     /// cancelled.
     pub window_ms: u64,
+    /// `--draw-window-ms`: the deals' draw window.
+    pub draw_window_ms: Option<u64>,
+    pub draw_fairness_seeds: u32,
 }
 
 /// The arguments, checked against the bounds.
@@ -393,7 +397,23 @@ fn waitlist_settings(args: &LoadArgs) -> Result<WaitlistSettings, String> {
     check(window_ms <= WAITLIST_WINDOW_MS_MAX, || {
         format!("--waitlist-ms must be 0..={WAITLIST_WINDOW_MS_MAX}")
     })?;
-    Ok(WaitlistSettings { max, offer_ttl_ms, poll_rate_per_s: rate, window_ms })
+    if let Some(draw) = args.draw_window_ms {
+        use livestock_core::limits::{DRAW_WINDOW_MS_MAX, DRAW_WINDOW_MS_MIN};
+        check((DRAW_WINDOW_MS_MIN..=DRAW_WINDOW_MS_MAX).contains(&draw), || {
+            format!("--draw-window-ms must be {DRAW_WINDOW_MS_MIN}..={DRAW_WINDOW_MS_MAX}")
+        })?;
+    }
+    check(args.draw_fairness_seeds <= DRAW_FAIRNESS_SEEDS_MAX, || {
+        format!("--draw-fairness-seeds must be at most {DRAW_FAIRNESS_SEEDS_MAX}")
+    })?;
+    Ok(WaitlistSettings {
+        max,
+        offer_ttl_ms,
+        poll_rate_per_s: rate,
+        window_ms,
+        draw_window_ms: args.draw_window_ms,
+        draw_fairness_seeds: args.draw_fairness_seeds,
+    })
 }
 
 fn replay_timing(args: &LoadArgs, deals: usize) -> Result<Timing, String> {

@@ -29,6 +29,8 @@ pub struct EntrySeen {
     pub position: Option<u64>,
     /// The offered hold, once offered.
     pub hold_id: Option<String>,
+    /// When the server made the entry (its clock).
+    pub created_at_ms: Option<u64>,
 }
 
 /// What the tool knows of one of its entries.
@@ -400,6 +402,7 @@ mod tests {
             state,
             position,
             hold_id: hold.map(str::to_owned),
+            created_at_ms: None,
         }
     }
 

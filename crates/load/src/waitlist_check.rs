@@ -456,6 +456,7 @@ mod tests {
             state,
             position,
             hold_id: hold.map(str::to_owned),
+            created_at_ms: None,
         }
     }
 

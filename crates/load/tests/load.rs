@@ -663,3 +663,64 @@ fn nothing_listening_fails_within_the_wait_and_names_the_target() {
     assert!(started.elapsed() < Duration::from_millis(500), "no wait");
     assert!(e.contains(&target) && e.contains("no answer"), "{e}");
 }
+
+/// `--draw-window-ms`: the first second's taps are entries, the server draws when the window
+/// closes, and the run checks the draw from its reveal (seed, order, winners) and its fairness.
+#[test]
+fn a_drop_with_a_draw_window_is_drawn_verifiably_and_fairly() {
+    let runtime = runtime();
+    runtime.block_on(async {
+        let server = server().await;
+        let target = server.local_addr().to_string();
+        let args = args(
+            &target,
+            &[
+                "--profile",
+                "drop",
+                "--rate",
+                "600",
+                "--ramp-ms",
+                "100",
+                "--hold-ms",
+                "1500",
+                "--decay-ms",
+                "100",
+                "--stock",
+                "40",
+                "--viewers",
+                "400",
+                "--hold-ttl-ms",
+                "1000",
+                "--payment-delay-ms",
+                "20..200",
+                "--connections",
+                "8",
+                "--seed",
+                "22",
+                "--waitlist",
+                "--draw-window-ms",
+                "1000",
+                "--draw-fairness-seeds",
+                "200",
+                "--entry-poll-rate",
+                "400",
+            ],
+        );
+        let LoadOutcome::Run(report) = load::run(&args).await.expect("the run starts") else {
+            panic!("not a capacity run");
+        };
+        let v = &report.verification;
+        assert!(v.passed, "{:?}", v.problems);
+        let draws = report.draws.as_ref().expect("a draw report");
+        assert_eq!(draws.len(), 1);
+        let d = &draws[0];
+        assert!(d.verified, "{d:?}");
+        assert_eq!(d.entries_missing, 0);
+        assert!(d.entrants > d.units, "more entries than units: {d:?}");
+        assert_eq!(d.winners, d.units, "one unit each: every unit drawn");
+        assert!(d.p_value > 0.0001, "the draw's order looks uniform: {d:?}");
+        let text = load::report::render(&report);
+        assert!(text.contains("verified from its seed: yes"), "{text}");
+        server.shutdown().await;
+    });
+}
