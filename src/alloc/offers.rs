@@ -474,14 +474,28 @@ impl Allocator {
     }
 
     /// Lapses the waiting entries of deals whose window has closed by the clock (an admin end
-    /// lapses them in its own event): the reaper's step, for deals with a waitlist.
+    /// lapses them in its own event), and the entries of a draw that never happened (paused
+    /// until its deal's end): the reaper's step, for deals with a waitlist or a draw.
     pub(super) fn lapse_closed_waitlists(&self, now_ms: u64, sink: &mut dyn EventSink) {
         let retention_ms = self.config.resolved_hold_retention_ms;
         for deal in self.waitlist_deals() {
-            if deal.waiting() == 0 || deal.spec.ends_at_ms.is_none_or(|end| now_ms < end) {
+            let nothing = deal.waiting() == 0 && !deal.draw_pending();
+            if nothing || deal.spec.ends_at_ms.is_none_or(|end| now_ms < end) {
                 continue;
             }
             let Some(mut list) = deal.lock_waitlist() else { continue };
+            if deal.draw_pending() {
+                for seq in list.entered_order() {
+                    list.lapse_entered(seq, now_ms, retention_ms);
+                    let view = self.entry_view(&list, seq, false);
+                    sink.append_consequence(
+                        Event::WaitlistLapsed { entry: seq, at_ms: now_ms },
+                        &Outcome::Entry(view),
+                    );
+                }
+                // The window is over and so is the deal: no draw will happen.
+                deal.set_drawn();
+            }
             let waiting: Vec<EntrySeq> = list.waiting().map(|(seq, _)| seq).collect();
             for seq in waiting {
                 list.lapse_waiting(seq, now_ms, retention_ms);

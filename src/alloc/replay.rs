@@ -117,11 +117,25 @@ impl Allocator {
             Event::Offered { entry, hold } => self.replay_offer(*entry, hold),
             Event::WaitlistLapsed { entry, at_ms } => {
                 self.replay_entry(*entry, |allocator, slot, list| {
-                    if list.get(*entry).map(|e| e.state) != Some(EntryState::Waiting) {
-                        return Err(ReplayError(format!("lapse of entry {} not waiting", entry.0)));
-                    }
                     let retention_ms = allocator.config.resolved_hold_retention_ms;
-                    list.lapse_waiting(*entry, *at_ms, retention_ms);
+                    match list.get(*entry).map(|e| e.state) {
+                        Some(EntryState::Waiting) => {
+                            list.lapse_waiting(*entry, *at_ms, retention_ms);
+                        }
+                        // A draw that never happened: its deal's end came first.
+                        Some(EntryState::Entered) if list.draw().is_none() => {
+                            list.lapse_entered(*entry, *at_ms, retention_ms);
+                            if list.entered_count() == 0 {
+                                slot.set_drawn();
+                            }
+                        }
+                        _ => {
+                            return Err(ReplayError(format!(
+                                "lapse of entry {} not waiting",
+                                entry.0
+                            )))
+                        }
+                    }
                     slot.set_waiting(list.waiting_count());
                     Ok(())
                 })

@@ -245,8 +245,8 @@ impl Waitlist {
         let entry = self.entry_mut(seq);
         match entry.state {
             EntryState::Waiting => self.dequeue(seq.0),
-            // Stays in `entered` (log order); the draw skips entries no longer entered.
-            EntryState::Entered => {}
+            // Out of the draw (and of its count, which bounds it).
+            EntryState::Entered => self.entered.retain(|s| *s != seq.0),
             EntryState::Offered => {
                 if let Some(hold) = entry.hold {
                     self.offers.remove(&hold.0);
@@ -271,6 +271,12 @@ impl Waitlist {
             self.active_by_user.remove(&user);
         }
         self.forget_later(seq.0, at_ms, retention_ms);
+    }
+
+    /// An entered entry lapses: its deal's window ended (by the clock) before it was drawn.
+    pub fn lapse_entered(&mut self, seq: EntrySeq, at_ms: u64, retention_ms: u64) {
+        self.entered.retain(|s| *s != seq.0);
+        self.close(seq, at_ms, retention_ms, WaitEntry::lapse);
     }
 
     /// Every waiting or entered entry lapses (the deal ended); returns how many.

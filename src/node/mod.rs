@@ -373,9 +373,11 @@ impl Node {
         let mut journal = Journal::new(self.sink(decider.sink_term), &self.metrics, now_ms);
         journal.keyed = Some((keyed, render));
         let result = self.allocator().execute(command, now_ms, &mut journal);
-        if journal.lsn.is_none() && !matches!(self.log, Log::Memory) {
-            // A keyed success that changed nothing: log its answer all the same, or a retry
-            // after a restart would execute again against a state that has moved on.
+        if journal.reply.is_none() && !matches!(self.log, Log::Memory) {
+            // A keyed success with no record of its own (it changed nothing, or only its
+            // consequences were logged: a reserve that made a draw happen, then answered the
+            // user's entry): log its answer all the same, or a retry after a restart would
+            // execute again against a state that has moved on.
             if let Ok(outcome) = &result {
                 journal.append(Event::Answered { at_ms: now_ms }, outcome);
             }
