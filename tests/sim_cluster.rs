@@ -108,3 +108,19 @@ fn regression(seed: u64) {
         panic!("{failure}");
     }
 }
+
+/// Once a known bug (fixed since: a keyed answer after a draw kept in no record): deal d5 has a draw (window 9,037 ms)
+/// and u1 entered it (keyed, 202 `entered`). After the window closed and before the reaper
+/// drew, u1's keyed reserve (k19, `waitlist: true`) drew first (`Drawn`, u1's offer,
+/// `DrawClosed`: consequences, no answer in them) and answered u1's entry, now `offered`, with
+/// a 200 and no record of its own. `Node::execute_keyed` logs an `Answered` record only when
+/// the command logged nothing (`journal.lsn.is_none()`), so no replica keeps that answer and
+/// a retry of k19 after a restart or on a new leader runs again. Passes once fixed.
+#[test]
+fn regression_seed_21_keyed_answer_after_a_draw_not_kept() {
+    let report = cluster::run_seed(21, STEPS_DEFAULT, false);
+    if let Some(failure) = report.failure {
+        panic!("{failure}");
+    }
+    assert_eq!(report.stats.known_keyed_answer_after_draw, 0, "a keyed answer was not kept");
+}

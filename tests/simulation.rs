@@ -147,12 +147,25 @@ fn regression_seed_7_read_error_reported_as_corruption() {
     regression(7, 5);
 }
 
-/// `sim::KNOWN_BUGS` "checkpoint-with-rejoined-entry-refused": seed 583 checkpoints a state in
+/// Once a known bug (fixed since: an offered entry restored as active): seed 583 checkpoints a state in
 /// which a user whose offer was confirmed waits again on the same deal; the next start refuses
 /// the checkpoint. Passes once the bug is fixed (strict: the known violation fails it).
 #[test]
 fn regression_seed_583_checkpoint_with_rejoined_entry() {
     let report = sim::run_seed(583, STEPS_DEFAULT, false, true);
+    if let Some(failure) = report.failure {
+        panic!("{failure}");
+    }
+}
+
+/// Once a known bug (fixed since: a cancelled draw entry kept in the draw): in seed 1845 an entry of
+/// deal d3's draw is cancelled in the window and forgotten after its retention before the
+/// deal drew; a checkpoint of that state still lists it among the draw's entries, and the next
+/// start refuses it ("entry 1 entered a draw that is not open"). Passes once the bug is fixed
+/// (strict: the known violation fails it).
+#[test]
+fn regression_seed_1845_checkpoint_with_forgotten_draw_entry() {
+    let report = sim::run_seed(1_845, STEPS_DEFAULT, false, true);
     if let Some(failure) = report.failure {
         panic!("{failure}");
     }

@@ -239,6 +239,8 @@ fn create(
         hold_ttl_ms_max,
         waitlist_max: None,
         offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     }
 }
 
@@ -277,9 +279,68 @@ fn waitlist_deals() -> Vec<Op> {
     ]
 }
 
+/// d0: a draw from T0 + 5 s for 10 s, 2 units, no waitlist; d1: a draw from T0 for 10 s, 1
+/// unit, a waitlist of 2 after it; d2: a draw from T0 + 5 s for 10 s, 1 unit, in stream s0,
+/// ending at T0 + 300 s.
+fn draw_deals() -> Vec<Op> {
+    let with = |mut op: Op, max: Option<u32>, seed: u8| {
+        if let Op::CreateDeal { waitlist_max, draw_window_ms, draw_seed, .. } = &mut op {
+            *waitlist_max = max;
+            *draw_window_ms = Some(10_000);
+            *draw_seed = Some([seed; 32]);
+        }
+        op
+    };
+    let (t0, ends) = (reference::T0_MS, reference::T0_MS + 300_000);
+    vec![
+        with(create(0, None, 2, Some(t0 + 5_000), None, None, None, None), None, 7),
+        with(create(1, None, 1, Some(t0), None, Some(2), None, None), Some(2), 13),
+        with(create(2, Some(0), 1, Some(t0 + 5_000), Some(ends), None, None, None), None, 21),
+    ]
+}
+
 fn sequences() -> Vec<(&'static str, Vec<Op>)> {
     let ghost = reference::DEALS_CREATABLE;
     vec![
+        // Draws: entries (a second one answered, an invalid TTL, a limit), a cart refused in
+        // the window, a cancelled entry, a draw by the reaper (winners offered, a loser
+        // waiting), one by a late reserve (lost entries), a paused deal drawn at its resume,
+        // offers confirmed and released (the waiting loser served).
+        (
+            "draw",
+            [
+                draw_deals(),
+                vec![
+                    reserve_op(0, 0, 1, None),
+                    Op::Advance { ms: 5_000, reap: true },
+                    reserve_op(0, 0, 1, None),
+                    join_op(1, 0, 1),
+                    reserve_op(2, 0, 2, None),
+                    reserve_op(0, 0, 1, None),
+                    reserve_op(3, 0, 1, Some(999)),
+                    Op::Cart { user: 1, lines: vec![(0, 1), (2, 1)], ttl_ms: None, waitlist: false },
+                    reserve_op(1, 1, 1, None),
+                    reserve_op(2, 1, 1, None),
+                    reserve_op(0, 1, 3, None),
+                    reserve_op(3, 1, 1, None),
+                    Op::CancelEntry { entry: 0 },
+                    reserve_op(0, 2, 1, None),
+                    reserve_op(1, 2, 1, None),
+                    Op::Pause(2),
+                    Op::Advance { ms: 5_000, reap: true },
+                    Op::Advance { ms: 5_000, reap: false },
+                    reserve_op(3, 0, 1, None),
+                    Op::Advance { ms: 5_000, reap: true },
+                    Op::Resume(2),
+                    Op::Confirm { hold: 0, qty: None },
+                    Op::Release { hold: 1 },
+                    Op::Release { hold: 2 },
+                    Op::Advance { ms: 5_000, reap: true },
+                    Op::EndStream(0),
+                ],
+            ]
+            .concat(),
+        ),
         // Waitlists: joins past the stock, a second join answered with the entry, a full
         // list, offers first fit (a 2-unit entry keeps its place while a 1-unit one is
         // served), an offer confirmed, one expired, cancels of every kind, a lapse by the

@@ -15,9 +15,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use livestock::alloc::{Allocator, AllocatorConfig};
+use livestock::alloc::{Allocator, AllocatorConfig, DrawRecord};
 use livestock_core::command::{Command, HoldView, Line, Outcome, Reserve};
 use livestock_core::deal::{DealState, DealView, NewDeal};
+use livestock_core::draw::{draw_order, DrawSeed};
 use livestock_core::error::{CommandError, ErrorCode};
 use livestock_core::event::{Event, EventLog};
 use livestock_core::hold::HoldState;
@@ -26,6 +27,7 @@ use livestock_core::limits::{
     CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
     HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, TIMESTAMP_MS_MIN, WAITLIST_MAX,
 };
+use livestock_core::limits::{DRAW_WINDOW_MS_MAX, DRAW_WINDOW_MS_MIN};
 use livestock_core::waitlist::{EntryState, EntryView};
 
 /// The clock at the start of every sequence: 2027-01-15T08:00:00Z.
@@ -75,6 +77,9 @@ pub enum Op {
         /// `None` or `Some(0)`: no waitlist.
         waitlist_max: Option<u32>,
         offer_ttl_ms: Option<u64>,
+        /// A draw window from `starts_at_ms` (valid with a seed, a start, and an end after it).
+        draw_window_ms: Option<u64>,
+        draw_seed: Option<DrawSeed>,
     },
     /// `waitlist`: join the deal's waitlist if it cannot serve the reserve for want of stock.
     Reserve {
@@ -204,6 +209,24 @@ struct ModelDeal {
     /// 0: no waitlist.
     waitlist_max: u32,
     offer_ttl_ms: u64,
+    draw_window_ms: Option<u64>,
+    draw_seed: Option<DrawSeed>,
+    /// A draw not done yet (its window open, or closed and not drawn); false without a draw.
+    draw_pending: bool,
+    /// The draw, once done.
+    draw: Option<ModelDraw>,
+}
+
+/// A draw as it was done (`DrawRecord`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModelDraw {
+    at_ms: u64,
+    units: u64,
+    /// (entry, user, qty) in log order.
+    entrants: Vec<(u64, String, u32)>,
+    order: Vec<u32>,
+    winners: Vec<u64>,
+    closed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -223,11 +246,14 @@ struct ModelHold {
     origin: Option<u64>,
 }
 
-/// A waitlist entry. Waiting entries of a deal are served in number order (entries join at the
-/// back and never go back in), so the queue is not kept: it is the waiting entries, sorted.
+/// A waitlist entry. Waiting entries of a deal are served in the order they started waiting
+/// (entries join at the back and never go back in; a draw enqueues its entrants in draw order),
+/// so the queue is not kept: it is the waiting entries, sorted by `order`.
 #[derive(Clone, Debug)]
 struct ModelEntry {
     seq: u64,
+    /// When it started waiting (a number from `Model::next_order`); 0 before that.
+    order: u64,
     deal: String,
     user: String,
     qty: u32,
@@ -271,8 +297,12 @@ struct Model {
     entries: BTreeMap<u64, ModelEntry>,
     /// Numbers holds and entries alike.
     next_seq: u64,
+    /// Orders waiting entries (`ModelEntry::order`).
+    next_order: u64,
     /// How many events the allocator should have logged so far.
     events: usize,
+    /// What the model went through that an answer does not show (draws and how they came).
+    notes: Coverage,
 }
 
 impl Model {
@@ -283,7 +313,9 @@ impl Model {
             holds: BTreeMap::new(),
             entries: BTreeMap::new(),
             next_seq: 1,
+            next_order: 1,
             events: 0,
+            notes: Coverage::default(),
         }
     }
 
@@ -319,11 +351,13 @@ impl Model {
 
     /// The waiting entries of a deal in serving order: (number, user, qty).
     fn waiting(&self, deal: &str) -> Vec<(u64, String, u32)> {
-        self.entries
+        let mut waiting: Vec<&ModelEntry> = self
+            .entries
             .values()
             .filter(|e| e.deal == deal && e.state == EntryState::Waiting)
-            .map(|e| (e.seq, e.user.clone(), e.qty))
-            .collect()
+            .collect();
+        waiting.sort_by_key(|e| e.order);
+        waiting.into_iter().map(|e| (e.seq, e.user.clone(), e.qty)).collect()
     }
 
     /// 1 for the head of its deal's queue; `None` unless waiting.
@@ -332,7 +366,7 @@ impl Model {
         if e.state != EntryState::Waiting {
             return None;
         }
-        let ahead = self.waiting(&e.deal).iter().filter(|(s, _, _)| *s < seq).count();
+        let ahead = self.waiting(&e.deal).iter().take_while(|(s, _, _)| *s != seq).count();
         Some(ahead as u64 + 1)
     }
 
@@ -375,7 +409,9 @@ impl Model {
     fn hand_on(&mut self, id: &str) {
         loop {
             let Some(d) = self.deals.get(id) else { panic!("model: no deal {id}") };
-            if d.waitlist_max == 0 || !self.takes_offers(d) {
+            // A draw offers to its entrants whether or not the deal keeps a waitlist after it.
+            let drawing = d.draw.as_ref().is_some_and(|draw| !draw.closed);
+            if (d.waitlist_max == 0 && !drawing) || !self.takes_offers(d) {
                 return;
             }
             let (available, limit, ttl) = (d.available, d.per_user_limit, d.offer_ttl_ms);
@@ -414,6 +450,80 @@ impl Model {
             e.state = EntryState::Offered;
             e.hold = Some(seq);
             self.events += 1;
+            if let Some(draw) = self.deals.get_mut(id).and_then(|d| d.draw.as_mut()) {
+                if !draw.closed {
+                    draw.winners.push(entry);
+                }
+            }
+        }
+    }
+
+    /// When a deal's draw window closes, for a deal with a draw.
+    fn draw_closes_at(d: &ModelDeal) -> Option<u64> {
+        Some(d.starts_at_ms?.saturating_add(d.draw_window_ms?))
+    }
+
+    /// Whether the deal's draw is due: pending, its window closed, the deal open.
+    fn draw_due(&self, d: &ModelDeal) -> bool {
+        d.draw_pending
+            && Self::draw_closes_at(d).is_some_and(|at| self.now_ms >= at)
+            && self.takes_offers(d)
+    }
+
+    /// The draw, written out from docs/draw.md: the entries still entered, in log order, are
+    /// ranked by the seed (`draw_order`, the published algorithm); they start waiting in that
+    /// order; the available units are offered first fit in queue order (the winners); then the
+    /// entries still waiting past `waitlist_max` are lost. `by` says what triggered it.
+    fn draw(&mut self, id: &str, by: &'static str) {
+        let now = self.now_ms;
+        let Some(d) = self.deals.get(id) else { panic!("model: no deal {id}") };
+        let Some(seed) = d.draw_seed else { panic!("model: deal {id} draws without a seed") };
+        let (units, keep) = (d.available, d.waitlist_max as usize);
+        let entrants: Vec<(u64, String, u32)> = self
+            .entries
+            .values()
+            .filter(|e| e.deal == id && e.state == EntryState::Entered)
+            .map(|e| (e.seq, e.user.clone(), e.qty))
+            .collect();
+        let order = draw_order(&seed, entrants.iter().map(|(_, user, _)| user.as_str()));
+        for index in &order {
+            let seq = entrants[*index].0;
+            let order = self.next_order;
+            self.next_order += 1;
+            let Some(e) = self.entries.get_mut(&seq) else { panic!("model: no entry {seq}") };
+            e.state = EntryState::Waiting;
+            e.order = order;
+        }
+        let order = order.into_iter().map(|i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+        let Some(d) = self.deals.get_mut(id) else { panic!("model: no deal {id}") };
+        d.draw = Some(ModelDraw {
+            at_ms: now,
+            units,
+            entrants,
+            order,
+            winners: Vec::new(),
+            closed: false,
+        });
+        self.events += 1; // Drawn
+        self.hand_on(id);
+        let waiting = self.waiting(id);
+        for (seq, _, _) in waiting.iter().skip(keep) {
+            self.close_entry(*seq, EntryState::Lost);
+            self.notes.add("drawn: lost");
+        }
+        for _ in waiting.iter().take(keep) {
+            self.notes.add("drawn: loser waiting");
+        }
+        let Some(d) = self.deals.get_mut(id) else { panic!("model: no deal {id}") };
+        d.draw_pending = false;
+        let winners = d.draw.as_ref().map_or(0, |draw| draw.winners.len());
+        if let Some(draw) = d.draw.as_mut() {
+            draw.closed = true;
+        }
+        self.events += 1; // DrawClosed
+        self.notes.add(by);
+        for _ in 0..winners {
+            self.notes.add("drawn: winner offered");
         }
     }
 
@@ -492,6 +602,8 @@ impl Model {
         hold_ttl_ms_max: Option<u64>,
         waitlist_max: Option<u32>,
         offer_ttl_ms: Option<u64>,
+        draw_window_ms: Option<u64>,
+        draw_seed: Option<DrawSeed>,
     ) -> Answer {
         let timestamp_ok = |ms: u64| (TIMESTAMP_MS_MIN..=TIMESTAMP_MS_MAX).contains(&ms);
         if stock > DEAL_STOCK_UNITS_MAX {
@@ -534,6 +646,21 @@ impl Model {
         if ends_at_ms.is_some_and(|e| e <= self.now_ms) {
             return Err(ErrorCode::InvalidRequest);
         }
+        // A draw: a window within bounds, from a start, closing before the end; a seed exactly
+        // when there is a window.
+        match (draw_window_ms, starts_at_ms) {
+            (None, _) if draw_seed.is_some() => return Err(ErrorCode::InvalidRequest),
+            (None, _) => {}
+            (Some(_), None) => return Err(ErrorCode::InvalidRequest),
+            (Some(w), Some(s)) => {
+                if !(DRAW_WINDOW_MS_MIN..=DRAW_WINDOW_MS_MAX).contains(&w)
+                    || ends_at_ms.is_some_and(|e| e <= s.saturating_add(w))
+                    || draw_seed.is_none()
+                {
+                    return Err(ErrorCode::InvalidRequest);
+                }
+            }
+        }
         if self.deals.contains_key(id) {
             return Err(ErrorCode::DealExists);
         }
@@ -552,6 +679,10 @@ impl Model {
             sold: 0,
             waitlist_max,
             offer_ttl_ms: offer_ttl,
+            draw_window_ms,
+            draw_seed,
+            draw_pending: draw_window_ms.is_some(),
+            draw: None,
         };
         self.deals.insert(id.to_string(), deal);
         self.events += 1;
@@ -588,6 +719,10 @@ impl Model {
             }
             if d.starts_at_ms.is_some_and(|s| now < s) {
                 return Err(ErrorCode::DealNotStarted);
+            }
+            // A single reserve enters the draw, or draws (`reserve_or_join`); a cart is refused.
+            if d.draw_pending {
+                return Err(ErrorCode::DrawWindow);
             }
             if d.available == 0 {
                 return Err(ErrorCode::SoldOut);
@@ -649,6 +784,9 @@ impl Model {
         waitlist: bool,
     ) -> Answer {
         let refused = match self.reserve(user, &[(deal, qty)], ttl_ms) {
+            Err(ErrorCode::DrawWindow) => {
+                return self.draw_reserve(user, deal, qty, ttl_ms, waitlist)
+            }
             Err(code @ (ErrorCode::SoldOut | ErrorCode::InsufficientStock)) => code,
             other => return other,
         };
@@ -673,13 +811,63 @@ impl Model {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let order = self.next_order;
+        self.next_order += 1;
         let entry = ModelEntry {
             seq,
+            order,
             deal: deal.to_string(),
             user: user.to_string(),
             qty,
             created_at_ms: self.now_ms,
             state: EntryState::Waiting,
+            hold: None,
+            resolved_at_ms: None,
+            forgotten: false,
+        };
+        self.entries.insert(seq, entry);
+        self.events += 1;
+        Ok(Expect::Entry { seq, created: true })
+    }
+
+    /// A single reserve of a deal whose draw is pending (and that is open): in the window, an
+    /// entry (an invalid TTL refused, the user's entry answered, the user's limit checked,
+    /// else a new entry `entered`); after it, the draw first, then the reserve as any other.
+    fn draw_reserve(
+        &mut self,
+        user: &str,
+        deal: &str,
+        qty: u32,
+        ttl_ms: Option<u64>,
+        waitlist: bool,
+    ) -> Answer {
+        let Some(d) = self.deals.get(deal) else { panic!("model: a draw of no deal {deal}") };
+        let closes_at = Self::draw_closes_at(d).unwrap_or(0);
+        if self.now_ms >= closes_at {
+            self.draw(deal, "drawn by a late reserve");
+            return self.reserve_or_join(user, deal, qty, ttl_ms, waitlist);
+        }
+        let ttl = ttl_ms.unwrap_or(d.hold_ttl_ms);
+        if !(HOLD_TTL_MS_MIN..=d.hold_ttl_ms_max).contains(&ttl) {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        let limit = d.per_user_limit;
+        if let Some(seq) = self.active_entry(deal, user) {
+            return Ok(Expect::Entry { seq, created: false });
+        }
+        if limit.is_some_and(|limit| self.taken(deal, user) + qty > limit) {
+            return Err(ErrorCode::PerUserLimit);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = ModelEntry {
+            seq,
+            order: 0,
+            deal: deal.to_string(),
+            user: user.to_string(),
+            qty,
+            created_at_ms: self.now_ms,
+            state: EntryState::Entered,
             hold: None,
             resolved_at_ms: None,
             forgotten: false,
@@ -814,6 +1002,12 @@ impl Model {
             self.given_back(*seq);
         }
         let ids: Vec<String> = self.deals.keys().cloned().collect();
+        // Draws whose window has closed, on deals open now (in id order).
+        for id in &ids {
+            if self.deals.get(id).is_some_and(|d| self.draw_due(d)) {
+                self.draw(id, "drawn by the reaper");
+            }
+        }
         for id in &ids {
             let closed = self.deals.get(id).is_some_and(|d| d.ends_at_ms.is_some_and(|e| now >= e));
             if closed {
@@ -821,6 +1015,7 @@ impl Model {
                     self.close_entry(seq, EntryState::Lapsed);
                     self.events += 1;
                 }
+                self.lapse_undrawn(id);
             }
         }
         for id in &ids {
@@ -854,6 +1049,29 @@ impl Model {
         due.len()
     }
 
+    /// A deal whose window closed by the clock before its draw never draws: its entries lapse
+    /// at the reaper's tick, as waiting entries do (docs/draw.md: "an ended one never draws and
+    /// its entries lapse").
+    fn lapse_undrawn(&mut self, id: &str) {
+        let entered: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| e.deal == id && e.state == EntryState::Entered)
+            .map(|e| e.seq)
+            .collect();
+        if entered.is_empty() {
+            return;
+        }
+        for seq in entered {
+            self.close_entry(seq, EntryState::Lapsed);
+            self.events += 1;
+        }
+        if let Some(d) = self.deals.get_mut(id) {
+            d.draw_pending = false;
+        }
+        self.notes.add("ended before its draw");
+    }
+
     fn pause(&mut self, id: &str) -> Answer {
         let Some(d) = self.deals.get_mut(id) else { return Err(ErrorCode::UnknownDeal) };
         match d.life {
@@ -875,8 +1093,14 @@ impl Model {
             Life::Paused => {
                 d.life = Life::Open;
                 self.events += 1;
-                // What was freed while it was paused goes to the waitlist before reserves.
-                self.hand_on(id);
+                let pending = d.draw_pending;
+                if self.deals.get(id).is_some_and(|d| self.draw_due(d)) {
+                    // Paused when its window closed: it draws now.
+                    self.draw(id, "drawn at a resume");
+                } else if !pending {
+                    // What was freed while it was paused goes to the waitlist before reserves.
+                    self.hand_on(id);
+                }
             }
         }
         Ok(Expect::Deal(id.to_string()))
@@ -921,11 +1145,27 @@ impl Model {
             return 0;
         }
         for id in &ending {
+            let mut undrawn = false;
             if let Some(d) = self.deals.get_mut(id) {
                 d.life = Life::Ended;
+                // A draw that never happened never will.
+                undrawn = d.draw_pending;
+                d.draw_pending = false;
             }
-            // Their waiting entries lapse with the end (its one event).
+            // Their waiting and entered entries lapse with the end (its one event).
             for (seq, _, _) in self.waiting(id) {
+                self.close_entry(seq, EntryState::Lapsed);
+            }
+            let entered: Vec<u64> = self
+                .entries
+                .values()
+                .filter(|e| &e.deal == id && e.state == EntryState::Entered)
+                .map(|e| e.seq)
+                .collect();
+            if undrawn {
+                self.notes.add("ended before its draw");
+            }
+            for seq in entered {
                 self.close_entry(seq, EntryState::Lapsed);
             }
         }
@@ -990,6 +1230,8 @@ struct DealSeen {
     waitlist_max: u32,
     offer_ttl_ms: u64,
     waiting: u64,
+    draw_window_ms: Option<u64>,
+    draw_seed: Option<DrawSeed>,
 }
 
 fn deal_seen(view: &DealView) -> DealSeen {
@@ -1012,6 +1254,8 @@ fn deal_seen(view: &DealView) -> DealSeen {
         waitlist_max: view.options.waitlist_max,
         offer_ttl_ms: view.options.offer_ttl_ms,
         waiting: view.waiting,
+        draw_window_ms: view.options.draw_window_ms,
+        draw_seed: view.options.draw_seed,
     }
 }
 
@@ -1034,6 +1278,8 @@ fn deal_expected(model: &Model, d: &ModelDeal) -> DealSeen {
         waitlist_max: d.waitlist_max,
         offer_ttl_ms: d.offer_ttl_ms,
         waiting: model.waiting(&d.id).len() as u64,
+        draw_window_ms: d.draw_window_ms,
+        draw_seed: d.draw_seed,
     }
 }
 
@@ -1133,6 +1379,42 @@ fn model_entry(model: &Model, seq: u64, created: bool) -> Result<EntrySeen, Mism
     })
 }
 
+/// A draw record in plain values (`DrawRecord`, `ModelDraw`).
+fn draw_seen(record: &DrawRecord) -> ModelDraw {
+    ModelDraw {
+        at_ms: record.at_ms,
+        units: record.units,
+        entrants: record
+            .entrants
+            .iter()
+            .map(|(seq, user, qty)| (seq.0, user.to_string(), *qty))
+            .collect(),
+        order: record.order.clone(),
+        winners: record.winners.iter().map(|seq| seq.0).collect(),
+        closed: record.closed,
+    }
+}
+
+/// Every deal's draw (`Allocator::draw_view`) against the model: the record once drawn, and the
+/// entries counted while it is pending.
+fn check_draws(alloc: &Allocator, model: &Model) -> Result<(), Mismatch> {
+    for d in model.deals.values() {
+        let Some(view) = alloc.draw_view(&d.id) else {
+            return Err(Mismatch(format!("no draw view of deal {}", d.id)));
+        };
+        ensure_eq!(view.record.as_ref().map(draw_seen), d.draw, "draw of deal {}", d.id);
+        // The entries in the draw: those entered now (docs/draw.md).
+        let entered = model
+            .entries
+            .values()
+            .filter(|e| e.deal == d.id && e.state == EntryState::Entered)
+            .count();
+        ensure_eq!(view.entered, entered, "entries in the draw of deal {}", d.id);
+    }
+    ensure!(alloc.draw_view(DEAL_IDS[DEALS_CREATABLE]).is_none());
+    Ok(())
+}
+
 fn model_deal<'m>(model: &'m Model, id: &str) -> Result<&'m ModelDeal, Mismatch> {
     model.deals.get(id).ok_or_else(|| Mismatch(format!("model has no deal {id}")))
 }
@@ -1187,7 +1469,7 @@ fn check_answer(
 
 /// Every deal, every hold ever made, the per-user counts and the sequence, as seen through the
 /// allocator's read API, against the model; then the allocator's own invariants.
-fn check_state(alloc: &Allocator, model: &Model, log: &EventLog) -> Result<(), Mismatch> {
+fn check_state(alloc: &Allocator, model: &mut Model, log: &EventLog) -> Result<(), Mismatch> {
     let now = model.now_ms;
     let seen: Vec<DealSeen> = alloc.deals(now).iter().map(deal_seen).collect();
     let expected: Vec<DealSeen> = model.deals.values().map(|d| deal_expected(model, d)).collect();
@@ -1209,6 +1491,7 @@ fn check_state(alloc: &Allocator, model: &Model, log: &EventLog) -> Result<(), M
         ensure!(alloc.entry(EntrySeq(*seq)).is_none());
     }
     ensure_eq!(log.events.len(), model.events, "events logged");
+    check_draws(alloc, model)?;
 
     let snapshot = alloc.snapshot();
     ensure_eq!(snapshot.next_hold_seq, model.next_seq);
@@ -1265,7 +1548,7 @@ pub struct Coverage(pub BTreeMap<&'static str, u64>);
 
 impl Coverage {
     /// Every kind a good generator reaches.
-    pub const KINDS: [&'static str; 15] = [
+    pub const KINDS: [&'static str; 26] = [
         "joined",
         "join answered the active entry",
         "offered",
@@ -1281,6 +1564,17 @@ impl Coverage {
         "cancel refused: unknown_entry",
         "join refused: waitlist_full",
         "join refused: per_user_limit",
+        "entered a draw",
+        "draw entry answered again",
+        "cancelled entered",
+        "cart refused: draw_window",
+        "drawn by the reaper",
+        "drawn by a late reserve",
+        "drawn at a resume",
+        "ended before its draw",
+        "drawn: winner offered",
+        "drawn: lost",
+        "drawn: loser waiting",
     ];
 
     fn add(&mut self, kind: &'static str) {
@@ -1300,7 +1594,16 @@ impl Coverage {
 
     /// Counts what one step's answer was, from the model before it.
     fn answer(&mut self, op: &Op, before: &Model, answer: &Answer) {
+        let in_window = |deal: &usize| {
+            before.deals.get(DEAL_IDS[*deal]).is_some_and(|d| {
+                d.draw_pending && Model::draw_closes_at(d).is_some_and(|at| before.now_ms < at)
+            })
+        };
         match (op, answer) {
+            (Op::Reserve { deal, .. }, Ok(Expect::Entry { created, .. })) if in_window(deal) => {
+                self.add(if *created { "entered a draw" } else { "draw entry answered again" });
+            }
+            (Op::Cart { .. }, Err(ErrorCode::DrawWindow)) => self.add("cart refused: draw_window"),
             (Op::Reserve { .. }, Ok(Expect::Entry { created: false, .. })) => {
                 self.add("join answered the active entry");
             }
@@ -1318,6 +1621,7 @@ impl Coverage {
                 let state = before.known_entry(seq).map(|e| e.state);
                 match (state, answer) {
                     (Some(EntryState::Waiting), Ok(_)) => self.add("cancelled waiting"),
+                    (Some(EntryState::Entered), Ok(_)) => self.add("cancelled entered"),
                     (Some(EntryState::Offered), Ok(_)) => self.add("cancelled offered"),
                     (Some(EntryState::Cancelled), Ok(_)) => self.add("cancel retried"),
                     (_, Err(ErrorCode::EntryLapsed)) => self.add("cancel refused: entry_lapsed"),
@@ -1382,6 +1686,8 @@ fn step(
             hold_ttl_ms_max,
             waitlist_max,
             offer_ttl_ms,
+            draw_window_ms,
+            draw_seed,
         } => {
             let new = NewDeal {
                 id: deal_id(*deal),
@@ -1394,8 +1700,8 @@ fn step(
                 hold_ttl_ms_max: *hold_ttl_ms_max,
                 waitlist_max: *waitlist_max,
                 offer_ttl_ms: *offer_ttl_ms,
-                draw_window_ms: None,
-                draw_seed: None,
+                draw_window_ms: *draw_window_ms,
+                draw_seed: *draw_seed,
             };
             let expected = model.create(
                 DEAL_IDS[*deal],
@@ -1408,6 +1714,8 @@ fn step(
                 *hold_ttl_ms_max,
                 *waitlist_max,
                 *offer_ttl_ms,
+                *draw_window_ms,
+                *draw_seed,
             );
             (Command::CreateDeal(new), expected)
         }
@@ -1496,7 +1804,7 @@ pub fn run_covered(ops: &[Op]) -> Result<Coverage, Mismatch> {
     // is the reaper's housekeeping, not an event, so a replay forgets only when its reaper runs.
     let expired = alloc.expire_due(model.now_ms, &mut log);
     ensure_eq!(expired, model.expire_due(), "holds expired at the end");
-    check_state(&alloc, &model, &log)?;
+    check_state(&alloc, &mut model, &log)?;
 
     let replayed = Allocator::new(config());
     for (i, event) in log.events.iter().enumerate() {
@@ -1520,6 +1828,15 @@ pub fn run_covered(ops: &[Op]) -> Result<Coverage, Mismatch> {
         ensure_eq!(replayed.entry(EntrySeq(e.seq)), live.clone(), "replayed entry {}", e.seq);
         ensure_eq!(restored.entry(EntrySeq(e.seq)), live, "restored entry {}", e.seq);
     }
+    // And so do draws (the reveal: record and entries counted).
+    for d in model.deals.values() {
+        let live = alloc.draw_view(&d.id).map(|v| (v.record, v.entered));
+        let replayed_draw = replayed.draw_view(&d.id).map(|v| (v.record, v.entered));
+        ensure_eq!(replayed_draw, live.clone(), "replayed draw of {}", d.id);
+        let restored_draw = restored.draw_view(&d.id).map(|v| (v.record, v.entered));
+        ensure_eq!(restored_draw, live, "restored draw of {}", d.id);
+    }
     coverage.finish(&model, &log);
+    coverage.merge(&model.notes);
     Ok(coverage)
 }

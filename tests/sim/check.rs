@@ -12,6 +12,12 @@
 //!   instant; an entry seen ended (cancelled, lapsed) durably reads the same after; no entry of
 //!   a deal whose end was acknowledged still waits. Offers are holds: the hold checks cover
 //!   them, and the audit checks that each names its entry.
+//! - **Draws**: an acknowledged draw entry is there like a join (and never still `entered`
+//!   after its deal's end was acknowledged); once its deal drew, it is one of the draw's
+//!   entrants unless it was cancelled before the draw; a draw seen in a recovered state reads
+//!   the same in every later one (the instant, the units, the entrants in log order, the order;
+//!   the winners once closed, and before that only more of them: a crash mid-draw is finished
+//!   with the same winners).
 //! - **Exactly the logged prefix**: the recovered state equals the live node's state right
 //!   after the last recovered record (modulo resolved holds past their retention, which either
 //!   side may have forgotten).
@@ -234,14 +240,30 @@ pub fn against_ledger(
                 return Err(format!("{what}: its cancel was acknowledged"));
             }
         }
-        if entry.state == EntryState::Waiting
+        if matches!(entry.state, EntryState::Waiting | EntryState::Entered)
             && ledger.deals.get(&fact.deal).is_some_and(|d| d.ended)
         {
             return Err(format!("{what}: waits after its deal's end was acknowledged"));
         }
+        let draw = snapshot.waitlists.iter().find(|l| l.deal_id.as_str() == fact.deal);
+        if let Some(draw) = draw.and_then(|l| l.draw.as_ref()).filter(|_| fact.entered) {
+            let drawn = draw.entrants.iter().any(|(s, _, _)| *s == entry.seq);
+            let cancelled_before = entry.state == EntryState::Cancelled
+                && entry.resolved_at_ms.is_some_and(|at| at <= draw.at_ms);
+            if !drawn && !cancelled_before {
+                return Err(format!("{what}: not among the entrants of its deal's draw"));
+            }
+        }
+    }
+    for list in &snapshot.waitlists {
+        if let Some(draw) = &list.draw {
+            ledger.observe_draw(list.deal_id.as_str(), draw, seen, durable)?;
+        }
     }
     for entry in &entries {
-        let (EntryState::Cancelled | EntryState::Lapsed) = entry.state else { continue };
+        let (EntryState::Cancelled | EntryState::Lapsed | EntryState::Lost) = entry.state else {
+            continue;
+        };
         let Some(at) = entry.resolved_at_ms else {
             return Err(format!("ended entry without resolved_at: {entry:?}"));
         };

@@ -406,7 +406,9 @@ impl Sim {
             if replayed { " (replayed)" } else { "" }
         ));
         // One record per change; a change that frees units of a deal with a waitlist is
-        // followed by its consequences (offers, lapses), each a record of its own.
+        // followed by its consequences (offers, lapses), each a record of its own. A resume
+        // may draw (after its record), and a single reserve of a deal whose window has closed
+        // draws first (`Drawn`, the winners' offers, `DrawClosed`), then is served.
         let consequences = matches!(
             req,
             Req::Confirm { .. }
@@ -415,11 +417,20 @@ impl Sim {
                 | Req::Resume { .. }
                 | Req::CancelEntry { .. }
         );
-        if (after > before + 1 && !consequences) || (replayed && after > before) {
+        let draw_first = matches!(req, Req::Reserve { .. }) && after > before + 1;
+        if (after > before + 1 && !consequences && !draw_first) || (replayed && after > before) {
             return fail(format!("{} logged {} records", req.describe(), after - before));
         }
-        // The command's own record (it carries a keyed answer) comes first.
-        let logged = (after > before).then_some(before + 1);
+        // The command's own record (it carries a keyed answer) comes first; after a draw it
+        // comes last: a reserve's hold or entry, or a keyed success's `Answered` (a refusal
+        // after the draw has none).
+        let logged = if draw_first {
+            let own = matches!(reply.status, 201 | 202)
+                || ((200..300).contains(&reply.status) && key.is_some());
+            own.then_some(after)
+        } else {
+            (after > before).then_some(before + 1)
+        };
         if !writable && !replayed && (reply.status != 503 || logged.is_some()) {
             return fail(format!("{} ran on a poisoned log: {}", req.describe(), reply.status));
         }
@@ -486,6 +497,12 @@ impl Sim {
                 }
             }
             match &req {
+                Req::Reserve { .. }
+                    if reply.status == 202
+                        && reply.body.windows(17).any(|w| w == br#""state":"entered""#) =>
+                {
+                    self.stats.draw_entries += 1
+                }
                 Req::Reserve { .. } if reply.status == 202 => self.stats.waitlist_joins += 1,
                 Req::CancelEntry { .. } => self.stats.waitlist_cancels += 1,
                 _ => {}
@@ -866,6 +883,8 @@ impl Sim {
             self.stats.exact_state_checks += 1;
         }
         let seen = format!("the recovery at step {}", self.step);
+        self.stats.draws_recovered +=
+            recovered.waitlists.iter().filter(|l| l.draw.is_some()).count() as u64;
         if let Err(e) = dry.allocator.audit() {
             return Err(self.violation("audit", format!("recovered: {e}")));
         }

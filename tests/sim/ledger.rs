@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use livestock::alloc::DrawRecord;
 use livestock::idempotency::StoredReply;
 use livestock_core::hold::HoldState;
 use livestock_core::ids::{EntrySeq, HoldSeq};
@@ -125,6 +126,8 @@ pub fn entries_in(reply: &StoredReply) -> Vec<EntryBody> {
 /// cancelled at an instant.
 #[derive(Clone, Debug)]
 pub struct EntryFact {
+    /// Entered a draw (answered `entered`), not joined a waitlist.
+    pub entered: bool,
     pub deal: String,
     pub user: String,
     pub qty: u32,
@@ -174,6 +177,9 @@ pub struct Ledger {
     /// Entries seen durably in a terminal state (cancelled or lapsed) at an instant: an
     /// entry's life is one way, so they read the same until forgotten.
     pub entries_ended: BTreeMap<u64, (EntryState, u64, String)>,
+    /// Draws seen in a recovered (durable) state, by deal, with where: a draw's reveal never
+    /// changes (its entrants, order and units; its winners once closed, and only grow before).
+    pub draws: BTreeMap<String, (DrawRecord, String)>,
 }
 
 impl Ledger {
@@ -230,6 +236,34 @@ impl Ledger {
         }
     }
 
+    /// Checks a draw record against the one seen durably before, and records it if `durable`.
+    pub fn observe_draw(
+        &mut self,
+        deal: &str,
+        draw: &DrawRecord,
+        seen: &str,
+        durable: bool,
+    ) -> Result<(), String> {
+        if let Some((before, at)) = self.draws.get(deal) {
+            let same = (before.at_ms, before.units, &before.entrants, &before.order)
+                == (draw.at_ms, draw.units, &draw.entrants, &draw.order);
+            let winners_ok = if before.closed {
+                draw.closed && draw.winners == before.winners
+            } else {
+                draw.winners.starts_with(&before.winners)
+            };
+            if !same || !winners_ok {
+                return Err(format!(
+                    "the draw of deal {deal} was {before:?} per {at}, now reads {draw:?}"
+                ));
+            }
+        }
+        if durable {
+            self.draws.insert(deal.to_owned(), (draw.clone(), seen.to_owned()));
+        }
+        Ok(())
+    }
+
     fn hold_fact(&mut self, hold: &HoldBody) -> &mut HoldFact {
         self.holds.entry(hold.seq.0).or_insert_with(|| HoldFact {
             deal: hold.deal.clone(),
@@ -255,11 +289,11 @@ impl Ledger {
             .map_err(|e| format!("a {} answer is not JSON: {e}", reply.status))?;
         let bad = |e: String| format!("answer to {}: {e}: {body}", req.describe());
         match req {
-            Req::Reserve { waitlist: true, .. } | Req::CancelEntry { .. }
-                if body.get("entry_id").is_some() =>
-            {
+            // A join (asked to wait) or a draw entry (any single reserve in a draw window).
+            Req::Reserve { .. } | Req::CancelEntry { .. } if body.get("entry_id").is_some() => {
                 let entry = parse_entry(&body).map_err(bad)?;
                 let fact = self.entries.entry(entry.seq.0).or_insert_with(|| EntryFact {
+                    entered: entry.state == EntryState::Entered,
                     deal: entry.deal.clone(),
                     user: entry.user.clone(),
                     qty: entry.qty,

@@ -51,6 +51,9 @@ pub struct Stats {
     pub waitlist_joins: u64,
     pub waitlist_cancels: u64,
     pub offers_seen: u64,
+    /// Acknowledged draw entries (202 `entered`), and draws seen in recovered states.
+    pub draw_entries: u64,
+    pub draws_recovered: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub known: BTreeMap<&'static str, u64>,
 }
@@ -81,6 +84,8 @@ impl Stats {
         self.histories_ended_early += o.histories_ended_early;
         self.waitlist_joins += o.waitlist_joins;
         self.waitlist_cancels += o.waitlist_cancels;
+        self.draw_entries += o.draw_entries;
+        self.draws_recovered += o.draws_recovered;
         self.offers_seen += o.offers_seen;
         for (k, v) in &o.faults {
             *self.faults.entry(k).or_default() += v;
@@ -104,6 +109,7 @@ impl Stats {
              \x20 recoveries={} failed_starts={} torn_tails_cut={}\n\
              \x20 checks passed: recovered_state_exact={} ledger={} idempotent_replays={}\n\
              \x20 waitlists: joins={} cancels={} offers_seen={}\n\
+             \x20 draws: entries={} draws_recovered={}\n\
              \x20 histories_ended_early={} known_bugs_hit=[{}]",
             self.seeds,
             self.steps,
@@ -131,6 +137,8 @@ impl Stats {
             self.waitlist_joins,
             self.waitlist_cancels,
             self.offers_seen,
+            self.draw_entries,
+            self.draws_recovered,
             self.histories_ended_early,
             known.join(" "),
         )

@@ -34,6 +34,8 @@ pub enum Req {
         ttl_max_ms: Option<u64>,
         starts_at_ms: Option<u64>,
         waitlist_max: Option<u32>,
+        /// A draw window from `starts_at_ms` (the seed is the server's: `command` gives it).
+        draw_window_ms: Option<u64>,
     },
     /// `waitlist`: join the deal's waitlist if it cannot serve the reserve (202 or 200 with the
     /// entry).
@@ -121,6 +123,7 @@ impl Req {
                 ttl_max_ms,
                 starts_at_ms,
                 waitlist_max,
+                draw_window_ms,
             } => object(vec![
                 ("id", Some(json!(id))),
                 ("stream_id", stream.as_ref().map(|s| json!(s))),
@@ -130,6 +133,7 @@ impl Req {
                 ("hold_ttl_ms_max", ttl_max_ms.map(|t| json!(t))),
                 ("starts_at", starts_at_ms.map(|t| json!(wire::timestamp(t)))),
                 ("waitlist_max", waitlist_max.map(|m| json!(m))),
+                ("draw_window_ms", draw_window_ms.map(|w| json!(w))),
             ]),
             Req::Reserve { user, qty, ttl_ms, waitlist, .. } => object(vec![
                 ("user_id", Some(json!(user))),
@@ -300,6 +304,17 @@ pub fn request(
             // coming back often.
             let waitlist_max = rng.chance(600).then(|| rng.range(1, 4) as u32);
             let stock = if waitlist_max.is_some() { rng.range(1, 3) } else { rng.range(1, 8) };
+            // Some deals start with a draw within seconds: its window (a second to ten) opens
+            // and closes within a history, across ticks, crashes and recoveries.
+            let draw = rng.chance(150);
+            let starts_at_ms = if draw {
+                Some(now_ms + rng.range(0, 3_000))
+            } else if rng.chance(100) {
+                Some(now_ms + rng.range(1, 20_000))
+            } else {
+                None
+            };
+            let draw_window_ms = draw.then(|| rng.range(1_000, 10_000));
             Req::CreateDeal {
                 id,
                 stream: rng.pick(&STREAMS).filter(|_| rng.chance(700)).map(|s| (*s).to_owned()),
@@ -307,12 +322,9 @@ pub fn request(
                 limit: if rng.chance(400) { Some(rng.range(1, 3) as u32) } else { None },
                 ttl_ms,
                 ttl_max_ms,
-                starts_at_ms: if rng.chance(100) {
-                    Some(now_ms + rng.range(1, 20_000))
-                } else {
-                    None
-                },
+                starts_at_ms,
                 waitlist_max,
+                draw_window_ms,
             }
         }
         1 => Req::Reserve {

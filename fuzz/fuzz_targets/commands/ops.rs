@@ -9,12 +9,13 @@
 //! quantity, any `u64` TTL or timestamp, any `i64` stock delta. A sequence is the three deal
 //! creations first (like the property test, so that most sequences have deals to work on),
 //! then ops until the bytes run out, at most `OPS_MAX`. Deals carry waitlist options (mostly a
-//! short waitlist), reserves and carts say whether they would wait (half do), and
+//! short waitlist) and draw options (a window on 5-second steps and a seed, sometimes; with a
+//! `starts_at` on the same steps the window opens and closes within a sequence), reserves and carts say whether they would wait (half do), and
 //! `CancelEntry` refers to entries as holds are referred to.
 
 use arbitrary::{Arbitrary, Unstructured};
 use livestock_core::limits::{
-    CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
+    CART_LINES_MAX, DEAL_STOCK_UNITS_MAX, DRAW_WINDOW_MS_MAX, DRAW_WINDOW_MS_MIN, HOLD_QTY_MAX, HOLD_TTL_MS_DEFAULT, HOLD_TTL_MS_MAX,
     HOLD_TTL_MS_MIN, TIMESTAMP_MS_MAX, WAITLIST_MAX,
 };
 
@@ -55,6 +56,12 @@ const WAITLIST: [u32; 6] = [12, 24, 1, 1, 1, 1];
 const OFFER_TTL: [u32; 5] = [6, 6, 1, 1, 1];
 /// Whether a reserve (or a cart) asks to wait: no, yes.
 const JOIN: [u32; 2] = [1, 1];
+/// draw_window_ms: none, 5 s steps up to a minute, DRAW_WINDOW_MS_MIN, DRAW_WINDOW_MS_MAX,
+/// DRAW_WINDOW_MS_MAX + 1, any; then a seed (below). The first bucket has no seed.
+const DRAW: [u32; 6] = [24, 6, 1, 1, 1, 1];
+/// draw_seed (with a window, or without one to be refused): one byte repeated, any 32 bytes,
+/// none.
+const SEED: [u32; 3] = [4, 1, 1];
 
 // ------------------------------------------------------------------------------- decoding
 
@@ -124,6 +131,37 @@ fn qty(u: &mut Unstructured) -> Result<u32> {
     })
 }
 
+fn seed(u: &mut Unstructured) -> Result<Option<[u8; 32]>> {
+    Ok(match weighted(u, &SEED)? {
+        0 => Some([pick(u, 256)? as u8; 32]),
+        1 => {
+            let mut seed = [0u8; 32];
+            for byte in &mut seed {
+                *byte = pick(u, 256)? as u8;
+            }
+            Some(seed)
+        }
+        _ => None,
+    })
+}
+
+/// (draw_window_ms, draw_seed).
+fn draw(u: &mut Unstructured) -> Result<(Option<u64>, Option<[u8; 32]>)> {
+    let window = match weighted(u, &DRAW)? {
+        0 => return Ok((None, None)),
+        1 => Some((1 + pick(u, 12)? as u64) * 5_000),
+        2 => Some(DRAW_WINDOW_MS_MIN),
+        3 => Some(DRAW_WINDOW_MS_MAX),
+        4 => Some(DRAW_WINDOW_MS_MAX + 1),
+        _ => match any_u64(u)? {
+            // 0 stands for no window with a seed (refused).
+            0 => None,
+            w => Some(w),
+        },
+    };
+    Ok((window, seed(u)?))
+}
+
 fn create_deal(u: &mut Unstructured, deal: usize) -> Result<Op> {
     // Invalid values are rare, so that most sequences get deals to work on.
     let stream = match weighted(u, &STREAM)? {
@@ -187,6 +225,7 @@ fn create_deal(u: &mut Unstructured, deal: usize) -> Result<Op> {
         3 => Some(HOLD_TTL_MS_MAX),
         _ => Some(any_u64(u)?),
     };
+    let (draw_window_ms, draw_seed) = draw(u)?;
     Ok(Op::CreateDeal {
         deal,
         stream,
@@ -198,6 +237,8 @@ fn create_deal(u: &mut Unstructured, deal: usize) -> Result<Op> {
         hold_ttl_ms_max,
         waitlist_max,
         offer_ttl_ms,
+        draw_window_ms,
+        draw_seed,
     })
 }
 
@@ -421,6 +462,8 @@ fn put_create_deal(
     hold_ttl_ms_max: Option<u64>,
     waitlist_max: Option<u32>,
     offer_ttl_ms: Option<u64>,
+    draw_window_ms: Option<u64>,
+    draw_seed: Option<[u8; 32]>,
 ) -> Encoded {
     match stream {
         None => t.weighted(&STREAM, 0),
@@ -525,6 +568,45 @@ fn put_create_deal(
             t.any_u64(ms);
         }
     }
+    put_draw(t, draw_window_ms, draw_seed)
+}
+
+fn put_draw(t: &mut Tape, window: Option<u64>, seed: Option<[u8; 32]>) -> Encoded {
+    match window {
+        None if seed.is_none() => {
+            t.weighted(&DRAW, 0);
+            return Ok(());
+        }
+        None => {
+            t.weighted(&DRAW, 5);
+            t.any_u64(0);
+        }
+        Some(ms) if steps_of(ms, 5_000, 12).is_some() => {
+            t.weighted(&DRAW, 1);
+            t.int(11, ms / 5_000 - 1);
+        }
+        Some(DRAW_WINDOW_MS_MIN) => t.weighted(&DRAW, 2),
+        Some(DRAW_WINDOW_MS_MAX) => t.weighted(&DRAW, 3),
+        Some(ms) if ms == DRAW_WINDOW_MS_MAX + 1 => t.weighted(&DRAW, 4),
+        Some(0) => return Err("a draw window of 0 ms cannot be written".into()),
+        Some(ms) => {
+            t.weighted(&DRAW, 5);
+            t.any_u64(ms);
+        }
+    }
+    match seed {
+        Some(seed) if seed.iter().all(|b| *b == seed[0]) => {
+            t.weighted(&SEED, 0);
+            t.int(255, u64::from(seed[0]));
+        }
+        Some(seed) => {
+            t.weighted(&SEED, 1);
+            for byte in seed {
+                t.int(255, u64::from(byte));
+            }
+        }
+        None => t.weighted(&SEED, 2),
+    }
     Ok(())
 }
 
@@ -541,6 +623,8 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
             hold_ttl_ms_max,
             waitlist_max,
             offer_ttl_ms,
+            draw_window_ms,
+            draw_seed,
         } => {
             t.weighted(&OP, 0);
             t.pick(DEALS_CREATABLE, *deal)?;
@@ -555,6 +639,8 @@ fn put_op(t: &mut Tape, op: &Op) -> Encoded {
                 *hold_ttl_ms_max,
                 *waitlist_max,
                 *offer_ttl_ms,
+                *draw_window_ms,
+                *draw_seed,
             )?;
         }
         Op::Reserve { user, deal, qty, ttl_ms, waitlist } => {
@@ -711,6 +797,8 @@ pub fn encode(ops: &[Op]) -> std::result::Result<Vec<u8>, String> {
                 hold_ttl_ms_max,
                 waitlist_max,
                 offer_ttl_ms,
+                draw_window_ms,
+                draw_seed,
             } = op
             else {
                 return Err(format!("op {i} must create deal {i}"));
@@ -729,6 +817,8 @@ pub fn encode(ops: &[Op]) -> std::result::Result<Vec<u8>, String> {
                 *hold_ttl_ms_max,
                 *waitlist_max,
                 *offer_ttl_ms,
+                *draw_window_ms,
+                *draw_seed,
             )?;
         } else {
             put_op(&mut t, op)?;
