@@ -9,7 +9,8 @@
 //!
 //! Fairness: the same draw redone under `seeds` other seeds (each the SHA-256 of its index), a
 //! count of wins per entrant, and a chi-square against the uniform distribution (every entrant
-//! equally likely to win), its p-value by the Wilson-Hilferty normal approximation (good for
+//! equally likely to win; each count binomial, its variance `seeds x p x (1 - p)`), its
+//! p-value by the Wilson-Hilferty normal approximation (good for
 //! the thousands of degrees of freedom a drop has). With one quantity for every entry (the
 //! tool's `--qty`) each seed has the same number of winners, so uniform is exact. Also the win
 //! rate of the earliest tenth of the entrants (the fastest clients: bots) against everyone's.
@@ -154,8 +155,13 @@ pub fn check(reveal: &Value, entered: &[String], seeds: u32) -> DrawCheck {
         }
     }
     let expected = total as f64 / n as f64;
-    if n > 1 && expected > 0.0 {
-        c.chi_square = wins.iter().map(|w| (*w as f64 - expected).powi(2) / expected).sum();
+    // Each seed picks its winners without replacement, so an entrant's wins over the seeds
+    // are binomial (seeds, p), p its chance under one seed: their variance is expected x
+    // (1 - p), not `expected` (Poisson), or an honest draw would look too even (p = 1).
+    let p_win = expected / f64::from(seeds.max(1));
+    let variance = expected * (1.0 - p_win);
+    if n > 1 && variance > 0.0 {
+        c.chi_square = wins.iter().map(|w| (*w as f64 - expected).powi(2) / variance).sum();
         c.degrees_of_freedom = n as u64 - 1;
         c.p_value = chi_square_p(c.chi_square, c.degrees_of_freedom as f64);
     } else {
