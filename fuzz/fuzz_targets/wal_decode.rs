@@ -34,11 +34,17 @@ fn primed() -> Allocator {
         per_user_limit: Some(5),
         hold_ttl_ms: None,
         hold_ttl_ms_max: None,
+        // A waitlist, so that decoded waitlist events have a deal to apply to.
+        waitlist_max: Some(5),
+        offer_ttl_ms: None,
+        draw_window_ms: None,
+        draw_seed: None,
     };
     let reserve = Reserve {
         user_id: UserId::parse("u0").expect("a valid user id"),
         lines: vec![Line { deal_id: id("d"), qty: 2 }],
         ttl_ms: Some(60_000),
+        waitlist: false,
     };
     let mut log = EventLog::default();
     for command in [Command::CreateDeal(deal), Command::Reserve(reserve)] {
