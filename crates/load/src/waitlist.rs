@@ -352,7 +352,7 @@ pub fn poll_delay_ms(position: u64, speed: QueueSpeed, ms_max: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -393,7 +393,13 @@ mod tests {
         assert_eq!(poll_ms_max(120_000), ENTRY_POLL_MS_MAX);
     }
 
-    fn seen(id: &str, state: EntryState, position: Option<u64>, hold: Option<&str>) -> EntrySeen {
+    /// An entry as a read of deal `d` by viewer 7 shows it (also `waitlist_check`'s tests).
+    pub(crate) fn seen(
+        id: &str,
+        state: EntryState,
+        position: Option<u64>,
+        hold: Option<&str>,
+    ) -> EntrySeen {
         EntrySeen {
             entry_id: id.to_owned(),
             deal_id: "d".to_owned(),

@@ -432,6 +432,7 @@ pub fn entry_tallies(
 mod tests {
     use super::*;
     use crate::schedule::After;
+    use crate::waitlist::tests::seen;
     use crate::waitlist::EntryStep;
 
     #[test]
@@ -445,19 +446,6 @@ mod tests {
         let stats = LagStats::of(vec![5, 1, 3, 2, 4]).unwrap();
         assert_eq!((stats.count, stats.p50_ms, stats.p90_ms, stats.max_ms), (5, 3, 5, 5));
         assert_eq!(LagStats::of(Vec::new()), None);
-    }
-
-    fn seen(id: &str, state: EntryState, position: Option<u64>, hold: Option<&str>) -> EntrySeen {
-        EntrySeen {
-            entry_id: id.to_owned(),
-            deal_id: "d".to_owned(),
-            user_id: crate::ledger::user_id(7),
-            qty: 1,
-            state,
-            position,
-            hold_id: hold.map(str::to_owned),
-            created_at_ms: None,
-        }
     }
 
     fn offer(entry: &str, state: HoldState, created: u64, back: Option<u64>) -> HoldRead {
